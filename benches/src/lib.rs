@@ -1,0 +1,1 @@
+//! Empty library: this crate only hosts the criterion benchmarks in `benches/`.

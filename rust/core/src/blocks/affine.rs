@@ -1,0 +1,1 @@
+//! Scalar reference of the affine family (to be written).

@@ -1,0 +1,1 @@
+//! Scalar reference of the float family (to be written).

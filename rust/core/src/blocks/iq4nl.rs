@@ -1,0 +1,1 @@
+//! Scalar reference of the iq4nl family (to be written).

@@ -1,0 +1,1 @@
+//! Scalar reference of the kquants family (to be written).

@@ -1,0 +1,1 @@
+//! Scalar reference of the legacy family (to be written).

@@ -1,0 +1,47 @@
+//! The one error type of the core. Each variant is a documented failure; the Python binding maps
+//! every variant to a typed exception in one place (`rust/py/src/errors.rs`).
+
+use std::fmt;
+
+/// Everything that can go wrong in `lowbit-core`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// A quantization type name that is not in the type table.
+    #[error("unknown qtype {name:?}; valid qtypes: {valid}")]
+    UnknownQType { name: String, valid: String },
+
+    /// An argument has the wrong shape: row length not a multiple of the block size, a
+    /// buffer of the wrong length, an empty input, parameters that do not fit the type.
+    #[error("{0}")]
+    Shape(String),
+
+    /// A parameter value that the type does not accept (group size, bits, clip ratio...).
+    #[error("{0}")]
+    InvalidParameter(String),
+
+    /// An input value that cannot be quantized: NaN, ±Inf, or a magnitude beyond what the
+    /// type's f16 scales can represent. `index` is the flat (row-major) index of the first one.
+    #[error("{what} at flat index {index} (row {row}, column {col}): {value}{limit}")]
+    BadValue { what: &'static str, index: usize, row: usize, col: usize, value: f32, limit: Limit },
+
+    /// `LOWBIT_ISA` (or an explicit request) names an instruction set this CPU lacks or
+    /// a name that is not an ISA.
+    #[error("{0}")]
+    Isa(String),
+}
+
+/// The magnitude limit quoted in [`Error::BadValue`], if one applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit(pub Option<f32>);
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(l) => write!(f, " (this qtype accepts |x| <= {l:e})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Result alias of the core.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,21 @@
+//! lowbit-core: the pure-Rust heart of lowbit (no Python, no pyo3).
+//!
+//! * [`qtype`]: the type table (ggml-compatible block types, group-affine integers, floats).
+//! * [`blocks`]: scalar reference quantizers and dequantizers, one module per family.
+//! * [`simd`]: run-time ISA detection, the `LOWBIT_ISA` override and the SIMD kernels.
+//! * [`quant`]: the driver: input validation, per-row dispatch, rayon over rows.
+//!
+//! Layouts and the architecture are described in `ARCHITECTURE.md` of the shared design
+//! and in the repository's `formats/` folder.
+
+pub mod blocks;
+pub mod error;
+pub mod pack;
+pub mod qtype;
+pub mod quant;
+pub mod simd;
+
+pub use error::{Error, Result};
+pub use qtype::{AffineSpec, QType, TypeInfo};
+pub use quant::{dequantize, quantize, QuantOptions};
+pub use simd::Isa;

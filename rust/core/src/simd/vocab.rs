@@ -1,0 +1,112 @@
+//! The SIMD vocabulary: the few lane-wise operations our kernels are written in.
+//!
+//! A type implementing [`Simd`] is a *capability token*: a value of it exists only where its
+//! instruction set is available, so the methods are safe. Kernels take `S: Simd` and are
+//! `#[inline(always)]`; each ISA module instantiates them inside a `#[target_feature]`
+//! function, where the methods (also `#[inline(always)]`) compile to single instructions.
+//!
+//! Semantics are exactly those of IEEE-754 single precision per lane, with no fused
+//! multiply-add, so a kernel produces the same bits at every lane count and on every ISA, and
+//! the same bits as scalar code doing the same operations in the same order. Callers never
+//! pass NaN (inputs are validated first). The one ambiguity left is the sign of a zero
+//! returned by `min`/`max`/`hmin`/`hmax` when +0.0 and −0.0 tie: kernels that store such a
+//! result normalise it by adding +0.0 (which turns −0.0 into +0.0).
+
+/// The lane-wise vocabulary. `W` lanes of `f32` ([`Simd::F`]), of `i32` ([`Simd::I`]) and a
+/// lane mask ([`Simd::M`]).
+pub trait Simd: Copy + Send + Sync + 'static {
+    /// Number of lanes.
+    const W: usize;
+    /// `W` × f32.
+    type F: Copy;
+    /// `W` × i32.
+    type I: Copy;
+    /// `W` × bool.
+    type M: Copy;
+
+    /// All lanes `v`.
+    fn splat(self, v: f32) -> Self::F;
+    /// Lanes from `s[..W]` (panics if `s` is shorter).
+    fn load(self, s: &[f32]) -> Self::F;
+    /// Lanes into `s[..W]` (panics if `s` is shorter).
+    fn store(self, s: &mut [f32], v: Self::F);
+    /// a + b.
+    fn add(self, a: Self::F, b: Self::F) -> Self::F;
+    /// a − b.
+    fn sub(self, a: Self::F, b: Self::F) -> Self::F;
+    /// a × b.
+    fn mul(self, a: Self::F, b: Self::F) -> Self::F;
+    /// a ÷ b (correctly rounded).
+    fn div(self, a: Self::F, b: Self::F) -> Self::F;
+    /// Lane-wise minimum (no NaN inputs).
+    fn min(self, a: Self::F, b: Self::F) -> Self::F;
+    /// Lane-wise maximum (no NaN inputs).
+    fn max(self, a: Self::F, b: Self::F) -> Self::F;
+    /// |a| (clears the sign bit).
+    fn abs(self, a: Self::F) -> Self::F;
+    /// −a (flips the sign bit).
+    fn neg(self, a: Self::F) -> Self::F;
+    /// Round to nearest, ties to even (`f32::round_ties_even`, ggml's `nearest_int`).
+    fn round_even(self, a: Self::F) -> Self::F;
+    /// Round to nearest, ties away from zero (C `roundf`, `f32::round`).
+    fn round_away(self, a: Self::F) -> Self::F;
+    /// Round toward zero (`f32::trunc`, a C cast to int).
+    fn trunc(self, a: Self::F) -> Self::F;
+    /// a < b.
+    fn lt(self, a: Self::F, b: Self::F) -> Self::M;
+    /// a <= b.
+    fn le(self, a: Self::F, b: Self::F) -> Self::M;
+    /// a == b.
+    fn eq(self, a: Self::F, b: Self::F) -> Self::M;
+    /// `m ? a : b` per lane.
+    fn select(self, m: Self::M, a: Self::F, b: Self::F) -> Self::F;
+    /// m ∧ n.
+    fn mand(self, m: Self::M, n: Self::M) -> Self::M;
+    /// m ∨ n.
+    fn mor(self, m: Self::M, n: Self::M) -> Self::M;
+    /// ¬m.
+    fn mnot(self, m: Self::M) -> Self::M;
+    /// Lane i of `m` as bit i.
+    fn bitmask(self, m: Self::M) -> u64;
+    /// Largest lane (exact).
+    fn hmax(self, a: Self::F) -> f32;
+    /// Smallest lane (exact).
+    fn hmin(self, a: Self::F) -> f32;
+
+    /// f32 → i32 of a value that is already integral and in i32 range (exact).
+    fn to_i32(self, a: Self::F) -> Self::I;
+    /// i32 → f32 (exact for |v| < 2^24).
+    fn to_f32(self, a: Self::I) -> Self::F;
+    /// The bits of each f32 lane as i32 (a bit cast).
+    fn to_bits(self, a: Self::F) -> Self::I;
+    /// i32 lanes reinterpreted as f32 (a bit cast).
+    fn from_bits(self, a: Self::I) -> Self::F;
+    /// All lanes `v`.
+    fn isplat(self, v: i32) -> Self::I;
+    /// a + b (wrapping).
+    fn iadd(self, a: Self::I, b: Self::I) -> Self::I;
+    /// a & b.
+    fn iand(self, a: Self::I, b: Self::I) -> Self::I;
+    /// a | b.
+    fn ior(self, a: Self::I, b: Self::I) -> Self::I;
+    /// Lane-wise signed minimum.
+    fn imin(self, a: Self::I, b: Self::I) -> Self::I;
+    /// Lane-wise signed maximum.
+    fn imax(self, a: Self::I, b: Self::I) -> Self::I;
+    /// a << n (n < 32).
+    fn shl(self, a: Self::I, n: u32) -> Self::I;
+    /// a >> n, logical (n < 32).
+    fn shr(self, a: Self::I, n: u32) -> Self::I;
+    /// a == b.
+    fn ieq(self, a: Self::I, b: Self::I) -> Self::M;
+    /// Lanes into `s[..W]`.
+    fn store_i32(self, s: &mut [i32], v: Self::I);
+    /// Lanes from `s[..W]`.
+    fn load_i32(self, s: &[i32]) -> Self::I;
+    /// The low byte of each lane into `s[..W]` (lanes hold 0..=255 or −128..=127).
+    fn store_u8(self, s: &mut [u8], v: Self::I);
+    /// `s[..W]` zero-extended.
+    fn load_u8(self, s: &[u8]) -> Self::I;
+    /// `s[..W]` as i8, sign-extended.
+    fn load_i8(self, s: &[u8]) -> Self::I;
+}
