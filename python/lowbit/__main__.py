@@ -1,0 +1,5 @@
+"""`python -m lowbit` runs the command-line interface."""
+
+from lowbit.cli import main
+
+raise SystemExit(main())

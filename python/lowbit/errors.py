@@ -1,0 +1,42 @@
+"""The exception hierarchy. Every error lowbit raises on bad input is a `LowbitError`; each
+subclass also derives from the builtin a caller would naturally catch (`ValueError`, ...)."""
+
+from __future__ import annotations
+
+__all__ = ["InvalidValueError", "IsaError", "LowbitError", "ParameterError", "QTypeError", "ShapeError"]
+
+
+class LowbitError(Exception):
+    """Base class of lowbit's errors."""
+
+
+class QTypeError(LowbitError, ValueError):
+    """Unknown quantization type name (the message lists the valid ones)."""
+
+
+class ShapeError(LowbitError, ValueError):
+    """Wrong number of dimensions, empty input, a row length that does not fit the type's
+    blocks, a buffer of the wrong size, or an array layout that cannot be read safely."""
+
+
+class ParameterError(LowbitError, ValueError):
+    """An option the type does not take or a value outside its range."""
+
+
+class InvalidValueError(LowbitError, ValueError):
+    """An input value that cannot be quantized: NaN, ±Inf, or a magnitude beyond what the
+    type's f16 scales can hold. `index` is the flat row-major index of the first such value,
+    `row`/`col` its position."""
+
+    def __init__(self, message: str, index: int = -1, row: int = -1, col: int = -1) -> None:
+        super().__init__(message)
+        self.index = index
+        self.row = row
+        self.col = col
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class IsaError(LowbitError, RuntimeError):
+    """An instruction set was forced (`LOWBIT_ISA` or `isa=`) that this CPU lacks, or is unknown."""
