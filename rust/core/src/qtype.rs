@@ -119,10 +119,11 @@ impl QType {
     /// group-affine suffixes such as `int4-g128-sym`.
     pub fn from_name(name: &str) -> Result<QType> {
         let lower = name.trim().to_ascii_lowercase();
-        TYPES.iter().find(|t| t.name == lower).map(|t| t.qtype).ok_or_else(|| Error::UnknownQType {
-            name: name.to_string(),
-            valid: valid_names(),
-        })
+        TYPES
+            .iter()
+            .find(|t| t.name == lower)
+            .map(|t| t.qtype)
+            .ok_or_else(|| Error::UnknownQType { name: name.to_string(), valid: valid_names() })
     }
 
     /// Whether this type's bytes are ggml's.
@@ -220,10 +221,8 @@ pub fn parse_qtype(name: &str) -> Result<(QType, Option<Option<usize>>, Option<b
     let lower = name.trim().to_ascii_lowercase();
     let mut parts = lower.split('-');
     let base = parts.next().unwrap_or("");
-    let qtype = QType::from_name(base).map_err(|_| Error::UnknownQType {
-        name: name.to_string(),
-        valid: valid_names(),
-    })?;
+    let qtype =
+        QType::from_name(base).map_err(|_| Error::UnknownQType { name: name.to_string(), valid: valid_names() })?;
     let (mut group, mut sym) = (None, None);
     for part in parts {
         let bad = || Error::UnknownQType { name: name.to_string(), valid: valid_names() };
@@ -258,8 +257,19 @@ mod tests {
     #[test]
     fn ggml_block_bytes() {
         // ggml's block sizes (ggml-common.h): independent of our table.
-        let expect = [("q8_0", 34), ("q4_0", 18), ("q4_1", 20), ("q5_0", 22), ("q5_1", 24), ("q2_k", 84),
-            ("q3_k", 110), ("q4_k", 144), ("q5_k", 176), ("q6_k", 210), ("iq4_nl", 18)];
+        let expect = [
+            ("q8_0", 34),
+            ("q4_0", 18),
+            ("q4_1", 20),
+            ("q5_0", 22),
+            ("q5_1", 24),
+            ("q2_k", 84),
+            ("q3_k", 110),
+            ("q4_k", 144),
+            ("q5_k", 176),
+            ("q6_k", 210),
+            ("iq4_nl", 18),
+        ];
         for (n, b) in expect {
             assert_eq!(QType::from_name(n).unwrap().info().block_bytes, b, "{n}");
         }

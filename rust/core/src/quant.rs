@@ -235,7 +235,13 @@ fn check_aux(name: &str, v: &[f32], len: usize, nonneg: bool, limit: f32) -> Res
 ///
 /// Errors: unknown type, shape that does not fit the type, NaN/Inf or out-of-range values
 /// (with the flat index of the first), invalid options, unavailable ISA.
-pub fn quantize(name: &str, src: Source<'_>, rows: usize, cols: usize, opts: &QuantOptions<'_>) -> Result<(Layout, Vec<u8>)> {
+pub fn quantize(
+    name: &str,
+    src: Source<'_>,
+    rows: usize,
+    cols: usize,
+    opts: &QuantOptions<'_>,
+) -> Result<(Layout, Vec<u8>)> {
     let (qtype, affine) = resolve(name, opts)?;
     let layout = Layout::new(qtype, affine, rows, cols)?;
     let mut out = vec![0u8; layout.nbytes()];
@@ -268,14 +274,19 @@ pub fn quantize_into(layout: &Layout, src: Source<'_>, opts: &QuantOptions<'_>, 
             check_aux("group_min", lo, n, false, info.max_abs)?;
             check_aux("group_max", hi, n, false, info.max_abs)?;
             if let Some(i) = lo.iter().zip(hi).position(|(a, b)| a > b) {
-                return Err(Error::InvalidParameter(format!("group_min[{i}] = {} > group_max[{i}] = {}", lo[i], hi[i])));
+                return Err(Error::InvalidParameter(format!(
+                    "group_min[{i}] = {} > group_max[{i}] = {}",
+                    lo[i], hi[i]
+                )));
             }
             if opts.clip_ratio.is_some() {
                 return Err(Error::InvalidParameter("clip_ratio and group_min/group_max exclude each other".into()));
             }
             Some((lo, hi, spec.groups(cols)))
         }
-        (Some(_), Some(_), None) => return Err(Error::InvalidParameter("group_min/group_max need a group-affine type".into())),
+        (Some(_), Some(_), None) => {
+            return Err(Error::InvalidParameter("group_min/group_max need a group-affine type".into()))
+        }
         _ => return Err(Error::InvalidParameter("group_min and group_max go together".into())),
     };
 

@@ -11,8 +11,32 @@ use lowbit_core::simd::vocab::Simd;
 /// Values that stress each op: ties for rounding, signed zeros, denormals, extremes.
 fn edge_values(r: &mut Rng, n: usize) -> Vec<f32> {
     let specials = [
-        0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 8.5, -7.5, 1e-45, -1e-45, 1e-39, -3e-39, 1.0e38, -3.0e38,
-        8388607.5, -8388607.5, 16777216.0, 0.49999997, -0.49999997, 1.0, -1.0, 127.0, 255.0, 3.0e-8,
+        0.0,
+        -0.0,
+        0.5,
+        -0.5,
+        1.5,
+        -1.5,
+        2.5,
+        -2.5,
+        8.5,
+        -7.5,
+        1e-45,
+        -1e-45,
+        1e-39,
+        -3e-39,
+        1.0e38,
+        -3.0e38,
+        8388607.5,
+        -8388607.5,
+        16777216.0,
+        0.49999997,
+        -0.49999997,
+        1.0,
+        -1.0,
+        127.0,
+        255.0,
+        3.0e-8,
     ];
     (0..n)
         .map(|i| match i % 4 {
@@ -67,11 +91,9 @@ fn check<S: Simd, const W: usize>(s: S, name: &str) {
         f1!(round_even);
         f1!(round_away);
         f1!(trunc);
-        for (mname, m, me) in [
-            ("lt", s.lt(fa, fb), e.lt(ea, eb)),
-            ("le", s.le(fa, fb), e.le(ea, eb)),
-            ("eq", s.eq(fa, fa), e.eq(ea, ea)),
-        ] {
+        for (mname, m, me) in
+            [("lt", s.lt(fa, fb), e.lt(ea, eb)), ("le", s.le(fa, fb), e.le(ea, eb)), ("eq", s.eq(fa, fa), e.eq(ea, ea))]
+        {
             assert_eq!(s.bitmask(m), e.bitmask(me), "{name} {mname}");
             s.store(&mut got, s.select(m, fa, fb));
             e.store(&mut want, e.select(me, ea, eb));

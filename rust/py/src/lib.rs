@@ -121,12 +121,16 @@ fn quantize<'py>(
     let (f32_arr, u16_arr);
     let (src, rows, cols) = match source_dtype {
         "f32" => {
-            f32_arr = x.extract::<PyReadonlyArray2<'py, f32>>().map_err(|_| shape_err("x must be a 2-D float32 array".into()))?;
+            f32_arr = x
+                .extract::<PyReadonlyArray2<'py, f32>>()
+                .map_err(|_| shape_err("x must be a 2-D float32 array".into()))?;
             let [r, c] = [f32_arr.shape()[0], f32_arr.shape()[1]];
             (Source::F32(slice_of(&f32_arr, "x")?), r, c)
         }
         "f16" | "bf16" => {
-            u16_arr = x.extract::<PyReadonlyArray2<'py, u16>>().map_err(|_| shape_err("x must be a 2-D 16-bit array".into()))?;
+            u16_arr = x
+                .extract::<PyReadonlyArray2<'py, u16>>()
+                .map_err(|_| shape_err("x must be a 2-D 16-bit array".into()))?;
             let [r, c] = [u16_arr.shape()[0], u16_arr.shape()[1]];
             let s = slice_of(&u16_arr, "x")?;
             (if source_dtype == "f16" { Source::F16(s) } else { Source::BF16(s) }, r, c)

@@ -62,9 +62,10 @@ impl Isa {
     /// Parse a level name (case-insensitive).
     pub fn parse(name: &str) -> Result<Isa> {
         let lower = name.trim().to_ascii_lowercase();
-        Isa::ALL.into_iter().find(|isa| isa.name() == lower).ok_or_else(|| {
-            Error::Isa(format!("unknown ISA {name:?}; valid: scalar, avx2, avx512, neon"))
-        })
+        Isa::ALL
+            .into_iter()
+            .find(|isa| isa.name() == lower)
+            .ok_or_else(|| Error::Isa(format!("unknown ISA {name:?}; valid: scalar, avx2, avx512, neon")))
     }
 
     /// Whether this CPU can run kernels of this level.
@@ -146,9 +147,9 @@ pub fn active() -> Result<Isa> {
     static ACTIVE: OnceLock<Result<Isa>> = OnceLock::new();
     ACTIVE
         .get_or_init(|| match std::env::var("LOWBIT_ISA") {
-            Ok(v) if !v.trim().is_empty() => Isa::parse(&v)
-                .and_then(Isa::require)
-                .map_err(|e| Error::Isa(format!("LOWBIT_ISA={v}: {e}"))),
+            Ok(v) if !v.trim().is_empty() => {
+                Isa::parse(&v).and_then(Isa::require).map_err(|e| Error::Isa(format!("LOWBIT_ISA={v}: {e}")))
+            }
             _ => Ok(detected()),
         })
         .clone()

@@ -45,7 +45,15 @@ pub fn cases(cols: usize, max_abs: f32, seed: u64) -> Vec<(String, Vec<f32>)> {
     for scale in [1e-3f32, 0.02, 1.0, 300.0] {
         push(&format!("normal*{scale}"), (0..cols).map(|_| r.normal() * scale).collect());
     }
-    push("heavy-tail", (0..cols).map(|_| { let n = r.normal(); n * n * n * 0.05 }).collect());
+    push(
+        "heavy-tail",
+        (0..cols)
+            .map(|_| {
+                let n = r.normal();
+                n * n * n * 0.05
+            })
+            .collect(),
+    );
     push("positive", (0..cols).map(|_| r.uniform() + 0.5).collect());
     push("negative", (0..cols).map(|_| -r.uniform() - 0.5).collect());
     push("zeros", vec![0.0; cols]);
@@ -118,7 +126,12 @@ pub fn assert_bytes_eq(what: &str, block_bytes: usize, expected: &[u8], got: &[u
 pub fn assert_f32_bits_eq(what: &str, expected: &[f32], got: &[f32]) {
     assert_eq!(expected.len(), got.len(), "{what}: lengths differ");
     if let Some(i) = expected.iter().zip(got).position(|(a, b)| a.to_bits() != b.to_bits()) {
-        panic!("{what}: first difference at {i}: expected {:e} ({:#010x}), got {:e} ({:#010x})",
-            expected[i], expected[i].to_bits(), got[i], got[i].to_bits());
+        panic!(
+            "{what}: first difference at {i}: expected {:e} ({:#010x}), got {:e} ({:#010x})",
+            expected[i],
+            expected[i].to_bits(),
+            got[i],
+            got[i].to_bits()
+        );
     }
 }

@@ -1,0 +1,50 @@
+"""Shared fixtures and input generators of the Python tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+import lowbit
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_GGUF = ROOT / "data" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+GGML_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl"]
+FLOAT_TYPES = ["f32", "f16", "bf16"]
+# Types whose quantize rounding is pinned by gguf's numpy quantizers.
+GGUF_QUANTIZE_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16"]
+AFFINE_TYPES = ["int2", "int3", "int4", "int8"]
+
+
+def block_size(qtype: str) -> int:
+    return next(t.block_size for t in lowbit.qtypes() if t.name == qtype)
+
+
+def special_rows(cols: int, seed: int = 0) -> npt.NDArray[np.float32]:
+    """Rows every quantizer must handle: normal data at several scales, zeros, constants, a
+    spike, denormals, tiny values, heavy tails, ramps."""
+    r = np.random.default_rng(seed)
+    rows = [
+        r.standard_normal(cols) * 0.02,
+        r.standard_normal(cols),
+        r.standard_normal(cols) * 100,
+        np.zeros(cols),
+        np.full(cols, 0.37),
+        np.full(cols, -1.25),
+        np.where(np.arange(cols) == cols // 3, 50.0, r.standard_normal(cols) * 0.01),
+        r.standard_normal(cols) * 1e-39,
+        r.standard_normal(cols) * 1e-30,
+        r.standard_normal(cols) ** 3 * 0.05,
+        np.linspace(-0.5, 0.5, cols),
+        np.where(r.random(cols) < 0.125, r.standard_normal(cols), 0.0),
+    ]
+    return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def isas() -> list[str]:
+    return lowbit.available_isas()
