@@ -30,7 +30,7 @@ build: venv
 	maturin develop --release --quiet
 
 ## test: everything CI checks: Rust tests, lints, Python tests (the README's test command)
-test: build test-rust lint test-python
+test: build demo-data test-rust lint test-python
 
 test-rust:
 	cargo test --release --workspace --exclude lowbit-py
