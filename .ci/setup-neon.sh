@@ -43,9 +43,15 @@ retry() { # retry N cmd...: apt mirrors occasionally fail transiently
 }
 
 smoke_test() { # cross-compile and run a threaded static binary under qemu
-    local d
+    local d rc=0
     d=$(mktemp -d)
-    trap 'rm -rf "$d"' RETURN
+    smoke_build_run "$d" || rc=$?
+    rm -rf "$d"
+    return $rc
+}
+
+smoke_build_run() {
+    local d=$1
     cat >"$d/t.rs" <<'EOF'
 fn main() {
     let h: Vec<_> = (0..4).map(|i| std::thread::spawn(move || i * 2)).collect();
