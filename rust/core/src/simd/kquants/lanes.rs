@@ -1,0 +1,423 @@
+//! Lane-per-sub-block searches of the k-quant kernels.
+//!
+//! A chunk of [`NC`] sub-blocks is transposed into a scratch buffer so that value `i` of
+//! sub-block `b` sits at `i * NC + b`; a lane group `g` (sub-blocks `g·W .. g·W + W`) then loads
+//! value `i` of all its sub-blocks with one `load` at `i * NC + g·W`. Each lane runs the scalar
+//! algorithm of its sub-block (ggml's searches, see `blocks::kquants`) with the same operations
+//! in the same order: sums run sequentially over the sub-block's values, branches become
+//! masks and selects, and divisors of lanes that the scalar code would not divide are replaced
+//! by 1 first, so no lane ever holds a NaN.
+
+use crate::simd::vocab::Simd;
+
+/// Sub-blocks per chunk (16 sub-blocks of 16 values, or 2 × 8 sub-blocks of 32 values). The
+/// lane count W must divide it (W = 4, 8, 16 here).
+pub(crate) const NC: usize = 16;
+
+/// Smallest range the affine search divides by: 2^-100 (the scalar reference's `RANGE_EPS`).
+pub(crate) const RANGE_EPS: f32 = 7.888_609e-31;
+
+/// Round half to even, clamp to `[lo, hi]`, turn −0 into +0: an integral f32 code.
+#[inline(always)]
+pub(crate) fn code<S: Simd>(s: S, v: S::F, lo: S::F, hi: S::F) -> S::F {
+    // The clamp bounds are integral and the rounded value is integral, so min/max can only tie
+    // on ±0, which the final +0 normalises.
+    let r = s.min(s.max(s.round_even(v), lo), hi);
+    s.add(r, s.splat(0.0))
+}
+
+/// `m ? 1 : v` (a safe divisor).
+#[inline(always)]
+pub(crate) fn safe<S: Simd>(s: S, ok: S::M, v: S::F) -> S::F {
+    s.select(ok, v, s.splat(1.0))
+}
+
+/// Value `i` of lane group `g` from a transposed buffer.
+#[inline(always)]
+pub(crate) fn at<S: Simd>(s: S, buf: &[f32], i: usize, g: usize) -> S::F {
+    s.load(&buf[i * NC + g * S::W..])
+}
+
+/// Parameters of the affine search (ggml's `make_qkx2_quants` / `make_qkx3_quants`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Qkx {
+    pub nmax: f32,
+    pub rmin: f32,
+    pub rdelta: f32,
+    pub nstep: i32,
+    pub use_mad: bool,
+}
+
+/// Per-lane result of the affine search.
+#[derive(Clone, Copy)]
+pub(crate) struct QkxLanes<S: Simd> {
+    /// Scale (0 for constant sub-blocks).
+    pub scale: S::F,
+    /// `the_min` (= −min).
+    pub the_min: S::F,
+    /// Inverse scale and min with which the kept codes were computed:
+    /// code = `nearest(iscale · (x − min))` clamped to 0..=nmax.
+    pub code_iscale: S::F,
+    pub code_min: S::F,
+    /// Lanes whose sub-block counts as constant (codes all 0).
+    pub constant: S::M,
+}
+
+/// The affine search for lane group `g` of the transposed values `xt` and weights `wt`
+/// (`n` values per sub-block).
+#[inline(always)]
+pub(crate) fn qkx<S: Simd>(
+    s: S,
+    xt: &[f32],
+    wt: &[f32],
+    g: usize,
+    n: usize,
+    p: &Qkx,
+) -> QkxLanes<S> {
+    let zero = s.splat(0.0);
+    let one = s.splat(1.0);
+    let nmax = s.splat(p.nmax);
+    let range_eps = s.splat(RANGE_EPS);
+    let x0 = at(s, xt, 0, g);
+    let w0 = at(s, wt, 0, g);
+    let (mut min, mut max) = (x0, x0);
+    let mut sum_w = w0;
+    let mut sum_x = s.mul(sum_w, x0);
+    for i in 1..n {
+        let x = at(s, xt, i, g);
+        let w = at(s, wt, i, g);
+        min = s.select(s.lt(x, min), x, min);
+        max = s.select(s.lt(max, x), x, max);
+        sum_w = s.add(sum_w, w);
+        sum_x = s.add(sum_x, s.mul(w, x));
+    }
+    min = s.select(s.lt(zero, min), zero, min);
+    let ok = s.lt(range_eps, s.sub(max, min));
+    let constant = s.mnot(ok);
+    let iscale0 = s.div(nmax, safe(s, ok, s.sub(max, min)));
+    let mut scale = s.div(one, iscale0);
+    let err = |d: S::F| if p.use_mad { s.abs(d) } else { s.mul(d, d) };
+    let mut best_error = zero;
+    for i in 0..n {
+        let x = at(s, xt, i, g);
+        let w = at(s, wt, i, g);
+        let l = code(s, s.mul(iscale0, s.sub(x, min)), zero, nmax);
+        let diff = s.sub(s.add(s.mul(scale, l), min), x);
+        best_error = s.add(best_error, s.mul(w, err(diff)));
+    }
+    let (mut code_iscale, mut code_min) = (iscale0, min);
+    let mut laux = [zero; 32];
+    for is in 0..=p.nstep {
+        let range = s.sub(max, min);
+        let cand = s.mand(ok, s.lt(range_eps, range));
+        let iscale = s.div(
+            s.splat(p.rmin + p.rdelta * is as f32 + p.nmax),
+            safe(s, cand, range),
+        );
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
+        for (i, la) in laux.iter_mut().enumerate().take(n) {
+            let x = at(s, xt, i, g);
+            let w = at(s, wt, i, g);
+            let l = code(s, s.mul(iscale, s.sub(x, min)), zero, nmax);
+            *la = l;
+            let wl = s.mul(w, l);
+            sum_l = s.add(sum_l, wl);
+            sum_l2 = s.add(sum_l2, s.mul(wl, l));
+            sum_xl = s.add(sum_xl, s.mul(wl, x));
+        }
+        let det = s.sub(s.mul(sum_w, sum_l2), s.mul(sum_l, sum_l));
+        let dok = s.mand(cand, s.lt(zero, det));
+        if s.bitmask(dok) == 0 {
+            continue;
+        }
+        let dsafe = safe(s, dok, det);
+        let mut this_scale = s.div(s.sub(s.mul(sum_w, sum_xl), s.mul(sum_x, sum_l)), dsafe);
+        let this_min = s.div(s.sub(s.mul(sum_l2, sum_x), s.mul(sum_l, sum_xl)), dsafe);
+        let pos = s.lt(zero, this_min);
+        let this_min = s.select(pos, zero, this_min);
+        this_scale = s.select(pos, s.div(sum_xl, safe(s, dok, sum_l2)), this_scale);
+        let mut cur_error = zero;
+        for (i, &la) in laux.iter().enumerate().take(n) {
+            let x = at(s, xt, i, g);
+            let w = at(s, wt, i, g);
+            let diff = s.sub(s.add(s.mul(this_scale, la), this_min), x);
+            cur_error = s.add(cur_error, s.mul(w, err(diff)));
+        }
+        let better = s.mand(dok, s.lt(cur_error, best_error));
+        best_error = s.select(better, cur_error, best_error);
+        scale = s.select(better, this_scale, scale);
+        code_iscale = s.select(better, iscale, code_iscale);
+        code_min = s.select(better, min, code_min);
+        min = s.select(better, this_min, min);
+    }
+    QkxLanes {
+        scale: s.select(ok, scale, zero),
+        the_min: s.neg(min),
+        code_iscale,
+        code_min,
+        constant,
+    }
+}
+
+/// Per-lane result of the symmetric searches.
+#[derive(Clone, Copy)]
+pub(crate) struct QxLanes<S: Simd> {
+    /// Scale (0 for all-zero sub-blocks).
+    pub scale: S::F,
+    /// Inverse scale with which the kept codes were computed (code = `nearest(iscale · x)`
+    /// clamped to −nmax..nmax−1, plus nmax) ...
+    pub code_iscale: S::F,
+    /// ... except for these all-zero lanes (codes 0).
+    pub zero: S::M,
+}
+
+/// Largest-magnitude value of each lane (first one on ties) and its magnitude.
+#[inline(always)]
+fn signed_amax<S: Simd>(s: S, xt: &[f32], g: usize, n: usize) -> (S::F, S::F) {
+    let (mut max, mut amax) = (s.splat(0.0), s.splat(0.0));
+    for i in 0..n {
+        let x = at(s, xt, i, g);
+        let ax = s.abs(x);
+        let gt = s.lt(amax, ax);
+        amax = s.select(gt, ax, amax);
+        max = s.select(gt, x, max);
+    }
+    (max, amax)
+}
+
+/// ggml's `make_qx_quants` (`rmse_type = 1`) for lane group `g`: weights `wt` (transposed),
+/// `wxt` = w·x precomputed (the scalar code's `w * x * l` is `(w * x) * l`), `eps` per lane.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn qx<S: Simd>(
+    s: S,
+    xt: &[f32],
+    wt: &[f32],
+    wxt: &[f32],
+    eps: S::F,
+    g: usize,
+    n: usize,
+    nmax: i32,
+) -> QxLanes<S> {
+    let zero = s.splat(0.0);
+    let nm = nmax as f32;
+    let (lo, hi) = (s.splat(-nm), s.splat(nm - 1.0));
+    let (max, amax) = signed_amax(s, xt, g, n);
+    let zl = s.lt(amax, eps);
+    let max = safe(s, s.mnot(zl), max);
+    let sums = |iscale: S::F| {
+        let (mut sumlx, mut suml2) = (zero, zero);
+        for i in 0..n {
+            let x = at(s, xt, i, g);
+            let l = code(s, s.mul(iscale, x), lo, hi);
+            sumlx = s.add(sumlx, s.mul(at(s, wxt, i, g), l));
+            suml2 = s.add(suml2, s.mul(s.mul(at(s, wt, i, g), l), l));
+        }
+        (sumlx, suml2)
+    };
+    let iscale0 = s.div(s.splat(-nm), max);
+    let (sumlx, suml2) = sums(iscale0);
+    let nz = s.mnot(s.eq(suml2, zero));
+    let mut scale = s.select(nz, s.div(sumlx, safe(s, nz, suml2)), zero);
+    let mut best = s.mul(scale, sumlx);
+    let mut code_iscale = iscale0;
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let iscale = s.div(s.splat(-(nm + 0.1 * is as f32)), max);
+        let (sumlx, suml2) = sums(iscale);
+        let pos = s.lt(zero, suml2);
+        let acc = s.mand(pos, s.lt(s.mul(best, suml2), s.mul(sumlx, sumlx)));
+        let new_scale = s.div(sumlx, safe(s, pos, suml2));
+        scale = s.select(acc, new_scale, scale);
+        best = s.select(acc, s.mul(new_scale, sumlx), best);
+        code_iscale = s.select(acc, iscale, code_iscale);
+    }
+    QxLanes {
+        scale: s.select(zl, zero, scale),
+        code_iscale,
+        zero: zl,
+    }
+}
+
+/// ggml's `make_q3_quants` (`do_rmse`, weights x²) for lane group `g`: the codes (−nmax..nmax−1,
+/// as f32, plus nmax at the end; all 0 for all-zero lanes) are written transposed to `lt`.
+/// Returns the scale. A lane whose pass changed nothing would change nothing in the following
+/// passes either, so all lanes run until none changes (at most 5 passes), as the scalar code.
+#[inline(always)]
+pub(crate) fn q3<S: Simd>(
+    s: S,
+    xt: &[f32],
+    wxt: &[f32],
+    eps: S::F,
+    g: usize,
+    n: usize,
+    nmax: i32,
+    lt: &mut [f32],
+) -> S::F {
+    let zero = s.splat(0.0);
+    let nm = nmax as f32;
+    let (lo, hi) = (s.splat(-nm), s.splat(nm - 1.0));
+    let (max, amax) = signed_amax(s, xt, g, n);
+    let zl = s.lt(amax, eps);
+    let iscale = s.div(s.splat(-nm), safe(s, s.mnot(zl), max));
+    let live = s.mnot(zl);
+    let (mut sumlx, mut suml2) = (zero, zero);
+    let mut l = [zero; 16];
+    for (i, li) in l.iter_mut().enumerate().take(n) {
+        let x = at(s, xt, i, g);
+        let c = code(s, s.mul(iscale, x), lo, hi);
+        *li = c;
+        let w = s.mul(x, x);
+        sumlx = s.add(sumlx, s.mul(at(s, wxt, i, g), c));
+        suml2 = s.add(suml2, s.mul(s.mul(w, c), c));
+    }
+    for _ in 0..5 {
+        let mut changed = s.lt(zero, zero);
+        for (i, li) in l.iter_mut().enumerate().take(n) {
+            let x = at(s, xt, i, g);
+            let w = s.mul(x, x);
+            let wx = at(s, wxt, i, g);
+            let slx = s.sub(sumlx, s.mul(wx, *li));
+            let pos = s.lt(zero, slx);
+            let sl2 = s.sub(suml2, s.mul(s.mul(w, *li), *li));
+            let new_l = code(s, s.div(s.mul(x, sl2), safe(s, pos, slx)), lo, hi);
+            let differs = s.mand(pos, s.mnot(s.eq(new_l, *li)));
+            let slx = s.add(slx, s.mul(wx, new_l));
+            let sl2 = s.add(sl2, s.mul(s.mul(w, new_l), new_l));
+            let gain = s.lt(
+                s.mul(s.mul(sumlx, sumlx), sl2),
+                s.mul(s.mul(slx, slx), suml2),
+            );
+            let acc = s.mand(s.mand(differs, live), s.mand(s.lt(zero, sl2), gain));
+            *li = s.select(acc, new_l, *li);
+            sumlx = s.select(acc, slx, sumlx);
+            suml2 = s.select(acc, sl2, suml2);
+            changed = s.mor(changed, acc);
+        }
+        if s.bitmask(changed) == 0 {
+            break;
+        }
+    }
+    let nmv = s.splat(nm);
+    for (i, &li) in l.iter().enumerate().take(n) {
+        s.store(
+            &mut lt[i * NC + g * S::W..],
+            s.select(zl, zero, s.add(li, nmv)),
+        );
+    }
+    let pos = s.mand(live, s.lt(zero, suml2));
+    s.select(pos, s.div(sumlx, safe(s, pos, suml2)), zero)
+}
+
+/// Refinement of affine sub-blocks (lane group `g`): among the integer (scale, min) pairs
+/// within one step of `(ls, lm)` (clamped to 0..=smax), the one with the smallest squared
+/// error of the values re-quantized with it (weights `et` if given); ties keep the earlier,
+/// in the scalar reference's candidate order. `dn`, `mn`: the lanes' super-block scales.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn refine_affine<S: Simd>(
+    s: S,
+    xt: &[f32],
+    et: Option<&[f32]>,
+    g: usize,
+    n: usize,
+    dn: S::F,
+    mn: S::F,
+    ls: S::F,
+    lm: S::F,
+    smax: f32,
+    qmax: f32,
+) -> (S::F, S::F) {
+    let zero = s.splat(0.0);
+    let one = s.splat(1.0);
+    let (smaxv, qmaxv) = (s.splat(smax), s.splat(qmax));
+    let error = |cs: S::F, cm: S::F| {
+        let d = s.mul(dn, cs);
+        let m = s.mul(mn, cm);
+        let dsafe = s.select(s.eq(d, zero), one, d);
+        let mut err = zero;
+        for i in 0..n {
+            let x = at(s, xt, i, g);
+            let q = code(s, s.div(s.add(x, m), dsafe), zero, qmaxv);
+            let e = s.sub(s.sub(s.mul(d, q), m), x);
+            let e2 = s.mul(e, e);
+            err = s.add(
+                err,
+                match et {
+                    Some(et) => s.mul(at(s, et, i, g), e2),
+                    None => e2,
+                },
+            );
+        }
+        err
+    };
+    let (mut bs, mut bm) = (ls, lm);
+    let mut best = error(ls, lm);
+    for a in -1..=1 {
+        for b in -1..=1 {
+            if a == 0 && b == 0 {
+                continue;
+            }
+            let cs = s.min(s.max(s.add(ls, s.splat(a as f32)), zero), smaxv);
+            let cm = s.min(s.max(s.add(lm, s.splat(b as f32)), zero), smaxv);
+            let err = error(cs, cm);
+            let better = s.lt(err, best);
+            best = s.select(better, err, best);
+            bs = s.select(better, cs, bs);
+            bm = s.select(better, cm, bm);
+        }
+    }
+    (bs, bm)
+}
+
+/// Refinement of symmetric sub-blocks (lane group `g`): the integer scale among `sc − 1, sc,
+/// sc + 1` (clamped to slo..=shi) with the smallest squared error of the values re-quantized
+/// as `nearest(x / d)` in qlo..=qhi; ties keep `sc`, then −1.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn refine_symmetric<S: Simd>(
+    s: S,
+    xt: &[f32],
+    et: Option<&[f32]>,
+    g: usize,
+    n: usize,
+    dn: S::F,
+    sc: S::F,
+    (slo, shi): (f32, f32),
+    (qlo, qhi): (f32, f32),
+) -> S::F {
+    let zero = s.splat(0.0);
+    let one = s.splat(1.0);
+    let (qlo, qhi) = (s.splat(qlo), s.splat(qhi));
+    let error = |c: S::F| {
+        let d = s.mul(dn, c);
+        let dsafe = s.select(s.eq(d, zero), one, d);
+        let mut err = zero;
+        for i in 0..n {
+            let x = at(s, xt, i, g);
+            let q = code(s, s.div(x, dsafe), qlo, qhi);
+            let e = s.sub(s.mul(d, q), x);
+            let e2 = s.mul(e, e);
+            err = s.add(
+                err,
+                match et {
+                    Some(et) => s.mul(at(s, et, i, g), e2),
+                    None => e2,
+                },
+            );
+        }
+        err
+    };
+    let mut best_sc = sc;
+    let mut best = error(sc);
+    for a in [-1.0f32, 1.0] {
+        let c = s.min(s.max(s.add(sc, s.splat(a)), s.splat(slo)), s.splat(shi));
+        let err = error(c);
+        let better = s.lt(err, best);
+        best = s.select(better, err, best);
+        best_sc = s.select(better, c, best_sc);
+    }
+    best_sc
+}
