@@ -26,6 +26,13 @@ pub(crate) fn code<S: Simd>(s: S, v: S::F, lo: S::F, hi: S::F) -> S::F {
     s.add(r, s.splat(0.0))
 }
 
+/// [`code`] with lower bound +0: `max(r, +0)` already returns +0 for r = −0 on every ISA
+/// (`max` is `a > b ? a : b`), so no normalisation is needed.
+#[inline(always)]
+pub(crate) fn code_nonneg<S: Simd>(s: S, v: S::F, hi: S::F) -> S::F {
+    s.min(s.max(s.round_even(v), s.splat(0.0)), hi)
+}
+
 /// `m ? 1 : v` (a safe divisor).
 #[inline(always)]
 pub(crate) fn safe<S: Simd>(s: S, ok: S::M, v: S::F) -> S::F {
@@ -36,6 +43,16 @@ pub(crate) fn safe<S: Simd>(s: S, ok: S::M, v: S::F) -> S::F {
 #[inline(always)]
 pub(crate) fn at<S: Simd>(s: S, buf: &[f32], i: usize, g: usize) -> S::F {
     s.load(&buf[i * NC + g * S::W..])
+}
+
+/// |d| or d² (the error measure of the affine search).
+#[inline(always)]
+fn err<S: Simd>(s: S, d: S::F, use_mad: bool) -> S::F {
+    if use_mad {
+        s.abs(d)
+    } else {
+        s.mul(d, d)
+    }
 }
 
 /// Parameters of the affine search (ggml's `make_qkx2_quants` / `make_qkx3_quants`).
@@ -96,14 +113,13 @@ pub(crate) fn qkx<S: Simd>(
     let constant = s.mnot(ok);
     let iscale0 = s.div(nmax, safe(s, ok, s.sub(max, min)));
     let mut scale = s.div(one, iscale0);
-    let err = |d: S::F| if p.use_mad { s.abs(d) } else { s.mul(d, d) };
     let mut best_error = zero;
     for i in 0..n {
         let x = at(s, xt, i, g);
         let w = at(s, wt, i, g);
-        let l = code(s, s.mul(iscale0, s.sub(x, min)), zero, nmax);
+        let l = code_nonneg(s, s.mul(iscale0, s.sub(x, min)), nmax);
         let diff = s.sub(s.add(s.mul(scale, l), min), x);
-        best_error = s.add(best_error, s.mul(w, err(diff)));
+        best_error = s.add(best_error, s.mul(w, err(s, diff, p.use_mad)));
     }
     let (mut code_iscale, mut code_min) = (iscale0, min);
     let mut laux = [zero; 32];
@@ -118,7 +134,7 @@ pub(crate) fn qkx<S: Simd>(
         for (i, la) in laux.iter_mut().enumerate().take(n) {
             let x = at(s, xt, i, g);
             let w = at(s, wt, i, g);
-            let l = code(s, s.mul(iscale, s.sub(x, min)), zero, nmax);
+            let l = code_nonneg(s, s.mul(iscale, s.sub(x, min)), nmax);
             *la = l;
             let wl = s.mul(w, l);
             sum_l = s.add(sum_l, wl);
@@ -141,7 +157,7 @@ pub(crate) fn qkx<S: Simd>(
             let x = at(s, xt, i, g);
             let w = at(s, wt, i, g);
             let diff = s.sub(s.add(s.mul(this_scale, la), this_min), x);
-            cur_error = s.add(cur_error, s.mul(w, err(diff)));
+            cur_error = s.add(cur_error, s.mul(w, err(s, diff, p.use_mad)));
         }
         let better = s.mand(dok, s.lt(cur_error, best_error));
         best_error = s.select(better, cur_error, best_error);
@@ -185,6 +201,30 @@ fn signed_amax<S: Simd>(s: S, xt: &[f32], g: usize, n: usize) -> (S::F, S::F) {
     (max, amax)
 }
 
+/// `Σ (w·x)·l` and `Σ (w·l)·l` with `l = code(iscale · x)` in lo..=hi, sequential over the values.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn qx_sums<S: Simd>(
+    s: S,
+    xt: &[f32],
+    wt: &[f32],
+    wxt: &[f32],
+    g: usize,
+    n: usize,
+    iscale: S::F,
+    (lo, hi): (S::F, S::F),
+) -> (S::F, S::F) {
+    let zero = s.splat(0.0);
+    let (mut sumlx, mut suml2) = (zero, zero);
+    for i in 0..n {
+        let x = at(s, xt, i, g);
+        let l = code(s, s.mul(iscale, x), lo, hi);
+        sumlx = s.add(sumlx, s.mul(at(s, wxt, i, g), l));
+        suml2 = s.add(suml2, s.mul(s.mul(at(s, wt, i, g), l), l));
+    }
+    (sumlx, suml2)
+}
+
 /// ggml's `make_qx_quants` (`rmse_type = 1`) for lane group `g`: weights `wt` (transposed),
 /// `wxt` = w·x precomputed (the scalar code's `w * x * l` is `(w * x) * l`), `eps` per lane.
 #[inline(always)]
@@ -205,18 +245,8 @@ pub(crate) fn qx<S: Simd>(
     let (max, amax) = signed_amax(s, xt, g, n);
     let zl = s.lt(amax, eps);
     let max = safe(s, s.mnot(zl), max);
-    let sums = |iscale: S::F| {
-        let (mut sumlx, mut suml2) = (zero, zero);
-        for i in 0..n {
-            let x = at(s, xt, i, g);
-            let l = code(s, s.mul(iscale, x), lo, hi);
-            sumlx = s.add(sumlx, s.mul(at(s, wxt, i, g), l));
-            suml2 = s.add(suml2, s.mul(s.mul(at(s, wt, i, g), l), l));
-        }
-        (sumlx, suml2)
-    };
     let iscale0 = s.div(s.splat(-nm), max);
-    let (sumlx, suml2) = sums(iscale0);
+    let (sumlx, suml2) = qx_sums(s, xt, wt, wxt, g, n, iscale0, (lo, hi));
     let nz = s.mnot(s.eq(suml2, zero));
     let mut scale = s.select(nz, s.div(sumlx, safe(s, nz, suml2)), zero);
     let mut best = s.mul(scale, sumlx);
@@ -226,7 +256,7 @@ pub(crate) fn qx<S: Simd>(
             continue;
         }
         let iscale = s.div(s.splat(-(nm + 0.1 * is as f32)), max);
-        let (sumlx, suml2) = sums(iscale);
+        let (sumlx, suml2) = qx_sums(s, xt, wt, wxt, g, n, iscale, (lo, hi));
         let pos = s.lt(zero, suml2);
         let acc = s.mand(pos, s.lt(s.mul(best, suml2), s.mul(sumlx, sumlx)));
         let new_scale = s.div(sumlx, safe(s, pos, suml2));
@@ -241,74 +271,156 @@ pub(crate) fn qx<S: Simd>(
     }
 }
 
-/// ggml's `make_q3_quants` (`do_rmse`, weights x²) for lane group `g`: the codes (−nmax..nmax−1,
-/// as f32, plus nmax at the end; all 0 for all-zero lanes) are written transposed to `lt`.
-/// Returns the scale. A lane whose pass changed nothing would change nothing in the following
-/// passes either, so all lanes run until none changes (at most 5 passes), as the scalar code.
+/// Most lane groups a chunk has (W = 4).
+const MAXG: usize = NC / 4;
+
+/// ggml's `make_q3_quants` (`do_rmse`, weights x²) for the first `ngroups` lane groups at once
+/// (the groups' dependency chains interleave): the codes (−nmax..nmax−1 plus nmax; all 0 for
+/// all-zero lanes) are written transposed to `lt`, the scales to `scales[g·W..]`. A lane whose
+/// pass changed nothing would change nothing in the following passes either, so all lanes run
+/// until none changes (at most 5 passes), as the scalar code does per lane.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn q3<S: Simd>(
     s: S,
     xt: &[f32],
     wxt: &[f32],
     eps: S::F,
-    g: usize,
+    ngroups: usize,
     n: usize,
     nmax: i32,
     lt: &mut [f32],
-) -> S::F {
+    scales: &mut [f32],
+) {
+    debug_assert!(ngroups <= MAXG && n <= 16);
     let zero = s.splat(0.0);
     let nm = nmax as f32;
     let (lo, hi) = (s.splat(-nm), s.splat(nm - 1.0));
-    let (max, amax) = signed_amax(s, xt, g, n);
-    let zl = s.lt(amax, eps);
-    let iscale = s.div(s.splat(-nm), safe(s, s.mnot(zl), max));
-    let live = s.mnot(zl);
-    let (mut sumlx, mut suml2) = (zero, zero);
-    let mut l = [zero; 16];
-    for (i, li) in l.iter_mut().enumerate().take(n) {
-        let x = at(s, xt, i, g);
-        let c = code(s, s.mul(iscale, x), lo, hi);
-        *li = c;
-        let w = s.mul(x, x);
-        sumlx = s.add(sumlx, s.mul(at(s, wxt, i, g), c));
-        suml2 = s.add(suml2, s.mul(s.mul(w, c), c));
-    }
-    for _ in 0..5 {
-        let mut changed = s.lt(zero, zero);
+    let mut live = [s.lt(zero, zero); MAXG];
+    let (mut sumlx, mut suml2) = ([zero; MAXG], [zero; MAXG]);
+    let mut l = [[zero; MAXG]; 16];
+    for g in 0..ngroups {
+        let (max, amax) = signed_amax(s, xt, g, n);
+        let zl = s.lt(amax, eps);
+        live[g] = s.mnot(zl);
+        let iscale = s.div(s.splat(-nm), safe(s, live[g], max));
         for (i, li) in l.iter_mut().enumerate().take(n) {
             let x = at(s, xt, i, g);
+            let c = code(s, s.mul(iscale, x), lo, hi);
+            li[g] = c;
             let w = s.mul(x, x);
-            let wx = at(s, wxt, i, g);
-            let slx = s.sub(sumlx, s.mul(wx, *li));
-            let pos = s.lt(zero, slx);
-            let sl2 = s.sub(suml2, s.mul(s.mul(w, *li), *li));
-            let new_l = code(s, s.div(s.mul(x, sl2), safe(s, pos, slx)), lo, hi);
-            let differs = s.mand(pos, s.mnot(s.eq(new_l, *li)));
-            let slx = s.add(slx, s.mul(wx, new_l));
-            let sl2 = s.add(sl2, s.mul(s.mul(w, new_l), new_l));
-            let gain = s.lt(
-                s.mul(s.mul(sumlx, sumlx), sl2),
-                s.mul(s.mul(slx, slx), suml2),
-            );
-            let acc = s.mand(s.mand(differs, live), s.mand(s.lt(zero, sl2), gain));
-            *li = s.select(acc, new_l, *li);
-            sumlx = s.select(acc, slx, sumlx);
-            suml2 = s.select(acc, sl2, suml2);
-            changed = s.mor(changed, acc);
+            sumlx[g] = s.add(sumlx[g], s.mul(at(s, wxt, i, g), c));
+            suml2[g] = s.add(suml2[g], s.mul(s.mul(w, c), c));
         }
-        if s.bitmask(changed) == 0 {
+    }
+    for _ in 0..5 {
+        let mut changed = 0u64;
+        for (i, li) in l.iter_mut().enumerate().take(n) {
+            for g in 0..ngroups {
+                let x = at(s, xt, i, g);
+                let w = s.mul(x, x);
+                let wx = at(s, wxt, i, g);
+                let slx = s.sub(sumlx[g], s.mul(wx, li[g]));
+                let pos = s.lt(zero, slx);
+                let sl2 = s.sub(suml2[g], s.mul(s.mul(w, li[g]), li[g]));
+                let new_l = code(s, s.div(s.mul(x, sl2), safe(s, pos, slx)), lo, hi);
+                let differs = s.mand(pos, s.mnot(s.eq(new_l, li[g])));
+                let slx = s.add(slx, s.mul(wx, new_l));
+                let sl2 = s.add(sl2, s.mul(s.mul(w, new_l), new_l));
+                let gain = s.lt(
+                    s.mul(s.mul(sumlx[g], sumlx[g]), sl2),
+                    s.mul(s.mul(slx, slx), suml2[g]),
+                );
+                let acc = s.mand(s.mand(differs, live[g]), s.mand(s.lt(zero, sl2), gain));
+                li[g] = s.select(acc, new_l, li[g]);
+                sumlx[g] = s.select(acc, slx, sumlx[g]);
+                suml2[g] = s.select(acc, sl2, suml2[g]);
+                changed |= s.bitmask(acc);
+            }
+        }
+        if changed == 0 {
             break;
         }
     }
     let nmv = s.splat(nm);
-    for (i, &li) in l.iter().enumerate().take(n) {
+    for g in 0..ngroups {
+        for (i, li) in l.iter().enumerate().take(n) {
+            s.store(
+                &mut lt[i * NC + g * S::W..],
+                s.select(live[g], s.add(li[g], nmv), zero),
+            );
+        }
+        let pos = s.mand(live[g], s.lt(zero, suml2[g]));
         s.store(
-            &mut lt[i * NC + g * S::W..],
-            s.select(zl, zero, s.add(li, nmv)),
+            &mut scales[g * S::W..],
+            s.select(pos, s.div(sumlx[g], safe(s, pos, suml2[g])), zero),
         );
     }
-    let pos = s.mand(live, s.lt(zero, suml2));
-    s.select(pos, s.div(sumlx, safe(s, pos, suml2)), zero)
+}
+
+/// Squared error (Σ e² or Σ w·e², sequential) of affine sub-blocks with scale `d` and min `m`,
+/// values re-quantized as `nearest((x + m) / d)` in 0..=qmax (any code where d = 0).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn affine_error<S: Simd>(
+    s: S,
+    xt: &[f32],
+    et: Option<&[f32]>,
+    g: usize,
+    n: usize,
+    d: S::F,
+    m: S::F,
+    qmax: S::F,
+) -> S::F {
+    let zero = s.splat(0.0);
+    let dsafe = s.select(s.eq(d, zero), s.splat(1.0), d);
+    let mut err = zero;
+    for i in 0..n {
+        let x = at(s, xt, i, g);
+        let q = code_nonneg(s, s.div(s.add(x, m), dsafe), qmax);
+        let e = s.sub(s.sub(s.mul(d, q), m), x);
+        let e2 = s.mul(e, e);
+        err = s.add(
+            err,
+            match et {
+                Some(et) => s.mul(at(s, et, i, g), e2),
+                None => e2,
+            },
+        );
+    }
+    err
+}
+
+/// Squared error of symmetric sub-blocks with scale `d`, values re-quantized as
+/// `nearest(x / d)` in qlo..=qhi.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn symmetric_error<S: Simd>(
+    s: S,
+    xt: &[f32],
+    et: Option<&[f32]>,
+    g: usize,
+    n: usize,
+    d: S::F,
+    (qlo, qhi): (S::F, S::F),
+) -> S::F {
+    let zero = s.splat(0.0);
+    let dsafe = s.select(s.eq(d, zero), s.splat(1.0), d);
+    let mut err = zero;
+    for i in 0..n {
+        let x = at(s, xt, i, g);
+        let q = code(s, s.div(x, dsafe), qlo, qhi);
+        let e = s.sub(s.mul(d, q), x);
+        let e2 = s.mul(e, e);
+        err = s.add(
+            err,
+            match et {
+                Some(et) => s.mul(at(s, et, i, g), e2),
+                None => e2,
+            },
+        );
+    }
+    err
 }
 
 /// Refinement of affine sub-blocks (lane group `g`): among the integer (scale, min) pairs
@@ -331,30 +443,9 @@ pub(crate) fn refine_affine<S: Simd>(
     qmax: f32,
 ) -> (S::F, S::F) {
     let zero = s.splat(0.0);
-    let one = s.splat(1.0);
     let (smaxv, qmaxv) = (s.splat(smax), s.splat(qmax));
-    let error = |cs: S::F, cm: S::F| {
-        let d = s.mul(dn, cs);
-        let m = s.mul(mn, cm);
-        let dsafe = s.select(s.eq(d, zero), one, d);
-        let mut err = zero;
-        for i in 0..n {
-            let x = at(s, xt, i, g);
-            let q = code(s, s.div(s.add(x, m), dsafe), zero, qmaxv);
-            let e = s.sub(s.sub(s.mul(d, q), m), x);
-            let e2 = s.mul(e, e);
-            err = s.add(
-                err,
-                match et {
-                    Some(et) => s.mul(at(s, et, i, g), e2),
-                    None => e2,
-                },
-            );
-        }
-        err
-    };
     let (mut bs, mut bm) = (ls, lm);
-    let mut best = error(ls, lm);
+    let mut best = affine_error(s, xt, et, g, n, s.mul(dn, ls), s.mul(mn, lm), qmaxv);
     for a in -1..=1 {
         for b in -1..=1 {
             if a == 0 && b == 0 {
@@ -362,7 +453,7 @@ pub(crate) fn refine_affine<S: Simd>(
             }
             let cs = s.min(s.max(s.add(ls, s.splat(a as f32)), zero), smaxv);
             let cm = s.min(s.max(s.add(lm, s.splat(b as f32)), zero), smaxv);
-            let err = error(cs, cm);
+            let err = affine_error(s, xt, et, g, n, s.mul(dn, cs), s.mul(mn, cm), qmaxv);
             let better = s.lt(err, best);
             best = s.select(better, err, best);
             bs = s.select(better, cs, bs);
@@ -388,33 +479,12 @@ pub(crate) fn refine_symmetric<S: Simd>(
     (slo, shi): (f32, f32),
     (qlo, qhi): (f32, f32),
 ) -> S::F {
-    let zero = s.splat(0.0);
-    let one = s.splat(1.0);
     let (qlo, qhi) = (s.splat(qlo), s.splat(qhi));
-    let error = |c: S::F| {
-        let d = s.mul(dn, c);
-        let dsafe = s.select(s.eq(d, zero), one, d);
-        let mut err = zero;
-        for i in 0..n {
-            let x = at(s, xt, i, g);
-            let q = code(s, s.div(x, dsafe), qlo, qhi);
-            let e = s.sub(s.mul(d, q), x);
-            let e2 = s.mul(e, e);
-            err = s.add(
-                err,
-                match et {
-                    Some(et) => s.mul(at(s, et, i, g), e2),
-                    None => e2,
-                },
-            );
-        }
-        err
-    };
     let mut best_sc = sc;
-    let mut best = error(sc);
+    let mut best = symmetric_error(s, xt, et, g, n, s.mul(dn, sc), (qlo, qhi));
     for a in [-1.0f32, 1.0] {
         let c = s.min(s.max(s.add(sc, s.splat(a)), s.splat(slo)), s.splat(shi));
-        let err = error(c);
+        let err = symmetric_error(s, xt, et, g, n, s.mul(dn, c), (qlo, qhi));
         let better = s.lt(err, best);
         best = s.select(better, err, best);
         best_sc = s.select(better, c, best_sc);

@@ -407,9 +407,9 @@ fn affine_row<S: Simd>(
     p_plain: Qkx,
     p_imp: Qkx,
     dst: &mut [u8],
-    block_bytes: usize,
-    pack: &dyn Fn(S, &[u8; QK], &[i32], &[i32], u16, u16, &mut [u8]),
+    kind: Affine,
 ) {
+    let block_bytes = kind.block_bytes();
     let per_sb = QK / n;
     let sb_per_chunk = NC / per_sb;
     let nblocks = x.len() / QK;
@@ -577,13 +577,13 @@ fn affine_row<S: Simd>(
                 }
             }
             let out = &mut dst[(blk + b) * block_bytes..(blk + b + 1) * block_bytes];
-            pack(
+            pack_affine(
                 s,
+                kind,
                 &codes,
                 &isc[..per_sb],
                 &imn[..per_sb],
-                f16s[b].0,
-                f16s[b].1,
+                f16s[b],
                 out,
             );
         }
@@ -593,6 +593,66 @@ fn affine_row<S: Simd>(
 
 fn put_f16(out: &mut [u8], at: usize, bits: u16) {
     out[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+}
+
+/// Which affine type a row is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Affine {
+    Q2,
+    Q4,
+    Q5,
+}
+
+impl Affine {
+    fn block_bytes(self) -> usize {
+        match self {
+            Affine::Q2 => layout::q2k::BYTES,
+            Affine::Q4 => layout::q4k::BYTES,
+            Affine::Q5 => layout::q5k::BYTES,
+        }
+    }
+}
+
+/// Pack one affine block: codes, integer scales and mins, f16 `(d, dmin)`.
+#[inline(always)]
+fn pack_affine<S: Simd>(
+    s: S,
+    kind: Affine,
+    codes: &[u8; QK],
+    ls: &[i32],
+    lm: &[i32],
+    (d, dmin): (u16, u16),
+    out: &mut [u8],
+) {
+    if kind == Affine::Q2 {
+        use layout::q2k::*;
+        for j in 0..16 {
+            out[SCALES + j] = (ls[j] | (lm[j] << 4)) as u8;
+        }
+        pack_2bit(s, codes, &mut out[QS..QS + 64]);
+        put_f16(out, D, d);
+        put_f16(out, DMIN, dmin);
+        return;
+    }
+    use layout::q4k::{D, DMIN, SCALES};
+    let mut k = [0u8; 12];
+    for j in 0..4 {
+        let (s0, m0, s1, m1) = (ls[j] as u8, lm[j] as u8, ls[j + 4] as u8, lm[j + 4] as u8);
+        k[j] = s0 | ((s1 >> 4) << 6);
+        k[j + 4] = m0 | ((m1 >> 4) << 6);
+        k[j + 8] = (s1 & 0xF) | ((m1 & 0xF) << 4);
+    }
+    out[SCALES..SCALES + 12].copy_from_slice(&k);
+    if kind == Affine::Q5 {
+        use layout::q5k::{QH, QS};
+        pack_nibbles(s, codes, &mut out[QS..QS + 128]);
+        pack_high(s, codes, 4, &mut out[QH..QH + 32]);
+    } else {
+        use layout::q4k::QS;
+        pack_nibbles(s, codes, &mut out[QS..QS + 128]);
+    }
+    put_f16(out, D, d);
+    put_f16(out, DMIN, dmin);
 }
 
 /// q2_k row.
@@ -612,30 +672,7 @@ pub(crate) fn q2k_row<S: Simd>(s: S, x: &[f32], imp: Option<&[f32]>, mode: Mode,
         nstep: 36,
         use_mad: false,
     };
-    let pack =
-        |s: S, codes: &[u8; QK], ls: &[i32], lm: &[i32], d: u16, dmin: u16, out: &mut [u8]| {
-            use layout::q2k::*;
-            for j in 0..16 {
-                out[SCALES + j] = (ls[j] | (lm[j] << 4)) as u8;
-            }
-            pack_2bit(s, codes, &mut out[QS..QS + 64]);
-            put_f16(out, D, d);
-            put_f16(out, DMIN, dmin);
-        };
-    affine_row(
-        s,
-        x,
-        imp,
-        mode,
-        16,
-        3.0,
-        15,
-        plain,
-        with,
-        dst,
-        layout::q2k::BYTES,
-        &pack,
-    );
+    affine_row(s, x, imp, mode, 16, 3.0, 15, plain, with, dst, Affine::Q2);
 }
 
 /// q4_k (`five == false`) or q5_k row.
@@ -673,36 +710,8 @@ pub(crate) fn q45k_row<S: Simd>(
         nstep: 36,
         use_mad: false,
     };
-    let pack =
-        |s: S, codes: &[u8; QK], ls: &[i32], lm: &[i32], d: u16, dmin: u16, out: &mut [u8]| {
-            use layout::q4k::{D, DMIN, SCALES};
-            let mut k = [0u8; 12];
-            for j in 0..4 {
-                let (s0, m0, s1, m1) = (ls[j] as u8, lm[j] as u8, ls[j + 4] as u8, lm[j + 4] as u8);
-                k[j] = s0 | ((s1 >> 4) << 6);
-                k[j + 4] = m0 | ((m1 >> 4) << 6);
-                k[j + 8] = (s1 & 0xF) | ((m1 & 0xF) << 4);
-            }
-            out[SCALES..SCALES + 12].copy_from_slice(&k);
-            if five {
-                use layout::q5k::{QH, QS};
-                pack_nibbles(s, codes, &mut out[QS..QS + 128]);
-                pack_high(s, codes, 4, &mut out[QH..QH + 32]);
-            } else {
-                use layout::q4k::QS;
-                pack_nibbles(s, codes, &mut out[QS..QS + 128]);
-            }
-            put_f16(out, D, d);
-            put_f16(out, DMIN, dmin);
-        };
-    let bytes = if five {
-        layout::q5k::BYTES
-    } else {
-        layout::q4k::BYTES
-    };
-    affine_row(
-        s, x, imp, mode, 32, nmax, 63, plain, with, dst, bytes, &pack,
-    );
+    let kind = if five { Affine::Q5 } else { Affine::Q4 };
+    affine_row(s, x, imp, mode, 32, nmax, 63, plain, with, dst, kind);
 }
 
 /// q3_k row: 16 sub-blocks of 16 per super-block (one chunk), signed 3-bit codes.
@@ -738,10 +747,17 @@ pub(crate) fn q3k_row<S: Simd>(s: S, x: &[f32], imp: Option<&[f32]>, mode: Mode,
                     s.store(&mut sc.aux[k..], s.mul(s.mul(x, x), x));
                 }
             }
-            for g in 0..ngroups {
-                let scale = lanes::q3(s, &sc.xt, &sc.aux, eps, g, n, 4, &mut sc.lt);
-                s.store(&mut scales[g * S::W..], scale);
-            }
+            lanes::q3(
+                s,
+                &sc.xt,
+                &sc.aux,
+                eps,
+                ngroups,
+                n,
+                4,
+                &mut sc.lt,
+                &mut scales,
+            );
         }
         // Super-block step (scalar): signed 6-bit scales (stored + 32; all -32 when zero).
         let mut scf = [-32f32; NC];
@@ -829,6 +845,36 @@ pub(crate) fn q3k_row<S: Simd>(s: S, x: &[f32], imp: Option<&[f32]>, mode: Mode,
         pack_high(s, &codes, 2, &mut out[HMASK..HMASK + 32]);
         pack_2bit(s, &codes, &mut out[QS..QS + 64]);
         put_f16(out, D, d16);
+    }
+}
+
+/// q6_k code packing: `ql[64h + i]` = codes `128h + i` | `128h + 64 + i` << 4 (low 4 bits),
+/// `ql[64h + 32 + i]` = codes `128h + 32 + i` | `128h + 96 + i` << 4, `qh[32h + i]` holds the
+/// high 2 bits of codes `128h + 32k + i` at bits `2k`.
+#[inline(always)]
+fn pack_q6<S: Simd>(s: S, codes: &[u8; QK], out: &mut [u8]) {
+    use layout::q6k::{QH, QL};
+    let (f, three) = (s.isplat(0xF), s.isplat(3));
+    for h in 0..2 {
+        for i in (0..32).step_by(S::W) {
+            let c0 = s.load_u8(&codes[128 * h + i..]);
+            let c1 = s.load_u8(&codes[128 * h + 32 + i..]);
+            let c2 = s.load_u8(&codes[128 * h + 64 + i..]);
+            let c3 = s.load_u8(&codes[128 * h + 96 + i..]);
+            s.store_u8(
+                &mut out[QL + 64 * h + i..],
+                s.ior(s.iand(c0, f), s.shl(s.iand(c2, f), 4)),
+            );
+            s.store_u8(
+                &mut out[QL + 64 * h + 32 + i..],
+                s.ior(s.iand(c1, f), s.shl(s.iand(c3, f), 4)),
+            );
+            let mut qh = s.isplat(0);
+            for (k, c) in [c0, c1, c2, c3].into_iter().enumerate() {
+                qh = s.ior(qh, s.shl(s.iand(s.shr(c, 4), three), 2 * k as u32));
+            }
+            s.store_u8(&mut out[QH + 32 * h + i..], qh);
+        }
     }
 }
 
@@ -926,24 +972,7 @@ pub(crate) fn q6k_row<S: Simd>(s: S, x: &[f32], imp: Option<&[f32]>, mode: Mode,
                 }
             }
         }
-        let (f, three) = (s.isplat(0xF), s.isplat(3));
-        for h in 0..2 {
-            for i in (0..32).step_by(S::W) {
-                let c = |k: usize| s.load_u8(&codes[128 * h + 32 * k + i..]);
-                let (c0, c1, c2, c3) = (c(0), c(1), c(2), c(3));
-                s.store_u8(
-                    &mut out[QL + 64 * h + i..],
-                    s.ior(s.iand(c0, f), s.shl(s.iand(c2, f), 4)),
-                );
-                s.store_u8(
-                    &mut out[QL + 64 * h + 32 + i..],
-                    s.ior(s.iand(c1, f), s.shl(s.iand(c3, f), 4)),
-                );
-                let hb = |c: S::I, k: u32| s.shl(s.iand(s.shr(c, 4), three), 2 * k);
-                let qh = s.ior(s.ior(hb(c0, 0), hb(c1, 1)), s.ior(hb(c2, 2), hb(c3, 3)));
-                s.store_u8(&mut out[QH + 32 * h + i..], qh);
-            }
-        }
+        pack_q6(s, &codes, out);
         for j in 0..16 {
             out[SCALES + j] = scf[j] as i32 as i8 as u8;
         }
