@@ -1,14 +1,15 @@
 //! Ad-hoc single-thread throughput of the k-quant kernels on a 4096 × 4096 N(0, 1) matrix
 //! (the official criterion benchmark lives in `benches/`). Run with
 //! `cargo test --release -p lowbit-core --test parity_kquants_speed -- --ignored --nocapture`
-//! (`KQ_ISA=avx2`, `KQ_TYPE=q4_k`, `KQ_REPS=5` narrow it down).
+//! (`KQ_ISA=avx2`, `KQ_TYPE=q4_k`, `KQ_REPS=5`, `KQ_MODE=ggml` narrow it down).
 
 mod common;
 
 use std::time::Instant;
 
 use common::{importance, simd_isas, Rng};
-use lowbit_core::simd::kquants::{dequantize_row, quantize_row};
+use lowbit_core::blocks::kquants::Mode;
+use lowbit_core::simd::kquants::{dequantize_row, quantize_row_mode};
 use lowbit_core::simd::Isa;
 use lowbit_core::QType;
 
@@ -51,6 +52,12 @@ fn kquants_throughput() {
     let x: Vec<f32> = (0..N * N).map(|_| r.normal()).collect();
     let imp = importance(N, 2);
     let mb = (N * N * 4) as f64 / 1e6;
+    // KQ_MODE=ggml measures ggml's algorithm alone (no refinement).
+    let mode = if std::env::var("KQ_MODE").is_ok_and(|m| m == "ggml") {
+        Mode::Ggml
+    } else {
+        Mode::Refined
+    };
     let reps: usize = std::env::var("KQ_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -70,7 +77,7 @@ fn kquants_throughput() {
             for with_imp in [false, true] {
                 let (wall, cpu) = timed(reps, || {
                     for (row, out) in x.chunks(N).zip(q.chunks_mut(rb)) {
-                        quantize_row(isa, qtype, row, out, with_imp.then_some(&imp[..]));
+                        quantize_row_mode(isa, qtype, row, out, with_imp.then_some(&imp[..]), mode);
                     }
                 });
                 eprintln!(

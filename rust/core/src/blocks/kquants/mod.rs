@@ -40,6 +40,15 @@
 //!   and may produce Inf/NaN there); integer scales are clamped into their field (ggml lets a
 //!   negative one wrap); the stored f16 super-scales saturate at ±65504 instead of becoming Inf.
 //!
+//! # Input bound (`max_abs` of the type table)
+//! The largest stored f16 super-scale per unit of `max |x|` is, from the algorithms and
+//! measured on adversarial rows (alternating ±max, one-sided, spikes): q2_k ≈ 0.086 (`dmin` ≈
+//! min / 15, the least-squares min overshooting the data by up to ~30 %), q3_k ≈ 0.011 (scale ≈
+//! max / 3 over 32 integer steps), q4_k / q5_k ≈ 0.018 (`dmin` ≈ min / 63), q6_k ≈ 0.00026. The
+//! bounds 7.5, 32, 31.5, 31.5 and 1024 × 65504 leave a margin of 1.5× or more, and a test checks
+//! that no scale saturates at the bound. Pathological importance vectors can still push a scale
+//! past 65504; it then saturates (stays finite) instead of becoming Inf.
+//!
 //! Every function here is plain scalar code; the SIMD kernels in `crate::simd::kquants`
 //! reimplement the same arithmetic lane by lane and are tested against it bit for bit.
 

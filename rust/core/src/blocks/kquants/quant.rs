@@ -1,6 +1,7 @@
 //! The super-block quantizers of the k-quants (scalar reference). Each function quantizes one
 //! 256-value super-block into one ggml block; see the module docs of `blocks::kquants` for the
 //! steps and `search` for the sub-block searches.
+#![allow(clippy::needless_range_loop)]
 
 use half::f16;
 

@@ -2,7 +2,9 @@
 //! `make_qkx3_quants`, `make_qx_quants`, `make_q3_quants`, `make_qp_quants`), plus our
 //! refinement of the quantized sub-block scales. Plain scalar code, with ggml's constants and
 //! operation order (left to right, no fused multiply-add), working on normalised values (see the
-//! module docs of `blocks::kquants`). Codes are carried as integral f32 values.
+//! module docs of `blocks::kquants`). Codes are carried as integral f32 values. The loops
+//! index like ggml's C code, on purpose, so the operation order is easy to compare.
+#![allow(clippy::needless_range_loop)]
 
 /// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below it is all zero. Callers
 /// scale it by the super-block's normalisation factor (see [`eps_for`]).
@@ -88,7 +90,7 @@ pub(crate) fn make_qkx(x: &[f32], w: &[f32], p: &Qkx, l: &mut [f32]) -> QkxOut {
     if min > 0.0 {
         min = 0.0;
     }
-    if !(max - min > RANGE_EPS) {
+    if max - min <= RANGE_EPS {
         l[..n].fill(0.0);
         return QkxOut {
             scale: 0.0,
@@ -106,7 +108,7 @@ pub(crate) fn make_qkx(x: &[f32], w: &[f32], p: &Qkx, l: &mut [f32]) -> QkxOut {
     let mut laux = [0f32; 32];
     for is in 0..=p.nstep {
         let range = max - min;
-        if !(range > RANGE_EPS) {
+        if range <= RANGE_EPS {
             continue;
         }
         iscale = (p.rmin + p.rdelta * is as f32 + p.nmax) / range;

@@ -14,6 +14,9 @@ use crate::simd::vocab::Simd;
 /// lane count W must divide it (W = 4, 8, 16 here).
 pub(crate) const NC: usize = 16;
 
+/// Most lane groups a chunk has (W = 4).
+const MAXG: usize = NC / 4;
+
 /// Smallest range the affine search divides by: 2^-100 (the scalar reference's `RANGE_EPS`).
 pub(crate) const RANGE_EPS: f32 = 7.888_609e-31;
 
@@ -65,113 +68,143 @@ pub(crate) struct Qkx {
     pub use_mad: bool,
 }
 
-/// Per-lane result of the affine search.
-#[derive(Clone, Copy)]
-pub(crate) struct QkxLanes<S: Simd> {
+/// Per-lane results of the affine search, one entry per lane (index `g·W + l`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct QkxOut {
     /// Scale (0 for constant sub-blocks).
-    pub scale: S::F,
+    pub scale: [f32; NC],
     /// `the_min` (= −min).
-    pub the_min: S::F,
+    pub the_min: [f32; NC],
     /// Inverse scale and min with which the kept codes were computed:
     /// code = `nearest(iscale · (x − min))` clamped to 0..=nmax.
-    pub code_iscale: S::F,
-    pub code_min: S::F,
-    /// Lanes whose sub-block counts as constant (codes all 0).
-    pub constant: S::M,
+    pub code_iscale: [f32; NC],
+    pub code_min: [f32; NC],
+    /// Bit `g·W + l`: the sub-block counts as constant (codes all 0).
+    pub constant: u32,
 }
 
-/// The affine search for lane group `g` of the transposed values `xt` and weights `wt`
-/// (`n` values per sub-block).
+/// The affine search (ggml's `make_qkx2_quants` / `make_qkx3_quants`) for the first
+/// `ngroups` lane groups of the transposed values `xt` and weights `wt` (`n` values per
+/// sub-block) at once: each candidate is a serial chain (divide, sums, divide, error), so the
+/// groups' chains are interleaved value by value.
 #[inline(always)]
 pub(crate) fn qkx<S: Simd>(
     s: S,
     xt: &[f32],
     wt: &[f32],
-    g: usize,
+    ngroups: usize,
     n: usize,
     p: &Qkx,
-) -> QkxLanes<S> {
+    out: &mut QkxOut,
+) {
+    debug_assert!(ngroups <= MAXG && n <= 32);
     let zero = s.splat(0.0);
     let one = s.splat(1.0);
     let nmax = s.splat(p.nmax);
     let range_eps = s.splat(RANGE_EPS);
-    let x0 = at(s, xt, 0, g);
-    let w0 = at(s, wt, 0, g);
-    let (mut min, mut max) = (x0, x0);
-    let mut sum_w = w0;
-    let mut sum_x = s.mul(sum_w, x0);
-    for i in 1..n {
-        let x = at(s, xt, i, g);
-        let w = at(s, wt, i, g);
-        min = s.select(s.lt(x, min), x, min);
-        max = s.select(s.lt(max, x), x, max);
-        sum_w = s.add(sum_w, w);
-        sum_x = s.add(sum_x, s.mul(w, x));
-    }
-    min = s.select(s.lt(zero, min), zero, min);
-    let ok = s.lt(range_eps, s.sub(max, min));
-    let constant = s.mnot(ok);
-    let iscale0 = s.div(nmax, safe(s, ok, s.sub(max, min)));
-    let mut scale = s.div(one, iscale0);
-    let mut best_error = zero;
-    for i in 0..n {
-        let x = at(s, xt, i, g);
-        let w = at(s, wt, i, g);
-        let l = code_nonneg(s, s.mul(iscale0, s.sub(x, min)), nmax);
-        let diff = s.sub(s.add(s.mul(scale, l), min), x);
-        best_error = s.add(best_error, s.mul(w, err(s, diff, p.use_mad)));
-    }
-    let (mut code_iscale, mut code_min) = (iscale0, min);
-    let mut laux = [zero; 32];
-    for is in 0..=p.nstep {
-        let range = s.sub(max, min);
-        let cand = s.mand(ok, s.lt(range_eps, range));
-        let iscale = s.div(
-            s.splat(p.rmin + p.rdelta * is as f32 + p.nmax),
-            safe(s, cand, range),
-        );
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
-        for (i, la) in laux.iter_mut().enumerate().take(n) {
+    let mfalse = s.lt(zero, zero);
+    let (mut min, mut max) = ([zero; MAXG], [zero; MAXG]);
+    let (mut sum_w, mut sum_x) = ([zero; MAXG], [zero; MAXG]);
+    let (mut ok, mut scale, mut best_error) = ([mfalse; MAXG], [zero; MAXG], [zero; MAXG]);
+    let (mut code_iscale, mut code_min) = ([zero; MAXG], [zero; MAXG]);
+    for g in 0..ngroups {
+        let x0 = at(s, xt, 0, g);
+        let w0 = at(s, wt, 0, g);
+        let (mut mn, mut mx) = (x0, x0);
+        let mut sw = w0;
+        let mut sx = s.mul(sw, x0);
+        for i in 1..n {
             let x = at(s, xt, i, g);
             let w = at(s, wt, i, g);
-            let l = code_nonneg(s, s.mul(iscale, s.sub(x, min)), nmax);
-            *la = l;
-            let wl = s.mul(w, l);
-            sum_l = s.add(sum_l, wl);
-            sum_l2 = s.add(sum_l2, s.mul(wl, l));
-            sum_xl = s.add(sum_xl, s.mul(wl, x));
+            mn = s.select(s.lt(x, mn), x, mn);
+            mx = s.select(s.lt(mx, x), x, mx);
+            sw = s.add(sw, w);
+            sx = s.add(sx, s.mul(w, x));
         }
-        let det = s.sub(s.mul(sum_w, sum_l2), s.mul(sum_l, sum_l));
-        let dok = s.mand(cand, s.lt(zero, det));
-        if s.bitmask(dok) == 0 {
+        mn = s.select(s.lt(zero, mn), zero, mn);
+        ok[g] = s.lt(range_eps, s.sub(mx, mn));
+        let iscale0 = s.div(nmax, safe(s, ok[g], s.sub(mx, mn)));
+        let sc = s.div(one, iscale0);
+        let mut be = zero;
+        for i in 0..n {
+            let x = at(s, xt, i, g);
+            let w = at(s, wt, i, g);
+            let l = code_nonneg(s, s.mul(iscale0, s.sub(x, mn)), nmax);
+            let diff = s.sub(s.add(s.mul(sc, l), mn), x);
+            be = s.add(be, s.mul(w, err(s, diff, p.use_mad)));
+        }
+        (min[g], max[g], sum_w[g], sum_x[g]) = (mn, mx, sw, sx);
+        (scale[g], best_error[g], code_iscale[g], code_min[g]) = (sc, be, iscale0, mn);
+    }
+    let mut laux = [[zero; MAXG]; 32];
+    for is in 0..=p.nstep {
+        let num = s.splat(p.rmin + p.rdelta * is as f32 + p.nmax);
+        let (mut cand, mut iscale) = ([mfalse; MAXG], [zero; MAXG]);
+        for g in 0..ngroups {
+            let range = s.sub(max[g], min[g]);
+            cand[g] = s.mand(ok[g], s.lt(range_eps, range));
+            iscale[g] = s.div(num, safe(s, cand[g], range));
+        }
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([zero; MAXG], [zero; MAXG], [zero; MAXG]);
+        for (i, la) in laux.iter_mut().enumerate().take(n) {
+            for g in 0..ngroups {
+                let x = at(s, xt, i, g);
+                let w = at(s, wt, i, g);
+                let l = code_nonneg(s, s.mul(iscale[g], s.sub(x, min[g])), nmax);
+                la[g] = l;
+                let wl = s.mul(w, l);
+                sum_l[g] = s.add(sum_l[g], wl);
+                sum_l2[g] = s.add(sum_l2[g], s.mul(wl, l));
+                sum_xl[g] = s.add(sum_xl[g], s.mul(wl, x));
+            }
+        }
+        let (mut dok, mut this_scale, mut this_min) = ([mfalse; MAXG], [zero; MAXG], [zero; MAXG]);
+        let mut any = 0u64;
+        for g in 0..ngroups {
+            let det = s.sub(s.mul(sum_w[g], sum_l2[g]), s.mul(sum_l[g], sum_l[g]));
+            dok[g] = s.mand(cand[g], s.lt(zero, det));
+            any |= s.bitmask(dok[g]);
+            let dsafe = safe(s, dok[g], det);
+            let ts = s.div(
+                s.sub(s.mul(sum_w[g], sum_xl[g]), s.mul(sum_x[g], sum_l[g])),
+                dsafe,
+            );
+            let tm = s.div(
+                s.sub(s.mul(sum_l2[g], sum_x[g]), s.mul(sum_l[g], sum_xl[g])),
+                dsafe,
+            );
+            let pos = s.lt(zero, tm);
+            this_min[g] = s.select(pos, zero, tm);
+            this_scale[g] = s.select(pos, s.div(sum_xl[g], safe(s, dok[g], sum_l2[g])), ts);
+        }
+        if any == 0 {
             continue;
         }
-        let dsafe = safe(s, dok, det);
-        let mut this_scale = s.div(s.sub(s.mul(sum_w, sum_xl), s.mul(sum_x, sum_l)), dsafe);
-        let this_min = s.div(s.sub(s.mul(sum_l2, sum_x), s.mul(sum_l, sum_xl)), dsafe);
-        let pos = s.lt(zero, this_min);
-        let this_min = s.select(pos, zero, this_min);
-        this_scale = s.select(pos, s.div(sum_xl, safe(s, dok, sum_l2)), this_scale);
-        let mut cur_error = zero;
-        for (i, &la) in laux.iter().enumerate().take(n) {
-            let x = at(s, xt, i, g);
-            let w = at(s, wt, i, g);
-            let diff = s.sub(s.add(s.mul(this_scale, la), this_min), x);
-            cur_error = s.add(cur_error, s.mul(w, err(s, diff, p.use_mad)));
+        let mut cur_error = [zero; MAXG];
+        for (i, la) in laux.iter().enumerate().take(n) {
+            for g in 0..ngroups {
+                let x = at(s, xt, i, g);
+                let w = at(s, wt, i, g);
+                let diff = s.sub(s.add(s.mul(this_scale[g], la[g]), this_min[g]), x);
+                cur_error[g] = s.add(cur_error[g], s.mul(w, err(s, diff, p.use_mad)));
+            }
         }
-        let better = s.mand(dok, s.lt(cur_error, best_error));
-        best_error = s.select(better, cur_error, best_error);
-        scale = s.select(better, this_scale, scale);
-        code_iscale = s.select(better, iscale, code_iscale);
-        code_min = s.select(better, min, code_min);
-        min = s.select(better, this_min, min);
+        for g in 0..ngroups {
+            let better = s.mand(dok[g], s.lt(cur_error[g], best_error[g]));
+            best_error[g] = s.select(better, cur_error[g], best_error[g]);
+            scale[g] = s.select(better, this_scale[g], scale[g]);
+            code_iscale[g] = s.select(better, iscale[g], code_iscale[g]);
+            code_min[g] = s.select(better, min[g], code_min[g]);
+            min[g] = s.select(better, this_min[g], min[g]);
+        }
     }
-    QkxLanes {
-        scale: s.select(ok, scale, zero),
-        the_min: s.neg(min),
-        code_iscale,
-        code_min,
-        constant,
+    for g in 0..ngroups {
+        let o = g * S::W;
+        s.store(&mut out.scale[o..], s.select(ok[g], scale[g], zero));
+        s.store(&mut out.the_min[o..], s.neg(min[g]));
+        s.store(&mut out.code_iscale[o..], code_iscale[g]);
+        s.store(&mut out.code_min[o..], code_min[g]);
+        out.constant |= (s.bitmask(s.mnot(ok[g])) as u32) << o;
     }
 }
 
@@ -225,6 +258,43 @@ fn qx_sums<S: Simd>(
     (sumlx, suml2)
 }
 
+/// The candidate offsets `is` of `make_qx_quants`, in ggml's order.
+const QX_CANDIDATES: [i32; 18] = [
+    -9, -8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+];
+
+/// [`qx_sums`] for three inverse scales at once.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn qx_sums3<S: Simd>(
+    s: S,
+    xt: &[f32],
+    wt: &[f32],
+    wxt: &[f32],
+    g: usize,
+    n: usize,
+    iscale: [S::F; 3],
+    (lo, hi): (S::F, S::F),
+) -> [(S::F, S::F); 3] {
+    let zero = s.splat(0.0);
+    let (mut sumlx, mut suml2) = ([zero; 3], [zero; 3]);
+    for i in 0..n {
+        let x = at(s, xt, i, g);
+        let wx = at(s, wxt, i, g);
+        let w = at(s, wt, i, g);
+        for k in 0..3 {
+            let l = code(s, s.mul(iscale[k], x), lo, hi);
+            sumlx[k] = s.add(sumlx[k], s.mul(wx, l));
+            suml2[k] = s.add(suml2[k], s.mul(s.mul(w, l), l));
+        }
+    }
+    [
+        (sumlx[0], suml2[0]),
+        (sumlx[1], suml2[1]),
+        (sumlx[2], suml2[2]),
+    ]
+}
+
 /// ggml's `make_qx_quants` (`rmse_type = 1`) for lane group `g`: weights `wt` (transposed),
 /// `wxt` = w·x precomputed (the scalar code's `w * x * l` is `(w * x) * l`), `eps` per lane.
 #[inline(always)]
@@ -251,18 +321,25 @@ pub(crate) fn qx<S: Simd>(
     let mut scale = s.select(nz, s.div(sumlx, safe(s, nz, suml2)), zero);
     let mut best = s.mul(scale, sumlx);
     let mut code_iscale = iscale0;
-    for is in -9i32..=9 {
-        if is == 0 {
-            continue;
+    // The 18 further candidates are independent except for the in-order choice of the best:
+    // their sums run three at a time (more independent chains, shared loads).
+    for c in QX_CANDIDATES.chunks_exact(3) {
+        let num = |k: usize| -(nm + 0.1 * c[k] as f32);
+        let iscale = [
+            s.div(s.splat(num(0)), max),
+            s.div(s.splat(num(1)), max),
+            s.div(s.splat(num(2)), max),
+        ];
+        let sums = qx_sums3(s, xt, wt, wxt, g, n, iscale, (lo, hi));
+        for k in 0..3 {
+            let (sumlx, suml2) = sums[k];
+            let pos = s.lt(zero, suml2);
+            let acc = s.mand(pos, s.lt(s.mul(best, suml2), s.mul(sumlx, sumlx)));
+            let new_scale = s.div(sumlx, safe(s, pos, suml2));
+            scale = s.select(acc, new_scale, scale);
+            best = s.select(acc, s.mul(new_scale, sumlx), best);
+            code_iscale = s.select(acc, iscale[k], code_iscale);
         }
-        let iscale = s.div(s.splat(-(nm + 0.1 * is as f32)), max);
-        let (sumlx, suml2) = qx_sums(s, xt, wt, wxt, g, n, iscale, (lo, hi));
-        let pos = s.lt(zero, suml2);
-        let acc = s.mand(pos, s.lt(s.mul(best, suml2), s.mul(sumlx, sumlx)));
-        let new_scale = s.div(sumlx, safe(s, pos, suml2));
-        scale = s.select(acc, new_scale, scale);
-        best = s.select(acc, s.mul(new_scale, sumlx), best);
-        code_iscale = s.select(acc, iscale, code_iscale);
     }
     QxLanes {
         scale: s.select(zl, zero, scale),
@@ -270,9 +347,6 @@ pub(crate) fn qx<S: Simd>(
         zero: zl,
     }
 }
-
-/// Most lane groups a chunk has (W = 4).
-const MAXG: usize = NC / 4;
 
 /// ggml's `make_q3_quants` (`do_rmse`, weights x²) for the first `ngroups` lane groups at once
 /// (the groups' dependency chains interleave): the codes (−nmax..nmax−1 plus nmax; all 0 for

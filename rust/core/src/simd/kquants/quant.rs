@@ -18,11 +18,13 @@ const QK: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Scalar `nearest_int` + clamp + (−0 → +0), for the super-block step.
+#[inline(always)]
 fn code1(v: f32, lo: f32, hi: f32) -> f32 {
     v.round_ties_even().max(lo).min(hi) + 0.0
 }
 
 /// Powers of two `(s, 1/s)` with `amax · s` in [1, 2) (`2^127` for zero or sub-normal amax).
+#[inline(always)]
 fn normalizer(amax: f32) -> (f32, f32) {
     let k = 127 - ((amax.to_bits() >> 23) & 0xff) as i32;
     let p = |k: i32| {
@@ -36,14 +38,17 @@ fn normalizer(amax: f32) -> (f32, f32) {
 }
 
 /// ggml's threshold in the normalised domain, floored at the range guard.
+#[inline(always)]
 fn eps_for(s: f32) -> f32 {
     (GROUP_MAX_EPS * s).max(lanes::RANGE_EPS)
 }
 
+#[inline(always)]
 fn f16_sat(v: f32) -> u16 {
     f16::from_f32(v.clamp(-65504.0, 65504.0)).to_bits()
 }
 
+#[inline(always)]
 fn f16_val(b: u16) -> f32 {
     f16::from_bits(b).to_f32()
 }
@@ -66,7 +71,9 @@ struct SbNorm {
     eps: f32,
 }
 
-/// Scratch of one chunk: transposed values, weights, error weights, spare, and codes.
+/// Scratch of one chunk: transposed values, weights, error weights, spare, and codes
+/// (cache-line aligned, so that every W-lane load of a lane group stays within one line).
+#[repr(C, align(64))]
 struct Scratch {
     xt: [f32; NC * 32],
     wt: [f32; NC * 32],
@@ -90,6 +97,7 @@ impl Scratch {
 /// Normalise the `nsb` super-blocks of a chunk (first block `blk`) and transpose their values
 /// (and importance) into `sc.xt` (`sc.et`), `n` values per sub-block; absent sub-blocks are 0.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn load_chunk<S: Simd>(
     s: S,
     x: &[f32],
@@ -209,6 +217,7 @@ fn weighted_x<S: Simd>(s: S, sc: &mut Scratch, n: usize, ngroups: usize) {
 }
 
 /// ggml's `make_qp_quants` (scalar, super-block step): see the reference.
+#[inline(always)]
 fn make_qp(x: &[f32], nmax: i32, w: &[f32], eps: f32, l: &mut [f32]) -> f32 {
     let nm = nmax as f32;
     let max = x.iter().fold(0f32, |m, &v| if m > v { m } else { v });
@@ -272,6 +281,7 @@ fn make_qp(x: &[f32], nmax: i32, w: &[f32], eps: f32, l: &mut [f32]) -> f32 {
 
 /// ggml's `make_qx_quants` (`rmse_type = 1`, scalar, super-block step of q3_k with importance).
 /// Writes codes + nmax to `l`; returns the scale.
+#[inline(always)]
 fn make_qx(x: &[f32], nmax: i32, w: &[f32], eps: f32, l: &mut [f32]) -> f32 {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
@@ -463,18 +473,20 @@ fn affine_row<S: Simd>(
             p_plain
         };
         // Lane-parallel search.
-        let (mut scales, mut mins, mut cis, mut cmin) =
-            ([0f32; NC], [0f32; NC], [0f32; NC], [0f32; NC]);
-        let mut constant = 0u32;
-        for g in 0..ngroups {
-            let r = lanes::qkx(s, &sc.xt, &sc.wt, g, n, &p);
-            let o = g * S::W;
-            s.store(&mut scales[o..], r.scale);
-            s.store(&mut mins[o..], r.the_min);
-            s.store(&mut cis[o..], r.code_iscale);
-            s.store(&mut cmin[o..], r.code_min);
-            constant |= lane_bits(s, r.constant, g);
+        let mut q = lanes::QkxOut::default();
+        if ngroups == NC / S::W {
+            // A full chunk: a compile-time group count keeps the per-group state in registers.
+            lanes::qkx(s, &sc.xt, &sc.wt, NC / S::W, n, &p, &mut q);
+        } else {
+            lanes::qkx(s, &sc.xt, &sc.wt, ngroups, n, &p, &mut q);
         }
+        let lanes::QkxOut {
+            scale: scales,
+            the_min: mins,
+            code_iscale: cis,
+            code_min: cmin,
+            constant,
+        } = q;
         // Super-block step (scalar).
         let (mut ls, mut lm) = ([0f32; NC], [0f32; NC]);
         let (mut dn, mut mn) = ([0f32; NC], [0f32; NC]);
@@ -591,6 +603,7 @@ fn affine_row<S: Simd>(
     }
 }
 
+#[inline(always)]
 fn put_f16(out: &mut [u8], at: usize, bits: u16) {
     out[at..at + 2].copy_from_slice(&bits.to_le_bytes());
 }
