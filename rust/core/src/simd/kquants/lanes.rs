@@ -20,13 +20,14 @@ const MAXG: usize = NC / 4;
 /// Smallest range the affine search divides by: 2^-100 (the scalar reference's `RANGE_EPS`).
 pub(crate) const RANGE_EPS: f32 = 7.888_609e-31;
 
-/// Round half to even, clamp to `[lo, hi]`, turn −0 into +0: an integral f32 code.
+/// Round half to even and clamp to `[lo, hi]`: an integral f32 code. A code of zero may come
+/// out as −0 where the scalar reference has +0; that never changes a result: codes only enter
+/// products that are summed into accumulators starting at +0 (an IEEE sum is −0 only when both
+/// terms are), comparisons (−0 == +0), `d·q − x` (x ≠ 0, or squared), or are offset or
+/// converted to integers.
 #[inline(always)]
 pub(crate) fn code<S: Simd>(s: S, v: S::F, lo: S::F, hi: S::F) -> S::F {
-    // The clamp bounds are integral and the rounded value is integral, so min/max can only tie
-    // on ±0, which the final +0 normalises.
-    let r = s.min(s.max(s.round_even(v), lo), hi);
-    s.add(r, s.splat(0.0))
+    s.min(s.max(s.round_even(v), lo), hi)
 }
 
 /// [`code`] with lower bound +0: `max(r, +0)` already returns +0 for r = −0 on every ISA
@@ -368,6 +369,7 @@ pub(crate) fn q3<S: Simd>(
 ) {
     debug_assert!(ngroups <= MAXG && n <= 16);
     let zero = s.splat(0.0);
+    let one = s.splat(1.0);
     let nm = nmax as f32;
     let (lo, hi) = (s.splat(-nm), s.splat(nm - 1.0));
     let mut live = [s.lt(zero, zero); MAXG];
@@ -406,7 +408,9 @@ pub(crate) fn q3<S: Simd>(
                     s.mul(s.mul(slx, slx), suml2[g]),
                 );
                 let acc = s.mand(s.mand(differs, live[g]), s.mand(s.lt(zero, sl2), gain));
-                li[g] = s.select(acc, new_l, li[g]);
+                // li ← acc ? new_l : li, as arithmetic on small integers (exact): a select here
+                // compiles to a masked store, which is slow on some x86 cores.
+                li[g] = s.add(li[g], s.mul(s.sub(new_l, li[g]), s.select(acc, one, zero)));
                 sumlx[g] = s.select(acc, slx, sumlx[g]);
                 suml2[g] = s.select(acc, sl2, suml2[g]);
                 changed |= s.bitmask(acc);
