@@ -436,70 +436,95 @@ pub(crate) fn q3<S: Simd>(
     }
 }
 
-/// Squared error (Σ e² or Σ w·e², sequential) of affine sub-blocks with scale `d` and min `m`,
-/// values re-quantized as `nearest((x + m) / d)` in 0..=qmax (any code where d = 0).
+/// Squared errors (Σ e² or Σ w·e², each sequential) of affine sub-blocks for three
+/// candidate (scale `d`, min `m`) pairs at once, the values re-quantized as
+/// `nearest((x + m) / d)` in 0..=qmax (any code where d = 0).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn affine_error<S: Simd>(
+fn affine_error3<S: Simd>(
     s: S,
     xt: &[f32],
     et: Option<&[f32]>,
     g: usize,
     n: usize,
-    d: S::F,
-    m: S::F,
+    d: [S::F; 3],
+    m: [S::F; 3],
     qmax: S::F,
-) -> S::F {
+) -> [S::F; 3] {
     let zero = s.splat(0.0);
-    let dsafe = s.select(s.eq(d, zero), s.splat(1.0), d);
-    let mut err = zero;
+    let one = s.splat(1.0);
+    let dsafe = [
+        s.select(s.eq(d[0], zero), one, d[0]),
+        s.select(s.eq(d[1], zero), one, d[1]),
+        s.select(s.eq(d[2], zero), one, d[2]),
+    ];
+    let mut err = [zero; 3];
     for i in 0..n {
         let x = at(s, xt, i, g);
-        let q = code_nonneg(s, s.div(s.add(x, m), dsafe), qmax);
-        let e = s.sub(s.sub(s.mul(d, q), m), x);
-        let e2 = s.mul(e, e);
-        err = s.add(
-            err,
-            match et {
+        for k in 0..3 {
+            let q = code_nonneg(s, s.div(s.add(x, m[k]), dsafe[k]), qmax);
+            let e = s.sub(s.sub(s.mul(d[k], q), m[k]), x);
+            let e2 = s.mul(e, e);
+            let we2 = match et {
                 Some(et) => s.mul(at(s, et, i, g), e2),
                 None => e2,
-            },
-        );
+            };
+            err[k] = s.add(err[k], we2);
+        }
     }
     err
 }
 
-/// Squared error of symmetric sub-blocks with scale `d`, values re-quantized as
-/// `nearest(x / d)` in qlo..=qhi.
+/// Squared errors of symmetric sub-blocks for three candidate scales `d` at once, the values
+/// re-quantized as `nearest(x / d)` in qlo..=qhi.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn symmetric_error<S: Simd>(
+fn symmetric_error3<S: Simd>(
     s: S,
     xt: &[f32],
     et: Option<&[f32]>,
     g: usize,
     n: usize,
-    d: S::F,
+    d: [S::F; 3],
     (qlo, qhi): (S::F, S::F),
-) -> S::F {
+) -> [S::F; 3] {
     let zero = s.splat(0.0);
-    let dsafe = s.select(s.eq(d, zero), s.splat(1.0), d);
-    let mut err = zero;
+    let one = s.splat(1.0);
+    let dsafe = [
+        s.select(s.eq(d[0], zero), one, d[0]),
+        s.select(s.eq(d[1], zero), one, d[1]),
+        s.select(s.eq(d[2], zero), one, d[2]),
+    ];
+    let mut err = [zero; 3];
     for i in 0..n {
         let x = at(s, xt, i, g);
-        let q = code(s, s.div(x, dsafe), qlo, qhi);
-        let e = s.sub(s.mul(d, q), x);
-        let e2 = s.mul(e, e);
-        err = s.add(
-            err,
-            match et {
+        for k in 0..3 {
+            let q = code(s, s.div(x, dsafe[k]), qlo, qhi);
+            let e = s.sub(s.mul(d[k], q), x);
+            let e2 = s.mul(e, e);
+            let we2 = match et {
                 Some(et) => s.mul(at(s, et, i, g), e2),
                 None => e2,
-            },
-        );
+            };
+            err[k] = s.add(err[k], we2);
+        }
     }
     err
 }
+
+/// Candidate offsets (scale, min) of the affine refinement, the unchanged pair first, then the
+/// scalar reference's order.
+const AFFINE_STEPS: [(f32, f32); 9] = [
+    (0.0, 0.0),
+    (-1.0, -1.0),
+    (-1.0, 0.0),
+    (-1.0, 1.0),
+    (0.0, -1.0),
+    (0.0, 1.0),
+    (1.0, -1.0),
+    (1.0, 0.0),
+    (1.0, 1.0),
+];
 
 /// Refinement of affine sub-blocks (lane group `g`): among the integer (scale, min) pairs
 /// within one step of `(ls, lm)` (clamped to 0..=smax), the one with the smallest squared
@@ -522,20 +547,28 @@ pub(crate) fn refine_affine<S: Simd>(
 ) -> (S::F, S::F) {
     let zero = s.splat(0.0);
     let (smaxv, qmaxv) = (s.splat(smax), s.splat(qmax));
-    let (mut bs, mut bm) = (ls, lm);
-    let mut best = affine_error(s, xt, et, g, n, s.mul(dn, ls), s.mul(mn, lm), qmaxv);
-    for a in -1..=1 {
-        for b in -1..=1 {
-            if a == 0 && b == 0 {
+    let (mut bs, mut bm, mut best) = (ls, lm, zero);
+    // Three candidates per pass over the values (independent error chains); the choice is made
+    // in the reference's order, the unchanged pair first.
+    for (bi, batch) in AFFINE_STEPS.chunks_exact(3).enumerate() {
+        let mut cs = [zero; 3];
+        let mut cm = [zero; 3];
+        for k in 0..3 {
+            cs[k] = s.min(s.max(s.add(ls, s.splat(batch[k].0)), zero), smaxv);
+            cm[k] = s.min(s.max(s.add(lm, s.splat(batch[k].1)), zero), smaxv);
+        }
+        let d = [s.mul(dn, cs[0]), s.mul(dn, cs[1]), s.mul(dn, cs[2])];
+        let m = [s.mul(mn, cm[0]), s.mul(mn, cm[1]), s.mul(mn, cm[2])];
+        let err = affine_error3(s, xt, et, g, n, d, m, qmaxv);
+        for k in 0..3 {
+            if bi == 0 && k == 0 {
+                best = err[0];
                 continue;
             }
-            let cs = s.min(s.max(s.add(ls, s.splat(a as f32)), zero), smaxv);
-            let cm = s.min(s.max(s.add(lm, s.splat(b as f32)), zero), smaxv);
-            let err = affine_error(s, xt, et, g, n, s.mul(dn, cs), s.mul(mn, cm), qmaxv);
-            let better = s.lt(err, best);
-            best = s.select(better, err, best);
-            bs = s.select(better, cs, bs);
-            bm = s.select(better, cm, bm);
+            let better = s.lt(err[k], best);
+            best = s.select(better, err[k], best);
+            bs = s.select(better, cs[k], bs);
+            bm = s.select(better, cm[k], bm);
         }
     }
     (bs, bm)
@@ -557,14 +590,24 @@ pub(crate) fn refine_symmetric<S: Simd>(
     (slo, shi): (f32, f32),
     (qlo, qhi): (f32, f32),
 ) -> S::F {
-    let (qlo, qhi) = (s.splat(qlo), s.splat(qhi));
+    let q = (s.splat(qlo), s.splat(qhi));
+    let (lo, hi) = (s.splat(slo), s.splat(shi));
+    let down = s.min(s.max(s.sub(sc, s.splat(1.0)), lo), hi);
+    let up = s.min(s.max(s.add(sc, s.splat(1.0)), lo), hi);
+    let err = symmetric_error3(
+        s,
+        xt,
+        et,
+        g,
+        n,
+        [s.mul(dn, sc), s.mul(dn, down), s.mul(dn, up)],
+        q,
+    );
     let mut best_sc = sc;
-    let mut best = symmetric_error(s, xt, et, g, n, s.mul(dn, sc), (qlo, qhi));
-    for a in [-1.0f32, 1.0] {
-        let c = s.min(s.max(s.add(sc, s.splat(a)), s.splat(slo)), s.splat(shi));
-        let err = symmetric_error(s, xt, et, g, n, s.mul(dn, c), (qlo, qhi));
-        let better = s.lt(err, best);
-        best = s.select(better, err, best);
+    let mut best = err[0];
+    for (c, e) in [(down, err[1]), (up, err[2])] {
+        let better = s.lt(e, best);
+        best = s.select(better, e, best);
         best_sc = s.select(better, c, best_sc);
     }
     best_sc
