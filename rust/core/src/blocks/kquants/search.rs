@@ -26,11 +26,26 @@ pub(crate) fn eps_for(s: f32) -> f32 {
     }
 }
 
+/// Round half to even, exactly `f32::round_ties_even`, without the libm call that the latter
+/// compiles to on baseline x86-64: below 2^23 in magnitude, adding and subtracting 2^23 rounds
+/// to an integer (ties to even, the addition's rounding) exactly; from 2^23 on every f32 is an
+/// integer already (or infinite).
+#[inline]
+pub(crate) fn round_even(v: f32) -> f32 {
+    const TWO23: f32 = 8_388_608.0;
+    let a = v.abs();
+    if a < TWO23 {
+        ((a + TWO23) - TWO23).copysign(v)
+    } else {
+        v
+    }
+}
+
 /// ggml's `nearest_int` (round half to even) of a value, as f32, then clamped to `[lo, hi]`,
 /// with −0 turned into +0 (ggml carries codes as integers).
 #[inline]
 pub(crate) fn code(v: f32, lo: f32, hi: f32) -> f32 {
-    let r = v.round_ties_even();
+    let r = round_even(v);
     let r = if r < lo {
         lo
     } else if r > hi {
@@ -432,4 +447,48 @@ pub(crate) fn refine_symmetric(
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_even_is_round_ties_even() {
+        let same = |v: f32| round_even(v).to_bits() == v.round_ties_even().to_bits() || v.is_nan();
+        // Every 61st bit pattern (all exponents, both signs) ...
+        let mut bits = 0u32;
+        while let Some(next) = bits.checked_add(61) {
+            let v = f32::from_bits(bits);
+            assert!(same(v), "{v:e} ({bits:#x})");
+            bits = next;
+        }
+        // ... and the edges: halves, around 2^22..2^24, zeros, sub-normals, infinities.
+        for k in -64i32..64 {
+            for v in [k as f32 + 0.5, k as f32 - 0.5, k as f32 * 0.25] {
+                assert!(same(v) && same(-v), "{v}");
+            }
+        }
+        for base in [4_194_304.0f32, 8_388_608.0, 16_777_216.0] {
+            let mut v = base;
+            for _ in 0..8 {
+                assert!(
+                    same(v) && same(-v) && same(f32::from_bits(v.to_bits() - 1)),
+                    "{v}"
+                );
+                v = f32::from_bits(v.to_bits() + 1);
+            }
+        }
+        for v in [
+            0.0f32,
+            -0.0,
+            f32::MIN_POSITIVE,
+            1e-45,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
+            assert!(same(v) && same(-v), "{v}");
+        }
+    }
 }
