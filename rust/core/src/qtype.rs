@@ -91,11 +91,11 @@ table! {
     Q4_1  "q4_1"   Legacy    32  20  Some(3),  F16_MAX * 7.5;
     Q5_0  "q5_0"   Legacy    32  22  Some(6),  F16_MAX * 16.0;
     Q5_1  "q5_1"   Legacy    32  24  Some(7),  F16_MAX * 15.5;
-    Q2K   "q2_k"   KQuant    256 84  Some(10), F16_MAX * 15.0 * 1.5;
-    Q3K   "q3_k"   KQuant    256 110 Some(11), F16_MAX * 31.0 * 4.0;
-    Q4K   "q4_k"   KQuant    256 144 Some(12), F16_MAX * 63.0 * 7.5;
-    Q5K   "q5_k"   KQuant    256 176 Some(13), F16_MAX * 63.0 * 15.5;
-    Q6K   "q6_k"   KQuant    256 210 Some(14), F16_MAX * 127.0 * 32.0;
+    Q2K   "q2_k"   KQuant    256 84  Some(10), F16_MAX * 7.5;
+    Q3K   "q3_k"   KQuant    256 110 Some(11), F16_MAX * 32.0;
+    Q4K   "q4_k"   KQuant    256 144 Some(12), F16_MAX * 31.5;
+    Q5K   "q5_k"   KQuant    256 176 Some(13), F16_MAX * 31.5;
+    Q6K   "q6_k"   KQuant    256 210 Some(14), F16_MAX * 1024.0;
     IQ4NL "iq4_nl" NonLinear 32  18  Some(20), F16_MAX * 113.0;
     Int2  "int2"   Affine    8   2   None,     F16_MAX * 1.5;
     Int3  "int3"   Affine    8   3   None,     F16_MAX * 3.5;

@@ -1,1 +1,0 @@
-//! Scalar reference of the kquants family (to be written).
