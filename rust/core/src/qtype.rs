@@ -79,9 +79,10 @@ macro_rules! table {
     };
 }
 
-// max_abs: the largest code magnitude times the largest f16 scale, rounded down to keep the
-// stored scale finite. Legacy: d = amax/|qmin|. K-quants: super-block scale d = max sub-scale
-// / 2^(scale bits) - 1, each sub-scale ~ amax / max code. Affine: scale = range / (2^bits - 1).
+// max_abs: the largest |x| for which every stored f16 scale stays finite (each family's tests
+// quantize inputs at the bound). Legacy: d = amax/|qmin|. Affine: scale = range / (2^bits - 1)
+// with the range including 0. K-quants: bounded so that no super-block scale saturates for any
+// candidate of the search (derived and tested in blocks/kquants).
 table! {
     F32   "f32"    Float     1   4   Some(0),  f32::MAX;
     F16   "f16"    Float     1   2   Some(1),  F16_MAX;

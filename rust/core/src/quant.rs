@@ -98,7 +98,7 @@ impl Layout {
                 if Some(spec.bits) != qtype.affine_bits() {
                     return Err(Error::InvalidParameter(format!("{} needs bits {:?}", info.name, qtype.affine_bits())));
                 }
-                if cols % 8 != 0 {
+                if !cols.is_multiple_of(8) {
                     return Err(Error::Shape(format!(
                         "row length {cols} is not a multiple of 8, which {} needs (codes are packed 8 at a time)",
                         info.name
@@ -113,7 +113,7 @@ impl Layout {
                 return Err(Error::InvalidParameter(format!("{} takes no group-affine parameters", info.name)))
             }
             (_, None) => {
-                if cols % info.block_size != 0 {
+                if !cols.is_multiple_of(info.block_size) {
                     return Err(Error::Shape(format!(
                         "row length {cols} is not a multiple of {}'s block size {} ({} values left over)",
                         info.name,
@@ -193,10 +193,12 @@ fn pick_isa(isa: Option<Isa>) -> Result<Isa> {
 
 /// First value of `x` that is not finite or exceeds `limit`, as (index, value).
 fn first_bad(x: &[f32], limit: f32) -> Option<(usize, f32)> {
-    // Chunked so the common all-good case runs as a vectorised fold without early exits.
+    // `ok` is false for NaN too. Chunked so the common all-good case runs as a vectorised fold
+    // without early exits.
+    let ok = |v: &f32| v.abs() <= limit;
     for (c, chunk) in x.chunks(256).enumerate() {
-        if !chunk.iter().fold(true, |ok, v| ok & (v.abs() <= limit)) {
-            let i = chunk.iter().position(|v| !(v.abs() <= limit)).expect("a bad value");
+        if !chunk.iter().fold(true, |all, v| all & ok(v)) {
+            let i = chunk.iter().position(|v| !ok(v)).expect("a bad value");
             return Some((c * 256 + i, chunk[i]));
         }
     }
@@ -264,7 +266,7 @@ pub fn quantize_into(layout: &Layout, src: Source<'_>, opts: &QuantOptions<'_>, 
         check_aux("importance", imp, cols, true, f32::MAX)?;
     }
     let clip_ratio = opts.clip_ratio.unwrap_or(1.0);
-    if !(clip_ratio > 0.0 && clip_ratio <= 1.0) {
+    if clip_ratio.is_nan() || clip_ratio <= 0.0 || clip_ratio > 1.0 {
         return Err(Error::InvalidParameter(format!("clip_ratio must be in (0, 1], got {clip_ratio}")));
     }
     let range = match (opts.group_min, opts.group_max, layout.affine) {

@@ -49,31 +49,10 @@ fn check_row(qtype: QType, what: &str, x: &[f32], imp: Option<&[f32]>) -> Vec<u8
     let mut first = Vec::new();
     for mode in [Mode::Refined, Mode::Ggml] {
         let expected = ref_quant(qtype, x, imp, mode);
-        let tag = |who: &str| {
-            format!(
-                "{} {what} cols={cols} imp={} {mode:?} {who}",
-                qtype.name(),
-                imp.is_some()
-            )
-        };
-        assert_bytes_eq(
-            &tag("emu4"),
-            bb,
-            &expected,
-            &emu_quant(Emu::<4>, qtype, x, imp, mode),
-        );
-        assert_bytes_eq(
-            &tag("emu8"),
-            bb,
-            &expected,
-            &emu_quant(Emu::<8>, qtype, x, imp, mode),
-        );
-        assert_bytes_eq(
-            &tag("emu16"),
-            bb,
-            &expected,
-            &emu_quant(Emu::<16>, qtype, x, imp, mode),
-        );
+        let tag = |who: &str| format!("{} {what} cols={cols} imp={} {mode:?} {who}", qtype.name(), imp.is_some());
+        assert_bytes_eq(&tag("emu4"), bb, &expected, &emu_quant(Emu::<4>, qtype, x, imp, mode));
+        assert_bytes_eq(&tag("emu8"), bb, &expected, &emu_quant(Emu::<8>, qtype, x, imp, mode));
+        assert_bytes_eq(&tag("emu16"), bb, &expected, &emu_quant(Emu::<16>, qtype, x, imp, mode));
         for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
             let mut out = vec![0x5Au8; expected.len()];
             lowbit_core::simd::kquants::quantize_row_mode(isa, qtype, x, &mut out, imp, mode);
@@ -85,18 +64,9 @@ fn check_row(qtype: QType, what: &str, x: &[f32], imp: Option<&[f32]>) -> Vec<u8
     }
     // The public driver (Mode::Refined).
     for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
-        let opts = QuantOptions {
-            isa: Some(isa),
-            importance: imp,
-            ..Default::default()
-        };
+        let opts = QuantOptions { isa: Some(isa), importance: imp, ..Default::default() };
         let (_, got) = quantize(qtype.name(), Source::F32(x), 1, cols, &opts).expect("quantize");
-        assert_bytes_eq(
-            &format!("{} {what} cols={cols} driver {isa}", qtype.name()),
-            bb,
-            &first,
-            &got,
-        );
+        assert_bytes_eq(&format!("{} {what} cols={cols} driver {isa}", qtype.name()), bb, &first, &got);
     }
     check_dequant(qtype, what, &first, cols);
     first
@@ -106,21 +76,9 @@ fn check_dequant(qtype: QType, what: &str, b: &[u8], cols: usize) {
     let mut expected = vec![0f32; cols];
     reference::dequantize_row(qtype, b, &mut expected);
     let tag = |who: &str| format!("{} {what} dequant {who}", qtype.name());
-    assert_f32_bits_eq(
-        &tag("emu4"),
-        &expected,
-        &emu_dequant(Emu::<4>, qtype, b, cols),
-    );
-    assert_f32_bits_eq(
-        &tag("emu8"),
-        &expected,
-        &emu_dequant(Emu::<8>, qtype, b, cols),
-    );
-    assert_f32_bits_eq(
-        &tag("emu16"),
-        &expected,
-        &emu_dequant(Emu::<16>, qtype, b, cols),
-    );
+    assert_f32_bits_eq(&tag("emu4"), &expected, &emu_dequant(Emu::<4>, qtype, b, cols));
+    assert_f32_bits_eq(&tag("emu8"), &expected, &emu_dequant(Emu::<8>, qtype, b, cols));
+    assert_f32_bits_eq(&tag("emu16"), &expected, &emu_dequant(Emu::<16>, qtype, b, cols));
     let layout = Layout::new(qtype, None, 1, cols).expect("layout");
     for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
         let got = dequantize(&layout, b, Some(isa)).expect("dequantize");
@@ -149,20 +107,11 @@ fn quantize_parity_special_importance() {
     let mut r = Rng::new(3);
     let x: Vec<f32> = (0..cols).map(|_| r.normal()).collect();
     let zero = vec![0f32; cols];
-    let spike: Vec<f32> = (0..cols)
-        .map(|i| if i == 17 { 1e30 } else { 1e-3 })
-        .collect();
+    let spike: Vec<f32> = (0..cols).map(|i| if i == 17 { 1e30 } else { 1e-3 }).collect();
     let max = vec![f32::MAX; cols];
-    let tiny: Vec<f32> = (0..cols)
-        .map(|i| if i % 2 == 0 { 1e-45 } else { 0.0 })
-        .collect();
+    let tiny: Vec<f32> = (0..cols).map(|i| if i % 2 == 0 { 1e-45 } else { 0.0 }).collect();
     for qtype in TYPES {
-        for (name, imp) in [
-            ("zero", &zero),
-            ("spike", &spike),
-            ("max", &max),
-            ("tiny", &tiny),
-        ] {
+        for (name, imp) in [("zero", &zero), ("spike", &spike), ("max", &max), ("tiny", &tiny)] {
             check_row(qtype, &format!("importance-{name}"), &x, Some(imp));
         }
     }
@@ -182,19 +131,9 @@ fn driver_many_rows_parity() {
                 expected.extend(ref_quant(qtype, row, imp, Mode::Refined));
             }
             for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
-                let opts = QuantOptions {
-                    isa: Some(isa),
-                    importance: imp,
-                    ..Default::default()
-                };
-                let (_, got) =
-                    quantize(qtype.name(), Source::F32(&x), rows, cols, &opts).expect("quantize");
-                assert_bytes_eq(
-                    &format!("{} rows isa={isa}", qtype.name()),
-                    qtype.info().block_bytes,
-                    &expected,
-                    &got,
-                );
+                let opts = QuantOptions { isa: Some(isa), importance: imp, ..Default::default() };
+                let (_, got) = quantize(qtype.name(), Source::F32(&x), rows, cols, &opts).expect("quantize");
+                assert_bytes_eq(&format!("{} rows isa={isa}", qtype.name()), qtype.info().block_bytes, &expected, &got);
             }
         }
     }
@@ -239,48 +178,11 @@ fn max_abs_keeps_scales_finite() {
         let cols = 1024;
         let mut r = Rng::new(5);
         let rows: Vec<(&str, Vec<f32>)> = vec![
-            (
-                "edge",
-                (0..cols)
-                    .map(|i| if i % 2 == 0 { max_abs } else { -max_abs })
-                    .collect(),
-            ),
-            (
-                "uniform",
-                (0..cols)
-                    .map(|_| (r.uniform() * 2.0 - 1.0) * max_abs)
-                    .collect(),
-            ),
-            (
-                "positive",
-                (0..cols)
-                    .map(|i| {
-                        if i % 3 == 0 {
-                            max_abs
-                        } else {
-                            max_abs * r.uniform()
-                        }
-                    })
-                    .collect(),
-            ),
-            (
-                "negative",
-                (0..cols)
-                    .map(|i| {
-                        if i % 5 == 0 {
-                            -max_abs
-                        } else {
-                            -max_abs * r.uniform()
-                        }
-                    })
-                    .collect(),
-            ),
-            (
-                "one",
-                (0..cols)
-                    .map(|i| if i % 256 == 7 { max_abs } else { 0.0 })
-                    .collect(),
-            ),
+            ("edge", (0..cols).map(|i| if i % 2 == 0 { max_abs } else { -max_abs }).collect()),
+            ("uniform", (0..cols).map(|_| (r.uniform() * 2.0 - 1.0) * max_abs).collect()),
+            ("positive", (0..cols).map(|i| if i % 3 == 0 { max_abs } else { max_abs * r.uniform() }).collect()),
+            ("negative", (0..cols).map(|i| if i % 5 == 0 { -max_abs } else { -max_abs * r.uniform() }).collect()),
+            ("one", (0..cols).map(|i| if i % 256 == 7 { max_abs } else { 0.0 }).collect()),
         ];
         let imp = importance(cols, 1);
         for (name, x) in rows {
@@ -291,28 +193,16 @@ fn max_abs_keeps_scales_finite() {
                     for at in f16_fields(qtype) {
                         let h = half::f16::from_bits(u16::from_le_bytes([blk[at], blk[at + 1]]));
                         // Finite always (the scales saturate); at the bound not even saturated.
-                        assert!(
-                            h.is_finite(),
-                            "{} {name}: f16 field at {at} is {h}",
-                            qtype.name()
-                        );
+                        assert!(h.is_finite(), "{} {name}: f16 field at {at} is {h}", qtype.name());
                         let sat = h.to_f32().abs() >= 65504.0;
                         assert!(!sat, "{} {name}: f16 field at {at} saturated", qtype.name());
                     }
                 }
                 let mut y = vec![0f32; cols];
                 reference::dequantize_row(qtype, &b, &mut y);
-                let worst = x
-                    .iter()
-                    .zip(&y)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let worst = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 // A 2-bit code over a range of 2·max_abs resolves max_abs/1.5 at worst.
-                assert!(
-                    worst <= max_abs,
-                    "{} {name}: worst error {worst:e} vs max_abs {max_abs:e}",
-                    qtype.name()
-                );
+                assert!(worst <= max_abs, "{} {name}: worst error {worst:e} vs max_abs {max_abs:e}", qtype.name());
             }
         }
     }
@@ -322,18 +212,8 @@ fn prop_check(qtype: QType, x: &[f32], imp: Option<&[f32]>) {
     for mode in [Mode::Refined, Mode::Ggml] {
         let expected = ref_quant(qtype, x, imp, mode);
         let bb = qtype.info().block_bytes;
-        assert_bytes_eq(
-            "emu16",
-            bb,
-            &expected,
-            &emu_quant(Emu::<16>, qtype, x, imp, mode),
-        );
-        assert_bytes_eq(
-            "emu4",
-            bb,
-            &expected,
-            &emu_quant(Emu::<4>, qtype, x, imp, mode),
-        );
+        assert_bytes_eq("emu16", bb, &expected, &emu_quant(Emu::<16>, qtype, x, imp, mode));
+        assert_bytes_eq("emu4", bb, &expected, &emu_quant(Emu::<4>, qtype, x, imp, mode));
         for isa in simd_isas() {
             let mut out = vec![0u8; expected.len()];
             lowbit_core::simd::kquants::quantize_row_mode(isa, qtype, x, &mut out, imp, mode);
@@ -343,33 +223,21 @@ fn prop_check(qtype: QType, x: &[f32], imp: Option<&[f32]>) {
 }
 
 fn row_strategy() -> impl Strategy<Value = (usize, Vec<f32>, Option<Vec<f32>>)> {
-    (1usize..=5, -40i32..=10, any::<bool>(), any::<u64>()).prop_map(
-        |(blocks, exp, with_imp, seed)| {
-            let mut r = Rng::new(seed);
-            let scale = 2f32.powi(exp);
-            let cols = blocks * 256;
-            let x = (0..cols)
-                .map(|_| match r.below(10) {
-                    0 => 0.0,
-                    1 => r.normal() * scale * 30.0,
-                    2 => -scale,
-                    _ => r.normal() * scale,
-                })
-                .collect();
-            let imp = with_imp.then(|| {
-                (0..cols)
-                    .map(|_| {
-                        if r.below(7) == 0 {
-                            0.0
-                        } else {
-                            r.uniform() * 4.0
-                        }
-                    })
-                    .collect()
-            });
-            (cols, x, imp)
-        },
-    )
+    (1usize..=5, -40i32..=10, any::<bool>(), any::<u64>()).prop_map(|(blocks, exp, with_imp, seed)| {
+        let mut r = Rng::new(seed);
+        let scale = 2f32.powi(exp);
+        let cols = blocks * 256;
+        let x = (0..cols)
+            .map(|_| match r.below(10) {
+                0 => 0.0,
+                1 => r.normal() * scale * 30.0,
+                2 => -scale,
+                _ => r.normal() * scale,
+            })
+            .collect();
+        let imp = with_imp.then(|| (0..cols).map(|_| if r.below(7) == 0 { 0.0 } else { r.uniform() * 4.0 }).collect());
+        (cols, x, imp)
+    })
 }
 
 proptest! {

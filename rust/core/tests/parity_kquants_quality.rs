@@ -310,8 +310,7 @@ mod ggml {
     fn pack2(l: &[u8; QK_K], qs: &mut [u8]) {
         for j in (0..QK_K).step_by(128) {
             for i in 0..32 {
-                qs[j / 4 + i] =
-                    l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
+                qs[j / 4 + i] = l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
             }
         }
     }
@@ -336,19 +335,8 @@ mod ggml {
                     for i in 0..16 {
                         weights[i] = xj[i].abs();
                     }
-                    scales[j] = make_qkx(
-                        16,
-                        3,
-                        xj,
-                        &weights,
-                        &mut l[16 * j..],
-                        &mut mins[j],
-                        -0.5,
-                        0.1,
-                        15,
-                        true,
-                        false,
-                    );
+                    scales[j] =
+                        make_qkx(16, 3, xj, &weights, &mut l[16 * j..], &mut mins[j], -0.5, 0.1, 15, true, false);
                 }
                 Some(q) => {
                     for i in 0..16 {
@@ -357,19 +345,8 @@ mod ggml {
                     for i in 0..16 {
                         sw[j] += weights[i];
                     }
-                    scales[j] = make_qkx(
-                        16,
-                        3,
-                        xj,
-                        &weights,
-                        &mut l[16 * j..],
-                        &mut mins[j],
-                        -0.9,
-                        0.05,
-                        36,
-                        false,
-                        true,
-                    );
+                    scales[j] =
+                        make_qkx(16, 3, xj, &weights, &mut l[16 * j..], &mut mins[j], -0.9, 0.05, 36, false, true);
                 }
             }
         }
@@ -479,13 +456,7 @@ mod ggml {
                         sumw += weight[i];
                     }
                     sw[j] = sumw;
-                    scales[j] = make_qx_quants(
-                        16,
-                        4,
-                        &x[16 * j..16 * j + 16],
-                        &mut l[16 * j..],
-                        Some(&weight),
-                    );
+                    scales[j] = make_qx_quants(16, 4, &x[16 * j..16 * j + 16], &mut l[16 * j..], Some(&weight));
                 }
                 let mut ls = [0i8; 16];
                 let d_block = make_qx_quants(16, 32, &scales, &mut ls, Some(&sw));
@@ -573,19 +544,8 @@ mod ggml {
                         sumw += weights[i];
                     }
                     sw[j] = sumw;
-                    scales[j] = make_qkx(
-                        32,
-                        nmax,
-                        xj,
-                        &weights,
-                        &mut l[32 * j..],
-                        &mut mins[j],
-                        -0.9,
-                        0.05,
-                        36,
-                        false,
-                        true,
-                    );
+                    scales[j] =
+                        make_qkx(32, nmax, xj, &weights, &mut l[32 * j..], &mut mins[j], -0.9, 0.05, 36, false, true);
                 }
             }
         }
@@ -601,11 +561,7 @@ mod ggml {
                         max_min = mins[j];
                     }
                 }
-                let inv_scale = if max_scale > 0.0 {
-                    63.0 / max_scale
-                } else {
-                    0.0
-                };
+                let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
                 let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
                 for j in 0..8 {
                     ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
@@ -749,9 +705,7 @@ fn sq_err(qtype: QType, x: &[f32], b: &[u8], w: Option<&[f32]>) -> f64 {
 
 fn normal_row(r: &mut Rng, cols: usize) -> Vec<f32> {
     // Normal values with a per-256 scale drift, as weight rows have.
-    (0..cols)
-        .map(|i| r.normal() * (0.5 + ((i / 256) % 5) as f32 * 0.25))
-        .collect()
+    (0..cols).map(|i| r.normal() * (0.5 + ((i / 256) % 5) as f32 * 0.25)).collect()
 }
 
 #[test]
@@ -771,22 +725,11 @@ fn ggml_mode_reproduces_ggml_bytes() {
             // With importance: identical up to the summation order of sigma2.
             let a = ggml::quantize(qtype, &x, Some(&imp));
             let b = quant(qtype, &x, Some(&imp), Mode::Ggml);
-            same += a
-                .chunks(bb)
-                .zip(b.chunks(bb))
-                .filter(|(p, q)| p == q)
-                .count();
+            same += a.chunks(bb).zip(b.chunks(bb)).filter(|(p, q)| p == q).count();
             total += a.len() / bb;
         }
-        eprintln!(
-            "{}: with importance, {same}/{total} blocks identical to ggml",
-            qtype.name()
-        );
-        assert!(
-            same * 100 >= total * 95,
-            "{}: only {same}/{total} blocks identical",
-            qtype.name()
-        );
+        eprintln!("{}: with importance, {same}/{total} blocks identical to ggml", qtype.name());
+        assert!(same * 100 >= total * 95, "{}: only {same}/{total} blocks identical", qtype.name());
     }
 }
 
@@ -803,32 +746,13 @@ fn refined_never_worse_than_ggml() {
             let imp = importance(cols, 100 + row);
             let g = sq_err(qtype, &x, &ggml::quantize(qtype, &x, None), None);
             let o = sq_err(qtype, &x, &quant(qtype, &x, None, Mode::Refined), None);
-            assert!(
-                o <= g,
-                "{} row {row}: plain error {o} > ggml {g}",
-                qtype.name()
-            );
-            let gw = sq_err(
-                qtype,
-                &x,
-                &ggml::quantize(qtype, &x, Some(&imp)),
-                Some(&imp),
-            );
-            let ow = sq_err(
-                qtype,
-                &x,
-                &quant(qtype, &x, Some(&imp), Mode::Refined),
-                Some(&imp),
-            );
+            assert!(o <= g, "{} row {row}: plain error {o} > ggml {g}", qtype.name());
+            let gw = sq_err(qtype, &x, &ggml::quantize(qtype, &x, Some(&imp)), Some(&imp));
+            let ow = sq_err(qtype, &x, &quant(qtype, &x, Some(&imp), Mode::Refined), Some(&imp));
             // Per sub-block the refinement never increases the weighted error; the summation order
             // of sigma2 may change ggml's own choice by an ulp, so allow 0.1 % per row.
-            assert!(
-                ow <= gw * 1.001,
-                "{} row {row}: weighted error {ow} > ggml {gw}",
-                qtype.name()
-            );
-            (e_ggml, e_ours, ew_ggml, ew_ours) =
-                (e_ggml + g, e_ours + o, ew_ggml + gw, ew_ours + ow);
+            assert!(ow <= gw * 1.001, "{} row {row}: weighted error {ow} > ggml {gw}", qtype.name());
+            (e_ggml, e_ours, ew_ggml, ew_ours) = (e_ggml + g, e_ours + o, ew_ggml + gw, ew_ours + ow);
         }
         let n = (32 * cols) as f64;
         eprintln!(
@@ -841,11 +765,7 @@ fn refined_never_worse_than_ggml() {
             (ew_ours / n).sqrt(),
             ((ew_ours / ew_ggml).sqrt() - 1.0) * 100.0
         );
-        assert!(
-            ew_ours <= ew_ggml,
-            "{}: weighted error above ggml on average",
-            qtype.name()
-        );
+        assert!(ew_ours <= ew_ggml, "{}: weighted error above ggml on average", qtype.name());
     }
 }
 
@@ -860,29 +780,11 @@ fn importance_lowers_weighted_error() {
         for row in 0..24 {
             let x = normal_row(&mut r, cols);
             let imp = importance(cols, 300 + row);
-            with += sq_err(
-                qtype,
-                &x,
-                &quant(qtype, &x, Some(&imp), Mode::Refined),
-                Some(&imp),
-            );
-            without += sq_err(
-                qtype,
-                &x,
-                &quant(qtype, &x, None, Mode::Refined),
-                Some(&imp),
-            );
+            with += sq_err(qtype, &x, &quant(qtype, &x, Some(&imp), Mode::Refined), Some(&imp));
+            without += sq_err(qtype, &x, &quant(qtype, &x, None, Mode::Refined), Some(&imp));
         }
-        eprintln!(
-            "{}: weighted error with importance / without = {:.3}",
-            qtype.name(),
-            with / without
-        );
-        assert!(
-            with <= without,
-            "{}: importance did not help ({with} > {without})",
-            qtype.name()
-        );
+        eprintln!("{}: weighted error with importance / without = {:.3}", qtype.name(), with / without);
+        assert!(with <= without, "{}: importance did not help ({with} > {without})", qtype.name());
     }
 }
 
@@ -910,20 +812,13 @@ fn round_trip_rmse_bounds() {
             let max = sub.iter().fold(f32::MIN, |m, &v| m.max(v));
             let min = sub.iter().fold(0f32, |m, &v| m.min(v));
             let amax = sub.iter().fold(0f32, |m, &v| m.max(v.abs()));
-            let step = if affine {
-                (max - min) / nmax
-            } else {
-                amax / nmax
-            };
+            let step = if affine { (max - min) / nmax } else { amax / nmax };
             sum_d2 += f64::from(step) * f64::from(step);
         }
         let bound = (sum_d2 / (x.len() / n) as f64 / 12.0).sqrt();
         let b = quant(qtype, &x, None, Mode::Refined);
         let rmse = (sq_err(qtype, &x, &b, None) / x.len() as f64).sqrt();
-        eprintln!(
-            "{}: RMSE {rmse:.5} (min-max rounding model {bound:.5})",
-            qtype.name()
-        );
+        eprintln!("{}: RMSE {rmse:.5} (min-max rounding model {bound:.5})", qtype.name());
         assert!(rmse < bound, "{}: RMSE {rmse} >= {bound}", qtype.name());
     }
 }

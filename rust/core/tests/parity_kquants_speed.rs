@@ -20,11 +20,7 @@ const N: usize = 4096;
 fn cpu_time() -> f64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-        })
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
         .map_or(0.0, |ns| ns / 1e9)
 }
 
@@ -53,15 +49,8 @@ fn kquants_throughput() {
     let imp = importance(N, 2);
     let mb = (N * N * 4) as f64 / 1e6;
     // KQ_MODE=ggml measures ggml's algorithm alone (no refinement).
-    let mode = if std::env::var("KQ_MODE").is_ok_and(|m| m == "ggml") {
-        Mode::Ggml
-    } else {
-        Mode::Refined
-    };
-    let reps: usize = std::env::var("KQ_REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let mode = if std::env::var("KQ_MODE").is_ok_and(|m| m == "ggml") { Mode::Ggml } else { Mode::Refined };
+    let reps: usize = std::env::var("KQ_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     for qtype in [QType::Q2K, QType::Q3K, QType::Q4K, QType::Q5K, QType::Q6K] {
         let rb = N / 256 * qtype.info().block_bytes;
         let mut q = vec![0u8; N * rb];

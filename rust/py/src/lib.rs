@@ -28,7 +28,7 @@ fn slice_of<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
         return Err(shape_err(format!("{what} must be C-contiguous")));
     }
     let s = a.as_slice().map_err(|_| shape_err(format!("{what} must be C-contiguous")))?;
-    if (s.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+    if !(s.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return Err(shape_err(format!("{what} is not aligned")));
     }
     Ok(s)
@@ -149,6 +149,7 @@ fn quantize<'py>(
 /// Dequantize `data` (1-D uint8, rows × row_bytes) to a 1-D float32 array of rows × cols.
 #[pyfunction]
 #[pyo3(signature = (data, qtype, rows, cols, group_size=None, symmetric=None, isa=None))]
+#[allow(clippy::too_many_arguments)]
 fn dequantize<'py>(
     py: Python<'py>,
     data: PyReadonlyArray1<'py, u8>,

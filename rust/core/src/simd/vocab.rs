@@ -80,6 +80,7 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// The bits of each f32 lane as i32 (a bit cast).
     fn to_bits(self, a: Self::F) -> Self::I;
     /// i32 lanes reinterpreted as f32 (a bit cast).
+    #[allow(clippy::wrong_self_convention)]
     fn from_bits(self, a: Self::I) -> Self::F;
     /// All lanes `v`.
     fn isplat(self, v: i32) -> Self::I;

@@ -96,8 +96,7 @@ pub mod layout {
         pub const SCALES: usize = 96;
         pub const D: usize = 108;
         pub const BYTES: usize = 110;
-        const _: () =
-            assert!(D + 2 == BYTES && SCALES + 12 == D && QS + 64 == SCALES && HMASK + 32 == QS);
+        const _: () = assert!(D + 2 == BYTES && SCALES + 12 == D && QS + 64 == SCALES && HMASK + 32 == QS);
     }
     /// q4_k (`block_q4_K`, 144 B): `d`, `dmin` (f16), `scales[12]` (eight 6-bit scales and
     /// eight 6-bit mins, `get_scale_min_k4` packing), `qs[128]` (4-bit codes).
@@ -140,21 +139,11 @@ pub fn quantize_row(qtype: QType, x: &[f32], dst: &mut [u8], importance: Option<
 }
 
 /// [`quantize_row`] with an explicit [`Mode`].
-pub fn quantize_row_mode(
-    qtype: QType,
-    x: &[f32],
-    dst: &mut [u8],
-    importance: Option<&[f32]>,
-    mode: Mode,
-) {
+pub fn quantize_row_mode(qtype: QType, x: &[f32], dst: &mut [u8], importance: Option<&[f32]>, mode: Mode) {
     let bytes = qtype.info().block_bytes;
     debug_assert_eq!(x.len() % QK_K, 0);
     debug_assert_eq!(dst.len(), x.len() / QK_K * bytes);
-    for (b, (xb, yb)) in x
-        .chunks_exact(QK_K)
-        .zip(dst.chunks_exact_mut(bytes))
-        .enumerate()
-    {
+    for (b, (xb, yb)) in x.chunks_exact(QK_K).zip(dst.chunks_exact_mut(bytes)).enumerate() {
         let imp = importance.map(|w| &w[b * QK_K..(b + 1) * QK_K]);
         match qtype {
             QType::Q2K => quant::quantize_q2k(xb, imp, mode, yb),
@@ -195,10 +184,7 @@ pub(crate) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        (
-            (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
+        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
     }
 }
 
@@ -236,11 +222,7 @@ fn dequantize_q3k(b: &[u8], y: &mut [f32]) {
 
 fn dequantize_q45k(b: &[u8], five: bool, y: &mut [f32]) {
     use layout::q4k::{D, DMIN, SCALES};
-    let qs = if five {
-        layout::q5k::QS
-    } else {
-        layout::q4k::QS
-    };
+    let qs = if five { layout::q5k::QS } else { layout::q4k::QS };
     let d = read_f16(b, D);
     let dmin = read_f16(b, DMIN);
     for (v, out) in y.iter_mut().enumerate() {

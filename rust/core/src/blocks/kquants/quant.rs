@@ -6,9 +6,7 @@
 use half::f16;
 
 use super::layout;
-use super::search::{
-    code, eps_for, make_q3, make_qkx, make_qp, make_qx, refine_affine, refine_symmetric, Qkx,
-};
+use super::search::{code, eps_for, make_q3, make_qkx, make_qp, make_qx, refine_affine, refine_symmetric, Qkx};
 use super::{Mode, QK_K};
 
 /// `(s, 1/s)`, powers of two such that `amax · s` lies in [1, 2) (`s = 2^127` when `amax` is
@@ -80,14 +78,7 @@ fn normalise(x: &[f32], imp: Option<&[f32]>) -> Norm {
 /// ggml's importance weights `qw · sqrt(sigma2 + x²)` with `sigma2 = factor · Σx² / 256`, the
 /// sum taken per sub-block of `n` values and then over sub-blocks; also the per-sub-block
 /// weight sums `sw`.
-fn importance_weights(
-    xs: &[f32; QK_K],
-    qw: &[f32; QK_K],
-    n: usize,
-    factor: f32,
-    w: &mut [f32; QK_K],
-    sw: &mut [f32],
-) {
+fn importance_weights(xs: &[f32; QK_K], qw: &[f32; QK_K], n: usize, factor: f32, w: &mut [f32; QK_K], sw: &mut [f32]) {
     let mut total = 0f32;
     for sub in xs.chunks_exact(n) {
         let mut s = 0f32;
@@ -142,34 +133,17 @@ pub(crate) fn quantize_q2k(x: &[f32], imp: Option<&[f32]>, mode: Mode, out: &mut
             for i in 0..QK_K {
                 w[i] = xs[i].abs();
             }
-            Qkx {
-                nmax: 3.0,
-                rmin: -0.5,
-                rdelta: 0.1,
-                nstep: 15,
-                use_mad: true,
-            }
+            Qkx { nmax: 3.0, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true }
         }
         Some(qw) => {
             importance_weights(xs, qw, 16, 1.0, &mut w, &mut sw);
-            Qkx {
-                nmax: 3.0,
-                rmin: -0.9,
-                rdelta: 0.05,
-                nstep: 36,
-                use_mad: false,
-            }
+            Qkx { nmax: 3.0, rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false }
         }
     };
     let mut l = [0f32; QK_K];
     let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
     for j in 0..16 {
-        let r = make_qkx(
-            &xs[16 * j..16 * j + 16],
-            &w[16 * j..16 * j + 16],
-            &p,
-            &mut l[16 * j..16 * j + 16],
-        );
+        let r = make_qkx(&xs[16 * j..16 * j + 16], &w[16 * j..16 * j + 16], &p, &mut l[16 * j..16 * j + 16]);
         scales[j] = r.scale;
         mins[j] = r.the_min;
     }
@@ -203,10 +177,7 @@ pub(crate) fn quantize_q2k(x: &[f32], imp: Option<&[f32]>, mode: Mode, out: &mut
             }
             (d_blk, m_blk)
         }
-        Some(_) => (
-            make_qp(&scales, 15, &sw, eps, &mut ls),
-            make_qp(&mins, 15, &sw, eps, &mut lm),
-        ),
+        Some(_) => (make_qp(&scales, 15, &sw, eps, &mut ls), make_qp(&mins, 15, &sw, eps, &mut lm)),
     };
     let d16 = f16_sat(d_blk * nb.inv_s);
     let m16 = f16_sat(m_blk * nb.inv_s);
@@ -215,8 +186,7 @@ pub(crate) fn quantize_q2k(x: &[f32], imp: Option<&[f32]>, mode: Mode, out: &mut
     if mode == Mode::Refined {
         for j in 0..16 {
             let ew = nb.qw.as_ref().map(|q| &q[16 * j..16 * j + 16]);
-            (ls[j], lm[j]) =
-                refine_affine(&xs[16 * j..16 * j + 16], ew, dn, mn, ls[j], lm[j], 15, 3.0);
+            (ls[j], lm[j]) = refine_affine(&xs[16 * j..16 * j + 16], ew, dn, mn, ls[j], lm[j], 15, 3.0);
         }
     }
     for j in 0..16 {
@@ -250,25 +220,14 @@ pub(crate) fn quantize_q3k(x: &[f32], imp: Option<&[f32]>, mode: Mode, out: &mut
     match &nb.qw {
         None => {
             for j in 0..16 {
-                scales[j] = make_q3(
-                    &xs[16 * j..16 * j + 16],
-                    4,
-                    eps,
-                    &mut l[16 * j..16 * j + 16],
-                );
+                scales[j] = make_q3(&xs[16 * j..16 * j + 16], 4, eps, &mut l[16 * j..16 * j + 16]);
             }
         }
         Some(qw) => {
             importance_weights(xs, qw, 16, 2.0, &mut w, &mut sw);
             for j in 0..16 {
                 let wj = &w[16 * j..16 * j + 16];
-                scales[j] = make_qx(
-                    &xs[16 * j..16 * j + 16],
-                    4,
-                    Some(wj),
-                    eps,
-                    &mut l[16 * j..16 * j + 16],
-                );
+                scales[j] = make_qx(&xs[16 * j..16 * j + 16], 4, Some(wj), eps, &mut l[16 * j..16 * j + 16]);
             }
         }
     }
@@ -343,13 +302,7 @@ pub(crate) fn quantize_q3k(x: &[f32], imp: Option<&[f32]>, mode: Mode, out: &mut
 }
 
 /// q4_k (`five == false`) and q5_k: 8 sub-blocks of 32, 4/5-bit codes, 6-bit scales and mins.
-pub(crate) fn quantize_q45k(
-    x: &[f32],
-    imp: Option<&[f32]>,
-    mode: Mode,
-    five: bool,
-    out: &mut [u8],
-) {
+pub(crate) fn quantize_q45k(x: &[f32], imp: Option<&[f32]>, mode: Mode, five: bool, out: &mut [u8]) {
     let nmax = if five { 31.0 } else { 15.0 };
     let nb = normalise(x, imp);
     let xs = &nb.xs;
@@ -370,43 +323,20 @@ pub(crate) fn quantize_q45k(
                 }
             }
             if five {
-                Qkx {
-                    nmax,
-                    rmin: -0.5,
-                    rdelta: 0.1,
-                    nstep: 15,
-                    use_mad: false,
-                }
+                Qkx { nmax, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false }
             } else {
-                Qkx {
-                    nmax,
-                    rmin: -1.0,
-                    rdelta: 0.1,
-                    nstep: 20,
-                    use_mad: false,
-                }
+                Qkx { nmax, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false }
             }
         }
         Some(qw) => {
             importance_weights(xs, qw, 32, 2.0, &mut w, &mut sw);
-            Qkx {
-                nmax,
-                rmin: -0.9,
-                rdelta: 0.05,
-                nstep: 36,
-                use_mad: false,
-            }
+            Qkx { nmax, rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false }
         }
     };
     let mut l = [0f32; QK_K];
     let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
     for j in 0..8 {
-        let r = make_qkx(
-            &xs[32 * j..32 * j + 32],
-            &w[32 * j..32 * j + 32],
-            &p,
-            &mut l[32 * j..32 * j + 32],
-        );
+        let r = make_qkx(&xs[32 * j..32 * j + 32], &w[32 * j..32 * j + 32], &p, &mut l[32 * j..32 * j + 32]);
         scales[j] = r.scale;
         mins[j] = r.the_min;
     }
@@ -422,11 +352,7 @@ pub(crate) fn quantize_q45k(
                     max_min = mins[j];
                 }
             }
-            let inv_scale = if max_scale > 0.0 {
-                63.0 / max_scale
-            } else {
-                0.0
-            };
+            let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
             let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
             for j in 0..8 {
                 ls[j] = code(inv_scale * scales[j], 0.0, 63.0);
@@ -434,10 +360,7 @@ pub(crate) fn quantize_q45k(
             }
             (max_scale / 63.0, max_min / 63.0)
         }
-        Some(_) => (
-            make_qp(&scales, 63, &sw, eps, &mut ls),
-            make_qp(&mins, 63, &sw, eps, &mut lm),
-        ),
+        Some(_) => (make_qp(&scales, 63, &sw, eps, &mut ls), make_qp(&mins, 63, &sw, eps, &mut lm)),
     };
     let d16 = f16_sat(d_blk * nb.inv_s);
     let m16 = f16_sat(m_blk * nb.inv_s);
@@ -446,8 +369,7 @@ pub(crate) fn quantize_q45k(
     if mode == Mode::Refined {
         for j in 0..8 {
             let ew = nb.qw.as_ref().map(|q| &q[32 * j..32 * j + 32]);
-            (ls[j], lm[j]) =
-                refine_affine(&xs[32 * j..32 * j + 32], ew, dn, mn, ls[j], lm[j], 63, nmax);
+            (ls[j], lm[j]) = refine_affine(&xs[32 * j..32 * j + 32], ew, dn, mn, ls[j], lm[j], 63, nmax);
         }
     }
     for j in 0..8 {
@@ -475,15 +397,10 @@ pub(crate) fn quantize_q45k(
             scb[j] |= (m >> 4) << 6;
         }
     }
-    let qs = if five {
-        layout::q5k::QS
-    } else {
-        layout::q4k::QS
-    };
+    let qs = if five { layout::q5k::QS } else { layout::q4k::QS };
     for c in 0..4 {
         for i in 0..32 {
-            out[qs + 32 * c + i] =
-                (codes[64 * c + i] & 0xF) | ((codes[64 * c + 32 + i] & 0xF) << 4);
+            out[qs + 32 * c + i] = (codes[64 * c + i] & 0xF) | ((codes[64 * c + 32 + i] & 0xF) << 4);
         }
     }
     if five {
@@ -507,13 +424,7 @@ pub(crate) fn quantize_q6k(x: &[f32], imp: Option<&[f32]>, mode: Mode, out: &mut
     let mut scales = [0f32; 16];
     for j in 0..16 {
         let wj = nb.qw.as_ref().map(|q| &q[16 * j..16 * j + 16]);
-        scales[j] = make_qx(
-            &xs[16 * j..16 * j + 16],
-            32,
-            wj,
-            eps,
-            &mut l[16 * j..16 * j + 16],
-        );
+        scales[j] = make_qx(&xs[16 * j..16 * j + 16], 32, wj, eps, &mut l[16 * j..16 * j + 16]);
     }
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for &v in &scales {
@@ -536,16 +447,7 @@ pub(crate) fn quantize_q6k(x: &[f32], imp: Option<&[f32]>, mode: Mode, out: &mut
     if mode == Mode::Refined {
         for j in 0..16 {
             let ew = nb.qw.as_ref().map(|q| &q[16 * j..16 * j + 16]);
-            sc[j] = refine_symmetric(
-                &xs[16 * j..16 * j + 16],
-                ew,
-                dn,
-                sc[j],
-                -128,
-                127,
-                -32.0,
-                31.0,
-            );
+            sc[j] = refine_symmetric(&xs[16 * j..16 * j + 16], ew, dn, sc[j], -128, 127, -32.0, 31.0);
         }
     }
     for j in 0..16 {
@@ -563,10 +465,8 @@ pub(crate) fn quantize_q6k(x: &[f32], imp: Option<&[f32]>, mode: Mode, out: &mut
         for i in 0..32 {
             out[QL + 64 * h + i] = (c(0, i) & 0xF) | ((c(2, i) & 0xF) << 4);
             out[QL + 64 * h + 32 + i] = (c(1, i) & 0xF) | ((c(3, i) & 0xF) << 4);
-            out[QH + 32 * h + i] = (c(0, i) >> 4)
-                | ((c(1, i) >> 4) << 2)
-                | ((c(2, i) >> 4) << 4)
-                | ((c(3, i) >> 4) << 6);
+            out[QH + 32 * h + i] =
+                (c(0, i) >> 4) | ((c(1, i) >> 4) << 2) | ((c(2, i) >> 4) << 4) | ((c(3, i) >> 4) << 6);
         }
     }
     for j in 0..16 {

@@ -107,10 +107,7 @@ pub(crate) fn make_qkx(x: &[f32], w: &[f32], p: &Qkx, l: &mut [f32]) -> QkxOut {
     }
     if max - min <= RANGE_EPS {
         l[..n].fill(0.0);
-        return QkxOut {
-            scale: 0.0,
-            the_min: -min,
-        };
+        return QkxOut { scale: 0.0, the_min: -min };
     }
     let err = |diff: f32| if p.use_mad { diff.abs() } else { diff * diff };
     let mut iscale = p.nmax / (max - min);
@@ -155,10 +152,7 @@ pub(crate) fn make_qkx(x: &[f32], w: &[f32], p: &Qkx, l: &mut [f32]) -> QkxOut {
             }
         }
     }
-    QkxOut {
-        scale,
-        the_min: -min,
-    }
+    QkxOut { scale, the_min: -min }
 }
 
 /// The value of largest magnitude (the first one on ties) and that magnitude.
@@ -472,22 +466,11 @@ mod tests {
         for base in [4_194_304.0f32, 8_388_608.0, 16_777_216.0] {
             let mut v = base;
             for _ in 0..8 {
-                assert!(
-                    same(v) && same(-v) && same(f32::from_bits(v.to_bits() - 1)),
-                    "{v}"
-                );
+                assert!(same(v) && same(-v) && same(f32::from_bits(v.to_bits() - 1)), "{v}");
                 v = f32::from_bits(v.to_bits() + 1);
             }
         }
-        for v in [
-            0.0f32,
-            -0.0,
-            f32::MIN_POSITIVE,
-            1e-45,
-            f32::MAX,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-        ] {
+        for v in [0.0f32, -0.0, f32::MIN_POSITIVE, 1e-45, f32::MAX, f32::INFINITY, f32::NEG_INFINITY] {
             assert!(same(v) && same(-v), "{v}");
         }
     }

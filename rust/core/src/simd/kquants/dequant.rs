@@ -56,10 +56,7 @@ pub(crate) fn q3k<S: Simd>(s: S, b: &[u8], y: &mut [f32]) {
         let shift = 2 * ((j / 2) % 4) as u32;
         for i in (0..16).step_by(S::W) {
             let low = s.iand(s.shr(s.load_u8(&b[base + i..]), shift), three);
-            let high = s.iand(
-                s.shr(s.load_u8(&b[HMASK + 16 * (j % 2) + i..]), (j / 2) as u32),
-                one,
-            );
+            let high = s.iand(s.shr(s.load_u8(&b[HMASK + 16 * (j % 2) + i..]), (j / 2) as u32), one);
             let q = s.iadd(s.ior(low, s.shl(high, 2)), minus4);
             emit(s, q, dl, None, &mut y[16 * j + i..]);
         }
@@ -71,11 +68,7 @@ pub(crate) fn q3k<S: Simd>(s: S, b: &[u8], y: &mut [f32]) {
 #[inline(always)]
 pub(crate) fn q45k<S: Simd>(s: S, b: &[u8], five: bool, y: &mut [f32]) {
     use layout::q4k::{D, DMIN, SCALES};
-    let qs = if five {
-        layout::q5k::QS
-    } else {
-        layout::q4k::QS
-    };
+    let qs = if five { layout::q5k::QS } else { layout::q4k::QS };
     let (d, dmin) = (f16_at(b, D), f16_at(b, DMIN));
     let k = &b[SCALES..SCALES + 12];
     let (f, one) = (s.isplat(0xF), s.isplat(1));
@@ -83,10 +76,7 @@ pub(crate) fn q45k<S: Simd>(s: S, b: &[u8], five: bool, y: &mut [f32]) {
         let (sc, m) = if j < 4 {
             (k[j] & 63, k[j + 4] & 63)
         } else {
-            (
-                (k[j + 4] & 0xF) | ((k[j - 4] >> 6) << 4),
-                (k[j + 4] >> 4) | ((k[j] >> 6) << 4),
-            )
+            ((k[j + 4] & 0xF) | ((k[j - 4] >> 6) << 4), (k[j + 4] >> 4) | ((k[j] >> 6) << 4))
         };
         let (dl, ml) = (d * f32::from(sc), dmin * f32::from(m));
         let shift = 4 * (j % 2) as u32;
@@ -115,14 +105,8 @@ pub(crate) fn q6k<S: Simd>(s: S, b: &[u8], y: &mut [f32]) {
         let lshift = 4 * (jj / 4) as u32;
         let hshift = 2 * (jj / 2) as u32;
         for i in (0..16).step_by(S::W) {
-            let low = s.iand(
-                s.shr(s.load_u8(&b[QL + 64 * h + 16 * (jj % 4) + i..]), lshift),
-                f,
-            );
-            let high = s.iand(
-                s.shr(s.load_u8(&b[QH + 32 * h + 16 * (jj % 2) + i..]), hshift),
-                three,
-            );
+            let low = s.iand(s.shr(s.load_u8(&b[QL + 64 * h + 16 * (jj % 4) + i..]), lshift), f);
+            let high = s.iand(s.shr(s.load_u8(&b[QH + 32 * h + 16 * (jj % 2) + i..]), hshift), three);
             let q = s.iadd(s.ior(low, s.shl(high, 4)), minus32);
             emit(s, q, dl, None, &mut y[16 * j + i..]);
         }

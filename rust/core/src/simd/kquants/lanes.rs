@@ -89,15 +89,7 @@ pub(crate) struct QkxOut {
 /// sub-block) at once: each candidate is a serial chain (divide, sums, divide, error), so the
 /// groups' chains are interleaved value by value.
 #[inline(always)]
-pub(crate) fn qkx<S: Simd>(
-    s: S,
-    xt: &[f32],
-    wt: &[f32],
-    ngroups: usize,
-    n: usize,
-    p: &Qkx,
-    out: &mut QkxOut,
-) {
+pub(crate) fn qkx<S: Simd>(s: S, xt: &[f32], wt: &[f32], ngroups: usize, n: usize, p: &Qkx, out: &mut QkxOut) {
     debug_assert!(ngroups <= MAXG && n <= 32);
     let zero = s.splat(0.0);
     let one = s.splat(1.0);
@@ -166,14 +158,8 @@ pub(crate) fn qkx<S: Simd>(
             dok[g] = s.mand(cand[g], s.lt(zero, det));
             any |= s.bitmask(dok[g]);
             let dsafe = safe(s, dok[g], det);
-            let ts = s.div(
-                s.sub(s.mul(sum_w[g], sum_xl[g]), s.mul(sum_x[g], sum_l[g])),
-                dsafe,
-            );
-            let tm = s.div(
-                s.sub(s.mul(sum_l2[g], sum_x[g]), s.mul(sum_l[g], sum_xl[g])),
-                dsafe,
-            );
+            let ts = s.div(s.sub(s.mul(sum_w[g], sum_xl[g]), s.mul(sum_x[g], sum_l[g])), dsafe);
+            let tm = s.div(s.sub(s.mul(sum_l2[g], sum_x[g]), s.mul(sum_l[g], sum_xl[g])), dsafe);
             let pos = s.lt(zero, tm);
             this_min[g] = s.select(pos, zero, tm);
             this_scale[g] = s.select(pos, s.div(sum_xl[g], safe(s, dok[g], sum_l2[g])), ts);
@@ -260,9 +246,7 @@ fn qx_sums<S: Simd>(
 }
 
 /// The candidate offsets `is` of `make_qx_quants`, in ggml's order.
-const QX_CANDIDATES: [i32; 18] = [
-    -9, -8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8, 9,
-];
+const QX_CANDIDATES: [i32; 18] = [-9, -8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 /// [`qx_sums`] for three inverse scales at once.
 #[inline(always)]
@@ -289,11 +273,7 @@ fn qx_sums3<S: Simd>(
             suml2[k] = s.add(suml2[k], s.mul(s.mul(w, l), l));
         }
     }
-    [
-        (sumlx[0], suml2[0]),
-        (sumlx[1], suml2[1]),
-        (sumlx[2], suml2[2]),
-    ]
+    [(sumlx[0], suml2[0]), (sumlx[1], suml2[1]), (sumlx[2], suml2[2])]
 }
 
 /// ggml's `make_qx_quants` (`rmse_type = 1`) for lane group `g`: weights `wt` (transposed),
@@ -326,11 +306,7 @@ pub(crate) fn qx<S: Simd>(
     // their sums run three at a time (more independent chains, shared loads).
     for c in QX_CANDIDATES.chunks_exact(3) {
         let num = |k: usize| -(nm + 0.1 * c[k] as f32);
-        let iscale = [
-            s.div(s.splat(num(0)), max),
-            s.div(s.splat(num(1)), max),
-            s.div(s.splat(num(2)), max),
-        ];
+        let iscale = [s.div(s.splat(num(0)), max), s.div(s.splat(num(1)), max), s.div(s.splat(num(2)), max)];
         let sums = qx_sums3(s, xt, wt, wxt, g, n, iscale, (lo, hi));
         for k in 0..3 {
             let (sumlx, suml2) = sums[k];
@@ -342,11 +318,7 @@ pub(crate) fn qx<S: Simd>(
             code_iscale = s.select(acc, iscale[k], code_iscale);
         }
     }
-    QxLanes {
-        scale: s.select(zl, zero, scale),
-        code_iscale,
-        zero: zl,
-    }
+    QxLanes { scale: s.select(zl, zero, scale), code_iscale, zero: zl }
 }
 
 /// ggml's `make_q3_quants` (`do_rmse`, weights x²) for the first `ngroups` lane groups at once
@@ -403,10 +375,7 @@ pub(crate) fn q3<S: Simd>(
                 let differs = s.mand(pos, s.mnot(s.eq(new_l, li[g])));
                 let slx = s.add(slx, s.mul(wx, new_l));
                 let sl2 = s.add(sl2, s.mul(s.mul(w, new_l), new_l));
-                let gain = s.lt(
-                    s.mul(s.mul(sumlx[g], sumlx[g]), sl2),
-                    s.mul(s.mul(slx, slx), suml2[g]),
-                );
+                let gain = s.lt(s.mul(s.mul(sumlx[g], sumlx[g]), sl2), s.mul(s.mul(slx, slx), suml2[g]));
                 let acc = s.mand(s.mand(differs, live[g]), s.mand(s.lt(zero, sl2), gain));
                 // li ← acc ? new_l : li, as arithmetic on small integers (exact): a select here
                 // compiles to a masked store, which is slow on some x86 cores.
@@ -423,16 +392,10 @@ pub(crate) fn q3<S: Simd>(
     let nmv = s.splat(nm);
     for g in 0..ngroups {
         for (i, li) in l.iter().enumerate().take(n) {
-            s.store(
-                &mut lt[i * NC + g * S::W..],
-                s.select(live[g], s.add(li[g], nmv), zero),
-            );
+            s.store(&mut lt[i * NC + g * S::W..], s.select(live[g], s.add(li[g], nmv), zero));
         }
         let pos = s.mand(live[g], s.lt(zero, suml2[g]));
-        s.store(
-            &mut scales[g * S::W..],
-            s.select(pos, s.div(sumlx[g], safe(s, pos, suml2[g])), zero),
-        );
+        s.store(&mut scales[g * S::W..], s.select(pos, s.div(sumlx[g], safe(s, pos, suml2[g])), zero));
     }
 }
 
@@ -514,17 +477,8 @@ fn symmetric_error3<S: Simd>(
 
 /// Candidate offsets (scale, min) of the affine refinement, the unchanged pair first, then the
 /// scalar reference's order.
-const AFFINE_STEPS: [(f32, f32); 9] = [
-    (0.0, 0.0),
-    (-1.0, -1.0),
-    (-1.0, 0.0),
-    (-1.0, 1.0),
-    (0.0, -1.0),
-    (0.0, 1.0),
-    (1.0, -1.0),
-    (1.0, 0.0),
-    (1.0, 1.0),
-];
+const AFFINE_STEPS: [(f32, f32); 9] =
+    [(0.0, 0.0), (-1.0, -1.0), (-1.0, 0.0), (-1.0, 1.0), (0.0, -1.0), (0.0, 1.0), (1.0, -1.0), (1.0, 0.0), (1.0, 1.0)];
 
 /// Refinement of affine sub-blocks (lane group `g`): among the integer (scale, min) pairs
 /// within one step of `(ls, lm)` (clamped to 0..=smax), the one with the smallest squared
@@ -594,15 +548,7 @@ pub(crate) fn refine_symmetric<S: Simd>(
     let (lo, hi) = (s.splat(slo), s.splat(shi));
     let down = s.min(s.max(s.sub(sc, s.splat(1.0)), lo), hi);
     let up = s.min(s.max(s.add(sc, s.splat(1.0)), lo), hi);
-    let err = symmetric_error3(
-        s,
-        xt,
-        et,
-        g,
-        n,
-        [s.mul(dn, sc), s.mul(dn, down), s.mul(dn, up)],
-        q,
-    );
+    let err = symmetric_error3(s, xt, et, g, n, [s.mul(dn, sc), s.mul(dn, down), s.mul(dn, up)], q);
     let mut best_sc = sc;
     let mut best = err[0];
     for (c, e) in [(down, err[1]), (up, err[2])] {

@@ -33,24 +33,8 @@ pub fn quantize_row(isa: Isa, qtype: QType, x: &[f32], dst: &mut [u8], importanc
 }
 
 /// [`quantize_row`] with an explicit [`Mode`].
-pub fn quantize_row_mode(
-    isa: Isa,
-    qtype: QType,
-    x: &[f32],
-    dst: &mut [u8],
-    importance: Option<&[f32]>,
-    mode: Mode,
-) {
-    run(
-        isa,
-        QuantK {
-            qtype,
-            x,
-            dst,
-            importance,
-            mode,
-        },
-    )
+pub fn quantize_row_mode(isa: Isa, qtype: QType, x: &[f32], dst: &mut [u8], importance: Option<&[f32]>, mode: Mode) {
+    run(isa, QuantK { qtype, x, dst, importance, mode })
 }
 
 /// Dequantize one row at `isa`.
@@ -99,13 +83,7 @@ impl Kernel for DequantK<'_> {
 /// (length `x.len()`, ≥ 0), [`Mode::Refined`]. Bit-identical to
 /// [`crate::blocks::kquants::quantize_row`].
 #[inline(always)]
-pub fn quantize_row_simd<S: Simd>(
-    s: S,
-    qtype: QType,
-    x: &[f32],
-    dst: &mut [u8],
-    importance: Option<&[f32]>,
-) {
+pub fn quantize_row_simd<S: Simd>(s: S, qtype: QType, x: &[f32], dst: &mut [u8], importance: Option<&[f32]>) {
     quantize_row_simd_mode(s, qtype, x, dst, importance, Mode::Refined)
 }
 
@@ -119,10 +97,7 @@ pub fn quantize_row_simd_mode<S: Simd>(
     importance: Option<&[f32]>,
     mode: Mode,
 ) {
-    debug_assert!(
-        16 % S::W == 0,
-        "k-quant kernels need a lane count dividing 16"
-    );
+    debug_assert!(16 % S::W == 0, "k-quant kernels need a lane count dividing 16");
     debug_assert_eq!(x.len() % QK_K, 0);
     match qtype {
         QType::Q2K => quant::q2k_row(s, x, importance, mode, dst),

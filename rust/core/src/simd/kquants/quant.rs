@@ -112,11 +112,7 @@ fn load_chunk<S: Simd>(
     for (b, nb) in norm.iter_mut().enumerate().take(nsb) {
         let xb = &x[(blk + b) * QK..(blk + b + 1) * QK];
         let (sv, inv_s) = normalizer(abs_max(s, xb));
-        *nb = SbNorm {
-            s: sv,
-            inv_s,
-            eps: eps_for(sv),
-        };
+        *nb = SbNorm { s: sv, inv_s, eps: eps_for(sv) };
     }
     let t: [f32; 2] = match imp {
         Some(w) => {
@@ -154,14 +150,7 @@ fn load_chunk<S: Simd>(
 /// weight sums per sub-block into `sw`, `sigma2 = factor · Σx² / 256` with Σx² summed per
 /// sub-block, then over the super-block's sub-blocks in order.
 #[inline(always)]
-fn importance_weights<S: Simd>(
-    s: S,
-    sc: &mut Scratch,
-    n: usize,
-    ngroups: usize,
-    factor: f32,
-    sw: &mut [f32; NC],
-) {
+fn importance_weights<S: Simd>(s: S, sc: &mut Scratch, n: usize, ngroups: usize, factor: f32, sw: &mut [f32; NC]) {
     let per_sb = QK / n;
     let mut sq = [0f32; NC];
     for g in 0..ngroups {
@@ -433,14 +422,7 @@ fn affine_row<S: Simd>(
         let mut sw = [0f32; NC];
         let p = if imp.is_some() {
             // q2_k: sigma2 = Σx²/256, q4_k/q5_k: 2·Σx²/256.
-            importance_weights(
-                s,
-                &mut sc,
-                n,
-                ngroups,
-                if n == 16 { 1.0 } else { 2.0 },
-                &mut sw,
-            );
+            importance_weights(s, &mut sc, n, ngroups, if n == 16 { 1.0 } else { 2.0 }, &mut sw);
             p_imp
         } else if n == 16 {
             for g in 0..ngroups {
@@ -480,13 +462,7 @@ fn affine_row<S: Simd>(
         } else {
             lanes::qkx(s, &sc.xt, &sc.wt, ngroups, n, &p, &mut q);
         }
-        let lanes::QkxOut {
-            scale: scales,
-            the_min: mins,
-            code_iscale: cis,
-            code_min: cmin,
-            constant,
-        } = q;
+        let lanes::QkxOut { scale: scales, the_min: mins, code_iscale: cis, code_min: cmin, constant } = q;
         // Super-block step (scalar).
         let (mut ls, mut lm) = ([0f32; NC], [0f32; NC]);
         let (mut dn, mut mn) = ([0f32; NC], [0f32; NC]);
@@ -495,29 +471,13 @@ fn affine_row<S: Simd>(
             let r = b * per_sb..(b + 1) * per_sb;
             let (d_blk, m_blk) = if imp.is_some() {
                 let e = norm[b].eps;
-                let d = make_qp(
-                    &scales[r.clone()],
-                    smax,
-                    &sw[r.clone()],
-                    e,
-                    &mut ls[r.clone()],
-                );
-                let m = make_qp(
-                    &mins[r.clone()],
-                    smax,
-                    &sw[r.clone()],
-                    e,
-                    &mut lm[r.clone()],
-                );
+                let d = make_qp(&scales[r.clone()], smax, &sw[r.clone()], e, &mut ls[r.clone()]);
+                let m = make_qp(&mins[r.clone()], smax, &sw[r.clone()], e, &mut lm[r.clone()]);
                 (d, m)
             } else {
                 let sm = smax as f32;
-                let max_scale = scales[r.clone()]
-                    .iter()
-                    .fold(0f32, |m, &v| if v > m { v } else { m });
-                let max_min = mins[r.clone()]
-                    .iter()
-                    .fold(0f32, |m, &v| if v > m { v } else { m });
+                let max_scale = scales[r.clone()].iter().fold(0f32, |m, &v| if v > m { v } else { m });
+                let max_min = mins[r.clone()].iter().fold(0f32, |m, &v| if v > m { v } else { m });
                 let inv_scale = if max_scale > 0.0 { sm / max_scale } else { 0.0 };
                 let inv_min = if max_min > 0.0 { sm / max_min } else { 0.0 };
                 for j in r.clone() {
@@ -526,10 +486,7 @@ fn affine_row<S: Simd>(
                 }
                 (max_scale / sm, max_min / sm)
             };
-            let (d16, m16) = (
-                f16_sat(d_blk * norm[b].inv_s),
-                f16_sat(m_blk * norm[b].inv_s),
-            );
+            let (d16, m16) = (f16_sat(d_blk * norm[b].inv_s), f16_sat(m_blk * norm[b].inv_s));
             f16s[b] = (d16, m16);
             dn[r.clone()].fill(f16_val(d16) * norm[b].s);
             mn[r].fill(f16_val(m16) * norm[b].s);
@@ -570,16 +527,7 @@ fn affine_row<S: Simd>(
                 let out = &mut codes[j * n..(j + 1) * n];
                 if d != 0.0 {
                     let m = mn[sb] * lm[sb];
-                    requant(
-                        s,
-                        &xb[j * n..(j + 1) * n],
-                        f,
-                        d,
-                        Some(m),
-                        (0.0, nmax),
-                        0.0,
-                        out,
-                    );
+                    requant(s, &xb[j * n..(j + 1) * n], f, d, Some(m), (0.0, nmax), 0.0, out);
                 } else if constant & (1 << sb) != 0 {
                     out.fill(0);
                 } else {
@@ -589,15 +537,7 @@ fn affine_row<S: Simd>(
                 }
             }
             let out = &mut dst[(blk + b) * block_bytes..(blk + b + 1) * block_bytes];
-            pack_affine(
-                s,
-                kind,
-                &codes,
-                &isc[..per_sb],
-                &imn[..per_sb],
-                f16s[b],
-                out,
-            );
+            pack_affine(s, kind, &codes, &isc[..per_sb], &imn[..per_sb], f16s[b], out);
         }
         blk += nsb;
     }
@@ -671,58 +611,21 @@ fn pack_affine<S: Simd>(
 /// q2_k row.
 #[inline(always)]
 pub(crate) fn q2k_row<S: Simd>(s: S, x: &[f32], imp: Option<&[f32]>, mode: Mode, dst: &mut [u8]) {
-    let plain = Qkx {
-        nmax: 3.0,
-        rmin: -0.5,
-        rdelta: 0.1,
-        nstep: 15,
-        use_mad: true,
-    };
-    let with = Qkx {
-        nmax: 3.0,
-        rmin: -0.9,
-        rdelta: 0.05,
-        nstep: 36,
-        use_mad: false,
-    };
+    let plain = Qkx { nmax: 3.0, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
+    let with = Qkx { nmax: 3.0, rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false };
     affine_row(s, x, imp, mode, 16, 3.0, 15, plain, with, dst, Affine::Q2);
 }
 
 /// q4_k (`five == false`) or q5_k row.
 #[inline(always)]
-pub(crate) fn q45k_row<S: Simd>(
-    s: S,
-    x: &[f32],
-    imp: Option<&[f32]>,
-    mode: Mode,
-    five: bool,
-    dst: &mut [u8],
-) {
+pub(crate) fn q45k_row<S: Simd>(s: S, x: &[f32], imp: Option<&[f32]>, mode: Mode, five: bool, dst: &mut [u8]) {
     let nmax = if five { 31.0 } else { 15.0 };
     let plain = if five {
-        Qkx {
-            nmax,
-            rmin: -0.5,
-            rdelta: 0.1,
-            nstep: 15,
-            use_mad: false,
-        }
+        Qkx { nmax, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false }
     } else {
-        Qkx {
-            nmax,
-            rmin: -1.0,
-            rdelta: 0.1,
-            nstep: 20,
-            use_mad: false,
-        }
+        Qkx { nmax, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false }
     };
-    let with = Qkx {
-        nmax,
-        rmin: -0.9,
-        rdelta: 0.05,
-        nstep: 36,
-        use_mad: false,
-    };
+    let with = Qkx { nmax, rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false };
     let kind = if five { Affine::Q5 } else { Affine::Q4 };
     affine_row(s, x, imp, mode, 32, nmax, 63, plain, with, dst, kind);
 }
@@ -760,17 +663,7 @@ pub(crate) fn q3k_row<S: Simd>(s: S, x: &[f32], imp: Option<&[f32]>, mode: Mode,
                     s.store(&mut sc.aux[k..], s.mul(s.mul(x, x), x));
                 }
             }
-            lanes::q3(
-                s,
-                &sc.xt,
-                &sc.aux,
-                eps,
-                ngroups,
-                n,
-                4,
-                &mut sc.lt,
-                &mut scales,
-            );
+            lanes::q3(s, &sc.xt, &sc.aux, eps, ngroups, n, 4, &mut sc.lt, &mut scales);
         }
         // Super-block step (scalar): signed 6-bit scales (stored + 32; all -32 when zero).
         let mut scf = [-32f32; NC];
@@ -825,16 +718,7 @@ pub(crate) fn q3k_row<S: Simd>(s: S, x: &[f32], imp: Option<&[f32]>, mode: Mode,
             let d = dn * scf[j];
             let out = &mut codes[j * n..(j + 1) * n];
             if d != 0.0 {
-                requant(
-                    s,
-                    &xb[j * n..(j + 1) * n],
-                    nb.s,
-                    d,
-                    None,
-                    (-4.0, 3.0),
-                    4.0,
-                    out,
-                );
+                requant(s, &xb[j * n..(j + 1) * n], nb.s, d, None, (-4.0, 3.0), 4.0, out);
             } else if imp.is_none() {
                 for (i, o) in out.iter_mut().enumerate() {
                     *o = sc.lt[i * NC + j] as u8;
@@ -874,14 +758,8 @@ fn pack_q6<S: Simd>(s: S, codes: &[u8; QK], out: &mut [u8]) {
             let c1 = s.load_u8(&codes[128 * h + 32 + i..]);
             let c2 = s.load_u8(&codes[128 * h + 64 + i..]);
             let c3 = s.load_u8(&codes[128 * h + 96 + i..]);
-            s.store_u8(
-                &mut out[QL + 64 * h + i..],
-                s.ior(s.iand(c0, f), s.shl(s.iand(c2, f), 4)),
-            );
-            s.store_u8(
-                &mut out[QL + 64 * h + 32 + i..],
-                s.ior(s.iand(c1, f), s.shl(s.iand(c3, f), 4)),
-            );
+            s.store_u8(&mut out[QL + 64 * h + i..], s.ior(s.iand(c0, f), s.shl(s.iand(c2, f), 4)));
+            s.store_u8(&mut out[QL + 64 * h + 32 + i..], s.ior(s.iand(c1, f), s.shl(s.iand(c3, f), 4)));
             let mut qh = s.isplat(0);
             for (k, c) in [c0, c1, c2, c3].into_iter().enumerate() {
                 qh = s.ior(qh, s.shl(s.iand(s.shr(c, 4), three), 2 * k as u32));
@@ -906,11 +784,7 @@ pub(crate) fn q6k_row<S: Simd>(s: S, x: &[f32], imp: Option<&[f32]>, mode: Mode,
             for i in 0..n {
                 let k = i * NC + g * S::W;
                 let x = s.load(&sc.xt[k..]);
-                let w = if imp.is_some() {
-                    s.load(&sc.et[k..])
-                } else {
-                    s.mul(x, x)
-                };
+                let w = if imp.is_some() { s.load(&sc.et[k..]) } else { s.mul(x, x) };
                 s.store(&mut sc.wt[k..], w);
                 s.store(&mut sc.aux[k..], s.mul(w, x));
             }
@@ -967,16 +841,7 @@ pub(crate) fn q6k_row<S: Simd>(s: S, x: &[f32], imp: Option<&[f32]>, mode: Mode,
             let d = dn * scf[j];
             let c = &mut codes[j * n..(j + 1) * n];
             if d != 0.0 {
-                requant(
-                    s,
-                    &xb[j * n..(j + 1) * n],
-                    nb.s,
-                    d,
-                    None,
-                    (-32.0, 31.0),
-                    32.0,
-                    c,
-                );
+                requant(s, &xb[j * n..(j + 1) * n], nb.s, d, None, (-32.0, 31.0), 32.0, c);
             } else if zero & (1 << j) != 0 {
                 c.fill(0);
             } else {
