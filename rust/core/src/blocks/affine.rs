@@ -60,7 +60,7 @@ pub fn clip_candidate(clip_ratio: f32, i: usize) -> f32 {
 
 /// The smallest f16 that is `>= s`, for a finite `s >= 0`; saturates at f16::MAX (65504),
 /// which the type table's `max_abs` keeps out of reach. Returns 0 only for `s == 0`.
-#[inline]
+#[inline(always)]
 pub fn f16_scale(s: f32) -> f16 {
     let h = f16::from_f32(s);
     // Positive finite f16 bit patterns are ordered like their values: +1 is the next f16 up.
@@ -85,7 +85,9 @@ pub struct GroupParams {
 
 /// Parameters of a group whose (already clipped) range is `[lo, hi]`, `lo <= 0 <= hi`, both
 /// finite with `|lo|, |hi| <=` the type's `max_abs`. Plain scalar code shared by the reference
-/// and the SIMD kernels (it runs once per group).
+/// and the SIMD kernels (it runs once per group; `#[inline]` so it compiles inside each ISA's
+/// `#[target_feature]` context, where rounding and the f16 conversion are single instructions).
+#[inline(always)]
 pub fn group_params(bits: u32, symmetric: bool, lo: f32, hi: f32) -> GroupParams {
     let maxq = ((1u32 << bits) - 1) as f32;
     let s = if symmetric {

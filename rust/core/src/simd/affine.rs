@@ -31,6 +31,9 @@ use crate::simd::{run, Isa, Kernel};
 /// packing unit) and of every lane count the kernels are instantiated with (4, 8, 16).
 const CHUNK: usize = 64;
 
+/// Vectors of candidates in the clip search at the narrowest lane count (4): ceil(21 / 4).
+const MAX_VECS: usize = CLIP_CANDIDATES.div_ceil(4);
+
 /// The smallest and largest lane value of a group, including 0: `[min(min x, 0), max(max x, 0)]`
 /// with −0.0 normalised to +0.0 (min/max are exact, so any reduction order gives the reference's
 /// values).
@@ -63,37 +66,55 @@ fn group_range<S: Simd>(s: S, xs: &[f32]) -> (f32, f32) {
 
 /// The clip search of the reference (see [`crate::blocks::affine`]), one candidate per lane.
 #[inline(always)]
-fn search_params<S: Simd>(s: S, xs: &[f32], ws: &[f32], spec: &AffineSpec, clip: f32, lo: f32, hi: f32) -> GroupParams {
+fn search_params<S: Simd>(
+    s: S,
+    xs: &[f32],
+    ws: &[f32],
+    spec: &AffineSpec,
+    ratios: &[f32; CLIP_CANDIDATES],
+    lo: f32,
+    hi: f32,
+) -> GroupParams {
     let w = S::W;
     let maxq = spec.max_code() as f32;
     let mut cands = [group_params(spec.bits, spec.symmetric, lo, hi); CLIP_CANDIDATES];
-    for (i, c) in cands.iter_mut().enumerate() {
-        let r = clip_candidate(clip, i);
+    for (c, &r) in cands.iter_mut().zip(ratios) {
         *c = group_params(spec.bits, spec.symmetric, lo * r, hi * r);
     }
-    // Lanes past the last candidate repeat it; their sums are discarded.
-    let mut errors = [0f32; CLIP_CANDIDATES + 64];
+    // Candidate `k * W + l` runs in lane `l` of vector `k`; lanes past the last candidate repeat
+    // it and their sums are discarded. All vectors advance together over the values (more
+    // independent work per value than one pass per vector); each lane still sums its own terms
+    // in column order, like the reference.
+    let nvec = CLIP_CANDIDATES.div_ceil(w);
     let (zero, top) = (s.splat(0.0), s.splat(maxq));
-    let mut base = 0;
-    while base < CLIP_CANDIDATES {
-        let (mut d, mut div, mut zf) = ([0f32; 64], [0f32; 64], [0f32; 64]);
+    let mut d = [zero; MAX_VECS];
+    let mut div = [zero; MAX_VECS];
+    let mut zf = [zero; MAX_VECS];
+    for k in 0..nvec {
+        let (mut dl, mut divl, mut zfl) = ([0f32; 64], [0f32; 64], [0f32; 64]);
         for l in 0..w {
-            let c = &cands[(base + l).min(CLIP_CANDIDATES - 1)];
-            d[l] = c.scale;
-            div[l] = c.div;
-            zf[l] = c.zero_f;
+            let c = &cands[(k * w + l).min(CLIP_CANDIDATES - 1)];
+            dl[l] = c.scale;
+            divl[l] = c.div;
+            zfl[l] = c.zero_f;
         }
-        let (d, div, zf) = (s.load(&d), s.load(&div), s.load(&zf));
-        let mut acc = s.splat(0.0);
-        for (&x, &wt) in xs.iter().zip(ws) {
-            let xv = s.splat(x);
-            let q = s.add(s.round_even(s.div(xv, div)), zf);
+        d[k] = s.load(&dl);
+        div[k] = s.load(&divl);
+        zf[k] = s.load(&zfl);
+    }
+    let mut acc = [zero; MAX_VECS];
+    for (&x, &wt) in xs.iter().zip(ws) {
+        let (xv, wv) = (s.splat(x), s.splat(wt));
+        for k in 0..nvec {
+            let q = s.add(s.round_even(s.div(xv, div[k])), zf[k]);
             let q = s.min(s.max(q, zero), top);
-            let r = s.sub(s.mul(d, s.sub(q, zf)), xv);
-            acc = s.add(acc, s.mul(s.splat(wt), s.mul(r, r)));
+            let r = s.sub(s.mul(d[k], s.sub(q, zf[k])), xv);
+            acc[k] = s.add(acc[k], s.mul(wv, s.mul(r, r)));
         }
-        s.store(&mut errors[base..], acc);
-        base += w;
+    }
+    let mut errors = [0f32; CLIP_CANDIDATES + 64];
+    for (k, a) in acc.iter().take(nvec).enumerate() {
+        s.store(&mut errors[k * w..], *a);
     }
     cands[pick_best(&errors[..CLIP_CANDIDATES])]
 }
@@ -105,13 +126,14 @@ fn codes_of<S: Simd>(s: S, x: S::F, div: S::F, zf: S::F, zero: S::F, top: S::F) 
     s.to_i32(s.min(s.max(q, zero), top))
 }
 
-/// Quantize the values of one group into its packed codes `out` (`xs.len() * bits / 8` bytes).
+/// Quantize the values of one group into its packed codes `out` (`xs.len() * B / 8` bytes).
+/// `B` (the code width) is a constant so the 8-code units are fixed-size loads and stores.
 #[inline(always)]
-fn encode_group<S: Simd>(s: S, xs: &[f32], p: &GroupParams, bits: u32, out: &mut [u8]) {
+fn encode_group<S: Simd, const B: u32>(s: S, xs: &[f32], p: &GroupParams, out: &mut [u8]) {
     let w = S::W;
-    let bytes = bits as usize;
+    let bytes = B as usize;
     let (div, zf) = (s.splat(p.div), s.splat(p.zero_f));
-    let (zero, top) = (s.splat(0.0), s.splat(((1u32 << bits) - 1) as f32));
+    let (zero, top) = (s.splat(0.0), s.splat(((1u32 << B) - 1) as f32));
     let mut codes = [0u8; CHUNK];
     for (chunk, packed) in xs.chunks(CHUNK).zip(out.chunks_mut(CHUNK / 8 * bytes)) {
         let n = chunk.len();
@@ -128,15 +150,50 @@ fn encode_group<S: Simd>(s: S, xs: &[f32], p: &GroupParams, bits: u32, out: &mut
             s.store_u8(&mut tail, codes_of(s, s.load(&pad), div, zf, zero, top));
             codes[i..n].copy_from_slice(&tail[..n - i]);
         }
-        if bits == 8 {
+        if B == 8 {
             packed.copy_from_slice(&codes[..n]);
             continue;
         }
         for (unit, dst) in codes[..n].chunks_exact(8).zip(packed.chunks_exact_mut(bytes)) {
             let mut c = [0u8; 8];
             c.copy_from_slice(unit);
-            let word = pack::pack_unit(bits, u64::from_le_bytes(c));
+            let word = pack::pack_unit(B, u64::from_le_bytes(c));
             dst.copy_from_slice(&word.to_le_bytes()[..bytes]);
+        }
+    }
+}
+
+/// Dequantize one group: `packed` codes (`ys.len() * B / 8` bytes), scale `d`, zero point `z`.
+#[inline(always)]
+fn decode_group<S: Simd, const B: u32>(s: S, packed: &[u8], d: f32, z: i32, ys: &mut [f32]) {
+    let w = S::W;
+    let bytes = B as usize;
+    let (d, nz) = (s.splat(d), s.isplat(-z));
+    let mut buf = [0u8; CHUNK];
+    for (chunk, packed) in ys.chunks_mut(CHUNK).zip(packed.chunks(CHUNK / 8 * bytes)) {
+        let n = chunk.len();
+        let codes: &[u8] = if B == 8 {
+            packed
+        } else {
+            for (unit, dst) in packed.chunks_exact(bytes).zip(buf.chunks_exact_mut(8)) {
+                let mut c = [0u8; 8];
+                c[..bytes].copy_from_slice(unit);
+                dst.copy_from_slice(&pack::unpack_unit(B, u64::from_le_bytes(c)).to_le_bytes());
+            }
+            &buf
+        };
+        let mut i = 0;
+        while i + w <= n {
+            s.store(&mut chunk[i..], s.mul(d, s.to_f32(s.iadd(s.load_u8(&codes[i..]), nz))));
+            i += w;
+        }
+        if i < n {
+            // Tail shorter than a vector: decode a padded vector, keep n − i values.
+            let mut c = [0u8; CHUNK];
+            c[..n - i].copy_from_slice(&codes[i..n]);
+            let mut tail = [0f32; CHUNK];
+            s.store(&mut tail, s.mul(d, s.to_f32(s.iadd(s.load_u8(&c), nz))));
+            chunk[i..].copy_from_slice(&tail[..n - i]);
         }
     }
 }
@@ -146,7 +203,11 @@ fn encode_group<S: Simd>(s: S, xs: &[f32], p: &GroupParams, bits: u32, out: &mut
 /// bytes, `importance` (if any) has `x.len()` finite non-negative weights.
 #[inline(always)]
 pub fn quantize_row_simd<S: Simd>(s: S, x: &[f32], dst: &mut [u8], p: &AffineRow<'_>, importance: Option<&[f32]>) {
-    assert!(S::W <= CHUNK && CHUNK % S::W == 0, "lane count {} does not divide {CHUNK}", S::W);
+    assert!(
+        S::W >= 4 && S::W <= CHUNK && CHUNK % S::W == 0,
+        "lane count {} not in 4..={CHUNK} or not dividing it",
+        S::W
+    );
     let spec = p.spec;
     let cols = x.len();
     let g = spec.group_cols(cols);
@@ -155,6 +216,10 @@ pub fn quantize_row_simd<S: Simd>(s: S, x: &[f32], dst: &mut [u8], p: &AffineRow
     let (codes, rest) = dst.split_at_mut(cols * spec.bits as usize / 8);
     let (scales, zeros) = rest.split_at_mut(2 * groups);
     zeros.fill(0);
+    let mut ratios = [0f32; CLIP_CANDIDATES];
+    for (i, r) in ratios.iter_mut().enumerate() {
+        *r = clip_candidate(p.clip_ratio, i);
+    }
     for (gi, ((xs, out), sc)) in
         x.chunks(g).zip(codes.chunks_mut(group_bytes)).zip(scales.chunks_exact_mut(2)).enumerate()
     {
@@ -167,7 +232,7 @@ pub fn quantize_row_simd<S: Simd>(s: S, x: &[f32], dst: &mut [u8], p: &AffineRow
                 None => group_params(spec.bits, spec.symmetric, lo * p.clip_ratio, hi * p.clip_ratio),
                 Some(imp) => {
                     let ws = &imp[gi * g..gi * g + xs.len()];
-                    search_params(s, xs, ws, &spec, p.clip_ratio, lo, hi)
+                    search_params(s, xs, ws, &spec, &ratios, lo, hi)
                 }
             }
         };
@@ -175,7 +240,12 @@ pub fn quantize_row_simd<S: Simd>(s: S, x: &[f32], dst: &mut [u8], p: &AffineRow
         if !spec.symmetric {
             pack::set_code(spec.bits, zeros, gi, params.zero);
         }
-        encode_group(s, xs, &params, spec.bits, out);
+        match spec.bits {
+            2 => encode_group::<S, 2>(s, xs, &params, out),
+            3 => encode_group::<S, 3>(s, xs, &params, out),
+            4 => encode_group::<S, 4>(s, xs, &params, out),
+            _ => encode_group::<S, 8>(s, xs, &params, out),
+        }
     }
 }
 
@@ -184,43 +254,23 @@ pub fn quantize_row_simd<S: Simd>(s: S, x: &[f32], dst: &mut [u8], p: &AffineRow
 #[inline(always)]
 pub fn dequantize_row_simd<S: Simd>(s: S, spec: &AffineSpec, src: &[u8], y: &mut [f32]) {
     assert!(S::W <= CHUNK && CHUNK % S::W == 0, "lane count {} does not divide {CHUNK}", S::W);
-    let w = S::W;
     let bits = spec.bits;
-    let bytes = bits as usize;
     let cols = y.len();
     let g = spec.group_cols(cols);
     let groups = spec.groups(cols);
-    let (codes, rest) = src.split_at(cols * bytes / 8);
+    let (codes, rest) = src.split_at(cols * bits as usize / 8);
     let (scales, zeros) = rest.split_at(2 * groups);
+    let group_bytes = g * bits as usize / 8;
     for (gi, ((ys, packed), sc)) in
-        y.chunks_mut(g).zip(codes.chunks(g * bytes / 8)).zip(scales.chunks_exact(2)).enumerate()
+        y.chunks_mut(g).zip(codes.chunks(group_bytes)).zip(scales.chunks_exact(2)).enumerate()
     {
-        let d = s.splat(f16::from_bits(u16::from_le_bytes([sc[0], sc[1]])).to_f32());
+        let d = f16::from_bits(u16::from_le_bytes([sc[0], sc[1]])).to_f32();
         let z = if spec.symmetric { 1 << (bits - 1) } else { i32::from(pack::get_code(bits, zeros, gi)) };
-        let nz = s.isplat(-z);
-        let mut buf = [0u8; CHUNK];
-        for (chunk, packed) in ys.chunks_mut(CHUNK).zip(packed.chunks(CHUNK / 8 * bytes)) {
-            let n = chunk.len();
-            if bits == 8 {
-                buf[..n].copy_from_slice(packed);
-            } else {
-                for (unit, dst) in packed.chunks_exact(bytes).zip(buf.chunks_exact_mut(8)) {
-                    let mut c = [0u8; 8];
-                    c[..bytes].copy_from_slice(unit);
-                    dst.copy_from_slice(&pack::unpack_unit(bits, u64::from_le_bytes(c)).to_le_bytes());
-                }
-            }
-            let mut i = 0;
-            while i + w <= n {
-                s.store(&mut chunk[i..], s.mul(d, s.to_f32(s.iadd(s.load_u8(&buf[i..]), nz))));
-                i += w;
-            }
-            if i < n {
-                // `i + w <= CHUNK` as `w` divides CHUNK: the buffer holds the padded vector.
-                let mut tail = [0f32; CHUNK];
-                s.store(&mut tail, s.mul(d, s.to_f32(s.iadd(s.load_u8(&buf[i..]), nz))));
-                chunk[i..].copy_from_slice(&tail[..n - i]);
-            }
+        match bits {
+            2 => decode_group::<S, 2>(s, packed, d, z, ys),
+            3 => decode_group::<S, 3>(s, packed, d, z, ys),
+            4 => decode_group::<S, 4>(s, packed, d, z, ys),
+            _ => decode_group::<S, 8>(s, packed, d, z, ys),
         }
     }
 }
