@@ -256,3 +256,57 @@ fn dequantize_arbitrary_bytes_parity() {
         }
     }
 }
+
+/// Rows whose every value sits exactly halfway between two codes: per group a random f16 scale
+/// `d` and zero point `z0` with range `[-z0 d, (maxq - z0) d]` (asymmetric; the scale comes out
+/// as exactly `d`) or `±maxq d / 2` (symmetric), values `(k + 1/2 - z0) d`, all exact in f32. So
+/// `x / d` is an exact tie: this pins round-half-even and the division (a multiplication by
+/// `1 / d` rounds some of these the other way).
+#[test]
+fn exact_ties_parity() {
+    let mut r = Rng::new(2024);
+    for spec in all_specs() {
+        let maxq = spec.max_code() as usize;
+        for &cols in &[8usize, 64, 576] {
+            let mut x = vec![0f32; cols];
+            for xs in x.chunks_mut(spec.group_cols(cols)) {
+                // A normal f16 in [2^-6, 2^4): exponent field 9..=18, random 10-bit mantissa.
+                let d = half::f16::from_bits(((9 + r.below(10) as u16) << 10) | r.below(1024) as u16).to_f32();
+                let z0 = if spec.symmetric { 1usize << (spec.bits - 1) } else { r.below(maxq + 1) };
+                let (lo, hi) = if spec.symmetric {
+                    (-(maxq as f32) * d / 2.0, maxq as f32 * d / 2.0)
+                } else {
+                    (-(z0 as f32) * d, (maxq - z0) as f32 * d)
+                };
+                for (j, v) in xs.iter_mut().enumerate() {
+                    *v = match j {
+                        0 => lo,
+                        1 => hi,
+                        _ => (r.below(maxq) as f32 + 0.5 - z0 as f32) * d,
+                    };
+                }
+            }
+            let imp = importance(cols, 5);
+            for v in [
+                Variant { name: "ties", clip: None, importance: false, range: None },
+                Variant { name: "ties+importance", clip: None, importance: true, range: None },
+            ] {
+                let what = format!("{} cols {cols} {}", type_name(&spec), v.name);
+                let bytes = check_row(spec, &x, &v, &imp, &what);
+                if !v.importance {
+                    // The scale is exactly the planted d: the ties really are ties.
+                    let g = spec.group_cols(cols);
+                    let off = cols * spec.bits as usize / 8;
+                    for (k, xs) in x.chunks(g).enumerate() {
+                        let d = half::f16::from_bits(u16::from_le_bytes([bytes[off + 2 * k], bytes[off + 2 * k + 1]]));
+                        assert_eq!(
+                            d.to_f32() * maxq as f32,
+                            if spec.symmetric { 2.0 * xs[1] } else { xs[1] - xs[0] },
+                            "{what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
