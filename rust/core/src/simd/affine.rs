@@ -204,7 +204,7 @@ fn decode_group<S: Simd, const B: u32>(s: S, packed: &[u8], d: f32, z: i32, ys: 
 #[inline(always)]
 pub fn quantize_row_simd<S: Simd>(s: S, x: &[f32], dst: &mut [u8], p: &AffineRow<'_>, importance: Option<&[f32]>) {
     assert!(
-        S::W >= 4 && S::W <= CHUNK && CHUNK % S::W == 0,
+        S::W >= 4 && S::W <= CHUNK && CHUNK.is_multiple_of(S::W),
         "lane count {} not in 4..={CHUNK} or not dividing it",
         S::W
     );
@@ -253,7 +253,7 @@ pub fn quantize_row_simd<S: Simd>(s: S, x: &[f32], dst: &mut [u8], p: &AffineRow
 /// [`dequantize_row_ref`]. `src` is `spec.row_bytes(y.len())` bytes.
 #[inline(always)]
 pub fn dequantize_row_simd<S: Simd>(s: S, spec: &AffineSpec, src: &[u8], y: &mut [f32]) {
-    assert!(S::W <= CHUNK && CHUNK % S::W == 0, "lane count {} does not divide {CHUNK}", S::W);
+    assert!(S::W <= CHUNK && CHUNK.is_multiple_of(S::W), "lane count {} does not divide {CHUNK}", S::W);
     let bits = spec.bits;
     let cols = y.len();
     let g = spec.group_cols(cols);
