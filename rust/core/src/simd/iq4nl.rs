@@ -221,6 +221,31 @@ pub fn quantize_row_simd<S: Simd>(s: S, x: &[f32], dst: &mut [u8], importance: O
     }
 }
 
+/// `KVALUES[idx]` per lane (`idx` in 0..16) as f32: a 4-level select tree on the index bits.
+#[inline(always)]
+fn lookup<S: Simd>(s: S, idx: S::I) -> S::F {
+    let m0 = s.ieq(s.iand(idx, s.isplat(1)), s.isplat(1));
+    let m1 = s.ieq(s.iand(idx, s.isplat(2)), s.isplat(2));
+    let m2 = s.ieq(s.iand(idx, s.isplat(4)), s.isplat(4));
+    let m3 = s.ieq(s.iand(idx, s.isplat(8)), s.isplat(8));
+    let k = KVALUES.map(f32::from);
+    let p0 = s.select(m0, s.splat(k[1]), s.splat(k[0]));
+    let p1 = s.select(m0, s.splat(k[3]), s.splat(k[2]));
+    let p2 = s.select(m0, s.splat(k[5]), s.splat(k[4]));
+    let p3 = s.select(m0, s.splat(k[7]), s.splat(k[6]));
+    let p4 = s.select(m0, s.splat(k[9]), s.splat(k[8]));
+    let p5 = s.select(m0, s.splat(k[11]), s.splat(k[10]));
+    let p6 = s.select(m0, s.splat(k[13]), s.splat(k[12]));
+    let p7 = s.select(m0, s.splat(k[15]), s.splat(k[14]));
+    let q0 = s.select(m1, p1, p0);
+    let q1 = s.select(m1, p3, p2);
+    let q2 = s.select(m1, p5, p4);
+    let q3 = s.select(m1, p7, p6);
+    let r0 = s.select(m2, q1, q0);
+    let r1 = s.select(m2, q3, q2);
+    s.select(m3, r1, r0)
+}
+
 /// Generic SIMD dequantization of one iq4_nl row: `src` holds `y.len() / 32` blocks.
 /// Bit-identical to [`crate::blocks::iq4nl::dequantize_row`] (and ggml / gguf).
 #[inline(always)]
@@ -229,23 +254,13 @@ pub fn dequantize_row_simd<S: Simd>(s: S, src: &[u8], y: &mut [f32]) {
         return reference::dequantize_row(src, y);
     }
     let w = S::W;
-    let table: [S::F; 16] = std::array::from_fn(|i| s.splat(f32::from(KVALUES[i])));
-    let bit = |idx: S::I, b: i32| s.ieq(s.iand(idx, s.isplat(b)), s.isplat(b));
-    let lookup = |idx: S::I| {
-        let (m0, m1, m2, m3) = (bit(idx, 1), bit(idx, 2), bit(idx, 4), bit(idx, 8));
-        let p: [S::F; 8] = std::array::from_fn(|i| s.select(m0, table[2 * i + 1], table[2 * i]));
-        let q: [S::F; 4] = std::array::from_fn(|i| s.select(m1, p[2 * i + 1], p[2 * i]));
-        let r0 = s.select(m2, q[1], q[0]);
-        let r1 = s.select(m2, q[3], q[2]);
-        s.select(m3, r1, r0)
-    };
     let i15 = s.isplat(15);
     for (b, yb) in src.chunks_exact(BLOCK_BYTES).zip(y.chunks_exact_mut(QK)) {
         let d = s.splat(half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32());
         for k in (0..QK / 2).step_by(w) {
             let q = s.load_u8(&b[2 + k..]);
-            s.store(&mut yb[k..], s.mul(d, lookup(s.iand(q, i15))));
-            s.store(&mut yb[QK / 2 + k..], s.mul(d, lookup(s.shr(q, 4))));
+            s.store(&mut yb[k..], s.mul(d, lookup(s, s.iand(q, i15))));
+            s.store(&mut yb[QK / 2 + k..], s.mul(d, lookup(s, s.shr(q, 4))));
         }
     }
 }

@@ -56,13 +56,49 @@ fn supported<S: Simd>() -> bool {
     S::W <= MAX_W && (QK / 2) % S::W == 0
 }
 
-/// Index of the first value of `xb` (32 values) for which `hit` is set, scanning `W` at a time.
+/// Index of the first of the 32 values of `xb` whose `|x|` (if `abs`) or `x` equals `v`,
+/// scanning `W` values at a time. (Plain loops, not closures: a closure body is compiled
+/// outside the `#[target_feature]` context and would call every vocabulary op out of line.)
 #[inline(always)]
-fn first_hit<S: Simd>(s: S, xb: &[f32], hit: impl Fn(S::F) -> S::M) -> Option<usize> {
-    (0..QK / S::W).find_map(|k| {
-        let bits = s.bitmask(hit(s.load(&xb[k * S::W..])));
-        (bits != 0).then(|| k * S::W + bits.trailing_zeros() as usize)
-    })
+fn first_equal<S: Simd>(s: S, xb: &[f32], v: f32, abs: bool) -> Option<usize> {
+    let vv = s.splat(v);
+    for k in 0..QK / S::W {
+        let x = s.load(&xb[k * S::W..]);
+        let x = if abs { s.abs(x) } else { x };
+        let bits = s.bitmask(s.eq(x, vv));
+        if bits != 0 {
+            return Some(k * S::W + bits.trailing_zeros() as usize);
+        }
+    }
+    None
+}
+
+/// Code of the plain rounding for one vector `v`: `clamp(trunc(t), 0, cmax)` of
+/// `t = (v - m) * id + offset` (`has_min`) or `t = v * id + offset`, NaN → `nan_code` (`None`
+/// when `id` is finite: `t` is then finite, `|x| <= amax` keeping `|x * id|` near the code range).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rtn_code<S: Simd>(
+    s: S,
+    v: S::F,
+    has_min: bool,
+    vm: S::F,
+    vid: S::F,
+    voff: S::F,
+    nan_code: Option<f32>,
+    cmax: f32,
+) -> S::I {
+    let t = if has_min {
+        s.mul(s.sub(v, vm), vid)
+    } else {
+        s.mul(v, vid)
+    };
+    let t = s.add(t, voff);
+    let t = match nan_code {
+        Some(c) => nan_to(s, t, c),
+        None => t,
+    };
+    s.to_i32(clamp(s, s.trunc(t), 0.0, cmax))
 }
 
 /// Plain rounding of one block `xb` into `out` (see the reference `rtn_block`).
@@ -84,8 +120,7 @@ fn rtn_block<S: Simd>(s: S, spec: &Spec, xb: &[f32], out: &mut [u8]) {
             let max = if amax == 0.0 {
                 0.0
             } else {
-                let va = s.splat(amax);
-                first_hit(s, xb, |v| s.eq(s.abs(v), va)).map_or(0.0, |i| xb[i])
+                first_equal(s, xb, amax, true).map_or(0.0, |i| xb[i])
             };
             (max / -spec.zero, 0.0)
         }
@@ -100,8 +135,7 @@ fn rtn_block<S: Simd>(s: S, spec: &Spec, xb: &[f32], out: &mut [u8]) {
         let minv = s.hmin(lo);
         // A zero min keeps the sign of the first zero (ggml's strict `<` scan).
         let min = if minv == 0.0 {
-            let z = s.splat(0.0);
-            first_hit(s, xb, |v| s.eq(v, z)).map_or(0.0, |i| xb[i])
+            first_equal(s, xb, 0.0, false).map_or(0.0, |i| xb[i])
         } else {
             minv
         };
@@ -119,7 +153,8 @@ fn rtn_block<S: Simd>(s: S, spec: &Spec, xb: &[f32], out: &mut [u8]) {
     if spec.is_q8() {
         let qs = &mut out[spec.off_qs..];
         for k in 0..nv {
-            let t = nan_to(s, s.mul(s.load(&xb[k * w..]), vid), 0.0);
+            let t = s.mul(s.load(&xb[k * w..]), vid);
+            let t = if id.is_finite() { t } else { nan_to(s, t, 0.0) };
             let c = clamp(s, s.round_away(t), -127.0, 127.0);
             s.store_u8(&mut qs[k * w..], s.to_i32(c));
         }
@@ -131,22 +166,24 @@ fn rtn_block<S: Simd>(s: S, spec: &Spec, xb: &[f32], out: &mut [u8]) {
         (0.0, spec.zero + 0.5, spec.zero)
     };
     let (vm, voff) = (s.splat(vm), s.splat(offset));
-    let code = |v: S::F| {
-        let t = if spec.has_min {
-            s.mul(s.sub(v, vm), vid)
-        } else {
-            s.mul(v, vid)
-        };
-        let t = nan_to(s, s.add(t, voff), nan_code);
-        s.to_i32(clamp(s, s.trunc(t), 0.0, spec.cmax))
-    };
     let mut qh = 0u32;
     let five = spec.off_qh.is_some();
     let (b4, b15) = (s.isplat(16), s.isplat(15));
     let qs = &mut out[spec.off_qs..];
     for k in (0..QK / 2).step_by(w) {
-        let mut lo = code(s.load(&xb[k..]));
-        let mut hi = code(s.load(&xb[QK / 2 + k..]));
+        let (hm, cmax) = (spec.has_min, spec.cmax);
+        let nan_code = if id.is_finite() { None } else { Some(nan_code) };
+        let mut lo = rtn_code(s, s.load(&xb[k..]), hm, vm, vid, voff, nan_code, cmax);
+        let mut hi = rtn_code(
+            s,
+            s.load(&xb[QK / 2 + k..]),
+            hm,
+            vm,
+            vid,
+            voff,
+            nan_code,
+            cmax,
+        );
         if five {
             qh |= (s.bitmask(s.ieq(s.iand(lo, b4), b4)) as u32) << k;
             qh |= (s.bitmask(s.ieq(s.iand(hi, b4), b4)) as u32) << (QK / 2 + k);
@@ -172,6 +209,47 @@ struct Lanes {
     cand: [f32; QK * MAX_W],
 }
 
+/// One candidate of the symmetric search: levels `clamp(round_even(iscale * x), lo, hi)` into
+/// `out`, returns `(sum(w x l), sum(w l^2))` per lane, summed in value order.
+#[inline(always)]
+fn sym_pass<S: Simd>(
+    s: S,
+    iscale: S::F,
+    lo: f32,
+    hi: f32,
+    x: &[f32],
+    wt: &[f32],
+    out: &mut [f32],
+) -> (S::F, S::F) {
+    let w = S::W;
+    let (mut sumlx, mut suml2) = (s.splat(0.0), s.splat(0.0));
+    for j in 0..QK {
+        let v = s.load(&x[j * w..]);
+        let wv = s.load(&wt[j * w..]);
+        let q = clamp(s, s.round_even(s.mul(iscale, v)), lo, hi);
+        s.store(&mut out[j * w..], q);
+        sumlx = s.add(sumlx, s.mul(s.mul(wv, v), q));
+        suml2 = s.add(suml2, s.mul(s.mul(wv, q), q));
+    }
+    (sumlx, suml2)
+}
+
+/// `c / (max - min)` per lane, 0 where that range is 0 (see the reference `search_asym`).
+#[inline(always)]
+fn iscale_of<S: Simd>(s: S, c: f32, max: S::F, min: S::F) -> S::F {
+    let z = s.splat(0.0);
+    let range = s.sub(max, min);
+    let zr = s.eq(range, z);
+    s.select(zr, z, s.div(s.splat(c), s.select(zr, s.splat(1.0), range)))
+}
+
+/// Bit 4 (value 16) in each lane whose bit `lane` of `bits` is set.
+#[inline(always)]
+fn high_bits<S: Simd>(s: S, bits: u32, lane_bits: S::I) -> S::I {
+    let hb = s.iand(s.isplat(bits as i32), lane_bits);
+    iselect(s, s.ieq(hb, lane_bits), s.isplat(16), s.isplat(0))
+}
+
 /// The symmetric search (`reference::search_sym`) in lanes: returns (scale, |max| < eps mask,
 /// signed max) and leaves the levels in `l.lv1`.
 #[inline(always)]
@@ -187,20 +265,16 @@ fn search_sym_lanes<S: Simd>(s: S, l: &mut Lanes, nmax: f32, lo: f32, hi: f32) -
     }
     let zero = s.lt(amax, s.splat(GROUP_MAX_EPS));
     let maxs = s.select(zero, s.splat(1.0), max);
-    let pass = |iscale: S::F, x: &[f32], wt: &[f32], out: &mut [f32]| {
-        let (mut sumlx, mut suml2) = (s.splat(0.0), s.splat(0.0));
-        for j in 0..QK {
-            let v = s.load(&x[j * w..]);
-            let wv = s.load(&wt[j * w..]);
-            let q = clamp(s, s.round_even(s.mul(iscale, v)), lo, hi);
-            s.store(&mut out[j * w..], q);
-            sumlx = s.add(sumlx, s.mul(s.mul(wv, v), q));
-            suml2 = s.add(suml2, s.mul(s.mul(wv, q), q));
-        }
-        (sumlx, suml2)
-    };
     let z = s.splat(0.0);
-    let (sumlx, suml2) = pass(s.div(s.splat(-nmax), maxs), &l.x, &l.w, &mut l.lv1);
+    let (sumlx, suml2) = sym_pass(
+        s,
+        s.div(s.splat(-nmax), maxs),
+        lo,
+        hi,
+        &l.x,
+        &l.w,
+        &mut l.lv1,
+    );
     let mut scale = s.select(s.eq(suml2, z), z, s.div(sumlx, suml2));
     let mut best = s.mul(scale, sumlx);
     for is in -9..=9 {
@@ -208,7 +282,7 @@ fn search_sym_lanes<S: Simd>(s: S, l: &mut Lanes, nmax: f32, lo: f32, hi: f32) -
             continue;
         }
         let c = -(nmax + 0.1 * is as f32);
-        let (sumlx, suml2) = pass(s.div(s.splat(c), maxs), &l.x, &l.w, &mut l.cand);
+        let (sumlx, suml2) = sym_pass(s, s.div(s.splat(c), maxs), lo, hi, &l.x, &l.w, &mut l.cand);
         let take = s.mand(
             s.lt(z, suml2),
             s.lt(s.mul(best, suml2), s.mul(sumlx, sumlx)),
@@ -256,13 +330,7 @@ fn search_asym_lanes<S: Simd>(s: S, l: &mut Lanes, nmax: f32) -> (S::F, S::F) {
     min = s.select(s.lt(z, min), z, min);
     let degen = s.le(max, min);
     let min_start = min;
-    // iscale = c / (max - min), 0 where that range is 0 (see the reference).
-    let iscale_of = |c: f32, min: S::F| {
-        let range = s.sub(max, min);
-        let zr = s.eq(range, z);
-        s.select(zr, z, s.div(s.splat(c), s.select(zr, s.splat(1.0), range)))
-    };
-    let iscale = iscale_of(nmax, min);
+    let iscale = iscale_of(s, nmax, max, min);
     let mut scale = s.div(s.splat(1.0), iscale);
     let mut best = z;
     for j in 0..QK {
@@ -274,7 +342,7 @@ fn search_asym_lanes<S: Simd>(s: S, l: &mut Lanes, nmax: f32) -> (S::F, S::F) {
         best = s.add(best, s.mul(wv, s.mul(diff, diff)));
     }
     for is in 0..=36 {
-        let iscale = iscale_of(-0.9 + 0.05 * is as f32 + nmax, min);
+        let iscale = iscale_of(s, -0.9 + 0.05 * is as f32 + nmax, max, min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (z, z, z);
         for j in 0..QK {
             let v = s.load(&l.x[j * w..]);
@@ -516,7 +584,7 @@ pub fn dequantize_row_simd<S: Simd>(s: S, qtype: QType, src: &[u8], y: &mut [f32
     }
     let w = S::W;
     let lane_bits = s.load_i32(&LANE_BITS);
-    let (i15, i16, i0) = (s.isplat(15), s.isplat(16), s.isplat(0));
+    let i15 = s.isplat(15);
     let neg_zero = s.isplat(-(spec.zero as i32));
     for (b, yb) in src
         .chunks_exact(spec.block_bytes)
@@ -539,17 +607,13 @@ pub fn dequantize_row_simd<S: Simd>(s: S, qtype: QType, src: &[u8], y: &mut [f32
         let qh = spec.off_qh.map_or(0, |o| {
             u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
         });
-        let high = |bits: u32| {
-            let hb = s.iand(s.isplat(bits as i32), lane_bits);
-            iselect(s, s.ieq(hb, lane_bits), i16, i0)
-        };
         for k in (0..QK / 2).step_by(w) {
             let q = s.load_u8(&qs[k..]);
             let mut lo = s.iand(q, i15);
             let mut hi = s.shr(q, 4);
             if spec.off_qh.is_some() {
-                lo = s.ior(lo, high(qh >> k));
-                hi = s.ior(hi, high(qh >> (QK / 2 + k)));
+                lo = s.ior(lo, high_bits(s, qh >> k, lane_bits));
+                hi = s.ior(hi, high_bits(s, qh >> (QK / 2 + k), lane_bits));
             }
             let (lo, hi) = (
                 s.to_f32(s.iadd(lo, neg_zero)),
