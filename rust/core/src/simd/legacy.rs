@@ -61,16 +61,16 @@ fn supported<S: Simd>() -> bool {
 /// outside the `#[target_feature]` context and would call every vocabulary op out of line.)
 #[inline(always)]
 fn first_equal<S: Simd>(s: S, xb: &[f32], v: f32, abs: bool) -> Option<usize> {
+    // Branch-free over the block (the position of a block's maximum is random, so an early
+    // exit would mispredict about every other block).
     let vv = s.splat(v);
+    let mut bits = 0u64;
     for k in 0..QK / S::W {
         let x = s.load(&xb[k * S::W..]);
         let x = if abs { s.abs(x) } else { x };
-        let bits = s.bitmask(s.eq(x, vv));
-        if bits != 0 {
-            return Some(k * S::W + bits.trailing_zeros() as usize);
-        }
+        bits |= s.bitmask(s.eq(x, vv)) << (k * S::W);
     }
-    None
+    (bits != 0).then_some(bits.trailing_zeros() as usize)
 }
 
 /// Code of the plain rounding for one vector `v`: `clamp(trunc(t), 0, cmax)` of
