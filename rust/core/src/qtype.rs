@@ -79,19 +79,21 @@ macro_rules! table {
     };
 }
 
-// max_abs: the largest |x| for which every stored f16 scale stays finite (each family's tests
-// quantize inputs at the bound). Legacy: d = amax/|qmin|. Affine: scale = range / (2^bits - 1)
-// with the range including 0. K-quants: bounded so that no super-block scale saturates for any
-// candidate of the search (derived and tested in blocks/kquants).
+// max_abs: the largest |x| for which every stored f16 scale (and min) stays finite; each
+// family's tests quantize inputs at the bound. Legacy: d = amax/|qmin|; q4_1/q5_1 also store
+// their min as f16, so |x| <= F16_MAX. bf16: the largest f32 that rounds to a finite bf16 (bits
+// 0x7f7f7fff). Affine: scale = range / (2^bits - 1) with the range including 0. K-quants:
+// bounded so that no super-block scale saturates for any candidate of the search (derived and
+// tested in blocks/kquants).
 table! {
     F32   "f32"    Float     1   4   Some(0),  f32::MAX;
     F16   "f16"    Float     1   2   Some(1),  F16_MAX;
-    BF16  "bf16"   Float     1   2   Some(30), f32::MAX;
+    BF16  "bf16"   Float     1   2   Some(30), 3.396_177_3e38;
     Q8_0  "q8_0"   Legacy    32  34  Some(8),  F16_MAX * 127.0;
     Q4_0  "q4_0"   Legacy    32  18  Some(2),  F16_MAX * 8.0;
-    Q4_1  "q4_1"   Legacy    32  20  Some(3),  F16_MAX * 7.5;
+    Q4_1  "q4_1"   Legacy    32  20  Some(3),  F16_MAX;
     Q5_0  "q5_0"   Legacy    32  22  Some(6),  F16_MAX * 16.0;
-    Q5_1  "q5_1"   Legacy    32  24  Some(7),  F16_MAX * 15.5;
+    Q5_1  "q5_1"   Legacy    32  24  Some(7),  F16_MAX;
     Q2K   "q2_k"   KQuant    256 84  Some(10), F16_MAX * 7.5;
     Q3K   "q3_k"   KQuant    256 110 Some(11), F16_MAX * 32.0;
     Q4K   "q4_k"   KQuant    256 144 Some(12), F16_MAX * 31.5;
