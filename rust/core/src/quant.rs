@@ -193,13 +193,14 @@ fn pick_isa(isa: Option<Isa>) -> Result<Isa> {
 
 /// First value of `x` that is not finite or exceeds `limit`, as (index, value).
 fn first_bad(x: &[f32], limit: f32) -> Option<(usize, f32)> {
-    // `ok` is false for NaN too. Chunked so the common all-good case runs as a vectorised fold
-    // without early exits.
-    let ok = |v: &f32| v.abs() <= limit;
-    for (c, chunk) in x.chunks(256).enumerate() {
-        if !chunk.iter().fold(true, |all, v| all & ok(v)) {
-            let i = chunk.iter().position(|v| !ok(v)).expect("a bad value");
-            return Some((c * 256 + i, chunk[i]));
+    // |v| as bits: for non-negative floats the bit order is the numeric order, and NaN's bits
+    // lie above +Inf's, so one unsigned max per chunk (which vectorises) checks everything.
+    let limit_bits = limit.to_bits();
+    let abs_bits = |v: &f32| v.to_bits() & 0x7FFF_FFFF;
+    for (c, chunk) in x.chunks(1024).enumerate() {
+        if chunk.iter().map(abs_bits).max().unwrap_or(0) > limit_bits {
+            let i = chunk.iter().position(|v| abs_bits(v) > limit_bits).expect("a bad value");
+            return Some((c * 1024 + i, chunk[i]));
         }
     }
     None
