@@ -15,35 +15,57 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import numpy as np
-import numpy.typing as npt
 
 from . import _core
-from .errors import InvalidValueError, IsaError, LowbitError, ParameterError, QTypeError, ShapeError
+from .errors import (
+    ChecksumError,
+    ClosedError,
+    FormatError,
+    InvalidValueError,
+    IsaError,
+    LowbitError,
+    MetadataTypeError,
+    NotFoundError,
+    ParameterError,
+    QTypeError,
+    ShapeError,
+    UnsupportedError,
+    VersionError,
+)
+from .lbf import LBFFile, PartInfo, TensorInfo, load, save
+from .qtensor import QTensor, SourceDType, dequantize, quantize
 
 __version__: str = _core.__version__
 
 __all__ = [
+    "ChecksumError",
+    "ClosedError",
+    "FormatError",
     "InvalidValueError",
     "IsaError",
+    "LBFFile",
     "LowbitError",
+    "MetadataTypeError",
+    "NotFoundError",
     "ParameterError",
+    "PartInfo",
     "QTensor",
     "QTypeError",
     "QTypeInfo",
     "ShapeError",
+    "SourceDType",
+    "TensorInfo",
+    "UnsupportedError",
+    "VersionError",
     "__version__",
     "available_isas",
     "dequantize",
     "isa",
+    "load",
     "qtypes",
     "quantize",
+    "save",
 ]
-
-SourceDType = Literal["f32", "f16", "bf16"]
-
 
 @dataclass(frozen=True)
 class QTypeInfo:
@@ -91,222 +113,3 @@ def isa() -> str:
 def available_isas() -> list[str]:
     """The instruction sets this CPU can run, "scalar" first."""
     return _core.available_isas()
-
-
-class QTensor:
-    """A quantized 2-D tensor: `shape = (rows, cols)` values stored as `data`, a uint8 array of
-    shape `(rows, row_bytes)` holding the raw blocks row-major (exactly ggml's bytes for the
-    ggml-compatible types; the layout of the group-affine types is in `formats/QUANT_TYPES.md`).
-
-    `qtype` is the canonical type name; for group-affine types it includes the group size and
-    symmetry (`"int4-g128"`, `"int3-row-sym"`), also available as `group_size` (0 = whole row)
-    and `symmetric`.
-    """
-
-    __slots__ = ("_data", "_group_size", "_qtype", "_shape", "_symmetric")
-
-    def __init__(
-        self,
-        qtype: str,
-        shape: tuple[int, int],
-        data: npt.NDArray[np.uint8],
-        *,
-        group_size: int | None = None,
-        symmetric: bool | None = None,
-    ) -> None:
-        rows, cols = _shape2(shape)
-        name, g, s, row_bytes = _core.layout(qtype, rows, cols, group_size, symmetric)
-        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
-            raise TypeError("data must be a numpy uint8 array")
-        if data.size != rows * row_bytes:
-            raise ShapeError(f"{name} tensor of shape {shape} needs {rows * row_bytes} bytes, got {data.size}")
-        self._qtype, self._group_size, self._symmetric = name, g, s
-        self._shape = (rows, cols)
-        self._data = np.ascontiguousarray(data).reshape(rows, row_bytes)
-
-    @classmethod
-    def from_bytes(
-        cls,
-        buf: bytes | bytearray | memoryview | npt.NDArray[np.uint8],
-        qtype: str,
-        shape: tuple[int, int],
-        *,
-        group_size: int | None = None,
-        symmetric: bool | None = None,
-    ) -> QTensor:
-        """Wrap raw blocks (no copy where the buffer allows). The length must match exactly."""
-        data = buf if isinstance(buf, np.ndarray) else np.frombuffer(buf, dtype=np.uint8)
-        return cls(qtype, shape, data.reshape(-1), group_size=group_size, symmetric=symmetric)
-
-    @property
-    def qtype(self) -> str:
-        """Canonical type name (`"q4_k"`, `"int4-g128"`)."""
-        return self._qtype
-
-    @property
-    def base_qtype(self) -> str:
-        """The type without group-affine parameters (`"int4"`)."""
-        return self._qtype.split("-")[0]
-
-    @property
-    def group_size(self) -> int | None:
-        """Columns per group of a group-affine tensor (0 = whole row); None otherwise."""
-        return self._group_size
-
-    @property
-    def symmetric(self) -> bool | None:
-        """Whether a group-affine tensor is symmetric; None otherwise."""
-        return self._symmetric
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(rows, cols) of the dequantized tensor."""
-        return self._shape
-
-    @property
-    def data(self) -> npt.NDArray[np.uint8]:
-        """The raw bytes, shape (rows, row_bytes)."""
-        return self._data
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes stored (codes, scales, zeros: everything)."""
-        return int(self._data.nbytes)
-
-    @property
-    def bits_per_weight(self) -> float:
-        """Stored bits per value, everything counted."""
-        return 8.0 * self.nbytes / (self._shape[0] * self._shape[1])
-
-    def dequantize(self, *, isa: str | None = None) -> npt.NDArray[np.float32]:
-        """The float32 values, shape `self.shape`."""
-        return dequantize(self, isa=isa)
-
-    def __repr__(self) -> str:
-        return f"QTensor({self._qtype}, shape={self._shape}, {self.nbytes} bytes, {self.bits_per_weight:.4g} bpw)"
-
-
-def _shape2(shape: Any) -> tuple[int, int]:
-    try:
-        rows, cols = (int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise ShapeError(f"shape must be (rows, cols), got {shape!r}") from None
-    if rows <= 0 or cols <= 0:
-        raise ShapeError(f"shape must be positive, got {shape!r}")
-    return rows, cols
-
-
-def _input_matrix(x: Any, source_dtype: SourceDType | None) -> tuple[npt.NDArray[Any], SourceDType]:
-    """Check and normalise the input: 2-D, non-empty, float32/float16 (or uint16 bf16 bits),
-    C-contiguous, aligned, native byte order. Strided, reversed, Fortran-order, misaligned or
-    byte-swapped arrays are copied explicitly (never read through a raw pointer)."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ShapeError(f"x must be 2-D (rows, cols), got {x.ndim}-D with shape {x.shape}")
-    if x.size == 0:
-        raise ShapeError(f"x is empty (shape {x.shape}): nothing to quantize")
-    kind = (x.dtype.kind, x.dtype.itemsize)
-    if source_dtype == "bf16":
-        if kind != ("u", 2):
-            raise TypeError(f"source_dtype='bf16' needs the bf16 bits as a uint16 array, got {x.dtype}")
-        tag: SourceDType = "bf16"
-    elif source_dtype not in (None, "f32", "f16"):
-        raise ParameterError(f"source_dtype must be 'f32', 'f16' or 'bf16', got {source_dtype!r}")
-    elif kind == ("f", 4):
-        tag = "f32"
-    elif kind == ("f", 2):
-        tag = "f16"
-    else:
-        raise TypeError(
-            f"x must be float32 or float16 (bfloat16: uint16 bits with source_dtype='bf16'), got {x.dtype}; "
-            "convert explicitly, e.g. x.astype(np.float32)"
-        )
-    if source_dtype is not None and source_dtype != tag:
-        raise TypeError(f"source_dtype={source_dtype!r} does not match an array of dtype {x.dtype}")
-    native = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[tag]
-    arr = np.require(x, dtype=native, requirements=["C_CONTIGUOUS", "ALIGNED"])
-    if tag != "f32":
-        arr = arr.view(np.uint16)
-    return arr, tag
-
-
-def _vector(v: Any, name: str) -> npt.NDArray[np.float32] | None:
-    if v is None:
-        return None
-    arr = np.asarray(v)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a numeric array, got {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
-
-
-def quantize(
-    x: npt.NDArray[Any],
-    qtype: str,
-    *,
-    group_size: int | None = None,
-    symmetric: bool | None = None,
-    importance: npt.ArrayLike | None = None,
-    clip_ratio: float | None = None,
-    group_min: npt.ArrayLike | None = None,
-    group_max: npt.ArrayLike | None = None,
-    source_dtype: SourceDType | None = None,
-    isa: str | None = None,
-) -> QTensor:
-    """Quantize a 2-D weight matrix `x` of shape (rows, cols) to `qtype`.
-
-    Args:
-        x: float32 or float16 array; bfloat16 weights as their raw uint16 bits with
-            `source_dtype="bf16"`. Any memory layout (copied if not C-contiguous and aligned).
-        qtype: a name from `qtypes()`; group-affine types also as `"int4-g128"`, `"int3-row"`,
-            `"int4-g64-sym"`.
-        group_size: group-affine only: 32, 64, 128 (default) or 256 columns per group, 0 = one
-            group per row. The last group of a row may be shorter.
-        symmetric: group-affine only: no zero points (default False).
-        importance: per-column weights of the squared error (llama.cpp's imatrix: mean x² of
-            the layer's input activations), shape (cols,), finite and >= 0. Used by the scale
-            searches of the k-quants, iq4_nl, the legacy ggml types (then not bit-identical to
-            ggml's reference, which has no importance) and the group-affine clip search.
-        clip_ratio: group-affine only: shrink each group's range by this factor in (0, 1].
-        group_min, group_max: group-affine only: explicit per-group ranges, shape
-            (rows, groups) each (from calibration or GPTQ).
-        source_dtype: "f32", "f16" or "bf16"; inferred from the dtype except for bf16.
-        isa: force an instruction set for this call ("scalar", "avx2", "avx512", "neon").
-
-    Raises:
-        TypeError: wrong array dtype or type.
-        ShapeError: not 2-D, empty, a row length the type's blocks do not divide.
-        QTypeError: unknown type name.
-        ParameterError: an option the type does not take or out of range.
-        InvalidValueError: NaN, ±Inf or a magnitude beyond the type's `max_abs`; `.index` is
-            the flat index of the first.
-        IsaError: `isa` (or `LOWBIT_ISA`) names a level this CPU lacks.
-    """
-    arr, tag = _input_matrix(x, source_dtype)
-    rows, cols = arr.shape
-    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int | np.integer)):
-        raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
-    if group_size is not None and group_size < 0:
-        raise ParameterError(f"group_size must be 32, 64, 128, 256 or 0 (whole row), got {group_size}")
-    name, g, s, row_bytes, data = _core.quantize(
-        arr,
-        qtype,
-        tag,
-        None if group_size is None else int(group_size),
-        symmetric,
-        _vector(importance, "importance"),
-        clip_ratio,
-        _vector(group_min, "group_min"),
-        _vector(group_max, "group_max"),
-        isa,
-    )
-    return QTensor(name, (rows, cols), data.reshape(rows, row_bytes), group_size=g, symmetric=s)
-
-
-def dequantize(qt: QTensor, *, isa: str | None = None) -> npt.NDArray[np.float32]:
-    """Dequantize `qt` to a float32 array of shape `qt.shape`."""
-    if not isinstance(qt, QTensor):
-        raise TypeError(f"dequantize takes a QTensor, got {type(qt).__name__}")
-    rows, cols = qt.shape
-    flat = _core.dequantize(qt.data.reshape(-1), qt.qtype, rows, cols, qt.group_size, qt.symmetric, isa)
-    return flat.reshape(rows, cols)

@@ -3,7 +3,21 @@ subclass also derives from the builtin a caller would naturally catch (`ValueErr
 
 from __future__ import annotations
 
-__all__ = ["InvalidValueError", "IsaError", "LowbitError", "ParameterError", "QTypeError", "ShapeError"]
+__all__ = [
+    "ChecksumError",
+    "ClosedError",
+    "FormatError",
+    "InvalidValueError",
+    "IsaError",
+    "LowbitError",
+    "MetadataTypeError",
+    "NotFoundError",
+    "ParameterError",
+    "QTypeError",
+    "ShapeError",
+    "UnsupportedError",
+    "VersionError",
+]
 
 
 class LowbitError(Exception):
@@ -40,3 +54,43 @@ class InvalidValueError(LowbitError, ValueError):
 
 class IsaError(LowbitError, RuntimeError):
     """An instruction set was forced (`LOWBIT_ISA` or `isa=`) that this CPU lacks, or is unknown."""
+
+
+class FormatError(LowbitError, ValueError):
+    """A file that is not valid LBF (`formats/LBF.md`). `offset` is the byte offset in the file
+    where the problem was found (0 when not applicable)."""
+
+    def __init__(self, message: str, offset: int = 0) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class VersionError(FormatError):
+    """An LBF file of a major format version this lowbit cannot read."""
+
+
+class ChecksumError(FormatError):
+    """A stored CRC-32 does not match the bytes: the header and index (on open) or a tensor's
+    parts (when it is read, or by `verify`)."""
+
+
+class UnsupportedError(LowbitError, NotImplementedError):
+    """A tensor uses a qtype or part kind from a newer minor version of the format."""
+
+
+class NotFoundError(LowbitError, KeyError):
+    """No tensor or metadata key of that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class MetadataTypeError(LowbitError, TypeError):
+    """A typed metadata getter (`get_str`, `get_int`, ...) met a value of another type."""
+
+
+class ClosedError(LowbitError, ValueError):
+    """The LBF file or writer was closed."""

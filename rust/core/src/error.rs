@@ -28,6 +28,44 @@ pub enum Error {
     /// a name that is not an ISA.
     #[error("{0}")]
     Isa(String),
+
+    /// A file that is not valid LBF (`formats/LBF.md`): `offset` is the byte where the problem
+    /// was found.
+    #[error("invalid LBF file: {msg} (at byte {offset})")]
+    Format { offset: u64, msg: String },
+
+    /// An LBF file of a major version this reader does not know.
+    #[error("{0}")]
+    Version(String),
+
+    /// Stored and computed CRC-32 of a part of an LBF file differ.
+    #[error("checksum mismatch in {what}: stored {stored:08x}, computed {computed:08x}")]
+    Checksum { what: String, stored: u32, computed: u32 },
+
+    /// Something a newer minor version of the format added (a qtype or part kind) that this
+    /// reader cannot interpret.
+    #[error("{0}")]
+    Unsupported(String),
+
+    /// A metadata key or tensor name that is not in the file.
+    #[error("no {what} named {name:?}")]
+    NotFound { what: &'static str, name: String },
+
+    /// A typed metadata getter asked for a type the value does not have.
+    #[error("metadata {key:?} is {found}, not {expected}")]
+    WrongType { key: String, expected: &'static str, found: String },
+
+    /// An operating-system error (file not found, permission, disk full...). `errno` is the raw
+    /// OS error code where there is one.
+    #[error("{msg}")]
+    Io { errno: Option<i32>, msg: String },
+}
+
+impl Error {
+    /// An [`Error::Io`] from an `std::io::Error`, with `context` (typically the path) in front.
+    pub fn io(context: impl fmt::Display, e: &std::io::Error) -> Error {
+        Error::Io { errno: e.raw_os_error(), msg: format!("{context}: {e}") }
+    }
 }
 
 /// The magnitude limit quoted in [`Error::BadValue`], if one applied.

@@ -4,12 +4,14 @@
 //! * [`blocks`]: scalar reference quantizers and dequantizers, one module per family.
 //! * [`simd`]: run-time ISA detection, the `LOWBIT_ISA` override and the SIMD kernels.
 //! * [`quant`]: the driver: input validation, per-row dispatch, rayon over rows.
+//! * [`format`]: LBF, the single-file model format (reader and writer).
 //!
 //! Layouts and the architecture are described in `ARCHITECTURE.md` of the shared design
 //! and in the repository's `formats/` folder.
 
 pub mod blocks;
 pub mod error;
+pub mod format;
 pub mod pack;
 pub mod qtype;
 pub mod quant;

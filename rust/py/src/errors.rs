@@ -10,6 +10,13 @@ pyo3::import_exception!(lowbit.errors, ShapeError);
 pyo3::import_exception!(lowbit.errors, ParameterError);
 pyo3::import_exception!(lowbit.errors, InvalidValueError);
 pyo3::import_exception!(lowbit.errors, IsaError);
+pyo3::import_exception!(lowbit.errors, FormatError);
+pyo3::import_exception!(lowbit.errors, VersionError);
+pyo3::import_exception!(lowbit.errors, ChecksumError);
+pyo3::import_exception!(lowbit.errors, UnsupportedError);
+pyo3::import_exception!(lowbit.errors, NotFoundError);
+pyo3::import_exception!(lowbit.errors, MetadataTypeError);
+pyo3::import_exception!(lowbit.errors, ClosedError);
 
 /// Newtype so `?` converts core errors at the binding boundary.
 #[derive(Debug)]
@@ -30,6 +37,14 @@ impl From<PyLowbitError> for PyErr {
             Error::InvalidParameter(_) => ParameterError::new_err(msg),
             Error::BadValue { index, row, col, .. } => InvalidValueError::new_err((msg, index, row, col)),
             Error::Isa(_) => IsaError::new_err(msg),
+            Error::Format { offset, .. } => FormatError::new_err((msg, offset)),
+            Error::Version(_) => VersionError::new_err((msg, 0u64)),
+            Error::Checksum { .. } => ChecksumError::new_err((msg, 0u64)),
+            Error::Unsupported(_) => UnsupportedError::new_err(msg),
+            Error::NotFound { .. } => NotFoundError::new_err(msg),
+            Error::WrongType { .. } => MetadataTypeError::new_err(msg),
+            Error::Io { errno: Some(errno), .. } => pyo3::exceptions::PyOSError::new_err((errno, msg)),
+            Error::Io { errno: None, .. } => pyo3::exceptions::PyOSError::new_err(msg),
         }
     }
 }

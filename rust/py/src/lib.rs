@@ -4,6 +4,7 @@
 //! this layer re-checks what memory safety depends on.
 
 mod errors;
+mod format;
 
 use lowbit_core::quant::{self, Layout, QuantOptions, Source};
 use lowbit_core::simd::{self, Isa};
@@ -20,7 +21,7 @@ fn shape_err(msg: String) -> PyLowbitError {
 
 /// A C-contiguous, aligned slice of a numpy array, or a ShapeError (never a raw read of an
 /// arbitrary array).
-fn slice_of<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
+pub(crate) fn slice_of<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
     a: &'a numpy::PyReadonlyArray<'_, T, D>,
     what: &str,
 ) -> Result<&'a [T], PyLowbitError> {
@@ -178,6 +179,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(layout, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_class::<format::LbfReader>()?;
+    m.add_class::<format::PyLbfWriter>()?;
+    m.add_class::<format::MapOwner>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
