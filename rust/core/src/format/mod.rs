@@ -215,7 +215,7 @@ pub(crate) fn row_bytes(qtype: QType, affine: Option<AffineSpec>, cols: u64) -> 
     let overflow = || format!("row of {cols} values is too large");
     match affine {
         Some(s) => {
-            if cols % 8 != 0 {
+            if !cols.is_multiple_of(8) {
                 return Err(format!("row length {cols} is not a multiple of 8, which {} needs", info.name));
             }
             let bits = u64::from(s.bits);
@@ -228,7 +228,7 @@ pub(crate) fn row_bytes(qtype: QType, affine: Option<AffineSpec>, cols: u64) -> 
         }
         None => {
             let bs = info.block_size as u64;
-            if cols % bs != 0 {
+            if !cols.is_multiple_of(bs) {
                 return Err(format!(
                     "row length {cols} is not a multiple of {}'s block size {bs} ({} values left over)",
                     info.name,

@@ -163,7 +163,7 @@ impl LbfFile {
     fn parse(storage: Storage) -> Result<LbfFile> {
         let bytes = storage.bytes();
         let header = parse_header(bytes)?;
-        let newer_minor = header.minor > VERSION_MINOR;
+        let newer_minor = is_newer_minor(header.minor);
         let index = &bytes[header.index_offset as usize..];
         let mut c = Cursor::new(index, header.index_offset);
 
@@ -359,6 +359,11 @@ impl Error {
     }
 }
 
+/// Whether a file's minor version is newer than this reader's (§9).
+fn is_newer_minor(minor: u16) -> bool {
+    minor > VERSION_MINOR
+}
+
 /// Read and check the fixed header (§3, §7 steps 1–4).
 fn parse_header(bytes: &[u8]) -> Result<Header> {
     let u16_at = |o: usize| u16::from_le_bytes(bytes[o..o + 2].try_into().expect("2 bytes"));
@@ -392,7 +397,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header> {
             h.major, h.minor
         )));
     }
-    if h.flags != 0 && h.minor <= VERSION_MINOR {
+    if h.flags != 0 && !is_newer_minor(h.minor) {
         return Err(fmt_err(56, format!("unknown header flags {:#x}", h.flags)));
     }
     let real = bytes.len() as u64;
@@ -402,7 +407,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header> {
             format!("header says {} bytes but the file has {real} (truncated or appended?)", h.file_len),
         ));
     }
-    if h.index_offset < HEADER_LEN || h.index_offset % super::ALIGN != 0 {
+    if h.index_offset < HEADER_LEN || !h.index_offset.is_multiple_of(super::ALIGN) {
         return Err(fmt_err(16, format!("index_offset {} is not a multiple of 64 at or after 64", h.index_offset)));
     }
     if h.index_offset.checked_add(h.index_len) != Some(real) {
