@@ -274,6 +274,7 @@ impl PyLbfWriter {
 
     /// Append a tensor. `parts` maps kind names to 1-D uint8 arrays; `data` is required.
     #[pyo3(signature = (name, qtype, dims, parts, group_size=None, symmetric=None))]
+    #[allow(clippy::too_many_arguments)]
     fn add_tensor(
         &self,
         py: Python<'_>,
