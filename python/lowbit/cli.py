@@ -1,11 +1,16 @@
-"""The `lowbit` command line. Subcommands grow with the project; today: `info` (version, ISA,
-type table)."""
+"""The `lowbit` command line: `info` (version, ISA, type table), `inspect FILE` (an LBF file's
+header, metadata and tensor table), `verify FILE` (every checksum; exit code 1 on a mismatch)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
 
 import lowbit
 
@@ -31,6 +36,114 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return [_json_value(x) for x in v.tolist()]
+    if isinstance(v, list):
+        return [_json_value(x) for x in v]
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, float) and not np.isfinite(v):
+        return str(v)
+    return v
+
+
+def _short(v: Any, width: int) -> str:
+    if isinstance(v, str):
+        text = v.replace("\n", "\\n")
+        extra = f"  ({_size(len(v.encode()))})" if len(text) > width else ""
+        return (text[: width - 3] + "..." if len(text) > width else text) + extra
+    if isinstance(v, np.ndarray | list):
+        n = len(v)
+        head = ", ".join(str(x) for x in list(v[:6]))
+        return f"[{head}{', ...' if n > 6 else ''}]  ({n} items)"
+    return str(v)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    with lowbit.load(args.file) as f:
+        tensors = f.tensors
+        numel = sum(t.numel for t in tensors)
+        nbytes = sum(t.nbytes for t in tensors)
+        by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for t in tensors:
+            row = by_type[t.qtype]
+            row[0] += 1
+            row[1] += t.numel
+            row[2] += t.nbytes
+        bpw = 8.0 * nbytes / numel if numel else 0.0
+        if args.json:
+            payload = {
+                "path": f.path,
+                "header": f.header,
+                "metadata": {k: {"type": f.metadata_types[k], "value": _json_value(v)} for k, v in f.metadata.items()},
+                "tensors": [
+                    {
+                        "name": t.name,
+                        "qtype": t.qtype,
+                        "shape": list(t.shape),
+                        "nbytes": t.nbytes,
+                        "bits_per_weight": t.bits_per_weight,
+                        "parts": [p.__dict__ for p in t.parts],
+                    }
+                    for t in tensors
+                ],
+                "totals": {"tensors": len(tensors), "values": numel, "bytes": nbytes, "bits_per_weight": bpw},
+                "by_qtype": {q: {"tensors": a, "values": b, "bytes": c} for q, (a, b, c) in by_type.items()},
+            }
+            print(json.dumps(payload, indent=2))
+            return 0
+        h = f.header
+        print(f"{f.path}: LBF {h['version']}, {_size(h['file_len'])} ({h['file_len']} bytes)")
+        print(f"  index at byte {h['index_offset']}, {h['index_len']} bytes; header crc32 {h['header_crc']:08x}")
+        print(f"\nmetadata: {len(f.metadata)} keys")
+        if f.metadata:
+            kw = max(len(k) for k in f.metadata)
+            tw = max(len(t) for t in f.metadata_types.values())
+            for k, v in f.metadata.items():
+                print(f"  {k:<{kw}}  {f.metadata_types[k]:<{tw}}  {_short(v, args.width)}")
+        print(f"\ntensors: {len(tensors)}")
+        if tensors:
+            nw = max(4, *(len(t.name) for t in tensors))
+            qw = max(5, *(len(t.qtype) for t in tensors))
+            print(f"  {'#':>4}  {'name':<{nw}}  {'qtype':<{qw}}  {'shape':<16} {'bytes':>12} {'bpw':>8}  parts")
+            for i, t in enumerate(tensors):
+                shape = "×".join(str(d) for d in t.shape)
+                parts = ",".join(p.kind for p in t.parts)
+                print(
+                    f"  {i:>4}  {t.name:<{nw}}  {t.qtype:<{qw}}  {shape:<16} {t.nbytes:>12,} "
+                    f"{t.bits_per_weight:>8.4g}  {parts}"
+                )
+        print(f"\nby qtype:")
+        for q, (n, values, b) in sorted(by_type.items(), key=lambda kv: -kv[1][2]):
+            q_bpw = 8.0 * b / values if values else 0.0
+            print(f"  {q:<14} {n:>5} tensors {values:>15,} values {_size(b):>12} {q_bpw:>8.4g} bpw")
+        print(f"\ntotal: {len(tensors)} tensors, {numel:,} values, {_size(nbytes)} of tensor data, {bpw:.4g} bits per weight")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    with lowbit.load(args.file) as f:
+        nbytes = sum(t.nbytes for t in f.tensors)
+        try:
+            f.verify()
+        except lowbit.ChecksumError as e:
+            print(f"lowbit: FAILED: {e}", file=sys.stderr)
+            return 1
+        secs = time.perf_counter() - start
+        print(f"{f.path}: OK: header, index and {len(f)} tensors ({_size(nbytes)}) verified in {secs:.3f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lowbit` script; returns the exit code."""
     parser = argparse.ArgumentParser(prog="lowbit", description="CPU-first LLM compression toolkit")
@@ -38,10 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("info", help="version, instruction set in use, and the type table")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_info)
+    insp = sub.add_parser("inspect", help="an LBF file's header, metadata and tensor table")
+    insp.add_argument("file", help="path of the .lbf file")
+    insp.add_argument("--json", action="store_true", help="machine-readable output (full metadata values)")
+    insp.add_argument("--width", type=int, default=60, help="characters of each metadata value shown (default 60)")
+    insp.set_defaults(func=_inspect)
+    ver = sub.add_parser("verify", help="check every checksum of an LBF file (exit 1 on a mismatch)")
+    ver.add_argument("file", help="path of the .lbf file")
+    ver.set_defaults(func=_verify)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except lowbit.LowbitError as e:
+    except (lowbit.LowbitError, OSError) as e:
         print(f"lowbit: error: {e}", file=sys.stderr)
         return 2
 

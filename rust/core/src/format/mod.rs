@@ -37,8 +37,8 @@ pub const MAX_KEY_LEN: usize = 256;
 pub const MAX_NAME_LEN: usize = 512;
 /// Most dimensions of a tensor: models use at most 4 (§5).
 pub const MAX_DIMS: usize = 8;
-/// Most parts of a tensor: one of each kind (§5).
-pub const MAX_PARTS: usize = 5;
+/// Most parts of a tensor: one of each kind, with room for kinds a minor version may add (§5).
+pub const MAX_PARTS: usize = 8;
 /// Deepest array nesting in metadata: keeps recursion bounded on hostile input (§4).
 pub const MAX_DEPTH: usize = 4;
 /// Smallest encoding of a metadata entry: 1-byte key (8 + 1), type (4), value_len (8) (§7).

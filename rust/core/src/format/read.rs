@@ -61,6 +61,10 @@ impl<'a> Cursor<'a> {
         Ok(Cursor::new(self.take(n, what)?, base))
     }
 
+    pub(crate) fn rewind(&mut self, pos: usize) {
+        self.pos = pos;
+    }
+
     pub(crate) fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.take(4, "u32")?.try_into().expect("4 bytes")))
     }
@@ -273,10 +277,16 @@ impl LbfFile {
         Ok(self.tensor_parts(i)?[PartKind::Data as usize])
     }
 
-    /// Recompute the CRC-32 of every part of tensor `i`.
+    /// Recompute the CRC-32 of every part of tensor `i`, and check that the padding after
+    /// each part is zero (§6).
     fn check_tensor(&self, i: usize) -> Result<()> {
         let t = &self.tensors[i];
         for p in &t.parts {
+            let end = p.offset + p.len;
+            let pad_end = align_up(end).expect("checked when the file was opened");
+            if let Some(k) = self.bytes()[end as usize..pad_end as usize].iter().position(|&b| b != 0) {
+                return Err(fmt_err(end + k as u64, format!("tensor {:?}: padding after a part is not zero", t.name)));
+            }
             let computed = crc32(self.part_bytes_unchecked(p));
             if computed != p.crc {
                 let kind = PartKind::from_id(p.kind).map_or(format!("kind {}", p.kind), |k| k.name().to_string());

@@ -47,6 +47,8 @@ pub enum Array {
 const TYPE_NAMES: [&str; 13] =
     ["u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", "bool", "string", "array"];
 const T_BOOL: u32 = 10;
+/// Start of the message of an unknown element type (§9 treats it apart in newer minors).
+const UNKNOWN_ELEM: &str = "unknown array element type";
 const T_STRING: u32 = 11;
 const T_ARRAY: u32 = 12;
 
@@ -130,7 +132,7 @@ impl Array {
         let at = c.pos();
         let elem = c.u32()?;
         if elem > T_ARRAY {
-            return Err(c.err_at(at, format!("unknown array element type {elem}")));
+            return Err(c.err_at(at, format!("{UNKNOWN_ELEM} {elem}")));
         }
         let n = c.u64()?;
         if n > c.remaining() / min_elem_len(elem) {
@@ -228,7 +230,18 @@ impl Value {
             9 => num!(f64, F64),
             T_BOOL => Value::Bool(c.bool()?),
             T_STRING => Value::String(c.string("string")?),
-            T_ARRAY => Value::Array(Array::decode(c, 1)?),
+            T_ARRAY => {
+                let start = c.pos();
+                match Array::decode(c, 1) {
+                    Ok(a) => Value::Array(a),
+                    // §9: an element type from a newer minor makes the whole value unknown.
+                    Err(Error::Format { msg, .. }) if newer_minor && msg.starts_with(UNKNOWN_ELEM) => {
+                        c.rewind(start);
+                        Value::Unknown { type_id: T_ARRAY, bytes: c.take(c.remaining(), "value")?.to_vec() }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             t if newer_minor => Value::Unknown { type_id: t, bytes: c.take(c.remaining(), "value")?.to_vec() },
             t => return Err(c.err(format!("unknown metadata value type {t}"))),
         };
