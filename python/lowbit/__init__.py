@@ -67,6 +67,7 @@ __all__ = [
     "save",
 ]
 
+
 @dataclass(frozen=True)
 class QTypeInfo:
     """One row of the type table.

@@ -122,11 +122,13 @@ def _inspect(args: argparse.Namespace) -> int:
                     f"  {i:>4}  {t.name:<{nw}}  {t.qtype:<{qw}}  {shape:<16} {t.nbytes:>12,} "
                     f"{t.bits_per_weight:>8.4g}  {parts}"
                 )
-        print(f"\nby qtype:")
+        print("\nby qtype:")
         for q, (n, values, b) in sorted(by_type.items(), key=lambda kv: -kv[1][2]):
             q_bpw = 8.0 * b / values if values else 0.0
             print(f"  {q:<14} {n:>5} tensors {values:>15,} values {_size(b):>12} {q_bpw:>8.4g} bpw")
-        print(f"\ntotal: {len(tensors)} tensors, {numel:,} values, {_size(nbytes)} of tensor data, {bpw:.4g} bits per weight")
+        print(
+            f"\ntotal: {len(tensors)} tensors, {numel:,} values, {_size(nbytes)} of tensor data, {bpw:.4g} bits per weight"
+        )
     return 0
 
 

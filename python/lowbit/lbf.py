@@ -245,9 +245,7 @@ class LBFFile(Mapping[str, "QTensor | npt.NDArray[Any]"]):
         self._header: dict[str, Any] = self._reader.header()
         meta = self._reader.metadata()
         self._types: dict[str, str] = {k: t for k, t, _ in meta}
-        self._metadata: dict[str, Any] = {
-            k: _from_array_wire(v) if t.startswith("array") else v for k, t, v in meta
-        }
+        self._metadata: dict[str, Any] = {k: _from_array_wire(v) if t.startswith("array") else v for k, t, v in meta}
         self._infos: dict[str, TensorInfo] = {}
         for name, qtype, g, s, dims, parts in self._reader.tensors():
             self._infos[name] = TensorInfo(
@@ -381,4 +379,3 @@ def load(path: str | os.PathLike[str]) -> LBFFile:
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     return LBFFile(path)
-
