@@ -12,7 +12,7 @@ export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 # Tests must not depend on the host's thread count being large.
 export RAYON_NUM_THREADS ?= 2
 
-.PHONY: all venv build test test-rust test-python lint fmt test-neon bench demo demo-data clean
+.PHONY: all venv build test test-rust test-python lint fmt test-neon bench demo demo-data clean fuzz
 
 all: build
 
@@ -41,14 +41,14 @@ test-python: build
 lint: venv
 	cargo fmt --all --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
-	ruff check python tests benches examples
-	ruff format --check python tests benches examples
+	ruff check python tests benches examples formats
+	ruff format --check python tests benches examples formats
 	mypy
 
 fmt: venv
 	cargo fmt --all
-	ruff format python tests benches
-	ruff check --fix python tests benches
+	ruff format python tests benches examples formats
+	ruff check --fix python tests benches examples formats
 
 ## test-neon: cross-compile rust/core for aarch64 and run its tests under qemu-user
 test-neon:
@@ -77,3 +77,14 @@ data/SmolLM2-135M-Instruct.Q4_1.gguf: | venv
 clean:
 	cargo clean
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+## fuzz: fuzz the LBF reader (cargo-fuzz, nightly) for FUZZ_SECONDS, from generated seeds and
+## formats/vectors; the corpus grows in rust/core/fuzz/corpus, crashes land in rust/core/fuzz/artifacts
+FUZZ_SECONDS ?= 600
+FUZZ_CORPUS := fuzz/corpus/lbf_reader
+fuzz:
+	cd rust/core/fuzz && cargo +nightly run --quiet --release --bin make_seeds -- seeds
+	mkdir -p rust/core/$(FUZZ_CORPUS)
+	if ls formats/vectors/*.lbf >/dev/null 2>&1; then cp formats/vectors/*.lbf rust/core/$(FUZZ_CORPUS)/; fi
+	cd rust/core && RAYON_NUM_THREADS=1 cargo +nightly fuzz run lbf_reader $(FUZZ_CORPUS) fuzz/seeds -- \
+		-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536

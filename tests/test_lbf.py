@@ -337,18 +337,33 @@ def test_save_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
             _same(f[k], c[k])
 
 
-def test_interrupt_between_tensors_leaves_nothing(tmp_path: Path) -> None:
-    """Ctrl-C arrives as KeyboardInterrupt between Rust calls: the writer is aborted."""
+def test_interrupt_between_tensors_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C arrives as KeyboardInterrupt between Rust calls, after some tensors were written to
+    the temporary file: the writer is aborted, the old destination stays."""
     p = tmp_path / "out.lbf"
+    p.write_bytes(b"old")
+    real = lowbit._core.LbfWriter
+    calls: list[str] = []
 
-    class Boom(dict[str, Any]):
-        def items(self) -> Any:
-            yield "a", np.ones(4, np.float32)
-            raise KeyboardInterrupt
+    class Interrupted:
+        def __init__(self, *args: Any) -> None:
+            self._w = real(*args)
 
+        def add_tensor(self, *args: Any) -> None:
+            calls.append(args[0])
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            self._w.add_tensor(*args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._w, name)
+
+    monkeypatch.setattr(lowbit._core, "LbfWriter", Interrupted)
+    big = {f"t{i}": np.ones(1 << 16, np.float32) for i in range(5)}
     with pytest.raises(KeyboardInterrupt):
-        lowbit.save(p, Boom())
-    assert os.listdir(tmp_path) == []
+        lowbit.save(p, big)
+    assert calls == ["t0", "t1", "t2"]
+    assert os.listdir(tmp_path) == ["out.lbf"] and p.read_bytes() == b"old"
 
 
 def test_concurrent_readers(tmp_path: Path) -> None:

@@ -157,7 +157,7 @@ fn writer_survives_sigkill() {
     drop(f);
 
     let (mut early, mut mid, mut mid_with_data, mut late, mut completed) = (0, 0, 0, 0, 0);
-    let mut seed = 0x5EED_0F_C0FFEEu64;
+    let mut seed = 0x5EED_0FC0_FFEE_u64;
     for run in 0..RUNS {
         // Stratified: run k's delay falls in the k-th of RUNS equal slices of the span.
         let u = (splitmix(&mut seed) >> 11) as f64 / (1u64 << 53) as f64;
@@ -178,7 +178,11 @@ fn writer_survives_sigkill() {
         let is_old = now == old;
         let is_new = now == new;
         assert!(is_old || is_new, "{ctx}: destination is neither the old nor the new file ({} bytes)", now.len());
-        assert_eq!(entries(&dest), ["model.lbf"], "{ctx}: stray files left in the folder");
+        // With O_TMPFILE the temporary has no name until publish() links it just before the rename:
+        // only a kill between those two calls (microseconds) can leave one, and it is still a bug.
+        let in_finish = saw(FINISHING) && !saw(FINISHED);
+        let why = if in_finish { " (killed in finish: between linkat and rename?)" } else { "" };
+        assert_eq!(entries(&dest), ["model.lbf"], "{ctx}: stray files left in the folder{why}");
         if is_new {
             LbfFile::open(&dest).and_then(|f| f.verify()).unwrap_or_else(|e| panic!("{ctx}: {e}"));
         }

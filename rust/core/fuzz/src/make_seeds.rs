@@ -55,7 +55,8 @@ fn main() -> Res<()> {
     let mut outl_only = Tensor::quantized("layers.0.attn.k.weight", "int8-row", &[3, 16])?;
     outl_only.outliers(&[&[1], &[], &[0, 15]]);
     let cube = Tensor::quantized("embed.3d", "q4_0", &[2, 2, 32])?;
-    let empty = Tensor { name: "empty".into(), qtype: "f32".into(), dims: vec![0, 8], parts: vec![(PartKind::Data, vec![])] };
+    let empty =
+        Tensor { name: "empty".into(), qtype: "f32".into(), dims: vec![0, 8], parts: vec![(PartKind::Data, vec![])] };
     let composite = [comp, perm_only, outl_only, cube, empty];
     write(&dir.join("composite.lbf"), &small, &composite)?;
 
