@@ -299,7 +299,7 @@ def test_save_rejects_bad_input_and_leaves_nothing(tmp_path: Path) -> None:
         ({"": q}, {}, lowbit.ParameterError),
         ({"a\0": q}, {}, lowbit.ParameterError),
         ({1: q}, {}, TypeError),
-        ({}, {"lbf.writer": "me"}, lowbit.ParameterError),
+        ({}, {"lbf.other": "me"}, lowbit.ParameterError),
         ({}, {"d": {"nested": 1}}, TypeError),
         ({}, {"": 1}, lowbit.ParameterError),
         ({}, {"big": 2**64}, lowbit.ParameterError),
@@ -484,3 +484,23 @@ def test_float_metadata_keeps_its_type(tmp_path: Path) -> None:
         for k, v in arrays.items():
             got = f.metadata[f"a.{k}"]
             assert got.dtype == v.dtype and list(got) == list(v)
+
+
+def test_metadata_copies_between_files_with_its_types(tmp_path: Path) -> None:
+    src = VECTORS / "basic.lbf"
+    with lowbit.load(src) as f:
+        meta, types = f.metadata, f.metadata_types
+    lowbit.save(tmp_path / "copy.lbf", {}, meta)
+    with lowbit.load(tmp_path / "copy.lbf") as c:
+        assert c.metadata["lbf.writer"] == f"lowbit {lowbit.__version__}"
+
+        # An empty list has no element type: empty string/bool/nested arrays come back as [] and
+        # are stored as array[i64]. Everything else keeps its type.
+        def has_empty(v: Any) -> bool:
+            return isinstance(v, list) and (not v or any(has_empty(x) for x in v))
+
+        empty = {k for k, v in meta.items() if has_empty(v)}
+        assert empty
+        assert {k: t for k, t in c.metadata_types.items() if k not in empty | {"lbf.writer"}} == {
+            k: t for k, t in types.items() if k not in empty
+        }

@@ -127,7 +127,8 @@ def _inspect(args: argparse.Namespace) -> int:
             q_bpw = 8.0 * b / values if values else 0.0
             print(f"  {q:<14} {n:>5} tensors {values:>15,} values {_size(b):>12} {q_bpw:>8.4g} bpw")
         print(
-            f"\ntotal: {len(tensors)} tensors, {numel:,} values, {_size(nbytes)} of tensor data, {bpw:.4g} bits per weight"
+            f"\ntotal: {len(tensors)} tensors, {numel:,} values, {_size(nbytes)} of tensor data, "
+            f"{bpw:.4g} bits per weight"
         )
     return 0
 

@@ -40,6 +40,7 @@ _NUMPY_TAGS = {
     np.dtype(np.float64): "f64",
 }
 _FLOAT_QTYPES = {"f32": np.float32, "f16": np.float16}
+_SCALAR_DTYPES: dict[str, Any] = {t: d.type for d, t in _NUMPY_TAGS.items() if t not in ("i64", "f64")}
 
 
 def _int_tag(v: int, key: str) -> str:
@@ -109,6 +110,17 @@ def _value_wire(key: str, v: Any) -> tuple[str, str, Any]:
     raise TypeError(f"metadata {key!r}: unsupported value type {type(v).__name__}")
 
 
+def _from_wire(type_name: str, v: Any) -> Any:
+    """A value from the binding as the Python value `save` would store with the same type: i64,
+    f64, bool and string as Python scalars, other widths as numpy scalars (np.uint32, np.float32,
+    ...), arrays as numpy arrays or lists."""
+    if type_name.startswith("array"):
+        return _from_array_wire(v)
+    if type_name in _SCALAR_DTYPES:
+        return _SCALAR_DTYPES[type_name](v)
+    return v
+
+
 def _from_array_wire(w: tuple[str, Any]) -> Any:
     tag, payload = w
     if tag == "array":
@@ -142,7 +154,9 @@ def save(
         metadata: key → bool, int, float, str, numpy scalar, bytes, list/tuple (homogeneous,
             nested up to 4 deep) or 1-D numpy array. Python ints are stored as i64 (u64 when
             larger), floats as f64, numpy scalars and arrays in their own type. Keys starting
-            with `lbf.` are reserved; `lbf.writer` is added.
+            with `lbf.` are reserved; `lbf.writer` is set to this lowbit (a given one, e.g. from
+            another file's metadata, is replaced). `LBFFile.metadata` gives values back in a form
+            that `save` stores with the same types, so metadata can be copied between files.
 
     Raises:
         TypeError: a tensor or value of an unsupported type.
@@ -153,6 +167,8 @@ def save(
     """
     meta = [("lbf.writer", "string", f"lowbit {_core.__version__}")]
     for k, v in (metadata or {}).items():
+        if k == "lbf.writer":
+            continue
         if isinstance(k, str) and k.startswith("lbf."):
             raise ParameterError(f"metadata key {k!r}: the lbf.* keys are reserved for the format")
         meta.append(_value_wire(k, v))
@@ -245,7 +261,7 @@ class LBFFile(Mapping[str, "QTensor | npt.NDArray[Any]"]):
         self._header: dict[str, Any] = self._reader.header()
         meta = self._reader.metadata()
         self._types: dict[str, str] = {k: t for k, t, _ in meta}
-        self._metadata: dict[str, Any] = {k: _from_array_wire(v) if t.startswith("array") else v for k, t, v in meta}
+        self._metadata: dict[str, Any] = {k: _from_wire(t, v) for k, t, v in meta}
         self._infos: dict[str, TensorInfo] = {}
         for name, qtype, g, s, dims, parts in self._reader.tensors():
             self._infos[name] = TensorInfo(
@@ -264,8 +280,12 @@ class LBFFile(Mapping[str, "QTensor | npt.NDArray[Any]"]):
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """Key → value: Python scalars, numpy arrays for numeric arrays, lists for bool, string and
-        nested arrays, bytes for values of a type from a newer format version."""
+        """Key → value: Python int/float/bool/str for i64/f64/bool/string, numpy scalars for the
+        other widths (np.uint32, np.float32, ...), numpy arrays for numeric arrays, lists for
+        bool, string and nested arrays, bytes for a type from a newer format version. Passing it
+        to `save` stores the same types, except that an empty list has no element type (saved
+        as array[i64]) and f32 values pass through Python floats (a signalling NaN comes back
+        quiet)."""
         return dict(self._metadata)
 
     @property
