@@ -27,7 +27,7 @@ from .qtensor import QTensor
 
 __all__ = ["LBFFile", "PartInfo", "TensorInfo", "load", "save"]
 
-_NUMPY_TAGS = {
+_NUMPY_TAGS: dict[np.dtype[Any], str] = {
     np.dtype(np.uint8): "u8",
     np.dtype(np.int8): "i8",
     np.dtype(np.uint16): "u16",
