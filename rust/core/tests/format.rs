@@ -14,8 +14,11 @@ use lowbit_core::quant::{quantize, resolve, Source};
 use lowbit_core::{Error, QuantOptions};
 use proptest::prelude::*;
 
+/// A fresh folder, unique per call (tests run in parallel threads of one process).
 fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lowbit-format-{tag}-{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("lowbit-format-{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -868,7 +871,7 @@ proptest! {
         for (k, v) in meta {
             let _ = m.insert(k, v); // duplicates are refused; keep the first
         }
-        let d = tmpdir(&format!("prop-{}", Rng::new(m.len() as u64).next_u64()));
+        let d = tmpdir("prop");
         let p = d.join("p.lbf");
         let mut w = LbfWriter::create(&p, &[]).unwrap();
         let mut want = Vec::new();
