@@ -281,6 +281,13 @@ impl LbfFile {
     /// each part is zero (§6).
     fn check_tensor(&self, i: usize) -> Result<()> {
         let t = &self.tensors[i];
+        if let Storage::Map(m) = &self.storage {
+            // The CRC pass reads every page of the tensor: ask the kernel to read ahead in large
+            // pieces instead of faulting page by page (a hint; failure is harmless).
+            for p in &t.parts {
+                let _ = m.advise_range(memmap2::Advice::WillNeed, p.offset as usize, p.len as usize);
+            }
+        }
         for p in &t.parts {
             let end = p.offset + p.len;
             let pad_end = align_up(end).expect("checked when the file was opened");
