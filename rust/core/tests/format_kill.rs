@@ -109,7 +109,7 @@ fn setup(root: &Path, run: &str, old: &[u8]) -> PathBuf {
     dest
 }
 
-fn spawn_child(dest: &Path) -> Child {
+fn try_spawn_child(dest: &Path) -> std::io::Result<Child> {
     Command::new(std::env::current_exe().unwrap())
         .args([CHILD_TEST, "--exact", "--nocapture", "--ignored", "--test-threads=1"])
         .env(ENV_DEST, dest)
@@ -117,8 +117,15 @@ fn spawn_child(dest: &Path) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn the child test")
 }
+
+fn spawn_child(dest: &Path) -> Child {
+    try_spawn_child(dest).expect("spawn the child test")
+}
+
+/// ENOEXEC: this test binary cannot exec itself (a cross-compiled binary run under qemu-user
+/// without binfmt_misc, as in `make test-neon`).
+const ENOEXEC: i32 = 8;
 
 /// The names in the destination's folder.
 fn entries(dest: &Path) -> Vec<String> {
@@ -136,27 +143,43 @@ fn writer_survives_sigkill() {
     let root = TempDir::new();
     let old = old_file(&root.0);
 
-    // One uninterrupted run: the reference new file and the child's total time.
-    let dest = setup(&root.0, "measure", &old);
-    let t = Instant::now();
-    let out = spawn_child(&dest).wait_with_output().unwrap();
-    let child_time = t.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.lines().any(|l| l.ends_with(FINISHED)),
-        "child failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(entries(&dest), ["model.lbf"]);
-    let new = std::fs::read(&dest).unwrap();
-    assert_ne!(new, old);
-    let f = LbfFile::open(&dest).unwrap();
-    f.verify().unwrap();
-    assert_eq!((f.tensors().len(), f.metadata().get_str("kill_test.file").unwrap()), (N_TENSORS, "new"));
-    drop(f);
+    // Two uninterrupted runs: the reference new file (the same both times: the writer is
+    // deterministic, §8) and the child's run time (the faster, so a cold first run does not
+    // stretch the delays).
+    let mut child_time = std::time::Duration::MAX;
+    let mut new = Vec::new();
+    for m in 0..2 {
+        let dest = setup(&root.0, &format!("measure{m}"), &old);
+        let t = Instant::now();
+        let child = match try_spawn_child(&dest) {
+            Err(e) if e.raw_os_error() == Some(ENOEXEC) => {
+                eprintln!("format_kill: skipped: this binary cannot exec itself here ({e})");
+                return;
+            }
+            r => r.expect("spawn the child test"),
+        };
+        let out = child.wait_with_output().unwrap();
+        child_time = child_time.min(t.elapsed());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.lines().any(|l| l.ends_with(FINISHED)),
+            "child failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(entries(&dest), ["model.lbf"]);
+        let bytes = std::fs::read(&dest).unwrap();
+        assert_ne!(bytes, old);
+        assert!(m == 0 || bytes == new, "the writer is not deterministic");
+        let f = LbfFile::open(&dest).unwrap();
+        f.verify().unwrap();
+        assert_eq!((f.tensors().len(), f.metadata().get_str("kill_test.file").unwrap()), (N_TENSORS, "new"));
+        drop(f);
+        std::fs::remove_dir_all(dest.parent().unwrap()).unwrap();
+        new = bytes;
+    }
 
-    let (mut early, mut mid, mut mid_with_data, mut late, mut completed) = (0, 0, 0, 0, 0);
+    let (mut early, mut mid, mut mid_with_data, mut late, mut completed, mut link_window) = (0, 0, 0, 0, 0, 0);
     let mut seed = 0x5EED_0FC0_FFEE_u64;
     for run in 0..RUNS {
         // Stratified: run k's delay falls in the k-th of RUNS equal slices of the span.
@@ -164,6 +187,7 @@ fn writer_survives_sigkill() {
         let delay = child_time.mul_f64(DELAY_SPAN * (run as f64 + u) / RUNS as f64);
         let dest = setup(&root.0, &format!("run{run}"), &old);
         let mut child = spawn_child(&dest);
+        let child_id = child.id();
         std::thread::sleep(delay);
         // SIGKILL; harmless if the child has already exited (it is not reaped before wait).
         let _ = child.kill();
@@ -178,11 +202,23 @@ fn writer_survives_sigkill() {
         let is_old = now == old;
         let is_new = now == new;
         assert!(is_old || is_new, "{ctx}: destination is neither the old nor the new file ({} bytes)", now.len());
-        // With O_TMPFILE the temporary has no name until publish() links it just before the rename:
-        // only a kill between those two calls (microseconds) can leave one, and it is still a bug.
+        // With O_TMPFILE the temporary has no name until publish() links it under a hidden name
+        // and renames that over the destination; Linux has no atomic "link over", so a kill
+        // between those two syscalls (~0.2 ms) leaves the complete new file under the hidden
+        // name. §8 allows exactly that state, and the next writer of the destination removes it.
+        let mut names = entries(&dest);
+        let stray = format!(".model.lbf.lbf-tmp-{child_id}-");
         let in_finish = saw(FINISHING) && !saw(FINISHED);
-        let why = if in_finish { " (killed in finish: between linkat and rename?)" } else { "" };
-        assert_eq!(entries(&dest), ["model.lbf"], "{ctx}: stray files left in the folder{why}");
+        if in_finish && is_old && names.len() == 2 && names[0].starts_with(&stray) {
+            let tmp = std::fs::read(dest.with_file_name(&names[0])).unwrap();
+            assert!(tmp == new, "{ctx}: stray {} is not the complete new file", names[0]);
+            drop(LbfWriter::create(&dest, &[]).unwrap());
+            names = entries(&dest);
+            assert_eq!(names, ["model.lbf"], "{ctx}: the next writer did not sweep the stale temporary");
+            link_window += 1;
+        }
+        let why = if in_finish { " (killed in finish, between linkat and rename?)" } else { "" };
+        assert_eq!(names, ["model.lbf"], "{ctx}: stray files left in the folder{why}");
         if is_new {
             LbfFile::open(&dest).and_then(|f| f.verify()).unwrap_or_else(|e| panic!("{ctx}: {e}"));
         }
@@ -212,7 +248,7 @@ fn writer_survives_sigkill() {
     eprintln!(
         "format_kill: child run time {child_time:.2?}; of {RUNS} runs {mid} killed mid-write ({mid_with_data} after \
          some tensor data), {early} killed before the writer existed, {late} killed after finish, {completed} \
-         completed; total {:.2?}",
+         completed; {link_window} left the hidden temporary (killed between linkat and rename); total {:.2?}",
         started.elapsed()
     );
     assert_eq!(early + mid + late + completed, RUNS);

@@ -130,12 +130,12 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Values per row (the last dimension).
     pub fn cols(&self) -> u64 {
-        *self.dims.last().expect("a tensor has at least one dimension")
+        self.dims.last().copied().unwrap_or(0)
     }
 
     /// Rows: the product of all dimensions but the last (checked when the file was read).
     pub fn rows(&self) -> u64 {
-        self.dims[..self.dims.len() - 1].iter().product()
+        self.dims[..self.dims.len().saturating_sub(1)].iter().product()
     }
 
     /// Number of values.
@@ -261,16 +261,18 @@ pub(crate) fn expected_part_len(
 }
 
 /// Check the content of a perm or outlier part (§5), which the index alone cannot vouch for.
-/// `parts[k]` is the bytes of kind `k` (empty if absent).
-pub(crate) fn check_part_contents(name: &str, rows: u64, cols: u64, parts: &[&[u8]; 5]) -> Result<()> {
-    let bad = |what: String| Error::Format { offset: 0, msg: format!("tensor {name:?}: {what}") };
+/// `parts[k]` is the bytes of kind `k` (empty if absent); errors name the part's offset.
+pub(crate) fn check_part_contents(t: &TensorInfo, parts: &[&[u8]; 5]) -> Result<()> {
+    let (name, rows, cols) = (&t.name, t.rows(), t.cols());
+    let at = |k: PartKind| t.part(k).map_or(0, |p| p.offset);
+    let bad = |k: PartKind, what: String| Error::Format { offset: at(k), msg: format!("tensor {name:?}: {what}") };
     let perm = parts[PartKind::Perm as usize];
     if !perm.is_empty() {
         let mut seen = vec![false; cols as usize];
         for (j, c) in perm.chunks_exact(4).enumerate() {
             let v = u32::from_le_bytes(c.try_into().expect("4 bytes")) as usize;
             if v >= seen.len() || std::mem::replace(&mut seen[v], true) {
-                return Err(bad(format!("perm is not a permutation of 0..{cols} (entry {j} = {v})")));
+                return Err(bad(PartKind::Perm, format!("perm is not a permutation of 0..{cols} (entry {j} = {v})")));
             }
         }
     }
@@ -280,17 +282,18 @@ pub(crate) fn check_part_contents(name: &str, rows: u64, cols: u64, parts: &[&[u
         let cidx = parts[PartKind::OutlierCols as usize];
         let nnz = cidx.len() as u64 / 4;
         if ptr(0) != 0 || ptr(rows as usize) != nnz {
-            return Err(bad(format!("outlier row pointers must run from 0 to {nnz}")));
+            return Err(bad(PartKind::OutlierRows, format!("outlier row pointers must run from 0 to {nnz}")));
         }
         let col = |k: u64| u32::from_le_bytes(cidx[k as usize * 4..k as usize * 4 + 4].try_into().expect("4 bytes"));
         for r in 0..rows as usize {
             let (a, b) = (ptr(r), ptr(r + 1));
             if a > b || b > nnz {
-                return Err(bad(format!("outlier row pointers decrease at row {r}")));
+                return Err(bad(PartKind::OutlierRows, format!("outlier row pointers decrease at row {r}")));
             }
             for k in a..b {
                 if u64::from(col(k)) >= cols || (k > a && col(k) <= col(k - 1)) {
-                    return Err(bad(format!("outlier {k} of row {r}: column {} out of range or order", col(k))));
+                    let msg = format!("outlier {k} of row {r}: column {} out of range or order", col(k));
+                    return Err(bad(PartKind::OutlierCols, msg));
                 }
             }
         }

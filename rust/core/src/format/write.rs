@@ -12,7 +12,7 @@ use super::read::crc32;
 use super::value::{encode_str, Metadata};
 use super::{
     affine_fields, align_up, check_name, check_part_contents, expected_part_len, qtype_id, PartInfo, PartKind,
-    BYTE_ORDER, HEADER_LEN, MAGIC, MAX_DIMS, MAX_NAME_LEN, VERSION_MAJOR, VERSION_MINOR,
+    TensorInfo, BYTE_ORDER, HEADER_LEN, MAGIC, MAX_DIMS, MAX_NAME_LEN, VERSION_MAJOR, VERSION_MINOR,
 };
 use crate::error::{Error, Result};
 use crate::qtype::{AffineSpec, QType};
@@ -72,6 +72,7 @@ impl LbfWriter {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        sweep_stale_temps(&dir, &dest);
         let (mut file, temp) = open_temp(&dir, &dest)?;
         file.write_all(&[0u8; HEADER_LEN as usize]).map_err(|e| Error::io(dest.display(), &e))?;
         Ok(LbfWriter { file, dest, temp, pos: HEADER_LEN, entries: Vec::new(), n_tensors: 0, names: HashSet::new() })
@@ -135,7 +136,15 @@ impl LbfWriter {
                 return Err(bad(format!("part {} is {} bytes, {want} expected", k.name(), b.len())));
             }
         }
-        check_part_contents(name, rows, cols, &by_kind).map_err(|e| match e {
+        let info = TensorInfo {
+            name: name.to_string(),
+            qtype_id: qtype_id(spec.qtype),
+            qtype: Some(spec.qtype),
+            affine: spec.affine,
+            dims: spec.dims.to_vec(),
+            parts: Vec::new(),
+        };
+        check_part_contents(&info, &by_kind).map_err(|e| match e {
             Error::Format { msg, .. } => Error::InvalidParameter(msg),
             e => e,
         })?;
@@ -240,6 +249,38 @@ fn temp_name(dir: &Path, dest: &Path) -> PathBuf {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let base = dest.file_name().map_or("out".into(), |n| n.to_string_lossy().into_owned());
     dir.join(format!(".{base}.lbf-tmp-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Remove the hidden temporary files of `dest` left by writers that no longer run (§8: a kill
+/// in the instant between naming the finished temporary and renaming it leaves one).
+fn sweep_stale_temps(dir: &Path, dest: &Path) {
+    let Some(base) = dest.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
+    let prefix = format!(".{base}.lbf-tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !process_alive(pid) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Whether a process of this id exists (unknown: assume it does).
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else { return true };
+        // SAFETY: kill with signal 0 only checks for existence and permission; it sends nothing.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
 }
 
 /// An unnamed file in `dir` where the OS supports it, else a hidden named one.
