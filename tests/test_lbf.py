@@ -504,3 +504,24 @@ def test_metadata_copies_between_files_with_its_types(tmp_path: Path) -> None:
         assert {k: t for k, t in c.metadata_types.items() if k not in empty | {"lbf.writer"}} == {
             k: t for k, t in types.items() if k not in empty
         }
+
+
+def test_disk_full_leaves_destination_and_no_temporary(tmp_path: Path) -> None:
+    """A write error mid-file (here RLIMIT_FSIZE, as a full disk would) is an OSError; the old
+    destination stays and nothing else is left in the folder."""
+    dest = tmp_path / "model.lbf"
+    dest.write_bytes(b"old")
+    child = """
+        import resource, signal, sys, numpy as np, lowbit
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # get EFBIG instead of the signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        tensors = {f"t{i}": np.ones(1 << 16, np.float32) for i in range(8)}   # 2 MiB in all
+        try:
+            lowbit.save(sys.argv[1], tensors)
+        except OSError as e:
+            print("OSError", e.errno)
+    """
+    r = _run_child(child, str(dest))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["OSError", "27"]  # EFBIG
+    assert os.listdir(tmp_path) == ["model.lbf"] and dest.read_bytes() == b"old"

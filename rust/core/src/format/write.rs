@@ -50,6 +50,9 @@ pub struct LbfWriter {
     entries: Vec<u8>,
     n_tensors: u64,
     names: HashSet<String>,
+    /// An I/O error happened: the file on disk no longer matches `pos`, so nothing more may be
+    /// written and the file is never published.
+    failed: bool,
 }
 
 impl LbfWriter {
@@ -75,16 +78,37 @@ impl LbfWriter {
         sweep_stale_temps(&dir, &dest);
         let (mut file, temp) = open_temp(&dir, &dest)?;
         file.write_all(&[0u8; HEADER_LEN as usize]).map_err(|e| Error::io(dest.display(), &e))?;
-        Ok(LbfWriter { file, dest, temp, pos: HEADER_LEN, entries: Vec::new(), n_tensors: 0, names: HashSet::new() })
+        Ok(LbfWriter {
+            file,
+            dest,
+            temp,
+            pos: HEADER_LEN,
+            entries: Vec::new(),
+            n_tensors: 0,
+            names: HashSet::new(),
+            failed: false,
+        })
     }
 
-    fn io(&self, e: std::io::Error) -> Error {
+    fn io(&mut self, e: std::io::Error) -> Error {
+        self.failed = true;
         Error::io(self.dest.display(), &e)
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::InvalidParameter(format!(
+                "writing {} failed earlier; the file is discarded (drop this writer)",
+                self.dest.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Append a tensor: its parts (at most one of each kind, `Data` required) go to disk now.
     /// Every length, and the content of perm and outlier parts, is checked against §5 first.
     pub fn add_tensor(&mut self, spec: &TensorSpec<'_>, parts: &[(PartKind, &[u8])]) -> Result<()> {
+        self.check_usable()?;
         let name = spec.name;
         check_name("tensor name", name, MAX_NAME_LEN).map_err(Error::InvalidParameter)?;
         if self.names.contains(name) {
@@ -180,6 +204,7 @@ impl LbfWriter {
     /// Write the index (`metadata` first) and the header, fsync, and atomically replace the
     /// destination. On error the destination is untouched and the temporary file is removed.
     pub fn finish(mut self, metadata: &Metadata) -> Result<()> {
+        self.check_usable()?;
         let index_offset = align_up(self.pos).expect("file offsets fit in u64");
         let mut index = Vec::with_capacity(self.entries.len() + 4096);
         metadata.encode(&mut index);
