@@ -525,3 +525,26 @@ def test_disk_full_leaves_destination_and_no_temporary(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["OSError", "27"]  # EFBIG
     assert os.listdir(tmp_path) == ["model.lbf"] and dest.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("qtype", ["int8-g64", "int8-g32-sym", "int4-row", "int3-g64", "int2-g32-sym"])
+def test_row_layout_locates_codes_scales_and_zeros(tmp_path: Path, qtype: str) -> None:
+    """The byte ranges TensorInfo.row_layout reports are where the scales (and, for int8, codes
+    and zeros) really are: rebuilding the values from them gives `dequantize` exactly."""
+    x = _rng(3).standard_normal((3, 192), dtype=np.float32)
+    qt = lowbit.quantize(x, qtype)
+    lowbit.save(tmp_path / "m.lbf", {"w": qt})
+    with lowbit.load(tmp_path / "m.lbf") as f:
+        layout = f.info("w").row_layout
+    assert layout is not None and layout["zeros"][1] == qt.data.shape[1]
+    assert (layout["zeros"][0] == layout["zeros"][1]) == bool(qt.symmetric)
+    a, b = layout["scales"]
+    scales = qt.data[:, a:b].copy().view(np.float16).astype(np.float32)
+    group = qt.group_size or 192
+    assert scales.shape == (3, -(-192 // group)) and np.all(np.isfinite(scales)) and np.all(scales >= 0)
+    if qt.base_qtype == "int8":
+        codes = qt.data[:, layout["codes"][0] : layout["codes"][1]].astype(np.int32)
+        z0, z1 = layout["zeros"]
+        zeros = qt.data[:, z0:z1].astype(np.int32) if z1 > z0 else np.full(scales.shape, 128, np.int32)
+        rebuilt = np.repeat(scales, group, axis=1)[:, :192] * (codes - np.repeat(zeros, group, axis=1)[:, :192])
+        np.testing.assert_array_equal(rebuilt.astype(np.float32), lowbit.dequantize(qt))

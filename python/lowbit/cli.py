@@ -93,6 +93,7 @@ def _inspect(args: argparse.Namespace) -> int:
                         "nbytes": t.nbytes,
                         "bits_per_weight": t.bits_per_weight,
                         "parts": [p.__dict__ for p in t.parts],
+                        "row_layout": t.row_layout,
                     }
                     for t in tensors
                 ],

@@ -243,6 +243,21 @@ class TensorInfo:
         """8 × nbytes / numel (0 for an empty tensor)."""
         return 8.0 * self.nbytes / self.numel if self.numel else 0.0
 
+    @property
+    def row_layout(self) -> dict[str, tuple[int, int]] | None:
+        """Group-affine tensors: the byte ranges `[start, end)` of the codes, f16 scales and
+        packed zeros inside each row of the `data` part (`formats/LBF.md` §5; zeros is empty
+        when symmetric). None for the other types, whose rows are whole blocks."""
+        if self.group_size is None:
+            return None
+        bits = int(self.qtype.split("-")[0][3:])
+        cols = self.shape[-1]
+        groups = -(-cols // (self.group_size or cols)) if cols else 0
+        codes = cols * bits // 8
+        scales = codes + 2 * groups
+        zeros = scales + (0 if self.symmetric else -(-groups * bits // 8))
+        return {"codes": (0, codes), "scales": (codes, scales), "zeros": (scales, zeros)}
+
 
 class LBFFile(Mapping[str, "QTensor | npt.NDArray[Any]"]):
     """An open LBF file: a read-only mapping of tensor name → `QTensor` (quantized and bf16
