@@ -177,8 +177,7 @@ def save(
     for name, t in items:
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {type(name).__name__}")
-        src = _mapped_from(t.data if isinstance(t, QTensor) else t) if isinstance(t, QTensor | np.ndarray) else None
-        if src is not None:
+        if isinstance(t, QTensor | np.ndarray) and (src := _mapped_from(t.data if isinstance(t, QTensor) else t)):
             inputs.add(src)
     writer = _core.LbfWriter(os.fspath(path), sorted(inputs))
     try:
@@ -187,7 +186,7 @@ def save(
                 data = t.data.reshape(-1)
                 writer.add_tensor(name, t.qtype, list(t.shape), [("data", data)], t.group_size, t.symmetric)
             elif isinstance(t, np.ndarray):
-                qtype = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}.get(t.dtype.newbyteorder("="))
+                qtype = {np.dtype(v): k for k, v in _FLOAT_QTYPES.items()}.get(t.dtype.newbyteorder("="))
                 if qtype is None:
                     raise TypeError(
                         f"tensor {name!r}: numpy arrays are stored as float32 or float16, got {t.dtype}; "

@@ -208,12 +208,31 @@ impl AffineSpec {
     /// 3. zeros (asymmetric only): one code of `bits` bits per group, packed like the codes,
     ///    `ceil(groups * bits / 8)` bytes.
     ///
-    /// A value dequantizes as `scale * (code - zero)`.
+    /// A value dequantizes as `scale * (code - zero)`. Panics if the size overflows; see
+    /// [`AffineSpec::checked_row_bytes`].
     pub fn row_bytes(&self, cols: usize) -> usize {
+        self.checked_row_bytes(cols).expect("row size overflows usize")
+    }
+
+    /// [`AffineSpec::row_bytes`], `None` if the size overflows.
+    pub fn checked_row_bytes(&self, cols: usize) -> Option<usize> {
+        let bits = self.bits as usize;
         let g = self.groups(cols);
-        let codes = cols * self.bits as usize / 8;
-        let zeros = if self.symmetric { 0 } else { (g * self.bits as usize).div_ceil(8) };
-        codes + 2 * g + zeros
+        let codes = (cols / 8).checked_mul(bits)?.checked_add(cols % 8 * bits / 8)?;
+        let zeros = if self.symmetric { 0 } else { g.checked_mul(bits)?.div_ceil(8) };
+        codes.checked_add(g.checked_mul(2)?)?.checked_add(zeros)
+    }
+}
+
+/// The canonical name of a type with its group-affine parameters: `"q4_k"`, `"int4-g128"`,
+/// `"int3-row-sym"` (what [`parse_qtype`] reads back).
+pub fn canonical_name(qtype: QType, affine: Option<AffineSpec>) -> String {
+    match affine {
+        None => qtype.name().to_string(),
+        Some(s) => {
+            let g = s.group_size.map_or("row".to_string(), |g| format!("g{g}"));
+            format!("{}-{g}{}", qtype.name(), if s.symmetric { "-sym" } else { "" })
+        }
     }
 }
 

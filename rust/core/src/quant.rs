@@ -92,38 +92,7 @@ impl Layout {
         if rows == 0 || cols == 0 {
             return Err(Error::Shape(format!("empty tensor ({rows} × {cols}): nothing to quantize")));
         }
-        let info = qtype.info();
-        let row_bytes = match (info.family, affine) {
-            (Family::Affine, Some(spec)) => {
-                if Some(spec.bits) != qtype.affine_bits() {
-                    return Err(Error::InvalidParameter(format!("{} needs bits {:?}", info.name, qtype.affine_bits())));
-                }
-                if !cols.is_multiple_of(8) {
-                    return Err(Error::Shape(format!(
-                        "row length {cols} is not a multiple of 8, which {} needs (codes are packed 8 at a time)",
-                        info.name
-                    )));
-                }
-                spec.row_bytes(cols)
-            }
-            (Family::Affine, None) => {
-                return Err(Error::InvalidParameter(format!("{} needs a group size and symmetry", info.name)))
-            }
-            (_, Some(_)) => {
-                return Err(Error::InvalidParameter(format!("{} takes no group-affine parameters", info.name)))
-            }
-            (_, None) => {
-                if !cols.is_multiple_of(info.block_size) {
-                    return Err(Error::Shape(format!(
-                        "row length {cols} is not a multiple of {}'s block size {} ({} values left over)",
-                        info.name,
-                        info.block_size,
-                        cols % info.block_size
-                    )));
-                }
-                cols / info.block_size * info.block_bytes
-            }
-        };
+        let row_bytes = row_bytes(qtype, affine, cols)?;
         rows.checked_mul(row_bytes)
             .and_then(|n| rows.checked_mul(cols).map(|_| n))
             .ok_or_else(|| Error::Shape(format!("tensor of {rows} × {cols} is too large")))?;
@@ -138,6 +107,44 @@ impl Layout {
     /// Bits per weight, counting everything stored (codes, scales, zeros).
     pub fn bits_per_weight(&self) -> f64 {
         (self.nbytes() * 8) as f64 / (self.rows * self.cols) as f64
+    }
+}
+
+/// Bytes of one row of `cols` values of a type (group-affine: codes, scales, zeros; see
+/// [`AffineSpec::row_bytes`]), after checking that the parameters fit the type and the row
+/// length fits its blocks. Overflow is a [`Error::Shape`]. Shared by [`Layout::new`] and the LBF
+/// reader and writer.
+pub fn row_bytes(qtype: QType, affine: Option<AffineSpec>, cols: usize) -> Result<usize> {
+    let info = qtype.info();
+    let too_large = || Error::Shape(format!("row of {cols} values is too large"));
+    match (info.family, affine) {
+        (Family::Affine, Some(spec)) => {
+            if Some(spec.bits) != qtype.affine_bits() {
+                return Err(Error::InvalidParameter(format!("{} needs bits {:?}", info.name, qtype.affine_bits())));
+            }
+            if !cols.is_multiple_of(8) {
+                return Err(Error::Shape(format!(
+                    "row length {cols} is not a multiple of 8, which {} needs (codes are packed 8 at a time)",
+                    info.name
+                )));
+            }
+            spec.checked_row_bytes(cols).ok_or_else(too_large)
+        }
+        (Family::Affine, None) => {
+            Err(Error::InvalidParameter(format!("{} needs a group size and symmetry", info.name)))
+        }
+        (_, Some(_)) => Err(Error::InvalidParameter(format!("{} takes no group-affine parameters", info.name))),
+        (_, None) => {
+            if !cols.is_multiple_of(info.block_size) {
+                return Err(Error::Shape(format!(
+                    "row length {cols} is not a multiple of {}'s block size {} ({} values left over)",
+                    info.name,
+                    info.block_size,
+                    cols % info.block_size
+                )));
+            }
+            (cols / info.block_size).checked_mul(info.block_bytes).ok_or_else(too_large)
+        }
     }
 }
 

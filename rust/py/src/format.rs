@@ -62,8 +62,6 @@ impl LbfReader {
 }
 
 fn array_to_py<'py>(py: Python<'py>, a: &Array) -> PyResult<Bound<'py, PyAny>> {
-    let tag = a.type_name();
-    let elem = tag.strip_prefix("array[").and_then(|s| s.split(['[', ']']).next()).unwrap_or("?").to_string();
     let payload: Bound<'py, PyAny> = match a {
         Array::U8(v) => PyArray1::from_slice(py, v).into_any(),
         Array::I8(v) => PyArray1::from_slice(py, v).into_any(),
@@ -81,7 +79,7 @@ fn array_to_py<'py>(py: Python<'py>, a: &Array) -> PyResult<Bound<'py, PyAny>> {
             PyList::new(py, v.iter().map(|x| array_to_py(py, x)).collect::<PyResult<Vec<_>>>()?)?.into_any()
         }
     };
-    Ok(PyTuple::new(py, [elem.into_pyobject(py)?.into_any(), payload])?.into_any())
+    Ok(PyTuple::new(py, [a.elem_type_name().into_pyobject(py)?.into_any(), payload])?.into_any())
 }
 
 fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {

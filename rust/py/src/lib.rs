@@ -88,14 +88,8 @@ fn layout(
 }
 
 fn describe(l: &Layout) -> (String, Option<usize>, Option<bool>, usize) {
-    match l.affine {
-        None => (l.qtype.name().to_string(), None, None, l.row_bytes),
-        Some(s) => {
-            let g = s.group_size.map_or("row".to_string(), |g| format!("g{g}"));
-            let name = format!("{}-{g}{}", l.qtype.name(), if s.symmetric { "-sym" } else { "" });
-            (name, Some(s.group_size.unwrap_or(0)), Some(s.symmetric), l.row_bytes)
-        }
-    }
+    let (g, s) = l.affine.map_or((None, None), |a| (Some(a.group_size.unwrap_or(0)), Some(a.symmetric)));
+    (qtype::canonical_name(l.qtype, l.affine), g, s, l.row_bytes)
 }
 
 /// Quantize a 2-D array. `x` is float32, float16, or uint16 holding bfloat16 bits

@@ -16,7 +16,7 @@ pub use value::{Array, Metadata, Value};
 pub use write::{LbfWriter, TensorSpec};
 
 use crate::error::{Error, Result};
-use crate::qtype::{AffineSpec, QType, GROUP_SIZES};
+use crate::qtype::{canonical_name, AffineSpec, QType, GROUP_SIZES};
 
 /// `\x89LBF\r\n\x1a\n` (§3).
 pub const MAGIC: [u8; 8] = *b"\x89LBF\r\n\x1a\n";
@@ -163,13 +163,9 @@ impl TensorInfo {
 
     /// The canonical type name (`"q4_k"`, `"int4-g128"`, `"int3-row-sym"`), or `"unknown(N)"`.
     pub fn qtype_name(&self) -> String {
-        match (self.qtype, self.affine) {
-            (Some(q), Some(s)) => {
-                let g = s.group_size.map_or("row".to_string(), |g| format!("g{g}"));
-                format!("{}-{g}{}", q.name(), if s.symmetric { "-sym" } else { "" })
-            }
-            (Some(q), None) => q.name().to_string(),
-            (None, _) => format!("unknown({})", self.qtype_id),
+        match self.qtype {
+            Some(q) => canonical_name(q, self.affine),
+            None => format!("unknown({})", self.qtype_id),
         }
     }
 }
@@ -208,36 +204,43 @@ pub(crate) fn affine_fields(affine: Option<AffineSpec>) -> (u32, u32) {
     }
 }
 
-/// Bytes of one row of `cols` values (§5), with checked arithmetic; an error message if the
-/// row length does not fit the type or the size overflows.
-pub(crate) fn row_bytes(qtype: QType, affine: Option<AffineSpec>, cols: u64) -> std::result::Result<u64, String> {
-    let info = qtype.info();
-    let overflow = || format!("row of {cols} values is too large");
-    match affine {
-        Some(s) => {
-            if !cols.is_multiple_of(8) {
-                return Err(format!("row length {cols} is not a multiple of 8, which {} needs", info.name));
-            }
-            let bits = u64::from(s.bits);
-            let group = s.group_size.map_or(cols, |g| g as u64);
-            let groups = if cols == 0 { 0 } else { cols.div_ceil(group) };
-            let codes = (cols / 8).checked_mul(bits).ok_or_else(overflow)?;
-            let scales = groups.checked_mul(2).ok_or_else(overflow)?;
-            let zeros = if s.symmetric { 0 } else { groups.checked_mul(bits).ok_or_else(overflow)?.div_ceil(8) };
-            codes.checked_add(scales).and_then(|n| n.checked_add(zeros)).ok_or_else(overflow)
-        }
-        None => {
-            let bs = info.block_size as u64;
-            if !cols.is_multiple_of(bs) {
-                return Err(format!(
-                    "row length {cols} is not a multiple of {}'s block size {bs} ({} values left over)",
-                    info.name,
-                    cols % bs
-                ));
-            }
-            (cols / bs).checked_mul(info.block_bytes as u64).ok_or_else(overflow)
+/// Rows of a tensor (the product of all dimensions but the last), if `rows × cols` fits in
+/// u64 (§5, §7).
+pub(crate) fn rows_of(dims: &[u64]) -> Option<u64> {
+    let (cols, lead) = dims.split_last()?;
+    lead.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|r| r.checked_mul(*cols).is_some())
+}
+
+/// Each known part's length against §5, with the outlier parts all present or all absent and
+/// a perm part only on a group-affine type. `parts` are (kind id, length); unknown kinds (a
+/// newer minor version) are skipped. Shared by the reader and the writer.
+pub(crate) fn check_part_lengths(
+    qtype: QType,
+    affine: Option<AffineSpec>,
+    rows: u64,
+    cols: u64,
+    parts: &[(u32, u64)],
+) -> std::result::Result<(), String> {
+    let len_of = |k: PartKind| parts.iter().find(|p| p.0 == k as u32).map(|p| p.1);
+    let outliers = [PartKind::OutlierRows, PartKind::OutlierCols, PartKind::OutlierVals].map(|k| len_of(k).is_some());
+    if outliers.iter().any(|&o| o) && !outliers.iter().all(|&o| o) {
+        return Err("outlier parts must come together (rows, cols, vals)".into());
+    }
+    if len_of(PartKind::Perm).is_some() && affine.is_none() {
+        return Err(format!("a perm part needs a group-affine type, not {}", qtype.name()));
+    }
+    let vals = len_of(PartKind::OutlierVals).unwrap_or(0);
+    if vals % 2 != 0 {
+        return Err("outlier_vals length is odd".into());
+    }
+    for &(id, len) in parts {
+        let Some(kind) = PartKind::from_id(id) else { continue };
+        let want = expected_part_len(kind, qtype, affine, rows, cols, vals / 2)?;
+        if len != want {
+            return Err(format!("part {} is {len} bytes, {want} expected", kind.name()));
         }
     }
+    Ok(())
 }
 
 /// The length every part of a tensor must have (§5), given the outlier count `nnz` (taken from
@@ -252,7 +255,11 @@ pub(crate) fn expected_part_len(
 ) -> std::result::Result<u64, String> {
     let too_big = || format!("tensor of {rows} × {cols} values is too large");
     match kind {
-        PartKind::Data => rows.checked_mul(row_bytes(qtype, affine, cols)?).ok_or_else(too_big),
+        PartKind::Data => {
+            let cols = usize::try_from(cols).map_err(|_| too_big())?;
+            let row = crate::quant::row_bytes(qtype, affine, cols).map_err(|e| e.to_string())?;
+            rows.checked_mul(row as u64).ok_or_else(too_big)
+        }
         PartKind::Perm => cols.checked_mul(4).ok_or_else(too_big),
         PartKind::OutlierRows => rows.checked_add(1).and_then(|r| r.checked_mul(8)).ok_or_else(too_big),
         PartKind::OutlierCols => nnz.checked_mul(4).ok_or_else(too_big),

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use super::value::{Metadata, Value};
 use super::{
-    affine_from_fields, align_up, check_name, check_part_contents, expected_part_len, qtype_from_id, PartInfo,
-    PartKind, TensorInfo, BYTE_ORDER, HEADER_LEN, MAGIC, MAX_DIMS, MAX_KEY_LEN, MAX_NAME_LEN, MAX_PARTS,
+    affine_from_fields, align_up, check_name, check_part_contents, check_part_lengths, qtype_from_id, rows_of,
+    PartInfo, PartKind, TensorInfo, BYTE_ORDER, HEADER_LEN, MAGIC, MAX_DIMS, MAX_KEY_LEN, MAX_NAME_LEN, MAX_PARTS,
     MIN_METADATA_ENTRY, MIN_TENSOR_ENTRY, PART_RECORD_LEN, VERSION_MAJOR, VERSION_MINOR,
 };
 use crate::error::{Error, Result};
@@ -469,11 +469,7 @@ fn parse_tensor(c: &mut Cursor<'_>, next: &mut u64, data_end: u64, newer_minor: 
     }
     let dims: Vec<u64> = (0..n_dims).map(|_| c.u64()).collect::<Result<_>>()?;
     let cols = dims[n_dims - 1];
-    let rows = dims[..n_dims - 1]
-        .iter()
-        .try_fold(1u64, |a, &d| a.checked_mul(d))
-        .filter(|r| r.checked_mul(cols).is_some())
-        .ok_or_else(|| c.err_at(d_at, ctx(format!("dimensions {dims:?} overflow 64 bits"))))?;
+    let rows = rows_of(&dims).ok_or_else(|| c.err_at(d_at, ctx(format!("dimensions {dims:?} overflow 64 bits"))))?;
     let p_at = c.pos();
     let n_parts = c.u32()? as u64;
     if n_parts == 0 || n_parts > MAX_PARTS as u64 {
@@ -504,37 +500,8 @@ fn parse_tensor(c: &mut Cursor<'_>, next: &mut u64, data_end: u64, newer_minor: 
         parts.push(p);
     }
     if let Some(q) = qtype {
-        check_part_lengths(q, affine, rows, cols, &parts).map_err(|m| c.err_at(p_at, ctx(m)))?;
+        let lens: Vec<(u32, u64)> = parts.iter().map(|p| (p.kind, p.len)).collect();
+        check_part_lengths(q, affine, rows, cols, &lens).map_err(|m| c.err_at(p_at, ctx(m)))?;
     }
     Ok(TensorInfo { name, qtype_id, qtype, affine, dims, parts })
-}
-
-/// Each known part's length against §5; the outlier parts come all together.
-fn check_part_lengths(
-    q: crate::qtype::QType,
-    affine: Option<crate::qtype::AffineSpec>,
-    rows: u64,
-    cols: u64,
-    parts: &[PartInfo],
-) -> std::result::Result<(), String> {
-    let has = |k: PartKind| parts.iter().find(|p| p.kind == k as u32);
-    let outliers = [PartKind::OutlierRows, PartKind::OutlierCols, PartKind::OutlierVals].map(|k| has(k).is_some());
-    if outliers.iter().any(|&o| o) && !outliers.iter().all(|&o| o) {
-        return Err("outlier parts must come together (rows, cols, vals)".into());
-    }
-    if has(PartKind::Perm).is_some() && affine.is_none() {
-        return Err(format!("a perm part needs a group-affine type, not {}", q.name()));
-    }
-    let nnz = has(PartKind::OutlierVals).map_or(0, |p| p.len / 2);
-    if has(PartKind::OutlierVals).is_some_and(|p| p.len % 2 != 0) {
-        return Err("outlier_vals length is odd".into());
-    }
-    for p in parts {
-        let Some(kind) = PartKind::from_id(p.kind) else { continue };
-        let want = expected_part_len(kind, q, affine, rows, cols, nnz)?;
-        if p.len != want {
-            return Err(format!("part {} is {} bytes, {want} expected", kind.name(), p.len));
-        }
-    }
-    Ok(())
 }

@@ -47,8 +47,6 @@ pub enum Array {
 const TYPE_NAMES: [&str; 13] =
     ["u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", "bool", "string", "array"];
 const T_BOOL: u32 = 10;
-/// Start of the message of an unknown element type (§9 treats it apart in newer minors).
-const UNKNOWN_ELEM: &str = "unknown array element type";
 const T_STRING: u32 = 11;
 const T_ARRAY: u32 = 12;
 
@@ -102,13 +100,18 @@ impl Array {
         }
     }
 
+    /// The element type's name (`"u8"`, `"string"`, `"array"`).
+    pub fn elem_type_name(&self) -> &'static str {
+        TYPE_NAMES[self.elem_type() as usize]
+    }
+
     /// `"array[u8]"`, `"array[array[string]]"`.
     pub fn type_name(&self) -> String {
         match self {
             Array::Array(a) => {
                 format!("array[{}]", a.first().map_or("array[?]".to_string(), Array::type_name))
             }
-            _ => format!("array[{}]", TYPE_NAMES[self.elem_type() as usize]),
+            _ => format!("array[{}]", self.elem_type_name()),
         }
     }
 
@@ -124,15 +127,20 @@ impl Array {
         scalar_arrays!(enc)
     }
 
-    /// Decode an array at depth `depth` (1 = a top-level array value).
-    fn decode(c: &mut Cursor<'_>, depth: usize) -> Result<Array> {
+    /// Decode an array at depth `depth` (1 = a top-level array value). `None`: an element type
+    /// this reader does not know, in a file of a newer minor version (an error otherwise).
+    fn decode(c: &mut Cursor<'_>, depth: usize, newer_minor: bool) -> Result<Option<Array>> {
         if depth > MAX_DEPTH {
             return Err(c.err(format!("arrays nested deeper than {MAX_DEPTH}")));
         }
         let at = c.pos();
         let elem = c.u32()?;
         if elem > T_ARRAY {
-            return Err(c.err_at(at, format!("{UNKNOWN_ELEM} {elem}")));
+            return if newer_minor {
+                Ok(None)
+            } else {
+                Err(c.err_at(at, format!("unknown array element type {elem}")))
+            };
         }
         let n = c.u64()?;
         if n > c.remaining() / min_elem_len(elem) {
@@ -147,9 +155,16 @@ impl Array {
             })*
             T_BOOL => Array::Bool((0..n).map(|_| c.bool()).collect::<Result<_>>()?),
             T_STRING => Array::String((0..n).map(|_| c.string("string")).collect::<Result<_>>()?),
-            _ => Array::Array((0..n).map(|_| Array::decode(c, depth + 1)).collect::<Result<_>>()?),
+            _ => {
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let Some(a) = Array::decode(c, depth + 1, newer_minor)? else { return Ok(None) };
+                    v.push(a);
+                }
+                Array::Array(v)
+            }
         } } }
-        Ok(scalar_arrays!(dec))
+        Ok(Some(scalar_arrays!(dec)))
     }
 }
 
@@ -232,14 +247,13 @@ impl Value {
             T_STRING => Value::String(c.string("string")?),
             T_ARRAY => {
                 let start = c.pos();
-                match Array::decode(c, 1) {
-                    Ok(a) => Value::Array(a),
+                match Array::decode(c, 1, newer_minor)? {
+                    Some(a) => Value::Array(a),
                     // §9: an element type from a newer minor makes the whole value unknown.
-                    Err(Error::Format { msg, .. }) if newer_minor && msg.starts_with(UNKNOWN_ELEM) => {
+                    None => {
                         c.rewind(start);
                         Value::Unknown { type_id: T_ARRAY, bytes: c.take(c.remaining(), "value")?.to_vec() }
                     }
-                    Err(e) => return Err(e),
                 }
             }
             t if newer_minor => Value::Unknown { type_id: t, bytes: c.take(c.remaining(), "value")?.to_vec() },

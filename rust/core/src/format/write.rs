@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use super::read::crc32;
 use super::value::{encode_str, Metadata};
 use super::{
-    affine_fields, align_up, check_name, check_part_contents, expected_part_len, qtype_id, PartInfo, PartKind,
-    TensorInfo, BYTE_ORDER, HEADER_LEN, MAGIC, MAX_DIMS, MAX_NAME_LEN, VERSION_MAJOR, VERSION_MINOR,
+    affine_fields, align_up, check_name, check_part_contents, check_part_lengths, qtype_id, rows_of, PartInfo,
+    PartKind, TensorInfo, BYTE_ORDER, HEADER_LEN, MAGIC, MAX_DIMS, MAX_NAME_LEN, VERSION_MAJOR, VERSION_MINOR,
 };
 use crate::error::{Error, Result};
 use crate::qtype::{AffineSpec, QType};
@@ -71,10 +71,7 @@ impl LbfWriter {
                 )));
             }
         }
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_dir(&dest);
         sweep_stale_temps(&dir, &dest);
         let (mut file, temp) = open_temp(&dir, &dest)?;
         file.write_all(&[0u8; HEADER_LEN as usize]).map_err(|e| Error::io(dest.display(), &e))?;
@@ -126,11 +123,7 @@ impl LbfWriter {
             )));
         }
         let cols = *spec.dims.last().expect("non-empty");
-        let rows = spec.dims[..spec.dims.len() - 1]
-            .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d))
-            .filter(|r| r.checked_mul(cols).is_some())
-            .ok_or_else(|| bad(format!("dimensions {:?} overflow 64 bits", spec.dims)))?;
+        let rows = rows_of(spec.dims).ok_or_else(|| bad(format!("dimensions {:?} overflow 64 bits", spec.dims)))?;
         let mut sorted: Vec<(PartKind, &[u8])> = parts.to_vec();
         sorted.sort_by_key(|(k, _)| *k);
         if sorted.first().map(|(k, _)| *k) != Some(PartKind::Data) {
@@ -139,26 +132,11 @@ impl LbfWriter {
         if sorted.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err(bad("a part kind is given twice".into()));
         }
+        let lens: Vec<(u32, u64)> = sorted.iter().map(|(k, b)| (*k as u32, b.len() as u64)).collect();
+        check_part_lengths(spec.qtype, spec.affine, rows, cols, &lens).map_err(bad)?;
         let mut by_kind: [&[u8]; 5] = [&[]; 5];
         for (k, b) in &sorted {
             by_kind[*k as usize] = b;
-        }
-        let n_out = [PartKind::OutlierRows, PartKind::OutlierCols, PartKind::OutlierVals]
-            .iter()
-            .filter(|k| sorted.iter().any(|(s, _)| s == *k))
-            .count();
-        if n_out != 0 && n_out != 3 {
-            return Err(bad("outlier parts come together (rows, cols, vals)".into()));
-        }
-        if !by_kind[PartKind::Perm as usize].is_empty() && spec.affine.is_none() {
-            return Err(bad("a perm part needs a group-affine type".into()));
-        }
-        let nnz = by_kind[PartKind::OutlierVals as usize].len() as u64 / 2;
-        for (k, b) in &sorted {
-            let want = expected_part_len(*k, spec.qtype, spec.affine, rows, cols, nnz).map_err(bad)?;
-            if b.len() as u64 != want {
-                return Err(bad(format!("part {} is {} bytes, {want} expected", k.name(), b.len())));
-            }
         }
         let info = TensorInfo {
             name: name.to_string(),
@@ -237,10 +215,7 @@ impl LbfWriter {
     /// Give the finished temporary file the destination's name, atomically, and make the rename
     /// durable.
     fn publish(&mut self) -> Result<()> {
-        let dir = match self.dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_dir(&self.dest);
         let named = match &self.temp {
             Temp::Named(p) => p.clone(),
             Temp::Unnamed => {
@@ -265,6 +240,14 @@ impl Drop for LbfWriter {
         if let Temp::Named(p) = &self.temp {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+/// The folder a path is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
