@@ -6,10 +6,12 @@ from __future__ import annotations
 __all__ = [
     "ChecksumError",
     "ClosedError",
+    "DestinationExistsError",
     "FormatError",
     "InvalidValueError",
     "IsaError",
     "LowbitError",
+    "LowbitWarning",
     "MetadataTypeError",
     "NotFoundError",
     "ParameterError",
@@ -78,7 +80,9 @@ class ChecksumError(FormatError):
 
 
 class UnsupportedError(LowbitError, NotImplementedError):
-    """A tensor uses a qtype or part kind from a newer minor version of the format."""
+    """A valid input lowbit cannot handle (yet): a tensor using a qtype or part kind from a newer
+    minor version of the format, or, when converting, a model architecture, tensor type or
+    tokenizer kind the converter does not know. The message names it."""
 
 
 class NotFoundError(LowbitError, KeyError):
@@ -94,3 +98,12 @@ class MetadataTypeError(LowbitError, TypeError):
 
 class ClosedError(LowbitError, ValueError):
     """The LBF file or writer was closed."""
+
+
+class DestinationExistsError(LowbitError, FileExistsError):
+    """The output path exists and overwriting was not asked for."""
+
+
+class LowbitWarning(UserWarning):
+    """Something lowbit did on its own that the caller should know about (an unknown tensor name
+    kept as it is, a tokenizer detail guessed)."""

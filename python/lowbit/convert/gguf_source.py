@@ -1,0 +1,649 @@
+"""GGUF → Hugging Face checkpoint: the demo's first step (ARCHITECTURE.md §6).
+
+`gguf_to_hf` reads a llama-architecture GGUF file with the `gguf` package's memory-mapped
+`GGUFReader`, dequantizes each tensor with lowbit's own dequantizers, maps the names to the HF
+llama layout, undoes llama.cpp's q/k row permutation, and writes a checkpoint directory:
+
+- `model-0000i-of-0000n.safetensors` (float32) + `model.safetensors.index.json`;
+- `config.json` (`LlamaForCausalLM`) and `generation_config.json` from the `llama.*` metadata;
+- `tokenizer.json` (byte-level BPE for the HF `tokenizers` library, built from the
+  `tokenizer.ggml.*` metadata) and `tokenizer_config.json` (special tokens, chat template).
+
+Everything is validated before anything is written (tensor types, names, shapes, metadata,
+tokenizer), the output is assembled in a hidden temporary directory next to the destination and
+renamed into place at the end: an error leaves no half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import DestinationExistsError, FormatError, LowbitWarning, UnsupportedError
+from ..qtensor import QTensor, dequantize
+
+__all__ = ["SUPPORTED_ARCHITECTURES", "gguf_to_hf", "permute_qk", "unpermute_qk"]
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+# GGUF files start with these 4 bytes (ggml docs/gguf.md).
+_GGUF_MAGIC = b"GGUF"
+# Default largest shard: 2 GiB of float32 values (HF's own default is in the same range).
+DEFAULT_SHARD_BYTES = 2**31
+
+# ggml type ids that are plain floats: read directly with numpy, no block decoding.
+_GGML_F32 = 0
+_GGML_F16 = 1
+
+# tokenizer.ggml.token_type values (llama.cpp's llama_token_type / gguf-py's TokenType).
+_TOKEN_NORMAL, _TOKEN_UNKNOWN, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED, _TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+# GGUF llama tensor names → HF llama names. Per-block names are matched as `blk.N.<key>.<suffix>`.
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.([a-z_]+)\.(weight|bias)")
+
+# tokenizer.ggml.pre → HF pre-tokenizer. The regexes are the split patterns llama.cpp applies
+# for each pre-tokenizer name (src/llama-vocab.cpp), which reproduce the original HF
+# tokenizer.json's pre-tokenizer.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_PRE_GPT2 = ("default", "gpt2", "gpt-2", "mpt", "olmo", "jais")
+_PRE_DIGITS_GPT2 = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
+_PRE_LLAMA3 = ("llama-bpe", "llama3", "smaug-bpe")
+_PRE_QWEN2 = ("qwen2",)
+
+
+# ---------------------------------------------------------------------------------------------
+# q/k row permutation
+
+
+def permute_qk(w: npt.NDArray[Any], n_head: int) -> npt.NDArray[Any]:
+    """llama.cpp's permutation of q/k rows (HF layout → GGUF layout): within each head, the rows
+    of the first and second rotary halves are interleaved. `w` has shape (rows, ...) with
+    rows divisible by 2·n_head; use n_head for q and n_head_kv for k. Returns a new array."""
+    rows = _check_qk_rows(w, n_head)
+    return np.ascontiguousarray(w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2)).reshape(w.shape)
+
+
+def unpermute_qk(w: npt.NDArray[Any], n_head: int) -> npt.NDArray[Any]:
+    """The inverse of `permute_qk` (GGUF layout → HF layout), ARCHITECTURE.md §6."""
+    rows = _check_qk_rows(w, n_head)
+    return np.ascontiguousarray(w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2)).reshape(w.shape)
+
+
+def _check_qk_rows(w: npt.NDArray[Any], n_head: int) -> int:
+    rows = int(w.shape[0]) if w.ndim else 0
+    if n_head <= 0 or rows % (2 * n_head):
+        raise FormatError(f"cannot (un)permute {rows} rows for {n_head} heads: rows must be a multiple of 2·heads")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the GGUF file
+
+
+def _open_reader(path: Path) -> Any:
+    """Open `path` with gguf's GGUFReader, turning its failures into `FormatError`s."""
+    try:
+        from gguf import GGUFReader
+    except ImportError as e:  # pragma: no cover - gguf is a dependency of convert
+        raise UnsupportedError("reading GGUF files needs the `gguf` package (pip install gguf)") from e
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except IsADirectoryError:
+        raise FormatError(f"{path} is a directory, not a GGUF file") from None
+    if magic != _GGUF_MAGIC:
+        raise FormatError(f"{path} is not a GGUF file: it starts with {magic!r}, not {_GGUF_MAGIC!r}", offset=0)
+    try:
+        reader = GGUFReader(path, "r")
+    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, TypeError) as e:
+        # GGUFReader reads a truncated file as short slices that then fail to reshape; an unknown
+        # ggml type id or value type is a ValueError too.
+        raise FormatError(f"{path} ({size} bytes) is not a readable GGUF file (truncated or corrupt?): {e}") from e
+    if reader.byte_order != "I":
+        raise UnsupportedError(f"{path} is a GGUF file of the other byte order (big-endian): not supported")
+    for t in reader.tensors:
+        end = int(t.data_offset) + int(t.n_bytes)
+        if end > size:
+            raise FormatError(f"tensor {t.name} ends at byte {end}, past the end of the file ({size})", t.data_offset)
+    return reader
+
+
+def _field(reader: Any, key: str) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return None
+    try:
+        return f.contents()
+    except (ValueError, IndexError, UnicodeDecodeError) as e:
+        raise FormatError(f"GGUF metadata {key} cannot be read: {e}", offset=int(f.offset)) from e
+
+
+def _req(reader: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+    v = _field(reader, key)
+    if v is None:
+        raise FormatError(f"GGUF metadata {key} is missing")
+    return _typed(reader, key, v, kind)
+
+
+def _opt(reader: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+    v = _field(reader, key)
+    return None if v is None else _typed(reader, key, v, kind)
+
+
+def _typed(reader: Any, key: str, v: Any, kind: type | tuple[type, ...]) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int subclass: never accept it where a number is meant, and vice versa.
+    ok = isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds)
+    if not ok:
+        names = "/".join(k.__name__ for k in kinds)
+        raise FormatError(
+            f"GGUF metadata {key} should be {names}, got {type(v).__name__}", int(reader.fields[key].offset)
+        )
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: every tensor checked before anything is written
+
+
+@dataclass(frozen=True)
+class _Item:
+    gguf_name: str
+    hf_name: str
+    qtype: str  # lowbit qtype name, or "f32"/"f16" read directly
+    ggml_type: int
+    shape: tuple[int, ...]  # numpy order (GGUF ne reversed)
+    n_head: int  # > 0: undo the q/k permutation with this many heads
+    index: int  # position in reader.tensors
+
+    @property
+    def out_bytes(self) -> int:
+        return 4 * math.prod(self.shape)
+
+
+def _hf_name(name: str) -> str | None:
+    if name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[name]
+    m = _BLOCK_RE.fullmatch(name)
+    if m and m.group(2) in _BLOCK_NAMES:
+        return f"model.layers.{int(m.group(1))}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    return None
+
+
+def _plan(reader: Any, n_head: int, n_head_kv: int) -> list[_Item]:
+    from .. import qtypes
+
+    table = [t for t in qtypes() if t.gguf_type is not None]
+    by_id = {t.gguf_type: t.name for t in table}
+    block = {t.gguf_type: t.block_size for t in table}
+    items: list[_Item] = []
+    unsupported: list[str] = []
+    unknown: list[str] = []
+    for i, t in enumerate(reader.tensors):
+        ggml_type = int(t.tensor_type)
+        if ggml_type not in by_id:
+            unsupported.append(f"{t.name} ({t.tensor_type.name})")
+            continue
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        if shape and shape[-1] % block[ggml_type]:
+            raise FormatError(
+                f"{t.name}: rows of {shape[-1]} values do not fill whole {t.tensor_type.name} blocks "
+                f"of {block[ggml_type]}",
+                int(t.data_offset),
+            )
+        hf = _hf_name(t.name)
+        if hf is None:
+            unknown.append(t.name)
+            hf = t.name
+        heads = 0
+        if re.fullmatch(r"blk\.\d+\.attn_q\.(weight|bias)", t.name):
+            heads = n_head
+        elif re.fullmatch(r"blk\.\d+\.attn_k\.(weight|bias)", t.name):
+            heads = n_head_kv
+        if heads and (not shape or shape[0] % (2 * heads)):
+            raise FormatError(f"{t.name} has shape {shape}: its rows do not split into {heads} heads × 2 halves")
+        items.append(_Item(t.name, hf, by_id[ggml_type], ggml_type, shape, heads, i))
+    if unsupported:
+        known = ", ".join(sorted(by_id.values()))
+        raise UnsupportedError(
+            f"{len(unsupported)} tensor(s) of a ggml type lowbit cannot dequantize: {', '.join(unsupported[:8])}"
+            + (" ..." if len(unsupported) > 8 else "")
+            + f" (supported: {known})"
+        )
+    seen: dict[str, str] = {}
+    for it in items:
+        if it.hf_name in seen:
+            raise FormatError(f"tensors {seen[it.hf_name]} and {it.gguf_name} both map to {it.hf_name}")
+        seen[it.hf_name] = it.gguf_name
+    if unknown:
+        warnings.warn(
+            f"{len(unknown)} GGUF tensor name(s) without an HF llama equivalent, kept as they are: "
+            + ", ".join(unknown[:8])
+            + (" ..." if len(unknown) > 8 else ""),
+            LowbitWarning,
+            stacklevel=3,
+        )
+    return items
+
+
+def _dequantize(reader: Any, it: _Item) -> npt.NDArray[np.float32]:
+    """One tensor as float32 in numpy order, q/k rows un-permuted."""
+    t = reader.tensors[it.index]
+    n = math.prod(it.shape)
+    if n == 0:
+        out = np.zeros(it.shape, np.float32)
+    elif it.ggml_type == _GGML_F32:
+        out = np.array(t.data, dtype=np.float32).reshape(it.shape)
+    elif it.ggml_type == _GGML_F16:
+        out = np.asarray(t.data, dtype=np.float16).astype(np.float32).reshape(it.shape)
+    else:
+        cols = it.shape[-1]
+        raw = np.asarray(t.data, dtype=np.uint8).reshape(-1)
+        out = dequantize(QTensor.from_bytes(raw, it.qtype, (n // cols, cols))).reshape(it.shape)
+    if it.n_head:
+        out = unpermute_qk(out, it.n_head)
+    return np.ascontiguousarray(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json
+
+
+def _config(reader: Any, arch: str, items: list[_Item], n_vocab: int, tok: dict[str, Any]) -> dict[str, Any]:
+    p = f"{arch}."
+    hidden = _req(reader, p + "embedding_length", int)
+    n_head = _req(reader, p + "attention.head_count", int)
+    n_head_kv = _opt(reader, p + "attention.head_count_kv", int) or n_head
+    names = {it.gguf_name: it for it in items}
+    emb = names.get("token_embd.weight")
+    if emb is None:
+        raise FormatError("the GGUF file has no token_embd.weight tensor")
+    if emb.shape[0] != n_vocab:
+        warnings.warn(
+            f"token_embd.weight has {emb.shape[0]} rows but the tokenizer has {n_vocab} tokens; "
+            "config.json uses the embedding's row count",
+            LowbitWarning,
+            stacklevel=3,
+        )
+    cfg: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": _req(reader, p + "feed_forward_length", int),
+        "num_hidden_layers": _req(reader, p + "block_count", int),
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_head_kv,
+        "max_position_embeddings": _req(reader, p + "context_length", int),
+        "rms_norm_eps": _req(reader, p + "attention.layer_norm_rms_epsilon", float),
+        "rope_theta": float(_opt(reader, p + "rope.freq_base", (float, int)) or 10000.0),
+        "vocab_size": emb.shape[0],
+        "tie_word_embeddings": "output.weight" not in names,
+        "hidden_act": "silu",
+        "attention_bias": "blk.0.attn_q.bias" in names,
+        "mlp_bias": False,
+        "torch_dtype": "float32",
+    }
+    head_dim = _opt(reader, p + "attention.key_length", int) or _opt(reader, p + "rope.dimension_count", int)
+    if head_dim and head_dim != hidden // n_head:
+        cfg["head_dim"] = head_dim
+    scaling = _opt(reader, p + "rope.scaling.type", str)
+    if scaling and scaling != "none":
+        factor = _opt(reader, p + "rope.scaling.factor", (float, int))
+        cfg["rope_scaling"] = {"type": scaling, "factor": float(factor or 1.0)}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if tok.get(key) is not None:
+            cfg[key] = tok[key]
+    n_layers = cfg["num_hidden_layers"]
+    for it in items:
+        m = _BLOCK_RE.fullmatch(it.gguf_name)
+        if m and int(m.group(1)) >= n_layers:
+            raise FormatError(f"{it.gguf_name} names a block past {p}block_count = {n_layers}")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer.json
+
+
+def _byte_level(use_regex: bool) -> dict[str, Any]:
+    return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": use_regex}
+
+
+def _pre_tokenizer(pre: str) -> dict[str, Any]:
+    def split(regex: str) -> dict[str, Any]:
+        return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+
+    if pre in _PRE_GPT2:
+        return _byte_level(True)
+    if pre in _PRE_DIGITS_GPT2:
+        return {
+            "type": "Sequence",
+            "pretokenizers": [{"type": "Digits", "individual_digits": True}, _byte_level(True)],
+        }
+    if pre in _PRE_LLAMA3:
+        return {"type": "Sequence", "pretokenizers": [split(_LLAMA3_SPLIT), _byte_level(False)]}
+    if pre in _PRE_QWEN2:
+        return {"type": "Sequence", "pretokenizers": [split(_QWEN2_SPLIT), _byte_level(False)]}
+    known = ", ".join(_PRE_GPT2 + _PRE_DIGITS_GPT2 + _PRE_LLAMA3 + _PRE_QWEN2)
+    warnings.warn(
+        f"tokenizer.ggml.pre = {pre!r} is not one lowbit knows ({known}): using GPT-2's byte-level "
+        "pre-tokenizer, text may split differently from the original tokenizer",
+        LowbitWarning,
+        stacklevel=4,
+    )
+    return _byte_level(True)
+
+
+def _tokenizer(reader: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(tokenizer.json, tokenizer_config.json, special ids and `n_tokens`) from the
+    tokenizer.ggml.* metadata."""
+    model = _req(reader, "tokenizer.ggml.model", str)
+    if model != "gpt2":
+        raise UnsupportedError(
+            f"tokenizer.ggml.model = {model!r}: only byte-level BPE tokenizers ('gpt2') can be rebuilt "
+            "for now (sentencepiece 'llama' tokenizers are not supported yet)"
+        )
+    tokens: list[str] = _req(reader, "tokenizer.ggml.tokens", list)
+    merges: list[str] = _opt(reader, "tokenizer.ggml.merges", list) or []
+    types: list[int] = _opt(reader, "tokenizer.ggml.token_type", list) or [_TOKEN_NORMAL] * len(tokens)
+    if not tokens:
+        raise FormatError("tokenizer.ggml.tokens is empty")
+    if len(types) != len(tokens):
+        raise FormatError(f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+    vocab: dict[str, int] = {}
+    dups = 0
+    for i, tok in enumerate(tokens):
+        if tok in vocab:
+            dups += 1
+        else:
+            vocab[tok] = i
+    if dups:
+        warnings.warn(f"{dups} duplicate token string(s) in tokenizer.ggml.tokens: the first id is kept",
+                      LowbitWarning, stacklevel=3)  # fmt: skip
+    pairs: list[list[str]] = []
+    for i, m in enumerate(merges):
+        # llama.cpp splits a merge at the first space after its first character.
+        cut = m.find(" ", 1)
+        if cut < 0:
+            raise FormatError(f"tokenizer.ggml.merges[{i}] = {m!r} is not two tokens separated by a space")
+        pairs.append([m[:cut], m[cut + 1 :]])
+
+    def special_id(key: str) -> int | None:
+        v: int | None = _opt(reader, f"tokenizer.ggml.{key}", int)
+        if v is not None and not 0 <= v < len(tokens):
+            raise FormatError(f"tokenizer.ggml.{key} = {v} is outside the vocabulary (0..{len(tokens) - 1})")
+        return v
+
+    ids = {
+        "bos_token_id": special_id("bos_token_id"),
+        "eos_token_id": special_id("eos_token_id"),
+        "unk_token_id": special_id("unknown_token_id"),
+        "pad_token_id": special_id("padding_token_id"),
+    }
+    special_ids = {v for v in ids.values() if v is not None}
+    added = []
+    for i, (tok, ty) in enumerate(zip(tokens, types, strict=True)):
+        if ty in (_TOKEN_CONTROL, _TOKEN_UNKNOWN, _TOKEN_USER_DEFINED) or i in special_ids:
+            special = ty != _TOKEN_USER_DEFINED
+            added.append(
+                {
+                    "id": i,
+                    "content": tok,
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": not special,
+                    "special": special,
+                }
+            )
+    add_bos = bool(_opt(reader, "tokenizer.ggml.add_bos_token", bool))
+    add_eos = bool(_opt(reader, "tokenizer.ggml.add_eos_token", bool))
+    pre = _opt(reader, "tokenizer.ggml.pre", str) or "default"
+    post: dict[str, Any] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
+    if (add_bos and ids["bos_token_id"] is not None) or (add_eos and ids["eos_token_id"] is not None):
+        post = _template(tokens, ids["bos_token_id"] if add_bos else None, ids["eos_token_id"] if add_eos else None)
+    tokenizer_json = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": _pre_tokenizer(pre),
+        "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": pairs,
+        },
+    }
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": _opt(reader, f"{_req(reader, 'general.architecture', str)}.context_length", int) or 2048,
+        "added_tokens_decoder": {
+            str(a["id"]): {k: a[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+            for a in added
+        },
+    }
+    for key, name in (("bos_token_id", "bos_token"), ("eos_token_id", "eos_token"), ("unk_token_id", "unk_token"),
+                      ("pad_token_id", "pad_token")):  # fmt: skip
+        if ids[key] is not None:
+            config[name] = tokens[ids[key]]  # type: ignore[index]
+    template = _opt(reader, "tokenizer.chat_template", str)
+    if template is not None:
+        config["chat_template"] = template
+    return tokenizer_json, config, {**ids, "n_tokens": len(tokens)}
+
+
+def _template(tokens: list[str], bos: int | None, eos: int | None) -> dict[str, Any]:
+    def seq(name: str, type_id: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if bos is not None:
+            out.append({"SpecialToken": {"id": tokens[bos], "type_id": type_id}})
+        out.append({"Sequence": {"id": name, "type_id": type_id}})
+        if eos is not None:
+            out.append({"SpecialToken": {"id": tokens[eos], "type_id": type_id}})
+        return out
+
+    specials = {tokens[i]: {"id": tokens[i], "ids": [i], "tokens": [tokens[i]]} for i in (bos, eos) if i is not None}
+    return {"type": "TemplateProcessing", "single": seq("A", 0), "pair": seq("A", 0) + seq("B", 1),
+            "special_tokens": specials}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _shards(items: list[_Item], shard_bytes: int) -> list[list[_Item]]:
+    """Greedy in file order: a shard closes when the next tensor would overflow it; a tensor
+    larger than `shard_bytes` gets a shard of its own."""
+    shards: list[list[_Item]] = [[]]
+    size = 0
+    for it in items:
+        if shards[-1] and size + it.out_bytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(it)
+        size += it.out_bytes
+    return shards
+
+
+@contextlib.contextmanager
+def _progress(total: int, enabled: bool, desc: str) -> Iterator[Any]:
+    bar: Any = None
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            bar = None
+        else:
+            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def gguf_to_hf(
+    gguf_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Turn a llama-architecture GGUF file into a Hugging Face checkpoint directory `out_dir`.
+
+    Weights are dequantized with lowbit's dequantizers (every ggml type in `lowbit.qtypes()`
+    with a `gguf_type`), stored as float32 safetensors shards of at most `shard_bytes` bytes
+    (one tensor per shard when a tensor is larger), with llama.cpp's q/k row permutation undone.
+    One shard's worth of tensors is held in memory at a time.
+
+    Raises `FormatError` (not a GGUF file, truncated, inconsistent metadata),
+    `UnsupportedError` (architecture other than llama, a tensor type lowbit cannot dequantize,
+    a non-BPE tokenizer), `DestinationExistsError` (`out_dir` exists and `overwrite` is false).
+    Nothing is left at `out_dir` on error. Returns `out_dir` as a `Path`.
+    """
+    src = Path(gguf_path)
+    dst = Path(out_dir)
+    if shard_bytes <= 0:
+        raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
+    if dst.exists() and not overwrite:
+        raise DestinationExistsError(f"{dst} exists (pass overwrite=True to replace it)")
+    from safetensors.numpy import save_file
+
+    reader = _open_reader(src)
+    arch = _req(reader, "general.architecture", str)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedError(
+            f"GGUF architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    n_head = _req(reader, f"{arch}.attention.head_count", int)
+    n_head_kv = _opt(reader, f"{arch}.attention.head_count_kv", int) or n_head
+    if n_head <= 0 or n_head_kv <= 0:
+        raise FormatError(f"head counts must be positive, got {n_head} and {n_head_kv}")
+    items = _plan(reader, n_head, n_head_kv)
+    tokenizer_json, tokenizer_config, ids = _tokenizer(reader)
+    config = _config(reader, arch, items, ids["n_tokens"], ids)
+    shards = _shards(items, shard_bytes)
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    try:
+        n = len(shards)
+        weight_map: dict[str, str] = {}
+        total = sum(it.out_bytes for it in items)
+        with _progress(total, progress, f"{src.name} → HF") as bar:
+            for k, shard in enumerate(shards, 1):
+                fname = f"model-{k:05d}-of-{n:05d}.safetensors"
+                arrays: dict[str, npt.NDArray[np.float32]] = {}
+                for it in shard:
+                    arrays[it.hf_name] = _dequantize(reader, it)
+                    weight_map[it.hf_name] = fname
+                    if bar is not None:
+                        bar.update(it.out_bytes)
+                save_file(arrays, str(tmp / fname), metadata={"format": "pt"})
+                del arrays
+        _write_json(
+            tmp / "model.safetensors.index.json",
+            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+        )
+        _write_json(tmp / "config.json", config)
+        gen: dict[str, Any] = {
+            k: ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if ids[k] is not None
+        }
+        _write_json(tmp / "generation_config.json", gen)
+        _write_json(tmp / "tokenizer.json", tokenizer_json)
+        _write_json(tmp / "tokenizer_config.json", tokenizer_config)
+        _chmod_umask(tmp)
+        _publish(tmp, dst, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def _chmod_umask(d: Path) -> None:
+    """mkdtemp makes the directory private (0700) and safetensors writes 0600 files: give the
+    finished checkpoint the modes a plain mkdir/open would have under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    d.chmod(0o777 & ~mask)
+    for f in d.iterdir():
+        f.chmod(0o666 & ~mask)
+
+
+def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
+    """Move the finished directory into place; an existing `dst` (when allowed) is moved aside
+    first and removed only after the rename succeeded."""
+    if not dst.exists():
+        try:
+            tmp.rename(dst)
+        except FileExistsError:
+            raise DestinationExistsError(f"{dst} appeared while converting") from None
+        return
+    if not overwrite:
+        raise DestinationExistsError(f"{dst} appeared while converting")
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+    old.rmdir()
+    dst.rename(old)
+    try:
+        tmp.rename(dst)
+    except BaseException:
+        old.rename(dst)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
