@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "maturin>=1.5,<2" numpy "gguf>=0.10" "pytest>=8" "hypothesis>=6" \
 		"pytest-benchmark>=4" "ruff>=0.5" "mypy>=1.10" tqdm "safetensors>=0.4" \
-		"tokenizers>=0.20"
+		"tokenizers>=0.20" "huggingface-hub>=0.23"
 	touch $@
 
 venv: $(VENV)/.installed
