@@ -34,7 +34,7 @@ from .errors import (
     UnsupportedError,
     VersionError,
 )
-from .lbf import LBFFile, PartInfo, TensorInfo, load, save
+from .lbf import LBFFile, LBFWriter, PartInfo, TensorInfo, load, save
 from .qtensor import QTensor, SourceDType, dequantize, quantize
 
 __version__: str = _core.__version__
@@ -47,6 +47,7 @@ __all__ = [
     "InvalidValueError",
     "IsaError",
     "LBFFile",
+    "LBFWriter",
     "LowbitError",
     "LowbitWarning",
     "MetadataTypeError",

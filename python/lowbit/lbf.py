@@ -14,7 +14,7 @@ The format is specified byte for byte in `formats/LBF.md`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from .errors import ChecksumError, MetadataTypeError, NotFoundError, ParameterError, ShapeError, UnsupportedError
+from .errors import ChecksumError, ClosedError, MetadataTypeError, NotFoundError, ParameterError, ShapeError, UnsupportedError
 from .qtensor import QTensor
 
 __all__ = ["LBFFile", "PartInfo", "TensorInfo", "load", "save"]
@@ -138,12 +138,109 @@ def _mapped_from(arr: npt.NDArray[Any]) -> str | None:
     return None
 
 
+class LBFWriter:
+    """Writes an LBF file tensor by tensor: only the tensor being added is in memory.
+
+    >>> import numpy as np, tempfile, os, lowbit
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.lbf")
+    >>> with lowbit.LBFWriter(path, metadata={"note": "hi"}) as w:
+    ...     w.add("norm", np.ones(4, np.float32))
+    >>> lowbit.load(path).metadata["note"]
+    'hi'
+
+    Args:
+        path: destination; replaced only once the new file is complete and fsynced (the data
+            goes to an unnamed temporary file in the destination folder meanwhile).
+        metadata: as for `save`; converted (and checked) here, written by `finish`.
+        inputs: files the tensors are read from; the destination may not be one of them (the
+            same file under another name included). Views from `load` are detected by `add`.
+
+    Leaving a `with` block normally calls `finish()`; leaving it by an exception (Ctrl-C
+    included) calls `abort()`, which leaves the destination as it was.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        inputs: Iterable[str | os.PathLike[str]] = (),
+    ) -> None:
+        self._meta = [("lbf.writer", "string", f"lowbit {_core.__version__}")]
+        for k, v in (metadata or {}).items():
+            if k == "lbf.writer":
+                continue
+            if isinstance(k, str) and k.startswith("lbf."):
+                raise ParameterError(f"metadata key {k!r}: the lbf.* keys are reserved for the format")
+            self._meta.append(_value_wire(k, v))
+        self._path = os.fspath(path)
+        self._inputs = sorted({os.fspath(p) for p in inputs})
+        self._w: _core.LbfWriter | None = _core.LbfWriter(self._path, self._inputs)
+
+    def _writer(self) -> _core.LbfWriter:
+        if self._w is None:
+            raise ClosedError("this LBFWriter is finished or aborted")
+        return self._w
+
+    def add(self, name: str, tensor: QTensor | npt.NDArray[Any]) -> None:
+        """Append one tensor (a `QTensor`, or a float32/float16 numpy array of any shape) and
+        write its bytes. Raises as `save` does; after an I/O error the writer refuses to go on."""
+        w = self._writer()
+        if not isinstance(name, str):
+            raise TypeError(f"tensor names must be str, got {type(name).__name__}")
+        if not isinstance(tensor, QTensor | np.ndarray):
+            raise TypeError(f"tensor {name!r}: expected a QTensor or numpy array, got {type(tensor).__name__}")
+        src = _mapped_from(tensor.data if isinstance(tensor, QTensor) else tensor)
+        if src is not None and os.path.exists(self._path) and os.path.samefile(src, self._path):
+            raise ParameterError(f"tensor {name!r} is a view of {src}, the file being replaced; save elsewhere")
+        if isinstance(tensor, QTensor):
+            data = tensor.data.reshape(-1)
+            w.add_tensor(name, tensor.qtype, list(tensor.shape), [("data", data)], tensor.group_size, tensor.symmetric)
+            return
+        qtype = {np.dtype(v): k for k, v in _FLOAT_QTYPES.items()}.get(tensor.dtype.newbyteorder("="))
+        if qtype is None:
+            raise TypeError(
+                f"tensor {name!r}: numpy arrays are stored as float32 or float16, got {tensor.dtype}; "
+                "convert explicitly or quantize it"
+            )
+        if tensor.ndim == 0:
+            raise ShapeError(f"tensor {name!r} is a 0-d scalar: store it as metadata")
+        native = np.ascontiguousarray(tensor, dtype=tensor.dtype.newbyteorder("="))
+        w.add_tensor(name, qtype, list(tensor.shape), [("data", native.reshape(-1).view(np.uint8))])
+
+    def finish(self) -> None:
+        """Write the index and metadata, fsync, and move the file into place."""
+        w = self._writer()
+        self._w = None
+        try:
+            w.finish(self._meta)
+        except BaseException:
+            w.abort()
+            raise
+
+    def abort(self) -> None:
+        """Discard everything written; the destination is left as it was. Idempotent."""
+        if self._w is not None:
+            self._w.abort()
+            self._w = None
+
+    def __enter__(self) -> LBFWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None and self._w is not None:
+            self.finish()
+        else:
+            self.abort()
+
+
 def save(
     path: str | os.PathLike[str],
     tensors: Mapping[str, QTensor | npt.NDArray[Any]],
     metadata: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write `tensors` and `metadata` to an LBF file at `path`, atomically.
+    """Write `tensors` and `metadata` to an LBF file at `path`, atomically (see `LBFWriter` to
+    write tensor by tensor).
 
     Args:
         path: destination; replaced only once the new file is complete and fsynced. A file the
@@ -165,43 +262,13 @@ def save(
         OSError: the destination folder is missing or not writable, or the disk is full. In
             every error case (and on Ctrl-C) the destination is left as it was.
     """
-    meta = [("lbf.writer", "string", f"lowbit {_core.__version__}")]
-    for k, v in (metadata or {}).items():
-        if k == "lbf.writer":
-            continue
-        if isinstance(k, str) and k.startswith("lbf."):
-            raise ParameterError(f"metadata key {k!r}: the lbf.* keys are reserved for the format")
-        meta.append(_value_wire(k, v))
-    items = list(tensors.items())
-    inputs: set[str] = set()
-    for name, t in items:
-        if not isinstance(name, str):
-            raise TypeError(f"tensor names must be str, got {type(name).__name__}")
+    inputs = set()
+    for t in tensors.values():
         if isinstance(t, QTensor | np.ndarray) and (src := _mapped_from(t.data if isinstance(t, QTensor) else t)):
             inputs.add(src)
-    writer = _core.LbfWriter(os.fspath(path), sorted(inputs))
-    try:
-        for name, t in items:
-            if isinstance(t, QTensor):
-                data = t.data.reshape(-1)
-                writer.add_tensor(name, t.qtype, list(t.shape), [("data", data)], t.group_size, t.symmetric)
-            elif isinstance(t, np.ndarray):
-                qtype = {np.dtype(v): k for k, v in _FLOAT_QTYPES.items()}.get(t.dtype.newbyteorder("="))
-                if qtype is None:
-                    raise TypeError(
-                        f"tensor {name!r}: numpy arrays are stored as float32 or float16, got {t.dtype}; "
-                        "convert explicitly or quantize it"
-                    )
-                if t.ndim == 0:
-                    raise ShapeError(f"tensor {name!r} is a 0-d scalar: store it as metadata")
-                native = np.ascontiguousarray(t, dtype=t.dtype.newbyteorder("="))
-                writer.add_tensor(name, qtype, list(t.shape), [("data", native.reshape(-1).view(np.uint8))])
-            else:
-                raise TypeError(f"tensor {name!r}: expected a QTensor or numpy array, got {type(t).__name__}")
-        writer.finish(meta)
-    except BaseException:
-        writer.abort()
-        raise
+    with LBFWriter(path, metadata=metadata, inputs=inputs) as w:
+        for name, t in tensors.items():
+            w.add(name, t)
 
 
 @dataclass(frozen=True)
