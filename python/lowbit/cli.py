@@ -1,5 +1,9 @@
 """The `lowbit` command line: `info` (version, ISA, type table), `inspect FILE` (an LBF file's
-header, metadata and tensor table), `verify FILE` (every checksum; exit code 1 on a mismatch)."""
+header, metadata and tensor table), `verify FILE` (every checksum; exit code 1 on a mismatch),
+`convert SRC -o OUT.lbf --type TYPE` (HF checkpoint / GGUF / repo id → LBF) and
+`export FILE.lbf --to hf DIR | --to gguf FILE`.
+
+Exit codes: 0 success, 1 a check failed (verify), 2 an error (message on stderr), 130 Ctrl-C."""
 
 from __future__ import annotations
 
@@ -148,6 +152,46 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import RECIPES, convert, format_plan
+
+    if args.list_recipes:
+        for r in RECIPES.values():
+            print(f"{r.name:>10}  base {r.base:<10} {r.summary}")
+            for rule in r.rules:
+                print(f"{'':>12}{rule.why:<28} → {rule.qtype}")
+        return 0
+    if args.src is None:
+        raise lowbit.ParameterError("convert needs a source (HF checkpoint dir, GGUF file or repo id)")
+    report = convert(
+        args.src,
+        args.output,
+        args.type,
+        tensor_types=args.tensor_type,
+        dry_run=args.dry_run,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_plan(report))
+        if not args.dry_run:
+            print(f"wrote {args.output}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .convert import export_gguf, export_hf
+
+    if args.to == "hf":
+        out = export_hf(args.file, args.dest, progress=not args.no_progress, overwrite=args.overwrite)
+    else:
+        out = export_gguf(args.file, args.dest, progress=not args.no_progress, overwrite=args.overwrite).path
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lowbit` script; returns the exit code."""
     parser = argparse.ArgumentParser(prog="lowbit", description="CPU-first LLM compression toolkit")
@@ -163,12 +207,46 @@ def main(argv: list[str] | None = None) -> int:
     ver = sub.add_parser("verify", help="check every checksum of an LBF file (exit 1 on a mismatch)")
     ver.add_argument("file", help="path of the .lbf file")
     ver.set_defaults(func=_verify)
+    conv = sub.add_parser(
+        "convert",
+        help="quantize a model (HF checkpoint dir, GGUF file or HF repo id) into an LBF file",
+        description="Quantize a model into an LBF file, tensor by tensor. TYPE is a recipe (see --list-recipes) "
+        "or a qtype (see `lowbit info`).",
+    )
+    conv.add_argument("src", nargs="?", help="HF checkpoint directory, GGUF file, or HF repo id (owner/name)")
+    conv.add_argument("-o", "--output", help="the .lbf file to write")
+    conv.add_argument("-t", "--type", default="q4_k_m", help="recipe or qtype (default q4_k_m)")
+    conv.add_argument(
+        "--tensor-type",
+        action="append",
+        default=[],
+        metavar="REGEX=QTYPE",
+        help="override the qtype of tensors whose HF name or llama.cpp alias (blk.N.attn_v) matches; repeatable",
+    )
+    conv.add_argument("--dry-run", action="store_true", help="print the plan and sizes; write nothing")
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    conv.add_argument("--json", action="store_true", help="print the report as JSON")
+    conv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    conv.add_argument("--list-recipes", action="store_true", help="print the recipe table and exit")
+    conv.set_defaults(func=_convert)
+    exp = sub.add_parser("export", help="write an LBF model as an HF checkpoint (dequantized) or a GGUF file")
+    exp.add_argument("file", help="the .lbf file")
+    exp.add_argument("--to", choices=("hf", "gguf"), required=True, help="target format")
+    exp.add_argument("dest", help="output directory (hf) or file (gguf)")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    exp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    exp.set_defaults(func=_export)
     args = parser.parse_args(argv)
+    if args.command == "convert" and not args.list_recipes and not args.dry_run and not args.output:
+        parser.error("convert: -o/--output is required (or --dry-run)")
     try:
         return int(args.func(args))
     except (lowbit.LowbitError, OSError) as e:
         print(f"lowbit: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("lowbit: interrupted; no output was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -16,15 +16,12 @@ renamed into place at the end: an error leaves no half-written checkpoint.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,17 +29,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import DestinationExistsError, FormatError, LowbitWarning, UnsupportedError
+from ..errors import ClosedError, FormatError, LowbitWarning, UnsupportedError
 from ..qtensor import QTensor, dequantize
+from .hf_writer import DEFAULT_SHARD_BYTES, write_hf_checkpoint
+from .source import SourceTensor
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "gguf_to_hf", "permute_qk", "unpermute_qk"]
+__all__ = ["SUPPORTED_ARCHITECTURES", "GGUFSource", "gguf_to_hf", "open_gguf", "permute_qk", "unpermute_qk"]
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
 # GGUF files start with these 4 bytes (ggml docs/gguf.md).
 _GGUF_MAGIC = b"GGUF"
-# Default largest shard: 2 GiB of float32 values (HF's own default is in the same range).
-DEFAULT_SHARD_BYTES = 2**31
 
 # ggml type ids that are plain floats: read directly with numpy, no block decoding.
 _GGML_F32 = 0
@@ -500,39 +497,64 @@ def _template(tokens: list[str], bos: int | None, eos: int | None) -> dict[str, 
 # Writing
 
 
-def _shards(items: list[_Item], shard_bytes: int) -> list[list[_Item]]:
-    """Greedy in file order: a shard closes when the next tensor would overflow it; a tensor
-    larger than `shard_bytes` gets a shard of its own."""
-    shards: list[list[_Item]] = [[]]
-    size = 0
-    for it in items:
-        if shards[-1] and size + it.out_bytes > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(it)
-        size += it.out_bytes
-    return shards
+class GGUFSource:
+    """A llama-architecture GGUF file opened as a converter `Source` (see `source.py`): HF
+    names and layout (q/k rows un-permuted), config.json, generation config and tokenizer.json
+    rebuilt from the metadata. Each tensor is dequantized by lowbit when loaded."""
+
+    kind = "gguf"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        reader = _open_reader(self.path)
+        arch = _req(reader, "general.architecture", str)
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedError(
+                f"GGUF architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+        n_head = _req(reader, f"{arch}.attention.head_count", int)
+        n_head_kv = _opt(reader, f"{arch}.attention.head_count_kv", int) or n_head
+        if n_head <= 0 or n_head_kv <= 0:
+            raise FormatError(f"head counts must be positive, got {n_head} and {n_head_kv}")
+        items = _plan(reader, n_head, n_head_kv)
+        tokenizer_json, self.tokenizer_config, ids = _tokenizer(reader)
+        self.tokenizer_json: str | None = json.dumps(tokenizer_json, ensure_ascii=False)
+        self.config = _config(reader, arch, items, ids["n_tokens"], ids)
+        self.generation_config: dict[str, Any] | None = {
+            k: ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if ids[k] is not None
+        }
+        self._reader: Any = reader
+        self.tensors = [
+            SourceTensor(
+                it.hf_name,
+                it.shape,
+                reader.tensors[it.index].tensor_type.name,
+                int(reader.tensors[it.index].n_bytes),
+                functools.partial(self._load, it),
+            )
+            for it in items
+        ]
+
+    def _load(self, it: _Item) -> npt.NDArray[np.float32]:
+        if self._reader is None:
+            raise ClosedError(f"{self.path} is closed")
+        return _dequantize(self._reader, it)
+
+    def close(self) -> None:
+        self._reader = None
+
+    def __enter__(self) -> GGUFSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-@contextlib.contextmanager
-def _progress(total: int, enabled: bool, desc: str) -> Iterator[Any]:
-    bar: Any = None
-    if enabled:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            bar = None
-        else:
-            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
-    try:
-        yield bar
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def open_gguf(path: str | os.PathLike[str]) -> GGUFSource:
+    """Open a llama-architecture GGUF file as a converter source. Raises `FormatError` (not a
+    GGUF file, truncated, inconsistent metadata) or `UnsupportedError` (architecture other than
+    llama, a tensor type lowbit cannot dequantize, a non-BPE tokenizer)."""
+    return GGUFSource(path)
 
 
 def gguf_to_hf(
@@ -546,104 +568,10 @@ def gguf_to_hf(
     """Turn a llama-architecture GGUF file into a Hugging Face checkpoint directory `out_dir`.
 
     Weights are dequantized with lowbit's dequantizers (every ggml type in `lowbit.qtypes()`
-    with a `gguf_type`), stored as float32 safetensors shards of at most `shard_bytes` bytes
-    (one tensor per shard when a tensor is larger), with llama.cpp's q/k row permutation undone.
-    One shard's worth of tensors is held in memory at a time.
+    with a `gguf_type`) and stored as float32 safetensors shards, with llama.cpp's q/k row
+    permutation undone; see `write_hf_checkpoint` for sharding, memory and atomicity.
 
-    Raises `FormatError` (not a GGUF file, truncated, inconsistent metadata),
-    `UnsupportedError` (architecture other than llama, a tensor type lowbit cannot dequantize,
-    a non-BPE tokenizer), `DestinationExistsError` (`out_dir` exists and `overwrite` is false).
-    Nothing is left at `out_dir` on error. Returns `out_dir` as a `Path`.
+    Raises what `open_gguf` and `write_hf_checkpoint` raise. Returns `out_dir` as a `Path`.
     """
-    src = Path(gguf_path)
-    dst = Path(out_dir)
-    if shard_bytes <= 0:
-        raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
-    if dst.exists() and not overwrite:
-        raise DestinationExistsError(f"{dst} exists (pass overwrite=True to replace it)")
-    from safetensors.numpy import save_file
-
-    reader = _open_reader(src)
-    arch = _req(reader, "general.architecture", str)
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedError(
-            f"GGUF architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
-    n_head = _req(reader, f"{arch}.attention.head_count", int)
-    n_head_kv = _opt(reader, f"{arch}.attention.head_count_kv", int) or n_head
-    if n_head <= 0 or n_head_kv <= 0:
-        raise FormatError(f"head counts must be positive, got {n_head} and {n_head_kv}")
-    items = _plan(reader, n_head, n_head_kv)
-    tokenizer_json, tokenizer_config, ids = _tokenizer(reader)
-    config = _config(reader, arch, items, ids["n_tokens"], ids)
-    shards = _shards(items, shard_bytes)
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
-        n = len(shards)
-        weight_map: dict[str, str] = {}
-        total = sum(it.out_bytes for it in items)
-        with _progress(total, progress, f"{src.name} → HF") as bar:
-            for k, shard in enumerate(shards, 1):
-                fname = f"model-{k:05d}-of-{n:05d}.safetensors"
-                arrays: dict[str, npt.NDArray[np.float32]] = {}
-                for it in shard:
-                    arrays[it.hf_name] = _dequantize(reader, it)
-                    weight_map[it.hf_name] = fname
-                    if bar is not None:
-                        bar.update(it.out_bytes)
-                save_file(arrays, str(tmp / fname), metadata={"format": "pt"})
-                del arrays
-        _write_json(
-            tmp / "model.safetensors.index.json",
-            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
-        )
-        _write_json(tmp / "config.json", config)
-        gen: dict[str, Any] = {
-            k: ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if ids[k] is not None
-        }
-        _write_json(tmp / "generation_config.json", gen)
-        _write_json(tmp / "tokenizer.json", tokenizer_json)
-        _write_json(tmp / "tokenizer_config.json", tokenizer_config)
-        _chmod_umask(tmp)
-        _publish(tmp, dst, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
-
-
-def _chmod_umask(d: Path) -> None:
-    """mkdtemp makes the directory private (0700) and safetensors writes 0600 files: give the
-    finished checkpoint the modes a plain mkdir/open would have under the current umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    d.chmod(0o777 & ~mask)
-    for f in d.iterdir():
-        f.chmod(0o666 & ~mask)
-
-
-def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
-    """Move the finished directory into place; an existing `dst` (when allowed) is moved aside
-    first and removed only after the rename succeeded."""
-    if not dst.exists():
-        try:
-            tmp.rename(dst)
-        except FileExistsError:
-            raise DestinationExistsError(f"{dst} appeared while converting") from None
-        return
-    if not overwrite:
-        raise DestinationExistsError(f"{dst} appeared while converting")
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-    old.rmdir()
-    dst.rename(old)
-    try:
-        tmp.rename(dst)
-    except BaseException:
-        old.rename(dst)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
+    with open_gguf(gguf_path) as src:
+        return write_hf_checkpoint(src, out_dir, shard_bytes=shard_bytes, progress=progress, overwrite=overwrite)

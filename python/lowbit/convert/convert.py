@@ -1,0 +1,292 @@
+"""`lowbit.convert`: a Hugging Face checkpoint or GGUF file → one LBF file, tensor by tensor.
+
+The source is opened and validated, the recipe turns it into a plan (`recipes.make_plan`), and
+then each tensor is read (memory-mapped), quantized in Rust on all cores, measured (relative
+RMSE against the source) and appended to a streaming `LBFWriter` before the next one is read:
+peak memory is a few times the largest tensor's float32 size, never the model.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import _core
+from ..errors import DestinationExistsError, InvalidValueError, LowbitWarning, ParameterError
+from ..lbf import LBFWriter
+from ..qtensor import dequantize, quantize
+from .hf_source import resolve_source
+from .hf_writer import progress_bar
+from .recipes import PlanEntry, make_plan, parse_tensor_types, recipe_for
+from .source import Source
+
+__all__ = ["ConvertReport", "KNOWN_ARCHITECTURES", "convert", "format_plan"]
+
+# model_type values whose tensors the recipes know by role (and the engine will run).
+KNOWN_ARCHITECTURES = ("llama", "mistral", "qwen2")
+
+# Estimated bytes of header, index and embedded metadata besides tensor data (dry-run total).
+_INDEX_BYTES_PER_TENSOR = 128
+
+
+@dataclass
+class ConvertReport:
+    """What `convert` planned (and, unless a dry run, did).
+
+    Attributes:
+        source: the resolved source path; kind "hf" or "gguf".
+        recipe: the recipe or qtype asked for.
+        plan: one entry per tensor, in file order.
+        rel_rmse: name → ‖x̂ − x‖ / ‖x‖ of the stored tensor against the source (empty in a
+            dry run; 0 for tensors stored exactly).
+        file_bytes: size of the written file (dry run: an estimate; tensor bytes are exact).
+        seconds: wall time of the conversion proper (0 in a dry run).
+    """
+
+    source: str
+    kind: str
+    recipe: str
+    plan: list[PlanEntry]
+    dry_run: bool
+    rel_rmse: dict[str, float] = field(default_factory=dict)
+    file_bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def src_bytes(self) -> int:
+        return sum(e.src_bytes for e in self.plan)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(e.nbytes for e in self.plan)
+
+    @property
+    def n_weights(self) -> int:
+        return sum(e.numel for e in self.plan)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Bits of stored tensor data per weight, over all tensors (norms included)."""
+        return 8 * self.tensor_bytes / self.n_weights if self.n_weights else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "recipe": self.recipe,
+            "dry_run": self.dry_run,
+            "src_bytes": self.src_bytes,
+            "tensor_bytes": self.tensor_bytes,
+            "file_bytes": self.file_bytes,
+            "bits_per_weight": self.bits_per_weight,
+            "seconds": self.seconds,
+            "tensors": [
+                {
+                    "name": e.name,
+                    "shape": list(e.shape),
+                    "src_dtype": e.src_dtype,
+                    "src_bytes": e.src_bytes,
+                    "requested": e.requested,
+                    "qtype": e.qtype,
+                    "bytes": e.nbytes,
+                    "bits_per_weight": e.bits_per_weight,
+                    "reason": e.reason,
+                    "fallback": e.fallback,
+                    "rel_rmse": self.rel_rmse.get(e.name),
+                }
+                for e in self.plan
+            ],
+        }
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f}"
+
+
+def format_plan(report: ConvertReport, *, width: int = 48) -> str:
+    """The plan as a text table: per tensor the qtype, bytes before/after, bits per weight and
+    (after a real run) relative RMSE; then totals by qtype and for the file."""
+    rmse = bool(report.rel_rmse)
+    head = f"{'tensor':<{width}} {'shape':>12} {'src':>5} {'qtype':>10} {'MiB in':>8} {'MiB out':>8} {'bpw':>6}"
+    lines = [head + (f" {'rel rmse':>9}" if rmse else "") + "  note", "-" * (len(head) + (10 if rmse else 0) + 6)]
+    for e in report.plan:
+        name = e.name if len(e.name) <= width else "…" + e.name[-(width - 1) :]
+        shape = "×".join(map(str, e.shape))
+        row = (
+            f"{name:<{width}} {shape:>12} {e.src_dtype.lower():>5} {e.qtype:>10} {_mib(e.src_bytes):>8} "
+            f"{_mib(e.nbytes):>8} {e.bits_per_weight:>6.2f}"
+        )
+        if rmse:
+            r = report.rel_rmse.get(e.name)
+            row += f" {r:>9.2e}" if r is not None else f" {'':>9}"
+        note = e.fallback and f"fallback: {e.fallback}"
+        lines.append(row + (f"  {note}" if note else ""))
+    lines.append("")
+    by_type: dict[str, list[int]] = {}
+    for e in report.plan:
+        acc = by_type.setdefault(e.qtype, [0, 0, 0])
+        acc[0] += 1
+        acc[1] += e.numel
+        acc[2] += e.nbytes
+    for qt, (n, numel, nb) in sorted(by_type.items(), key=lambda kv: -kv[1][2]):
+        lines.append(f"  {qt:>10}: {n:4d} tensors {numel / 1e6:9.2f} M weights {_mib(nb):>9} MiB {8 * nb / numel:6.2f} bpw")
+    fallbacks = sum(1 for e in report.plan if e.fallback)
+    verb = "estimated file size" if report.dry_run else "file size"
+    lines.append(
+        f"total: {len(report.plan)} tensors, {report.n_weights / 1e6:.2f} M weights, "
+        f"{_mib(report.src_bytes)} MiB → {_mib(report.tensor_bytes)} MiB of tensor data "
+        f"({report.bits_per_weight:.3f} bpw); {verb} {_mib(report.file_bytes)} MiB"
+        + (f"; {fallbacks} fallback(s)" if fallbacks else "")
+    )
+    if not report.dry_run:
+        mb_s = report.src_bytes / 1e6 / report.seconds if report.seconds else 0.0
+        lines.append(f"converted in {report.seconds:.1f} s ({mb_s:.0f} MB/s of source weights)")
+    return "\n".join(lines)
+
+
+def _metadata(src: Source, recipe: str, overrides: Sequence[str], plan: list[PlanEntry]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"model.config": json.dumps(src.config, ensure_ascii=False)}
+    if src.generation_config is not None:
+        meta["model.generation_config"] = json.dumps(src.generation_config, ensure_ascii=False)
+    if src.tokenizer_json is not None:
+        meta["tokenizer.json"] = src.tokenizer_json
+    if src.tokenizer_config is not None:
+        meta["tokenizer.config"] = json.dumps(src.tokenizer_config, ensure_ascii=False)
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    meta.update(
+        {
+            "quantization.tool_version": _core.__version__,
+            "quantization.method": "rtn",
+            "quantization.recipe": recipe,
+            "quantization.params": json.dumps({"tensor_types": list(overrides)}),
+            "quantization.source": json.dumps({"kind": src.kind, "path": str(src.path)}),
+            "quantization.time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
+    return meta
+
+
+def _inputs(src: Source) -> list[str]:
+    """Files the source reads from (the destination may not be one of them)."""
+    p = Path(src.path)
+    if p.is_dir():
+        return [str(f) for f in sorted(p.iterdir()) if f.is_file()]
+    return [str(p)]
+
+
+def _rel_rmse(x: npt.NDArray[np.float32], y: npt.NDArray[np.float32]) -> float:
+    """‖y − x‖ / ‖x‖ in float64, without a second full-size temporary (y is overwritten)."""
+    np.subtract(y, x, out=y)
+    flat_y, flat_x = y.reshape(-1), x.reshape(-1)
+    err = float(np.dot(flat_y.astype(np.float64), flat_y.astype(np.float64))) if y.size < 2**24 else _sumsq(flat_y)
+    ref = float(np.dot(flat_x.astype(np.float64), flat_x.astype(np.float64))) if x.size < 2**24 else _sumsq(flat_x)
+    return math.sqrt(err / ref) if ref > 0 else math.sqrt(err)
+
+
+def _sumsq(v: npt.NDArray[np.float32], chunk: int = 2**22) -> float:
+    return sum(float(np.dot(c, c)) for c in (v[i : i + chunk].astype(np.float64) for i in range(0, v.size, chunk)))
+
+
+def convert(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None,
+    type: str = "q4_k_m",  # noqa: A002 - the CLI's --type
+    *,
+    tensor_types: Sequence[str] = (),
+    dry_run: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ConvertReport:
+    """Convert a model to an LBF file.
+
+    Args:
+        src: a Hugging Face checkpoint directory (config.json + safetensors), a GGUF file, or an
+            HF repo id (downloaded with `huggingface_hub`, weights/config/tokenizer only).
+        out: the LBF file to write (None only with `dry_run`).
+        type: a recipe (`lowbit.convert.RECIPES`: q4_k_m, q4_k_s, q5_k_m, q3_k_m, q2_k, q6_k,
+            q8_0, int4-g128, int3-g128) or a qtype name (every matrix gets it).
+        tensor_types: `REGEX=QTYPE` overrides, the first match wins; the regex is searched in the
+            HF name and in the llama.cpp-style alias (`blk.3.attn_v`).
+        dry_run: plan only; nothing is read beyond headers and nothing is written.
+        overwrite: replace an existing `out` (the new file replaces it atomically at the end).
+        progress: show a tqdm bar on stderr.
+
+    Returns a `ConvertReport`; `format_plan(report)` renders it.
+
+    Raises `ParameterError` (unknown type, bad override, `out` missing), `DestinationExistsError`,
+    `FormatError`/`UnsupportedError` for bad sources (see `resolve_source`), `InvalidValueError`
+    for NaN/Inf weights (naming the tensor). On any error and on Ctrl-C no output file is left.
+    """
+    recipe = recipe_for(type)
+    overrides = parse_tensor_types(tensor_types)
+    if out is None and not dry_run:
+        raise ParameterError("an output path is needed (or pass dry_run=True)")
+    if out is not None and not dry_run and os.path.exists(out) and not overwrite:
+        raise DestinationExistsError(f"{out} exists (pass overwrite=True / --overwrite to replace it)")
+    with resolve_source(src) as source:
+        cfg = source.config
+        model_type = str(cfg.get("model_type", ""))
+        if model_type not in KNOWN_ARCHITECTURES:
+            warnings.warn(
+                f"model_type {model_type!r} is not one lowbit knows ({', '.join(KNOWN_ARCHITECTURES)}): "
+                "converting tensor by tensor with generic rules; the result cannot be evaluated or run yet",
+                LowbitWarning,
+                stacklevel=2,
+            )
+        n_layers = int(cfg.get("num_hidden_layers", 0) or 0)
+        n_head = int(cfg.get("num_attention_heads", 1) or 1)
+        n_gqa = n_head // max(1, int(cfg.get("num_key_value_heads", n_head) or n_head))
+        names = {t.name for t in source.tensors}
+        tied = bool(cfg.get("tie_word_embeddings", "lm_head.weight" not in names)) and "lm_head.weight" not in names
+        plan = make_plan(
+            [(t.name, t.shape, t.dtype, t.nbytes) for t in source.tensors],
+            recipe,
+            n_layers=n_layers,
+            n_gqa=n_gqa,
+            tied=tied,
+            overrides=overrides,
+        )
+        meta = _metadata(source, type, tensor_types, plan)
+        report = ConvertReport(str(source.path), source.kind, type, plan, dry_run)
+        estimate = sum(_align(e.nbytes) + _INDEX_BYTES_PER_TENSOR + len(e.name) for e in plan)
+        report.file_bytes = estimate + sum(len(k) + len(str(v).encode()) + 16 for k, v in meta.items()) + 64
+        if dry_run:
+            return report
+        assert out is not None
+        t0 = time.perf_counter()
+        tensors = {t.name: t for t in source.tensors}
+        with LBFWriter(out, metadata=meta, inputs=_inputs(source)) as w:
+            with progress_bar(report.src_bytes, progress, f"{Path(source.path).name} → {type}") as bar:
+                for e in plan:
+                    x = tensors[e.name].load()
+                    if e.qtype == "f32":
+                        w.add(e.name, x.reshape(e.shape))
+                        report.rel_rmse[e.name] = 0.0
+                    else:
+                        try:
+                            q = quantize(x.reshape(e.shape), e.qtype)
+                        except InvalidValueError as err:
+                            raise InvalidValueError(f"tensor {e.name}: {err}", err.index, err.row, err.col) from None
+                        w.add(e.name, q)
+                        report.rel_rmse[e.name] = _rel_rmse(x.reshape(e.shape), dequantize(q))
+                    del x
+                    if bar is not None:
+                        bar.update(e.src_bytes)
+        report.seconds = time.perf_counter() - t0
+        report.file_bytes = os.path.getsize(out)
+        return report
+
+
+def _align(n: int, a: int = 64) -> int:
+    return (n + a - 1) // a * a
