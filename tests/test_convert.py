@@ -187,7 +187,7 @@ def test_nan_weight_is_named_and_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_mid_run_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lowbit.convert.convert as conv
+    import lowbit.convert.pipeline as conv
 
     src = tmp_path / "hf"
     make_checkpoint(src)

@@ -460,12 +460,12 @@ def test_failure_mid_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     real = gguf_source._dequantize
     calls = 0
 
-    def failing(reader: Any, it: Any) -> Any:
+    def failing(*args: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 7:
             raise KeyboardInterrupt
-        return real(reader, it)
+        return real(*args)
 
     monkeypatch.setattr(gguf_source, "_dequantize", failing)
     with pytest.raises(KeyboardInterrupt):

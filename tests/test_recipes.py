@@ -109,7 +109,7 @@ def test_fallback_when_rows_do_not_fill_super_blocks() -> None:
     plan = by_name(make_plan(shapes, RECIPES["q4_k_m"], n_layers=4, n_gqa=3, tied=True))
     q = plan["model.layers.1.self_attn.q_proj.weight"]
     assert (q.requested, q.qtype) == ("q4_k", "q5_0") and "576" in q.fallback and "q4_k" in q.fallback
-    v = plan["model.layers.0.self_attn.v_proj.weight"]
+    v = plan["model.layers.3.self_attn.v_proj.weight"]  # use_more_bits(3, 4): the last eighth
     assert (v.requested, v.qtype) == ("q6_k", "q8_0")
     down = plan["model.layers.1.mlp.down_proj.weight"]  # rows of 1536 = 6 × 256: no fallback
     assert (down.qtype, down.fallback) == ("q4_k", "")

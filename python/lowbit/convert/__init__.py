@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from .convert import KNOWN_ARCHITECTURES, ConvertReport, convert, format_plan
+from .pipeline import KNOWN_ARCHITECTURES, ConvertReport, convert, format_plan
 from .export_gguf import export_gguf
 from .gguf_source import SUPPORTED_ARCHITECTURES, gguf_to_hf, open_gguf, permute_qk, unpermute_qk
 from .hf_source import open_hf_checkpoint, resolve_source

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import mmap
 import os
 import re
 import warnings
@@ -32,7 +33,7 @@ import numpy.typing as npt
 from ..errors import ClosedError, FormatError, LowbitWarning, UnsupportedError
 from ..qtensor import QTensor, dequantize
 from .hf_writer import DEFAULT_SHARD_BYTES, write_hf_checkpoint
-from .source import SourceTensor
+from .source import SourceTensor, release_pages
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "GGUFSource", "gguf_to_hf", "open_gguf", "permute_qk", "unpermute_qk"]
 
@@ -259,20 +260,24 @@ def _plan(reader: Any, n_head: int, n_head_kv: int) -> list[_Item]:
     return items
 
 
-def _dequantize(reader: Any, it: _Item) -> npt.NDArray[np.float32]:
-    """One tensor as float32 in numpy order, q/k rows un-permuted."""
+def _dequantize(reader: Any, mm: mmap.mmap, it: _Item) -> npt.NDArray[np.float32]:
+    """One tensor as float32 in numpy order, q/k rows un-permuted. Its bytes are read through
+    `mm` (a map of the same file) and released from the process afterwards."""
     t = reader.tensors[it.index]
     n = math.prod(it.shape)
+    offset, nbytes = int(t.data_offset), int(t.n_bytes)
     if n == 0:
         out = np.zeros(it.shape, np.float32)
     elif it.ggml_type == _GGML_F32:
-        out = np.array(t.data, dtype=np.float32).reshape(it.shape)
+        out = np.frombuffer(mm, "<f4", n, offset).reshape(it.shape).copy()
     elif it.ggml_type == _GGML_F16:
-        out = np.asarray(t.data, dtype=np.float16).astype(np.float32).reshape(it.shape)
+        out = np.frombuffer(mm, "<f2", n, offset).astype(np.float32).reshape(it.shape)
     else:
         cols = it.shape[-1]
-        raw = np.asarray(t.data, dtype=np.uint8).reshape(-1)
+        raw = np.frombuffer(mm, np.uint8, nbytes, offset)
         out = dequantize(QTensor.from_bytes(raw, it.qtype, (n // cols, cols))).reshape(it.shape)
+        del raw
+    release_pages(mm, offset, nbytes)
     if it.n_head:
         out = unpermute_qk(out, it.n_head)
     return np.ascontiguousarray(out)
@@ -524,6 +529,8 @@ class GGUFSource:
             k: ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if ids[k] is not None
         }
         self._reader: Any = reader
+        with self.path.open("rb") as fh:
+            self._mm: mmap.mmap | None = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         self.tensors = [
             SourceTensor(
                 it.hf_name,
@@ -536,12 +543,15 @@ class GGUFSource:
         ]
 
     def _load(self, it: _Item) -> npt.NDArray[np.float32]:
-        if self._reader is None:
+        if self._reader is None or self._mm is None:
             raise ClosedError(f"{self.path} is closed")
-        return _dequantize(self._reader, it)
+        return _dequantize(self._reader, self._mm, it)
 
     def close(self) -> None:
         self._reader = None
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
 
     def __enter__(self) -> GGUFSource:
         return self

@@ -10,6 +10,7 @@ converter holds one tensor at a time.
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Source", "SourceTensor"]
+__all__ = ["Source", "SourceTensor", "release_pages"]
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,16 @@ class Source(Protocol):
     def __enter__(self) -> Source: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+def release_pages(mm: mmap.mmap, offset: int, length: int) -> None:
+    """Drop the pages of `mm[offset:offset + length]` from this process (MADV_DONTNEED on a
+    read-only file map: they stay in the page cache but leave our RSS). Readers call it after
+    copying a tensor out, so streaming a model through a map costs one tensor of RSS, not the
+    file. No-op where madvise is unavailable."""
+    if length <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = offset - offset % mmap.PAGESIZE
+    end = min(len(mm), offset + length)
+    if end > start:
+        mm.madvise(mmap.MADV_DONTNEED, start, end - start)
