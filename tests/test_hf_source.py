@@ -374,7 +374,7 @@ def test_resolve_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     gguf = tmp_path / "model.bin"  # a GGUF file is recognised by its magic, not its name
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00")
-    with pytest.raises(NotImplementedError, match="not wired yet"):
+    with pytest.raises(FormatError, match="GGUF"):  # opened as GGUF: truncated after the version
         resolve_source(gguf)
     seen: list[Path] = []
 
@@ -393,7 +393,7 @@ def test_resolve_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ("pytorch_model.bin", UnsupportedError, "pickle checkpoints"),
         ("model.ckpt", UnsupportedError, "pickle checkpoints"),
         ("model.safetensors", ParameterError, "pass the checkpoint directory"),
-        ("notes.txt", FormatError, "neither a GGUF file"),
+        ("notes.txt", FormatError, "neither a GGUF or LBF file"),
     ],
 )
 def test_resolve_files(tmp_path: Path, fname: str, exc: type[Exception], needle: str) -> None:

@@ -22,7 +22,15 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from .errors import ChecksumError, ClosedError, MetadataTypeError, NotFoundError, ParameterError, ShapeError, UnsupportedError
+from .errors import (
+    ChecksumError,
+    ClosedError,
+    MetadataTypeError,
+    NotFoundError,
+    ParameterError,
+    ShapeError,
+    UnsupportedError,
+)
 from .qtensor import QTensor
 
 __all__ = ["LBFFile", "PartInfo", "TensorInfo", "load", "save"]

@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
-from .pipeline import KNOWN_ARCHITECTURES, ConvertReport, convert, format_plan
 from .export_gguf import export_gguf
 from .gguf_source import SUPPORTED_ARCHITECTURES, gguf_to_hf, open_gguf, permute_qk, unpermute_qk
 from .hf_source import open_hf_checkpoint, resolve_source
 from .lbf_source import export_hf, open_lbf
+from .pipeline import KNOWN_ARCHITECTURES, ConvertReport, convert, format_plan
 from .recipes import FALLBACK, RECIPES, PlanEntry, Recipe, make_plan
 from .safetensors_io import SafetensorsFile, SafetensorsWriter
 

@@ -37,6 +37,7 @@ HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "vocab.txt",
 # Files in subfolders (alternative formats, "original/" weights) are not needed.
 HUB_IGNORE_PATTERNS = ["*/*"]
 _GGUF_MAGIC = b"GGUF"
+_LBF_MAGIC = b"\x89LBF\r\n\x1a\n"  # formats/LBF.md §2
 # An HF repo id: `owner/name`, each part letters, digits, `-`, `_`, `.`, not starting or ending
 # with `-` or `.`, no `--` or `..`, at most 96 characters in all (huggingface_hub's validation).
 _REPO_ID = re.compile(r"[A-Za-z0-9_](?:[\w.-]*[A-Za-z0-9_])?/[A-Za-z0-9_](?:[\w.-]*[A-Za-z0-9_])?", re.ASCII)
@@ -248,8 +249,9 @@ def open_hf_checkpoint(path: str | os.PathLike[str]) -> HFCheckpoint:
 
 
 def _open_gguf(path: Path) -> Source:
-    """Open a GGUF file as a `Source`. Placeholder until gguf_source grows an `open_gguf`."""
-    raise NotImplementedError(f"{path}: reading GGUF files as a conversion source is not wired yet")
+    from .gguf_source import open_gguf
+
+    return open_gguf(path)
 
 
 def _looks_like_repo_id(s: str) -> bool:
@@ -288,6 +290,7 @@ def resolve_source(src: str | os.PathLike[str], *, revision: str | None = None) 
     - a file starting with the GGUF magic → the GGUF reader;
     - a pickle file (`.bin`, `.pt`, `.pth`, `.ckpt`) → `UnsupportedError`;
     - a `.safetensors` file → `ParameterError` (pass its checkpoint directory: config.json is needed);
+    - a file starting with LBF's magic → the LBF model (`open_lbf`, values dequantized);
     - any other file → `FormatError`;
     - a string that is not an existing path and looks like an HF repo id (`owner/name`) → the
       repo's safetensors, JSON and tokenizer files are downloaded (or found in the cache) with
@@ -306,16 +309,20 @@ def resolve_source(src: str | os.PathLike[str], *, revision: str | None = None) 
         if p.is_dir():
             return open_hf_checkpoint(p)
         with open(p, "rb") as f:
-            magic = f.read(len(_GGUF_MAGIC))
-        if magic == _GGUF_MAGIC:
+            magic = f.read(8)
+        if magic[: len(_GGUF_MAGIC)] == _GGUF_MAGIC:
             return _open_gguf(p)
+        if magic == _LBF_MAGIC:
+            from .lbf_source import open_lbf
+
+            return open_lbf(p)
         if p.suffix.lower() in PICKLE_SUFFIXES:
             raise _pickle_refusal(str(p))
         if p.suffix.lower() == ".safetensors":
             raise ParameterError(
                 f"{p}: pass the checkpoint directory holding this file and its config.json, not the file"
             )
-        raise FormatError(f"{p}: neither a GGUF file (magic {magic!r}) nor a checkpoint directory")
+        raise FormatError(f"{p}: neither a GGUF or LBF file (magic {magic!r}) nor a checkpoint directory")
     if isinstance(src, str) and _looks_like_repo_id(src):
         return open_hf_checkpoint(_download(src, revision))
     raise FileNotFoundError(f"{src}: no such file or directory, and not a Hugging Face repo id (owner/name)")

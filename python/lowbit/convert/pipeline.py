@@ -31,7 +31,7 @@ from .hf_writer import progress_bar
 from .recipes import PlanEntry, make_plan, parse_tensor_types, recipe_for
 from .source import Source
 
-__all__ = ["ConvertReport", "KNOWN_ARCHITECTURES", "convert", "format_plan"]
+__all__ = ["KNOWN_ARCHITECTURES", "ConvertReport", "convert", "format_plan"]
 
 # model_type values whose tensors the recipes know by role (and the engine will run).
 KNOWN_ARCHITECTURES = ("llama", "mistral", "qwen2")
@@ -140,7 +140,9 @@ def format_plan(report: ConvertReport, *, width: int = 48) -> str:
         acc[1] += e.numel
         acc[2] += e.nbytes
     for qt, (n, numel, nb) in sorted(by_type.items(), key=lambda kv: -kv[1][2]):
-        lines.append(f"  {qt:>10}: {n:4d} tensors {numel / 1e6:9.2f} M weights {_mib(nb):>9} MiB {8 * nb / numel:6.2f} bpw")
+        lines.append(
+            f"  {qt:>10}: {n:4d} tensors {numel / 1e6:9.2f} M weights {_mib(nb):>9} MiB {8 * nb / numel:6.2f} bpw"
+        )
     fallbacks = sum(1 for e in report.plan if e.fallback)
     verb = "estimated file size" if report.dry_run else "file size"
     lines.append(
@@ -201,7 +203,7 @@ def _sumsq(v: npt.NDArray[np.float32], chunk: int = 2**22) -> float:
 def convert(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str] | None,
-    type: str = "q4_k_m",  # noqa: A002 - the CLI's --type
+    type: str = "q4_k_m",
     *,
     tensor_types: Sequence[str] = (),
     dry_run: bool = False,

@@ -181,9 +181,7 @@ def recipe_for(type_: str) -> Recipe:
     try:
         canonical = _core.layout(type_, 1, 256)[0]
     except LowbitError as e:
-        raise ParameterError(
-            f"{type_!r} is neither a recipe ({', '.join(RECIPES)}) nor a qtype: {e}"
-        ) from None
+        raise ParameterError(f"{type_!r} is neither a recipe ({', '.join(RECIPES)}) nor a qtype: {e}") from None
     return Recipe(canonical, canonical, (), f"every matrix {canonical}")
 
 

@@ -40,6 +40,7 @@ from ..errors import (
     ParameterError,
     UnsupportedError,
 )
+from .source import release_pages
 
 __all__ = ["MAX_DIM", "MAX_HEADER_BYTES", "SafetensorsFile", "SafetensorsWriter", "TensorEntry"]
 
@@ -252,6 +253,7 @@ class SafetensorsFile:
             with np.errstate(over="ignore"):
                 out = raw.astype(np.float32)
         del raw
+        release_pages(self._map, begin, entry.nbytes)
         return out.reshape(entry.shape)
 
     def close(self) -> None:
