@@ -43,7 +43,7 @@ print(time.perf_counter() - t0)
 
 CONVERT_CHILD = """
 import sys, time
-from lowbit.convert import convert
+from lowbit.conversion import convert
 t0 = time.perf_counter()
 convert(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True, progress=False)
 print(time.perf_counter() - t0)
@@ -67,14 +67,12 @@ def med(xs: list[float]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hf", type=Path, help="float32 HF checkpoint dir (default: made from --gguf)")
-    ap.add_argument(
-        "--gguf", type=Path, default=Path.home() / ".cache" / "lowbit" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
+    ap.add_argument("--gguf", type=Path, default=Path.home() / ".cache" / "lowbit" / "SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from lowbit.convert import gguf_to_hf, open_hf_checkpoint
+    from lowbit.conversion import gguf_to_hf, open_hf_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="bench-convert-"))
     hf = args.hf
@@ -98,18 +96,18 @@ def main() -> int:
             s, rss = run_child(CONVERT_CHILD, str(hf), str(work / f"{r}.lbf"), r)
             results[r]["s"].append(s)
             results[r]["rss"].append(rss)
-    base_rss = statistics.median(results["read"]["rss"])
+    base_rss = float(statistics.median(results["read"]["rss"]))
     base_s = statistics.median(results["read"]["s"])
     print(f"\n{'run':<10} {'seconds':>22} {'MB/s':>7} {'× read':>7} {'peak RSS MiB':>24} {'excess MiB':>11} "
           f"{'÷ largest':>9} {'÷ model':>8}")  # fmt: skip
     table: dict[str, Any] = {"src_bytes": src_bytes, "model_f32": model_f32, "largest_f32": largest, "runs": {}}
     for k, v in results.items():
-        s = statistics.median(v["s"])
-        rss = statistics.median(v["rss"])
-        excess = rss - base_rss
+        secs = float(statistics.median(v["s"]))
+        peak = float(statistics.median(v["rss"]))
+        excess = peak - base_rss
         mib = [x / 2**20 for x in v["rss"]]
         print(
-            f"{k:<10} {med(v['s']):>22} {src_bytes / 1e6 / s:>7.0f} {s / base_s:>7.1f} {med(mib):>24} "
+            f"{k:<10} {med(v['s']):>22} {src_bytes / 1e6 / secs:>7.0f} {secs / base_s:>7.1f} {med(mib):>24} "
             f"{excess / 2**20:>11.1f} {excess / largest:>9.2f} {excess / model_f32:>8.3f}"
         )
         table["runs"][k] = {"seconds": v["s"], "peak_rss": v["rss"]}

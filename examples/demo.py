@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import lowbit
-from lowbit.convert import convert, export_gguf, format_plan, gguf_to_hf
+from lowbit.conversion import convert, export_gguf, format_plan, gguf_to_hf
 
 RECIPES = ("q4_k_m", "int4-g128")
 

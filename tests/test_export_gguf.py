@@ -1,4 +1,4 @@
-"""LBF → GGUF export (`lowbit.convert.export_gguf.export_gguf`), end to end.
+"""LBF → GGUF export (`lowbit.conversion.export_gguf.export_gguf`), end to end.
 
 Tiny LBF files are built here with `lowbit.save` the way the converter lays them out (HF names and
 layout, `model.config`, `tokenizer.json`, `tokenizer.config`), exported, and read back with gguf's
@@ -24,8 +24,8 @@ from gguf.quants import dequantize as gguf_dequantize
 
 import lowbit
 from conftest import DEMO_GGUF, FLOAT_TYPES, GGML_TYPES
-from lowbit.convert import gguf_to_hf
-from lowbit.convert.export_gguf import ExportReport, export_gguf
+from lowbit.conversion import gguf_to_hf
+from lowbit.conversion.export_gguf import ExportReport, export_gguf
 
 HIDDEN, N_HEAD, N_KV, FFN, LAYERS = 256, 4, 2, 512, 2  # 256 columns: whole k-quant blocks
 HEAD_DIM = HIDDEN // N_HEAD

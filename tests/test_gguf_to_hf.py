@@ -1,4 +1,4 @@
-"""GGUF → HF checkpoint (`lowbit.convert.gguf_to_hf`), end to end.
+"""GGUF → HF checkpoint (`lowbit.conversion.gguf_to_hf`), end to end.
 
 Tiny llama GGUF files are written here with gguf's own `GGUFWriter` and quantizers, with the q/k
 rows permuted as llama.cpp's convert_hf_to_gguf.py does; the expected values of every output
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 import lowbit
 from conftest import DEMO_GGUF, ROOT
-from lowbit.convert import gguf_to_hf, permute_qk, unpermute_qk
+from lowbit.conversion import gguf_to_hf, permute_qk, unpermute_qk
 
 HIDDEN, N_HEAD, N_KV, FFN, LAYERS = 64, 4, 2, 128, 2
 HEAD_DIM = HIDDEN // N_HEAD
@@ -450,7 +450,7 @@ def test_destination_exists(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_failure_mid_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool) -> None:
-    from lowbit.convert import gguf_source
+    from lowbit.conversion import gguf_source
 
     write_gguf(tmp_path / "t.gguf")
     dst = tmp_path / "hf"
@@ -499,7 +499,7 @@ def test_demo_model(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import resource, sys, time
-        from lowbit.convert import gguf_to_hf
+        from lowbit.conversion import gguf_to_hf
         t = time.perf_counter()
         gguf_to_hf({str(DEMO_GGUF)!r}, {str(out)!r}, progress=False)
         print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

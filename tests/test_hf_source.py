@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints as a conversion `Source` (`lowbit.convert.hf_source`).
+"""Hugging Face checkpoints as a conversion `Source` (`lowbit.conversion.hf_source`).
 
 Checkpoint directories are built here: shards written by the official `safetensors` serializer,
 JSON files by `json`. Expected tensor values are computed independently: F16 with numpy's cast,
@@ -27,8 +27,8 @@ from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 from huggingface_hub import errors as hf_errors
 
-from lowbit.convert import hf_source
-from lowbit.convert.hf_source import HUB_ALLOW_PATTERNS, HFCheckpoint, open_hf_checkpoint, resolve_source
+from lowbit.conversion import hf_source
+from lowbit.conversion.hf_source import HUB_ALLOW_PATTERNS, HFCheckpoint, open_hf_checkpoint, resolve_source
 from lowbit.errors import FormatError, ParameterError, UnsupportedError
 
 CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 8, "num_hidden_layers": 12}
@@ -492,7 +492,7 @@ def test_offline_and_not_cached_for_real(tmp_path: Path) -> None:
     """The real snapshot_download, offline, in an empty HF_HOME: a FileNotFoundError naming the repo
     (a subprocess, since huggingface_hub reads HF_HUB_OFFLINE at import)."""
     code = (
-        "from lowbit.convert.hf_source import resolve_source\n"
+        "from lowbit.conversion.hf_source import resolve_source\n"
         "try:\n    resolve_source('nobody-here/no-model')\n"
         "except FileNotFoundError as e:\n    print('FNF', e)\n"
     )

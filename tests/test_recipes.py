@@ -1,4 +1,4 @@
-"""Recipes and plans (lowbit.convert.recipes): roles, llama.cpp's layer rules, fallbacks and
+"""Recipes and plans (lowbit.conversion.recipes): roles, llama.cpp's layer rules, fallbacks and
 `--tensor-type` overrides, on shapes alone (no weights needed)."""
 
 from __future__ import annotations
@@ -8,13 +8,15 @@ import re
 import pytest
 
 from lowbit import ParameterError
-from lowbit.convert import FALLBACK, RECIPES, make_plan
-from lowbit.convert.recipes import parse_tensor_types, recipe_for, role_of, use_more_bits
+from lowbit.conversion import FALLBACK, RECIPES, PlanEntry, make_plan
+from lowbit.conversion.recipes import parse_tensor_types, recipe_for, role_of, use_more_bits
 
 
-def llama_shapes(n_layers: int, hidden: int, ffn: int, vocab: int, kv: int, tied: bool) -> list[tuple]:
+def llama_shapes(
+    n_layers: int, hidden: int, ffn: int, vocab: int, kv: int, tied: bool
+) -> list[tuple[str, tuple[int, ...], str, int]]:
     """(name, shape, dtype, bytes) of a llama-family model in HF names, f32 source."""
-    out = [("model.embed_tokens.weight", (vocab, hidden))]
+    out: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (vocab, hidden))]
     for i in range(n_layers):
         p = f"model.layers.{i}."
         out += [
@@ -41,7 +43,7 @@ def _numel(s: tuple[int, ...]) -> int:
     return n
 
 
-def by_name(plan: list) -> dict:
+def by_name(plan: list[PlanEntry]) -> dict[str, PlanEntry]:
     return {e.name: e for e in plan}
 
 

@@ -1,4 +1,4 @@
-"""Strict safetensors I/O (`lowbit.convert.safetensors_io`): a table of malformed files, round trips
+"""Strict safetensors I/O (`lowbit.conversion.safetensors_io`): a table of malformed files, round trips
 against the official `safetensors` package, the writer's atomicity.
 
 Malformed files are built byte by byte here with struct/json. Well-formed files come from the
@@ -29,8 +29,8 @@ from gguf.quants import quantize as gguf_quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.convert import safetensors_io
-from lowbit.convert.safetensors_io import MAX_HEADER_BYTES, SafetensorsFile, SafetensorsWriter, TensorEntry
+from lowbit.conversion import safetensors_io
+from lowbit.conversion.safetensors_io import MAX_HEADER_BYTES, SafetensorsFile, SafetensorsWriter, TensorEntry
 from lowbit.errors import (
     ClosedError,
     DestinationExistsError,

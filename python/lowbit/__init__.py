@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import _core
+# after the core names: conversion imports them
+from . import (
+    _core,
+    conversion,
+)
+from .conversion import convert, export_gguf, export_hf, gguf_to_hf
 from .errors import (
     ChecksumError,
     ClosedError,
@@ -64,7 +69,12 @@ __all__ = [
     "VersionError",
     "__version__",
     "available_isas",
+    "conversion",
+    "convert",
     "dequantize",
+    "export_gguf",
+    "export_hf",
+    "gguf_to_hf",
     "isa",
     "load",
     "qtypes",

@@ -153,7 +153,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import RECIPES, convert, format_plan
+    from .conversion import RECIPES, convert, format_plan
 
     if args.list_recipes:
         for r in RECIPES.values():
@@ -182,7 +182,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .convert import export_gguf, export_hf
+    from .conversion import export_gguf, export_hf
 
     if args.to == "hf":
         out = export_hf(args.file, args.dest, progress=not args.no_progress, overwrite=args.overwrite)

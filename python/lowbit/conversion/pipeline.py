@@ -165,7 +165,7 @@ def _metadata(src: Source, recipe: str, overrides: Sequence[str], plan: list[Pla
         meta["tokenizer.json"] = src.tokenizer_json
     if src.tokenizer_config is not None:
         meta["tokenizer.config"] = json.dumps(src.tokenizer_config, ensure_ascii=False)
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     meta.update(
         {
             "quantization.tool_version": _core.__version__,
@@ -216,7 +216,7 @@ def convert(
         src: a Hugging Face checkpoint directory (config.json + safetensors), a GGUF file, or an
             HF repo id (downloaded with `huggingface_hub`, weights/config/tokenizer only).
         out: the LBF file to write (None only with `dry_run`).
-        type: a recipe (`lowbit.convert.RECIPES`: q4_k_m, q4_k_s, q5_k_m, q3_k_m, q2_k, q6_k,
+        type: a recipe (`lowbit.conversion.RECIPES`: q4_k_m, q4_k_s, q5_k_m, q3_k_m, q2_k, q6_k,
             q8_0, int4-g128, int3-g128) or a qtype name (every matrix gets it).
         tensor_types: `REGEX=QTYPE` overrides, the first match wins; the regex is searched in the
             HF name and in the llama.cpp-style alias (`blk.3.attn_v`).

@@ -52,19 +52,31 @@ class SourceTensor:
 
 
 class Source(Protocol):
-    """An opened checkpoint. Close it (or use it as a context manager) to release its maps."""
+    """An opened checkpoint. Close it (or use it as a context manager) to release its maps.
 
-    path: Path
-    kind: str  # "hf" or "gguf"
-    config: dict[str, Any]  # the HF config.json (built from metadata for GGUF sources)
-    generation_config: dict[str, Any] | None
-    tokenizer_json: str | None  # the HF tokenizers JSON, verbatim
-    tokenizer_config: dict[str, Any] | None
-    tensors: Sequence[SourceTensor]
+    path: the file or directory read; kind: "hf", "gguf" or "lbf"; config: the HF config.json
+    (built from metadata for GGUF sources); generation_config, tokenizer_config: those HF JSON
+    files, if any; tokenizer_json: the HF tokenizers JSON, verbatim, if any; tensors: in a stable
+    order (layers 0, 1, 2, ... for HF checkpoints)."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    @property
+    def generation_config(self) -> dict[str, Any] | None: ...
+    @property
+    def tokenizer_json(self) -> str | None: ...
+    @property
+    def tokenizer_config(self) -> dict[str, Any] | None: ...
+    @property
+    def tensors(self) -> Sequence[SourceTensor]: ...
 
     def close(self) -> None: ...
 
-    def __enter__(self) -> Source: ...
+    def __enter__(self) -> Any: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
