@@ -157,7 +157,7 @@ def format_plan(report: ConvertReport, *, width: int = 48) -> str:
     return "\n".join(lines)
 
 
-def _metadata(src: Source, recipe: str, overrides: Sequence[str], plan: list[PlanEntry]) -> dict[str, Any]:
+def _metadata(src: Source, recipe: str, overrides: Sequence[str]) -> dict[str, Any]:
     meta: dict[str, Any] = {"model.config": json.dumps(src.config, ensure_ascii=False)}
     if src.generation_config is not None:
         meta["model.generation_config"] = json.dumps(src.generation_config, ensure_ascii=False)
@@ -259,7 +259,7 @@ def convert(
             tied=tied,
             overrides=overrides,
         )
-        meta = _metadata(source, type, tensor_types, plan)
+        meta = _metadata(source, type, tensor_types)
         report = ConvertReport(str(source.path), source.kind, type, plan, dry_run)
         estimate = sum(_align(e.nbytes) + _INDEX_BYTES_PER_TENSOR + len(e.name) for e in plan)
         report.file_bytes = estimate + sum(len(k) + len(str(v).encode()) + 16 for k, v in meta.items()) + 64
