@@ -20,11 +20,10 @@ file next to the destination, which is fsynced and renamed into place at the end
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,7 +33,9 @@ import numpy.typing as npt
 
 from ..errors import DestinationExistsError, FormatError, ParameterError, UnsupportedError
 from ..lbf import LBFFile, load
-from .gguf_source import _pre_tokenizer, permute_qk
+from ._files import progress_bar, publish_file
+from .gguf_source import GGUF_BLOCK_NAMES, _pre_tokenizer, permute_qk
+from .lbf_source import json_metadata
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "ExportReport", "export_gguf"]
 
@@ -66,18 +67,8 @@ _GGML_QUANT_VERSION = 2  # ggml.h GGML_QNT_VERSION, which llama.cpp's converter 
 # other names of gguf_source's table are aliases of these).
 _PRE_NAMES = ("gpt2", "smollm", "llama-bpe", "qwen2")
 
-# HF tensor name (after `model.layers.N.`) → GGUF name (after `blk.N.`).
-_BLOCK_NAMES = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-}
+# HF tensor name (after `model.layers.N.`) → GGUF name (after `blk.N.`): gguf_source's table, inverted.
+_BLOCK_NAMES = {hf: gg for gg, hf in GGUF_BLOCK_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -129,16 +120,6 @@ class _Item:
 
 # ---------------------------------------------------------------------------------------------
 # Metadata and config
-
-
-def _json_meta(f: LBFFile, key: str) -> Any:
-    """The JSON text stored under `key`, parsed; None when absent."""
-    if key not in f.metadata:
-        return None
-    try:
-        return json.loads(f.get_str(key))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise FormatError(f"{f.path}: metadata {key} is not valid JSON text: {e}") from e
 
 
 def _architecture(cfg: dict[str, Any]) -> tuple[str, str]:
@@ -483,20 +464,6 @@ def _add_metadata(w: Any, name: str, hp: _HParams, cfg: dict[str, Any], items: l
         w.add_chat_template(vocab.chat_template)
 
 
-@contextlib.contextmanager
-def _progress(total: int, enabled: bool, desc: str) -> Iterator[Any]:
-    bar: Any = None
-    if enabled:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
-    try:
-        yield bar
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
     if dst.is_dir():
         raise ParameterError(f"{dst} is a directory, not a GGUF file path")
@@ -506,31 +473,6 @@ def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
         raise ParameterError(f"{dst} is the LBF file being exported: choose another destination")
     if not overwrite:
         raise DestinationExistsError(f"{dst} exists (pass overwrite=True to replace it)")
-
-
-def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
-    """Move the finished file into place; without `overwrite`, never replace a file that appeared
-    meanwhile (a hard link fails if `dst` exists; filesystems without hard links fall back to a
-    checked rename)."""
-    if overwrite:
-        os.replace(tmp, dst)
-    else:
-        try:
-            os.link(tmp, dst)
-        except FileExistsError:
-            raise DestinationExistsError(f"{dst} appeared while exporting") from None
-        except OSError:
-            if dst.exists():
-                raise DestinationExistsError(f"{dst} appeared while exporting") from None
-            os.replace(tmp, dst)
-        else:
-            tmp.unlink()
-    with contextlib.suppress(OSError):  # make the rename durable where directories can be fsynced
-        fd = os.open(dst.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def export_gguf(
@@ -566,16 +508,16 @@ def export_gguf(
     src, dst = Path(lbf_path), Path(out_path)
     _check_destination(src, dst, overwrite)
     with load(src) as f:
-        cfg = _json_meta(f, "model.config")
+        cfg = json_metadata(f, "model.config")
         if not isinstance(cfg, dict):
             raise FormatError(f"{src}: no model.config object in the metadata (not made by `lowbit convert`?)")
         model_type, arch = _architecture(cfg)
         hp = _hparams(cfg)
         items = _plan(f, model_type, arch, hp, cfg)
-        tok = _json_meta(f, "tokenizer.json")
+        tok = json_metadata(f, "tokenizer.json")
         if not isinstance(tok, dict):
             raise FormatError(f"{src}: no tokenizer.json object in the metadata; llama.cpp needs the tokenizer")
-        tok_cfg = _json_meta(f, "tokenizer.config") or {}
+        tok_cfg = json_metadata(f, "tokenizer.config") or {}
         vocab = _vocab(tok, tok_cfg if isinstance(tok_cfg, dict) else {}, cfg, hp.n_vocab)
         name_or_path = cfg.get("_name_or_path")
         name = PurePosixPath(name_or_path).name if isinstance(name_or_path, str) else ""
@@ -594,7 +536,7 @@ def export_gguf(
             w.write_header_to_file()
             w.write_kv_data_to_file()
             w.write_ti_data_to_file()
-            with _progress(total, progress, f"{src.name} → GGUF") as bar:
+            with progress_bar(total, progress, f"{src.name} → GGUF") as bar:
                 for it in items:
                     w.write_tensor_data(_tensor_bytes(f, it))
                     if bar is not None:
@@ -602,10 +544,7 @@ def export_gguf(
             w.flush()
             os.fsync(w.fout[0].fileno())
             w.close()
-            mask = os.umask(0)
-            os.umask(mask)
-            tmp.chmod(0o666 & ~mask)
-            _publish(tmp, dst, overwrite)
+            publish_file(tmp, dst, overwrite)
         except BaseException:
             if w is not None:
                 w.close()

@@ -40,7 +40,7 @@ __all__ = ["SUPPORTED_ARCHITECTURES", "GGUFSource", "gguf_to_hf", "open_gguf", "
 SUPPORTED_ARCHITECTURES = ("llama",)
 
 # GGUF files start with these 4 bytes (ggml docs/gguf.md).
-_GGUF_MAGIC = b"GGUF"
+GGUF_MAGIC = b"GGUF"
 
 # ggml type ids that are plain floats: read directly with numpy, no block decoding.
 _GGML_F32 = 0
@@ -55,7 +55,7 @@ _GLOBAL_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-_BLOCK_NAMES = {
+GGUF_BLOCK_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
@@ -125,8 +125,8 @@ def _open_reader(path: Path) -> Any:
             magic = f.read(4)
     except IsADirectoryError:
         raise FormatError(f"{path} is a directory, not a GGUF file") from None
-    if magic != _GGUF_MAGIC:
-        raise FormatError(f"{path} is not a GGUF file: it starts with {magic!r}, not {_GGUF_MAGIC!r}", offset=0)
+    if magic != GGUF_MAGIC:
+        raise FormatError(f"{path} is not a GGUF file: it starts with {magic!r}, not {GGUF_MAGIC!r}", offset=0)
     try:
         reader = GGUFReader(path, "r")
     except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, TypeError) as e:
@@ -199,8 +199,8 @@ def _hf_name(name: str) -> str | None:
     if name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[name]
     m = _BLOCK_RE.fullmatch(name)
-    if m and m.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{int(m.group(1))}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    if m and m.group(2) in GGUF_BLOCK_NAMES:
+        return f"model.layers.{int(m.group(1))}.{GGUF_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
     return None
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, ParameterError, UnsupportedError
+from ._files import unique_keys
+from .gguf_source import GGUF_MAGIC as _GGUF_MAGIC
 from .safetensors_io import SafetensorsFile
 from .source import Source, SourceTensor
 
@@ -36,7 +38,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "vocab.txt", "merges.txt"]
 # Files in subfolders (alternative formats, "original/" weights) are not needed.
 HUB_IGNORE_PATTERNS = ["*/*"]
-_GGUF_MAGIC = b"GGUF"
 _LBF_MAGIC = b"\x89LBF\r\n\x1a\n"  # formats/LBF.md §2
 # An HF repo id: `owner/name`, each part letters, digits, `-`, `_`, `.`, not starting or ending
 # with `-` or `.`, no `--` or `..`, at most 96 characters in all (huggingface_hub's validation).
@@ -60,15 +61,6 @@ def _natural_key(name: str) -> tuple[tuple[Any, ...], str]:
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def _read_json_object(path: Path, *, strict: bool = True) -> tuple[str, dict[str, Any]]:
     """The text of a JSON file and its top-level object. `strict` refuses duplicate keys.
     Raises FormatError (not UTF-8, not JSON, not an object) or OSError."""
@@ -77,7 +69,7 @@ def _read_json_object(path: Path, *, strict: bool = True) -> tuple[str, dict[str
     except UnicodeDecodeError as e:
         raise FormatError(f"{path}: not valid UTF-8 ({e.reason})", e.start) from None
     try:
-        obj = json.loads(text, object_pairs_hook=_unique_pairs) if strict else json.loads(text)
+        obj = json.loads(text, object_pairs_hook=unique_keys) if strict else json.loads(text)
     except json.JSONDecodeError as e:
         at = len(text[: e.pos].encode("utf-8"))
         raise FormatError(f"{path}: invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})", at) from None

@@ -8,16 +8,16 @@ dequantized), so both share one sharding rule, one memory bound and one way of p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import DestinationExistsError, ParameterError
+from ._files import file_mode, progress_bar
 from .safetensors_io import SafetensorsWriter
 from .source import Source, SourceTensor
 
@@ -39,21 +39,6 @@ def _shards(tensors: Sequence[SourceTensor], shard_bytes: int) -> list[list[Sour
         shards[-1].append(t)
         size += 4 * t.numel
     return shards
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, enabled: bool, desc: str, unit: str = "B") -> Iterator[Any]:
-    """A tqdm bar over `total` units (bytes by default), or None when disabled."""
-    bar: Any = None
-    if enabled:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", unit_divisor=1024, desc=desc)
-    try:
-        yield bar
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -122,11 +107,9 @@ def write_hf_checkpoint(
 def _chmod_umask(d: Path) -> None:
     """mkdtemp makes the directory private (0700): give the finished checkpoint the modes a
     plain mkdir/open would have under the current umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    d.chmod(0o777 & ~mask)
+    d.chmod(file_mode(directory=True))
     for f in d.iterdir():
-        f.chmod(0o666 & ~mask)
+        f.chmod(file_mode())
 
 
 def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:

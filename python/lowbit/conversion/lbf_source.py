@@ -18,19 +18,20 @@ from ..qtensor import QTensor, dequantize
 from .hf_writer import DEFAULT_SHARD_BYTES, write_hf_checkpoint
 from .source import SourceTensor
 
-__all__ = ["LBFSource", "export_hf", "open_lbf"]
+__all__ = ["LBFSource", "export_hf", "json_metadata", "open_lbf"]
 
 
-def _json_meta(f: LBFFile, key: str, required: bool = False) -> Any:
-    if key not in f.metadata:
+def json_metadata(f: LBFFile, key: str, required: bool = False) -> Any:
+    """The JSON text stored under metadata `key`, parsed; None when absent (FormatError when
+    `required`). A value that is not a string of valid JSON is a FormatError."""
+    if key not in f.metadata_types:
         if required:
             raise FormatError(f"{f.path}: metadata {key!r} is missing (not a model converted by lowbit?)")
         return None
-    text = f.get_str(key)
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{f.path}: metadata {key!r} is not valid JSON: {e}") from None
+        return json.loads(f.get_str(key))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise FormatError(f"{f.path}: metadata {key!r} is not valid JSON text: {e}") from e
 
 
 class LBFSource:
@@ -43,14 +44,14 @@ class LBFSource:
         self.path = Path(path)
         self._f = load(self.path)
         try:
-            config = _json_meta(self._f, "model.config", required=True)
+            config = json_metadata(self._f, "model.config", required=True)
             if not isinstance(config, dict):
                 raise FormatError(f"{self.path}: metadata 'model.config' is not a JSON object")
             self.config: dict[str, Any] = config
-            self.generation_config: dict[str, Any] | None = _json_meta(self._f, "model.generation_config")
-            self.tokenizer_config: dict[str, Any] | None = _json_meta(self._f, "tokenizer.config")
+            self.generation_config: dict[str, Any] | None = json_metadata(self._f, "model.generation_config")
+            self.tokenizer_config: dict[str, Any] | None = json_metadata(self._f, "tokenizer.config")
             self.tokenizer_json: str | None = (
-                self._f.get_str("tokenizer.json") if "tokenizer.json" in self._f.metadata else None
+                self._f.get_str("tokenizer.json") if "tokenizer.json" in self._f.metadata_types else None
             )
             self.tensors = []
             for name in self._f:

@@ -26,8 +26,8 @@ from .. import _core
 from ..errors import DestinationExistsError, InvalidValueError, LowbitWarning, ParameterError
 from ..lbf import LBFWriter
 from ..qtensor import dequantize, quantize
+from ._files import progress_bar
 from .hf_source import resolve_source
-from .hf_writer import progress_bar
 from .recipes import PlanEntry, make_plan, parse_tensor_types, recipe_for
 from .source import Source
 
@@ -188,11 +188,9 @@ def _inputs(src: Source) -> list[str]:
 
 
 def _rel_rmse(x: npt.NDArray[np.float32], y: npt.NDArray[np.float32]) -> float:
-    """‖y − x‖ / ‖x‖ in float64, without a second full-size temporary (y is overwritten)."""
+    """‖y − x‖ / ‖x‖, summed in float64 over chunks (y is overwritten: no full-size temporary)."""
     np.subtract(y, x, out=y)
-    flat_y, flat_x = y.reshape(-1), x.reshape(-1)
-    err = float(np.dot(flat_y.astype(np.float64), flat_y.astype(np.float64))) if y.size < 2**24 else _sumsq(flat_y)
-    ref = float(np.dot(flat_x.astype(np.float64), flat_x.astype(np.float64))) if x.size < 2**24 else _sumsq(flat_x)
+    err, ref = _sumsq(y.reshape(-1)), _sumsq(x.reshape(-1))
     return math.sqrt(err / ref) if ref > 0 else math.sqrt(err)
 
 

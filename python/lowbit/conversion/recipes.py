@@ -19,6 +19,7 @@ as the last resort. The plan records every fallback.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -227,10 +228,7 @@ class PlanEntry:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def bits_per_weight(self) -> float:
@@ -273,9 +271,7 @@ def make_plan(
     for name, shape, dtype, src_bytes in tensors:
         role, layer = role_of(name, tied) if len(shape) == 2 else ("vector" if len(shape) <= 1 else "other", None)
         if len(shape) != 2:
-            n = 1
-            for d in shape:
-                n *= d
+            n = math.prod(shape)
             why = "1-D: f32" if len(shape) <= 1 else f"{len(shape)}-D: f32"
             plan.append(PlanEntry(name, role, layer, shape, dtype, src_bytes, "f32", "f32", 4 * n, why, ""))
             continue

@@ -40,6 +40,7 @@ from ..errors import (
     ParameterError,
     UnsupportedError,
 )
+from ._files import publish_file, unique_keys
 from .source import release_pages
 
 __all__ = ["MAX_DIM", "MAX_HEADER_BYTES", "SafetensorsFile", "SafetensorsWriter", "TensorEntry"]
@@ -101,15 +102,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -153,7 +145,7 @@ class SafetensorsFile:
         except UnicodeDecodeError as e:
             raise self._fail(f"header is not valid UTF-8 ({e.reason})", _LEN.size + e.start) from None
         try:
-            header = json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+            header = json.loads(text, object_pairs_hook=unique_keys, parse_constant=_reject_constant)
         except json.JSONDecodeError as e:
             pos = _LEN.size + len(text[: e.pos].encode("utf-8"))
             raise self._fail(f"header is not valid JSON: {e.msg}", pos) from None
@@ -418,18 +410,8 @@ class SafetensorsWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(self._tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the mode a plain open would
-        if self.path.exists() and not self._overwrite:
-            raise DestinationExistsError(f"{self.path} appeared while writing")
-        os.replace(self._tmp, self.path)
+        publish_file(Path(self._tmp), self.path, self._overwrite)
         self._finalizer.detach()
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
     def abort(self) -> None:
         """Discard the temporary file; `path` is untouched. Idempotent."""
