@@ -39,18 +39,50 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[str, npt.NDArray[Any]
     path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
-def tokenizer_json() -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# The split patterns of the Llama 3 and Qwen2 tokenizer.json files (their published pre-tokenizers).
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def train_bpe(corpus: list[str], pre: str = "gpt2", user_token: str | None = None) -> Any:
+    """A ~300-token byte-level BPE (`tokenizers.Tokenizer`) trained on `corpus` with SPECIALS,
+    pre-tokenized as the llama.cpp pre-tokenizer `pre` (gpt2, smollm, llama-bpe, qwen2) does;
+    `user_token` is added as a non-special token."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    split = {"llama-bpe": LLAMA3_REGEX, "qwen2": QWEN2_REGEX}
+    if pre == "smollm":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif pre in split:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(split[pre]), "isolated"), pre_tokenizers.ByteLevel(False, use_regex=False)]
+        )
+    else:
+        tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )  # fmt: skip
-    tok.train_from_iterator([TEXT] * 4, trainer)
-    return str(tok.to_str())
+        vocab_size=300,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus * 20, trainer)
+    if user_token is not None:
+        tok.add_tokens([AddedToken(user_token, special=False)])
+    return tok
+
+
+def tokenizer_json() -> str:
+    return str(train_bpe([TEXT]).to_str())
 
 
 def llama_tensors(

@@ -23,6 +23,7 @@ from gguf import GGUFReader, GGUFWriter
 from gguf.quants import dequantize as gguf_dequantize
 
 import lowbit
+import synth
 from conftest import DEMO_GGUF, FLOAT_TYPES, GGML_TYPES
 from lowbit.conversion import gguf_to_hf
 from lowbit.conversion.export_gguf import ExportReport, export_gguf
@@ -30,7 +31,7 @@ from lowbit.conversion.export_gguf import ExportReport, export_gguf
 HIDDEN, N_HEAD, N_KV, FFN, LAYERS = 256, 4, 2, 512, 2  # 256 columns: whole k-quant blocks
 HEAD_DIM = HIDDEN // N_HEAD
 N_VOCAB = 320  # more rows than the tokenizer has tokens: the rest become [PADi] tokens
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SPECIALS = synth.SPECIALS
 USER_TOKEN = "lowbit"  # a non-special added token (GGUF USER_DEFINED)
 CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
 CORPUS = [
@@ -46,15 +47,6 @@ SAMPLES = [
     "<|im_start|>user\nWhere was I born?<|im_end|> lowbit",
     "naïve café ☃",
 ]
-# The split patterns of the Llama 3 and Qwen2 tokenizer.json files (their published pre-tokenizers).
-LLAMA3_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-QWEN2_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 # HF → GGUF names, written out independently of the exporter's table.
 GLOBAL_NAMES = {
@@ -100,29 +92,7 @@ def reference_unpermute(w: npt.NDArray[Any], n_head: int) -> npt.NDArray[Any]:
 def train_bpe(pre: str = "smollm") -> Any:
     """A ~300-token byte-level BPE with special tokens and one non-special added token,
     pre-tokenized as the llama.cpp pre-tokenizer `pre` does."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    split = {"llama-bpe": LLAMA3_REGEX, "qwen2": QWEN2_REGEX}
-    if pre == "smollm":
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    elif pre in split:
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(split[pre]), "isolated"), pre_tokenizers.ByteLevel(False, use_regex=False)]
-        )
-    else:
-        tok.pre_tokenizer = byte_level
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 20, trainer)
-    tok.add_tokens([AddedToken(USER_TOKEN, special=False)])
-    return tok
+    return synth.train_bpe(CORPUS, pre, USER_TOKEN)
 
 
 def make_lbf(

@@ -29,12 +29,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowbit
+import synth
 from conftest import DEMO_GGUF, ROOT
 from lowbit.conversion import gguf_to_hf, permute_qk, unpermute_qk
 
 HIDDEN, N_HEAD, N_KV, FFN, LAYERS = 64, 4, 2, 128, 2
 HEAD_DIM = HIDDEN // N_HEAD
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SPECIALS = synth.SPECIALS
 CORPUS = [
     "I am a cat. As yet I have no name. I have no idea where I was born.",
     "All I remember is that I was miaowing in a dim and damp place when, for the first time, I saw a human being.",
@@ -70,23 +71,7 @@ def reference_unpermute(w: npt.NDArray[Any], n_head: int) -> npt.NDArray[Any]:
 
 def train_bpe(pre: str) -> Any:
     """A ~300-token byte-level BPE, pre-tokenized like the GGUF `pre` says."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    if pre == "smollm":
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    else:
-        tok.pre_tokenizer = byte_level
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 20, trainer)
-    return tok
+    return synth.train_bpe(CORPUS, pre)
 
 
 def write_gguf(
