@@ -4,6 +4,7 @@
 //! * [`blocks`]: scalar reference quantizers and dequantizers, one module per family.
 //! * [`simd`]: run-time ISA detection, the `LOWBIT_ISA` override and the SIMD kernels.
 //! * [`quant`]: the driver: input validation, per-row dispatch, rayon over rows.
+//! * [`matmul`]: quantized matrix multiplication (`y = x · Wᵀ`) for every type.
 //! * [`format`]: LBF, the single-file model format (reader and writer).
 //!
 //! Layouts and the architecture are described in `ARCHITECTURE.md` of the shared design
@@ -12,6 +13,7 @@
 pub mod blocks;
 pub mod error;
 pub mod format;
+pub mod matmul;
 pub mod pack;
 pub mod qtype;
 pub mod quant;
