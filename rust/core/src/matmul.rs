@@ -124,6 +124,18 @@ impl<'a> QMatrix<'a> {
         Ok(QMatrix { layout, data, perm, outliers })
     }
 
+    /// A weight whose parts were already checked by [`QMatrix::new`] (the engine checks each
+    /// tensor once at load and rebuilds the borrow per call without re-scanning perm and outliers).
+    pub(crate) fn prechecked(
+        layout: Layout,
+        data: &'a [u8],
+        perm: Option<&'a [u8]>,
+        outliers: Option<Outliers<'a>>,
+    ) -> QMatrix<'a> {
+        debug_assert_eq!(data.len(), layout.nbytes());
+        QMatrix { layout, data, perm, outliers }
+    }
+
     /// The layout (type, shape, bytes per row).
     pub fn layout(&self) -> &Layout {
         &self.layout
