@@ -1,5 +1,7 @@
 //! The element-wise and attention kernels of the forward pass (f32 in, f32 out).
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 /// RMSNorm of each row of `x` (rows of `w.len()` values) into `out`:
@@ -87,12 +89,16 @@ pub(crate) struct AttnShape {
     pub p0: usize,
 }
 
+thread_local! {
+    /// Attention scores of one (query, head), reused across calls; grows to the longest context.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Causal scaled dot-product attention of `n` new queries (`q`: `n × heads × hd`, query `i` at
 /// position `p0 + i`) over the cache of one layer (`k`, `v`: `kv_heads × ctx × hd`, positions
 /// `0..p0 + n` filled) into `out` (`n × heads × hd`). Query head `h` reads kv head
-/// `h / (heads / kv_heads)` (GQA); scores are scaled by `1/sqrt(hd)`; the softmax is computed
-/// online (running maximum and sum, Milakov & Gimelshein 2018), in f32. Parallel over
-/// (query, head).
+/// `h / (heads / kv_heads)` (GQA); scores are scaled by `1/sqrt(hd)`; softmax in f32 with the
+/// maximum subtracted, as transformers' eager attention. Parallel over (query, head).
 pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape) {
     let AttnShape { heads, kv_heads, hd, ctx, p0 } = s;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -100,22 +106,29 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: Att
     out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
         let (i, h) = (idx / heads, idx % heads);
         let qv = &q[idx * hd..(idx + 1) * hd];
-        let base = (h / group) * ctx * hd;
-        let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-        o.fill(0.0);
-        for t in 0..=p0 + i {
-            let off = base + t * hd;
-            let sc = dot(qv, &k[off..off + hd]) * scale;
-            if sc > m {
-                let c = (m - sc).exp();
-                l *= c;
-                o.iter_mut().for_each(|x| *x *= c);
-                m = sc;
+        let (kh, vh) = (&k[(h / group) * ctx * hd..][..ctx * hd], &v[(h / group) * ctx * hd..][..ctx * hd]);
+        let n_keys = p0 + i + 1;
+        SCORES.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            if buf.len() < n_keys {
+                buf.resize(n_keys, 0.0);
             }
-            let p = (sc - m).exp();
-            l += p;
-            o.iter_mut().zip(&v[off..off + hd]).for_each(|(x, &vv)| *x += p * vv);
-        }
-        o.iter_mut().for_each(|x| *x /= l);
+            let sc = &mut buf[..n_keys];
+            for (x, kt) in sc.iter_mut().zip(kh.chunks_exact(hd)) {
+                *x = dot(qv, kt) * scale;
+            }
+            let m = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut l = 0f32;
+            for x in sc.iter_mut() {
+                *x = (*x - m).exp();
+                l += *x;
+            }
+            o.fill(0.0);
+            for (&p, vt) in sc.iter().zip(vh.chunks_exact(hd)) {
+                o.iter_mut().zip(vt).for_each(|(a, &b)| *a += p * b);
+            }
+            let inv = 1.0 / l;
+            o.iter_mut().for_each(|x| *x *= inv);
+        });
     });
 }
