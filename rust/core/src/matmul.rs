@@ -166,6 +166,7 @@ impl<'a> QMatrix<'a> {
 
     /// A weight whose parts were already checked by [`QMatrix::new`] (the engine checks each
     /// tensor once at load and rebuilds the borrow per call without re-scanning perm and outliers).
+    #[allow(dead_code)] // used by the engine (`crate::model`), which lands separately
     pub(crate) fn prechecked(
         layout: Layout,
         data: &'a [u8],
@@ -375,7 +376,8 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
             .zip(acts.s16.par_chunks_mut(nsub))
             .zip(acts.scale.par_iter_mut())
             .zip(xs.par_chunks(cols));
-        let quant = |((((q, d), s), sc), xi): ((((&mut [i8], &mut [f32]), &mut [f32]), &mut f32), &[f32])| {
+        type Parts<'a> = ((((&'a mut [i8], &'a mut [f32]), &'a mut [f32]), &'a mut f32), &'a [f32]);
+        let quant = |((((q, d), s), sc), xi): Parts<'_>| {
             *sc = kern::quantize_act(isa, xi, q, d, s);
         };
         if par && n > 1 {

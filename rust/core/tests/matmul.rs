@@ -73,6 +73,8 @@ fn acts(kind: &str, n: usize, cols: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+type ActFn<'a> = dyn Fn(&mut [i8], &mut [f32], &mut [f32]) -> f32 + 'a;
+
 #[test]
 fn activation_quantization_is_identical_everywhere_and_within_half_a_step() {
     let mut cols_list: Vec<usize> = (1..=70).collect();
@@ -80,7 +82,7 @@ fn activation_quantization_is_identical_everywhere_and_within_half_a_step() {
     for &cols in &cols_list {
         for (case, x) in common::cases(cols, 3.0e38, cols as u64) {
             let cp = padded(cols);
-            let run = |f: &dyn Fn(&mut [i8], &mut [f32], &mut [f32]) -> f32| {
+            let run = |f: &ActFn<'_>| {
                 let (mut q, mut d, mut s) = (vec![0i8; cp], vec![0f32; cp / QS], vec![0f32; cp / QS]);
                 let sc = f(&mut q, &mut d, &mut s);
                 (q, d, s, sc)
@@ -115,7 +117,10 @@ fn activation_quantization_is_identical_everywhere_and_within_half_a_step() {
                 for (j, &v) in xb.iter().enumerate() {
                     let idx = b * QA + j;
                     let deq = f64::from(*scale) * f64::from(d16[idx / QS]) * f64::from(q[idx]);
-                    assert!((deq - f64::from(v)).abs() <= tol, "cols={cols} {case} [{idx}]: {v:e} -> {deq:e}, tol {tol:e}");
+                    assert!(
+                        (deq - f64::from(v)).abs() <= tol,
+                        "cols={cols} {case} [{idx}]: {v:e} -> {deq:e}, tol {tol:e}"
+                    );
                 }
             }
             for (kk, (qs, &s)) in q.chunks_exact(QS).zip(s16).enumerate() {
@@ -182,8 +187,9 @@ fn int8_dots_agree_with_the_reference() {
         for trial in 0..20 {
             // Trial 0: the extremes (w = -128, x = ±127) that saturate a careless maddubs.
             let wq: Vec<i8> = (0..len).map(|_| if trial == 0 { -128 } else { r.next_u64() as i8 }).collect();
-            let xq: Vec<i8> =
-                (0..len).map(|i| if trial == 0 { [127, -127][i % 2] } else { (r.below(255) as i32 - 127) as i8 }).collect();
+            let xq: Vec<i8> = (0..len)
+                .map(|i| if trial == 0 { [127, -127][i % 2] } else { (r.below(255) as i32 - 127) as i8 })
+                .collect();
             let sw: Vec<f32> = (0..len / QS).map(|_| r.normal()).collect();
             let d16: Vec<f32> = (0..len / QS).map(|_| r.uniform() * 0.01).collect();
             let want = k::dot_q8_ref(&wq, &sw, &xq, &d16);
@@ -197,11 +203,14 @@ fn int8_dots_agree_with_the_reference() {
             let mut variants = k::dot_q8_variants();
             for isa in simd_isas() {
                 // The dispatching entry point too.
-                variants.push((isa.name(), match isa {
-                    Isa::Avx2 => |a: &[i8], b: &[f32], c: &[i8], d: &[f32]| k::dot_q8(Isa::Avx2, a, b, c, d),
-                    Isa::Avx512 => |a: &[i8], b: &[f32], c: &[i8], d: &[f32]| k::dot_q8(Isa::Avx512, a, b, c, d),
-                    _ => |a: &[i8], b: &[f32], c: &[i8], d: &[f32]| k::dot_q8(Isa::Neon, a, b, c, d),
-                }));
+                variants.push((
+                    isa.name(),
+                    match isa {
+                        Isa::Avx2 => |a: &[i8], b: &[f32], c: &[i8], d: &[f32]| k::dot_q8(Isa::Avx2, a, b, c, d),
+                        Isa::Avx512 => |a: &[i8], b: &[f32], c: &[i8], d: &[f32]| k::dot_q8(Isa::Avx512, a, b, c, d),
+                        _ => |a: &[i8], b: &[f32], c: &[i8], d: &[f32]| k::dot_q8(Isa::Neon, a, b, c, d),
+                    },
+                ));
             }
             for (name, f) in variants {
                 let got = f(&wq, &sw, &xq, &d16);
@@ -276,14 +285,14 @@ fn outlier_parts(rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<u8>, Vec<
 ///   cancel), `M` is the row's largest |w| (`|sw·code| + |mw| <= 3M` when a sub-block holds
 ///   code 0, as every quantizer here makes it);
 /// * the result rounded to f32 (and subnormal results): `2^-24·|y| + 2^-149`.
+///
 /// Also returns, per output, the magnitude sum `Σ (|w_j| + 2M) · (|x_j| + δ_j)` that
 /// `isa_tolerance` is relative to.
 fn bounds(w: &QMatrix<'_>, x: &[f32], n: usize, y_ref: &[f32]) -> (Vec<f64>, Vec<f64>) {
     let l = *w.layout();
     let (rows, cols) = (l.rows, l.cols);
     let data: Vec<u8> = (0..rows).flat_map(|r| w.row(r).to_vec()).collect();
-    let mut dense: Vec<f64> =
-        dequantize(&l, &data, Some(Isa::Scalar)).unwrap().into_iter().map(f64::from).collect();
+    let mut dense: Vec<f64> = dequantize(&l, &data, Some(Isa::Scalar)).unwrap().into_iter().map(f64::from).collect();
     if let Some(o) = w.outliers() {
         for r in 0..rows {
             for kk in o.ptr(r)..o.ptr(r + 1) {
@@ -315,7 +324,8 @@ fn bounds(w: &QMatrix<'_>, x: &[f32], n: usize, y_ref: &[f32]) -> (Vec<f64>, Vec
             let wr = &dense[r * cols..(r + 1) * cols];
             let m = if mins { 2.0 * wr.iter().fold(0f64, |a, v| a.max(v.abs())) } else { 0.0 };
             let act: f64 = wr.iter().zip(&delta).map(|(w, d)| w.abs() * d).sum();
-            let mag: f64 = wr.iter().zip(&xg).zip(&delta).map(|((w, x), d)| (w.abs() + m) * (f64::from(x.abs()) + d)).sum();
+            let mag: f64 =
+                wr.iter().zip(&xg).zip(&delta).map(|((w, x), d)| (w.abs() + m) * (f64::from(x.abs()) + d)).sum();
             let y = f64::from(y_ref[i * rows + r]).abs();
             out[i * rows + r] =
                 act + (cols as f64 + 64.0) * f64::from(f32::EPSILON) * mag + y * 2f64.powi(-24) + 2f64.powi(-149);
@@ -352,9 +362,15 @@ fn check(name: &str, w: &QMatrix<'_>, x: &[f32], n: usize, tag: &str) {
             // (The final f32 rounding of each side adds 2^-24 |y| each, and subnormal results
             // 2^-149.)
             let y_abs = f64::from(y_scalar[idx].abs());
-            let tol = isa_tolerance(w.layout().qtype, w.layout().cols) * mag[idx] + y_abs * 2f64.powi(-23) + 2f64.powi(-148);
+            let tol =
+                isa_tolerance(w.layout().qtype, w.layout().cols) * mag[idx] + y_abs * 2f64.powi(-23) + 2f64.powi(-148);
             let diff = (f64::from(y[idx]) - f64::from(y_scalar[idx])).abs();
-            assert!(diff <= tol, "{name} {tag} {isa} vs scalar [{idx}]: {:e} vs {:e} (tol {tol:e})", y[idx], y_scalar[idx]);
+            assert!(
+                diff <= tol,
+                "{name} {tag} {isa} vs scalar [{idx}]: {:e} vs {:e} (tol {tol:e})",
+                y[idx],
+                y_scalar[idx]
+            );
         }
     }
 }

@@ -22,18 +22,20 @@ fn load_f32(s: &[f32]) -> float32x4_t {
 
 /// Exact i32 lanes whose sum is `Σ w · x` over 16 i8 pairs: products of 8-bit values widen to
 /// i16, two are added per lane (at most 2 · 128 · 127, no overflow), then pairs widen to i32.
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "neon")]
 fn isum16_smull(w: int8x16_t, x: int8x16_t) -> int32x4_t {
     let p = vmull_s8(vget_low_s8(w), vget_low_s8(x));
     vpaddlq_s16(vmlal_high_s8(p, w, x))
 }
 
 /// Exact i32 lanes whose sum is `Σ w · x` over 16 i8 pairs, with `sdot`.
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
 fn isum16_sdot(w: int8x16_t, x: int8x16_t) -> int32x4_t {
     let mut acc = vdupq_n_s32(0);
-    // SAFETY: only called from functions compiled with the `dotprod` feature, which the
-    // public wrapper checked; `sdot` reads and writes registers only.
+    // SAFETY: this function is compiled with the `dotprod` feature (its callers have it, the
+    // public wrapper checked the CPU); `sdot` reads and writes registers only.
     unsafe {
         std::arch::asm!("sdot {0:v}.4s, {1:v}.16b, {2:v}.16b", inout(vreg) acc, in(vreg) w, in(vreg) x,
                         options(pure, nomem, nostack));

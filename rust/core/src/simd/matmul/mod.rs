@@ -144,7 +144,7 @@ const MAX_W: usize = 16;
 #[inline(always)]
 pub fn quantize_act_simd<S: Simd>(s: S, x: &[f32], q: &mut [i8], d16: &mut [f32], s16: &mut [f32]) -> f32 {
     let w = S::W;
-    if w > MAX_W || QA % w != 0 {
+    if w > MAX_W || !QA.is_multiple_of(w) {
         return quantize_act_ref(x, q, d16, s16);
     }
     let full = x.len() / w * w;
@@ -264,6 +264,7 @@ fn decode_iq4nl(src: &[u8], codes: &mut [i8], sw: &mut [f32]) {
 /// Decode k-quant super-blocks (the operation order of each scale and min is that of
 /// [`crate::blocks::kquants::dequantize_row`], so `sw · code + mw` is its value exactly).
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // index formulas mirror the reference dequantizer
 fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
     let bytes = qtype.info().block_bytes;
     for (sb, b) in src.chunks_exact(bytes).enumerate() {
@@ -433,6 +434,7 @@ impl Kernel for Decode<'_> {
 /// (`padded(cols)` i8), `sw` and `mw` (`padded(cols) / 16` f32 each; `mw` is all zero for
 /// types without mins): value `j` of the row is `sw[j / 16] · codes[j] + mw[j / 16]`.
 /// Padding gets code 0, scale 0 and min 0.
+#[allow(clippy::too_many_arguments)]
 pub fn decode_row(
     isa: Isa,
     qtype: QType,
@@ -461,7 +463,7 @@ pub fn dot_q8_ref(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
 /// `Σ_k sw[k] · d16[k] · Σ_{j in sub-block k} wq[j] · xq[j]`. `wq` and `xq` have the same
 /// length, a multiple of 32; `sw` and `d16` have a sixteenth of it. `xq` must not hold −128.
 pub fn dot_q8(isa: Isa, wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
-    assert!(wq.len() == xq.len() && wq.len() % QA == 0 && sw.len() == wq.len() / QS && d16.len() == sw.len());
+    assert!(wq.len() == xq.len() && wq.len().is_multiple_of(QA) && sw.len() == wq.len() / QS && d16.len() == sw.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => x86::dot_q8_avx2(wq, sw, xq, d16),
@@ -517,10 +519,13 @@ pub fn has_dotprod() -> bool {
     *V.get_or_init(|| std::arch::is_aarch64_feature_detected!("dotprod"))
 }
 
+/// The signature of an int8 dot kernel (see [`dot_q8`]).
+pub type DotQ8 = fn(&[i8], &[f32], &[i8], &[f32]) -> f32;
+
 /// The int8 dot variants of this CPU besides the scalar reference, by name (the tests
 /// compare each with [`dot_q8_ref`]): e.g. `avx2`, `avx512`, `avx512-vnni`, `neon`, `neon-dotprod`.
-pub fn dot_q8_variants() -> Vec<(&'static str, fn(&[i8], &[f32], &[i8], &[f32]) -> f32)> {
-    let mut v: Vec<(&'static str, fn(&[i8], &[f32], &[i8], &[f32]) -> f32)> = Vec::new();
+pub fn dot_q8_variants() -> Vec<(&'static str, DotQ8)> {
+    let mut v: Vec<(&'static str, DotQ8)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
         if Isa::Avx2.is_available() {
