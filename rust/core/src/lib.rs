@@ -6,6 +6,7 @@
 //! * [`quant`]: the driver: input validation, per-row dispatch, rayon over rows.
 //! * [`matmul`]: quantized matrix multiplication (`y = x · Wᵀ`) for every type.
 //! * [`format`]: LBF, the single-file model format (reader and writer).
+//! * [`model`]: the llama-family decoder over an LBF file (KV-cache sessions, sampling).
 //!
 //! Layouts and the architecture are described in `ARCHITECTURE.md` of the shared design
 //! and in the repository's `formats/` folder.
@@ -14,6 +15,7 @@ pub mod blocks;
 pub mod error;
 pub mod format;
 pub mod matmul;
+pub mod model;
 pub mod pack;
 pub mod qtype;
 pub mod quant;

@@ -6,6 +6,7 @@
 mod errors;
 mod format;
 mod matmul;
+mod model;
 
 use lowbit_core::quant::{self, Layout, QuantOptions, Source};
 use lowbit_core::simd::{self, Isa};
@@ -178,6 +179,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<format::LbfReader>()?;
     m.add_class::<format::PyLbfWriter>()?;
     m.add_class::<format::MapOwner>()?;
+    m.add_class::<model::PyEngine>()?;
+    m.add_class::<model::PySession>()?;
+    m.add_class::<model::PySampler>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,0 +1,229 @@
+//! Bindings of `lowbit_core::model`: `Engine` (a loaded model), `Session` (its KV cache) and
+//! `Sampler`. The config arrives as a dict of the keys [`REQUIRED_KEYS`] and, as the
+//! `rope_type` needs them, [`ROPE_KEYS`].
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use lowbit_core::format::LbfFile;
+use lowbit_core::model::{Arch, Config, Model, RopeScaling, Sampler, Session};
+use lowbit_core::Error;
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::PyLowbitError;
+use crate::{parse_isa, slice_of};
+
+/// The keys every `Engine` config has.
+const REQUIRED_KEYS: [&str; 14] = [
+    "arch",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "rope_theta",
+    "tie_word_embeddings",
+    "attention_bias",
+    "max_position_embeddings",
+    "rope_type",
+];
+/// The rope scaling parameters: required by the `rope_type`s that use them, absent or None
+/// otherwise.
+const ROPE_KEYS: [&str; 4] =
+    ["rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_position_embeddings"];
+
+fn param_err(msg: String) -> PyErr {
+    PyLowbitError(Error::InvalidParameter(msg)).into()
+}
+
+/// A [`Config`] from the dict of `Engine(path, config)`.
+fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Config> {
+    let known: Vec<&str> = REQUIRED_KEYS.iter().chain(&ROPE_KEYS).copied().collect();
+    let mut unknown = Vec::new();
+    for k in d.keys() {
+        let k: String = k.extract().map_err(|_| param_err("config keys must be strings".into()))?;
+        if !known.contains(&k.as_str()) {
+            unknown.push(k);
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(param_err(format!(
+            "unknown config keys: {}; valid keys: {}",
+            unknown.join(", "),
+            known.join(", ")
+        )));
+    }
+    let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> { Ok(d.get_item(k)?.filter(|v| !v.is_none())) };
+    let missing: Vec<&str> = REQUIRED_KEYS.into_iter().filter(|k| get(k).ok().flatten().is_none()).collect();
+    if !missing.is_empty() {
+        return Err(param_err(format!("missing config keys: {}", missing.join(", "))));
+    }
+    fn typed<'py, T: FromPyObjectOwned<'py>>(v: Bound<'py, PyAny>, k: &str, what: &str) -> PyResult<T> {
+        v.extract::<T>().map_err(|_| param_err(format!("config key '{k}' must be {what}, got {v}")))
+    }
+    let int = |k: &str| typed::<usize>(get(k)?.expect("checked"), k, "a non-negative int");
+    let float = |k: &str| typed::<f64>(get(k)?.expect("checked"), k, "a number");
+    let flag = |k: &str| typed::<bool>(get(k)?.expect("checked"), k, "a bool");
+    let string = |k: &str| typed::<String>(get(k)?.expect("checked"), k, "a str");
+    let rope_type = string("rope_type")?;
+    let uses: &[&str] = match rope_type.as_str() {
+        "default" => &[],
+        "linear" => &["rope_factor"],
+        "llama3" => &ROPE_KEYS,
+        t => return Err(param_err(format!("unknown rope_type '{t}'; valid: default, linear, llama3"))),
+    };
+    for k in &ROPE_KEYS {
+        match (get(k)?.is_some(), uses.contains(k)) {
+            (false, true) => return Err(param_err(format!("rope_type '{rope_type}' needs config key '{k}'"))),
+            (true, false) => return Err(param_err(format!("config key '{k}' is not used by rope_type '{rope_type}'"))),
+            _ => {}
+        }
+    }
+    let rope_scaling = match rope_type.as_str() {
+        "linear" => RopeScaling::Linear { factor: float("rope_factor")? },
+        "llama3" => RopeScaling::Llama3 {
+            factor: float("rope_factor")?,
+            low_freq_factor: float("rope_low_freq_factor")?,
+            high_freq_factor: float("rope_high_freq_factor")?,
+            original_max_position_embeddings: int("rope_original_max_position_embeddings")?,
+        },
+        _ => RopeScaling::None,
+    };
+    Ok(Config {
+        arch: Arch::parse(&string("arch")?).map_err(PyLowbitError)?,
+        vocab_size: int("vocab_size")?,
+        hidden_size: int("hidden_size")?,
+        intermediate_size: int("intermediate_size")?,
+        num_hidden_layers: int("num_hidden_layers")?,
+        num_attention_heads: int("num_attention_heads")?,
+        num_key_value_heads: int("num_key_value_heads")?,
+        head_dim: int("head_dim")?,
+        rms_norm_eps: float("rms_norm_eps")?,
+        rope_theta: float("rope_theta")?,
+        rope_scaling,
+        tie_word_embeddings: flag("tie_word_embeddings")?,
+        attention_bias: flag("attention_bias")?,
+        max_position_embeddings: int("max_position_embeddings")?,
+    })
+}
+
+/// A model loaded from an LBF file: weights stay in the file's memory map.
+#[pyclass(frozen, name = "Engine")]
+#[derive(Debug)]
+pub struct PyEngine {
+    model: Arc<Model>,
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (path, config, isa=None))]
+    fn new(py: Python<'_>, path: PathBuf, config: &Bound<'_, PyDict>, isa: Option<&str>) -> PyResult<Self> {
+        let cfg = config_from_dict(config)?;
+        let isa = parse_isa(isa)?;
+        let model = py.detach(|| Model::load(Arc::new(LbfFile::open(&path)?), cfg, isa)).map_err(PyLowbitError)?;
+        Ok(PyEngine { model: Arc::new(model) })
+    }
+
+    /// A new session (KV cache) of `max_context` tokens.
+    fn session(&self, py: Python<'_>, max_context: usize) -> Result<PySession, PyLowbitError> {
+        let s = py.detach(|| Session::new(&self.model, max_context))?;
+        Ok(PySession { model: Arc::clone(&self.model), session: Mutex::new(s) })
+    }
+
+    /// The instruction set the kernels run at.
+    #[getter]
+    fn isa(&self) -> &'static str {
+        self.model.isa().name()
+    }
+}
+
+/// The KV cache of one sequence on an `Engine`.
+#[pyclass(frozen, name = "Session")]
+#[derive(Debug)]
+pub struct PySession {
+    model: Arc<Model>,
+    session: Mutex<Session>,
+}
+
+impl PySession {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl PySession {
+    /// Logits of `tokens` (1-D uint32): `(n, vocab)` float32 with `all_logits`, else `(vocab,)`.
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        tokens: &Bound<'py, PyAny>,
+        all_logits: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let arr = tokens
+            .extract::<PyReadonlyArray1<'py, u32>>()
+            .map_err(|_| PyLowbitError(Error::Shape("tokens must be a 1-D uint32 array".into())))?;
+        let toks = slice_of(&arr, "tokens")?;
+        let logits = py.detach(|| self.lock().forward(&self.model, toks, all_logits)).map_err(PyLowbitError)?;
+        let out = PyArray1::from_vec(py, logits);
+        if all_logits {
+            Ok(out.reshape([toks.len(), self.model.config().vocab_size])?.into_any())
+        } else {
+            Ok(out.into_any())
+        }
+    }
+
+    /// Tokens in the cache.
+    #[getter]
+    fn position(&self) -> usize {
+        self.lock().position()
+    }
+
+    /// Capacity of the cache, in tokens.
+    #[getter]
+    fn max_context(&self) -> usize {
+        self.lock().max_context()
+    }
+
+    /// Forget every token.
+    fn reset(&self) {
+        self.lock().reset();
+    }
+
+    /// Keep the first `n` tokens.
+    fn truncate(&self, n: usize) -> Result<(), PyLowbitError> {
+        Ok(self.lock().truncate(n)?)
+    }
+}
+
+/// Greedy / temperature / top-k / top-p sampling with a seeded PRNG.
+#[pyclass(frozen, name = "Sampler")]
+#[derive(Debug)]
+pub struct PySampler {
+    inner: Mutex<Sampler>,
+}
+
+#[pymethods]
+impl PySampler {
+    #[new]
+    #[pyo3(signature = (temperature=0.0, top_k=0, top_p=1.0, seed=0))]
+    fn new(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Result<Self, PyLowbitError> {
+        Ok(PySampler { inner: Mutex::new(Sampler::new(temperature, top_k, top_p, seed)?) })
+    }
+
+    /// The next token id for `logits` (1-D float32).
+    fn sample<'py>(&self, py: Python<'py>, logits: &Bound<'py, PyAny>) -> PyResult<u32> {
+        let arr = logits
+            .extract::<PyReadonlyArray1<'py, f32>>()
+            .map_err(|_| PyLowbitError(Error::Shape("logits must be a 1-D float32 array".into())))?;
+        let l = slice_of(&arr, "logits")?;
+        let inner = &self.inner;
+        Ok(py.detach(|| inner.lock().unwrap_or_else(|e| e.into_inner()).sample(l)).map_err(PyLowbitError)?)
+    }
+}
