@@ -40,6 +40,7 @@ from .errors import (
     VersionError,
 )
 from .lbf import LBFFile, LBFWriter, PartInfo, TensorInfo, load, save
+from .matmul import Outliers, matmul, matmul_reference
 from .qtensor import QTensor, SourceDType, dequantize, quantize
 
 __version__: str = _core.__version__
@@ -57,6 +58,7 @@ __all__ = [
     "LowbitWarning",
     "MetadataTypeError",
     "NotFoundError",
+    "Outliers",
     "ParameterError",
     "PartInfo",
     "QTensor",
@@ -77,6 +79,8 @@ __all__ = [
     "gguf_to_hf",
     "isa",
     "load",
+    "matmul",
+    "matmul_reference",
     "qtypes",
     "quantize",
     "save",

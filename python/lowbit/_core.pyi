@@ -33,6 +33,21 @@ def dequantize(
     symmetric: bool | None = None,
     isa: str | None = None,
 ) -> npt.NDArray[np.float32]: ...
+def matmul(
+    x: npt.NDArray[np.float32],
+    data: npt.NDArray[np.uint8],
+    qtype: str,
+    rows: int,
+    cols: int,
+    group_size: int | None = None,
+    symmetric: bool | None = None,
+    perm: npt.NDArray[np.uint32] | None = None,
+    row_ptr: npt.NDArray[np.uint64] | None = None,
+    ocols: npt.NDArray[np.uint32] | None = None,
+    ovals: npt.NDArray[np.uint16] | None = None,
+    isa: str | None = None,
+    reference: bool = False,
+) -> npt.NDArray[np.float32]: ...
 
 class MapOwner:
     """Base object of the numpy views of a mapped LBF file; keeps the map alive."""

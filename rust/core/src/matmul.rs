@@ -1,5 +1,6 @@
 //! Quantized matrix multiplication: `y = x · Wᵀ` for a weight `W` (rows = output features,
-//! cols = input features) stored in any [`QType`], and f32 activations `x` (`n × cols`).
+//! cols = input features) stored in any [`QType`](crate::QType), and f32 activations `x`
+//! (`n × cols`).
 //!
 //! A weight is a [`QMatrix`]: its [`Layout`], the `data` bytes of its rows, and optionally an
 //! act-order permutation (`perm`, group-affine only: stored column `j` holds input column
@@ -8,11 +9,50 @@
 //! LBF tensor's parts can be used without copying.
 //!
 //! [`matmul_reference`] is the plain reference: each stored row is dequantized with the scalar
-//! kernels and multiplied in f64. [`matmul`] is the fast path.
+//! kernels and multiplied in f64. [`matmul`] is the fast path:
+//!
+//! * **Activations** are gathered into stored column order once per call (with a permutation)
+//!   and, for quantized weights, quantized once per call to int8 blocks of 32 with an f32 step
+//!   ([`crate::simd::matmul::quantize_act`]).
+//! * **Weights** are processed in tiles of consecutive rows (about [`TILE_BYTES`] once
+//!   decoded), one rayon task per tile: each row of the tile is decoded into a thread-local
+//!   buffer as i8 codes + per-16 f32 scales (+ mins) ([`crate::simd::matmul::decode_row`]),
+//!   then every activation row is multiplied with every decoded row by the one int8 dot kernel
+//!   of the ISA ([`crate::simd::matmul::dot_q8`]). For GEMV (`n = 1`) the tile stays in L1/L2
+//!   between decoding and the dot; for GEMM the decoded tile is reused by all `n` activation
+//!   rows, so decoding (the per-type work) costs once per weight row, not once per product.
+//!   Float weights (f32/f16/bf16) are converted per tile to f32 and multiplied with FMA dots,
+//!   without activation quantization.
+//! * **Outliers** add `Σ x[perm(c)] · v` per row in the same pass.
+//! * No allocation happens per row or tile after warm-up: the tile buffers are thread-local and
+//!   only borrowed inside a leaf task (which never waits on rayon), so calls are re-entrant and
+//!   may run concurrently from any thread, inside or outside rayon tasks. The per-call
+//!   activation buffers are kept in a thread-local slot between calls, taken out while in use
+//!   (a nested call on the same thread simply allocates its own).
+//!
+//! Accuracy: the difference to [`matmul_reference`] is the activation quantization error
+//! (at most half a step, `amax / 254`, per value of each 32-value block) times `|w|`, plus f32
+//! rounding; `tests/matmul.rs` checks exactly that bound. Different ISAs agree within
+//! [`crate::simd::matmul::dot_tolerance`].
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::qtype::{Family, QType};
 use crate::quant::Layout;
+use crate::simd::matmul::{self as kern, padded, QS};
 use crate::simd::Isa;
+
+/// Bytes of decoded weights per tile (i8 codes plus f32 scales and mins, or f32 values):
+/// small enough to stay in L2 while every activation row passes over it.
+pub const TILE_BYTES: usize = 48 * 1024;
+/// Most weight rows per tile.
+const MAX_TILE_ROWS: usize = 64;
+/// Multiply-adds below which a call runs on the calling thread only (rayon's overhead is a
+/// few microseconds).
+const PAR_MIN_WORK: usize = 1 << 18;
 
 /// The sparse outliers of a weight (LBF §5 parts 2–4), little-endian bytes.
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +166,7 @@ impl<'a> QMatrix<'a> {
 
     /// A weight whose parts were already checked by [`QMatrix::new`] (the engine checks each
     /// tensor once at load and rebuilds the borrow per call without re-scanning perm and outliers).
+    #[allow(dead_code)] // used by the engine (`crate::model`), which lands separately
     pub(crate) fn prechecked(
         layout: Layout,
         data: &'a [u8],
@@ -213,16 +254,201 @@ pub fn matmul_reference(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32]) -> 
     Ok(())
 }
 
+/// The f32 products one output of [`matmul`] adds per 16 values of a row, by type: one per
+/// value for float weights (FMA dot); one per i32 lane of 4 int8 products for quantized
+/// weights, plus one per 16 values for the types whose decoded rows carry mins (q4_1, q5_1,
+/// q2_k, q4_k, q5_k, asymmetric int8). ISAs differ only in the order of these additions, so
+/// their outputs agree within [`isa_tolerance`].
+pub const ISA_TERMS_PER_16: [(QType, usize); 18] = [
+    (QType::F32, 16),
+    (QType::F16, 16),
+    (QType::BF16, 16),
+    (QType::Q8_0, 4),
+    (QType::Q4_0, 4),
+    (QType::Q4_1, 5),
+    (QType::Q5_0, 4),
+    (QType::Q5_1, 5),
+    (QType::Q2K, 5),
+    (QType::Q3K, 4),
+    (QType::Q4K, 5),
+    (QType::Q5K, 5),
+    (QType::Q6K, 4),
+    (QType::IQ4NL, 4),
+    (QType::Int2, 4),
+    (QType::Int3, 4),
+    (QType::Int4, 4),
+    (QType::Int8, 5),
+];
+
+/// The largest difference between two ISAs' [`matmul`] outputs for a weight of `qtype` with
+/// rows of `cols` values, relative to `Σ_j |w_j| · |x_j|` (the magnitudes of the products;
+/// for types with mins `|w_j|` counts the scaled code and the min separately):
+/// [`kern::dot_tolerance`] of the number of f32 products in [`ISA_TERMS_PER_16`].
+pub fn isa_tolerance(qtype: QType, cols: usize) -> f64 {
+    let per16 = ISA_TERMS_PER_16.iter().find(|(q, _)| *q == qtype).map_or(16, |&(_, t)| t);
+    kern::dot_tolerance(cols.div_ceil(QS) * per16)
+}
+
+/// Thread-local buffers of one tile of decoded weight rows.
+#[derive(Debug, Default)]
+struct Tile {
+    codes: Vec<i8>,
+    sw: Vec<f32>,
+    mw: Vec<f32>,
+    wf: Vec<f32>,
+}
+
+thread_local! {
+    static TILE: RefCell<Tile> = RefCell::new(Tile::default());
+    static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
+}
+
+/// Per-call activation buffers: gathered rows, and their int8 quantization.
+#[derive(Debug, Default)]
+struct Acts {
+    xg: Vec<f32>,
+    q: Vec<i8>,
+    d16: Vec<f32>,
+    s16: Vec<f32>,
+    scale: Vec<f32>,
+}
+
+fn resize<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+    v.clear();
+    v.resize(len, T::default());
+}
+
+/// Σ x[c] · v over the outliers of stored row `r` (`x` in stored column order).
+#[inline]
+fn outlier_sum(w: &QMatrix<'_>, r: usize, x: &[f32]) -> f32 {
+    w.outliers.map_or(0.0, |o| {
+        (o.ptr(r)..o.ptr(r + 1)).fold(0.0, |acc, k| {
+            let (c, v) = o.entry(k);
+            acc + x[c] * v
+        })
+    })
+}
+
 /// `y = x · Wᵀ`: `x` is `n × cols` f32 (row-major), `y` is `n × rows`. Float weights
 /// (f32/f16/bf16) multiply in f32; quantized weights quantize `x` on the fly to int8 blocks
-/// and multiply in integer SIMD. `isa` forces a level (default: [`crate::simd::active`]).
+/// and multiply in integer SIMD (see the module doc). `isa` forces a level (default:
+/// [`crate::simd::active`]).
 ///
 /// Errors: shapes that do not match, NaN/Inf in `x`, an unavailable ISA.
 pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Option<Isa>) -> Result<()> {
-    let _isa = match isa {
+    let isa = match isa {
         Some(i) => i.require()?,
         None => crate::simd::active()?,
     };
-    // Placeholder until the fast path lands: the reference.
-    matmul_reference(w, x, n, y)
+    check_args(w, x, n, y)?;
+    let mut acts = ACTS.with(|a| std::mem::take(&mut *a.borrow_mut()));
+    run(w, x, n, y, isa, &mut acts);
+    ACTS.with(|a| *a.borrow_mut() = acts);
+    Ok(())
+}
+
+fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut Acts) {
+    let Layout { qtype, affine, rows, cols, .. } = w.layout;
+    let xs: &[f32] = if w.has_perm() {
+        resize(&mut acts.xg, n * cols);
+        for (g, xi) in acts.xg.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
+            for (j, v) in g.iter_mut().enumerate() {
+                *v = xi[w.perm_at(j)];
+            }
+        }
+        &acts.xg
+    } else {
+        x
+    };
+    let par = n * rows * cols >= PAR_MIN_WORK;
+    let float = qtype.info().family == Family::Float;
+    let cp = padded(cols);
+    let nsub = cp / QS;
+    if !float {
+        resize(&mut acts.q, n * cp);
+        resize(&mut acts.d16, n * nsub);
+        resize(&mut acts.s16, n * nsub);
+        resize(&mut acts.scale, n);
+        let parts = acts
+            .q
+            .par_chunks_mut(cp)
+            .zip(acts.d16.par_chunks_mut(nsub))
+            .zip(acts.s16.par_chunks_mut(nsub))
+            .zip(acts.scale.par_iter_mut())
+            .zip(xs.par_chunks(cols));
+        type Parts<'a> = ((((&'a mut [i8], &'a mut [f32]), &'a mut [f32]), &'a mut f32), &'a [f32]);
+        let quant = |((((q, d), s), sc), xi): Parts<'_>| {
+            *sc = kern::quantize_act(isa, xi, q, d, s);
+        };
+        if par && n > 1 {
+            parts.for_each(quant);
+        } else {
+            parts.with_min_len(usize::MAX).for_each(quant);
+        }
+    }
+    let acts = &*acts;
+    let mins = kern::has_mins(qtype, affine);
+    let row_bytes = if float { 4 * cols } else { cp + cp / 2 };
+    let tile = (TILE_BYTES / row_bytes).clamp(1, MAX_TILE_ROWS);
+    // Output of tile `t`: `yt` rows × n (the transpose of y's block, = y's block when n = 1).
+    let tile_fn = |(t, out): (usize, &mut [f32])| {
+        let r0 = t * tile;
+        let nr = out.len() / n;
+        TILE.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let tb = &mut *guard;
+            if float {
+                resize(&mut tb.wf, nr * cols);
+                for (r, wr) in tb.wf.chunks_exact_mut(cols).enumerate() {
+                    crate::blocks::dequantize_row(isa, qtype, affine, w.row(r0 + r), wr);
+                }
+                for (r, wr) in tb.wf.chunks_exact(cols).enumerate() {
+                    for (i, xi) in xs.chunks_exact(cols).enumerate() {
+                        out[r * n + i] = kern::dot_f32(isa, wr, xi) + outlier_sum(w, r0 + r, xi);
+                    }
+                }
+                return;
+            }
+            resize(&mut tb.codes, nr * cp);
+            resize(&mut tb.sw, nr * nsub);
+            resize(&mut tb.mw, nr * nsub);
+            let Tile { codes, sw, mw, .. } = tb;
+            for (r, ((c, s), m)) in
+                codes.chunks_exact_mut(cp).zip(sw.chunks_exact_mut(nsub)).zip(mw.chunks_exact_mut(nsub)).enumerate()
+            {
+                kern::decode_row(isa, qtype, affine, cols, w.row(r0 + r), c, s, m);
+            }
+            for i in 0..n {
+                let (q, d16) = (&acts.q[i * cp..(i + 1) * cp], &acts.d16[i * nsub..(i + 1) * nsub]);
+                let s16 = &acts.s16[i * nsub..(i + 1) * nsub];
+                let xi = &xs[i * cols..(i + 1) * cols];
+                for r in 0..nr {
+                    let (c, s) = (&codes[r * cp..(r + 1) * cp], &sw[r * nsub..(r + 1) * nsub]);
+                    let mut v = kern::dot_q8(isa, c, s, q, d16);
+                    if mins {
+                        v += kern::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], s16);
+                    }
+                    out[r * n + i] = v * acts.scale[i] + outlier_sum(w, r0 + r, xi);
+                }
+            }
+        })
+    };
+    let drive = |yt: &mut [f32]| {
+        if par {
+            yt.par_chunks_mut(tile * n).enumerate().for_each(tile_fn);
+        } else {
+            yt.chunks_mut(tile * n).enumerate().for_each(tile_fn);
+        }
+    };
+    if n == 1 {
+        drive(y);
+    } else {
+        let mut yt = vec![0f32; rows * n];
+        drive(&mut yt);
+        for (r, yr) in yt.chunks_exact(n).enumerate() {
+            for (i, &v) in yr.iter().enumerate() {
+                y[i * rows + r] = v;
+            }
+        }
+    }
 }

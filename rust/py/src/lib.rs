@@ -5,6 +5,7 @@
 
 mod errors;
 mod format;
+mod matmul;
 mod model;
 
 use lowbit_core::quant::{self, Layout, QuantOptions, Source};
@@ -36,7 +37,7 @@ pub(crate) fn slice_of<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
     Ok(s)
 }
 
-fn parse_isa(isa: Option<&str>) -> Result<Option<Isa>, PyLowbitError> {
+pub(crate) fn parse_isa(isa: Option<&str>) -> Result<Option<Isa>, PyLowbitError> {
     Ok(isa.map(Isa::parse).transpose()?)
 }
 
@@ -174,6 +175,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(layout, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(matmul::matmul, m)?)?;
     m.add_class::<format::LbfReader>()?;
     m.add_class::<format::PyLbfWriter>()?;
     m.add_class::<format::MapOwner>()?;

@@ -24,6 +24,7 @@ pub mod float;
 pub mod iq4nl;
 pub mod kquants;
 pub mod legacy;
+pub mod matmul;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;

@@ -1,0 +1,119 @@
+"""`matmul` and `matmul_reference`: `y = x @ W.T` for a weight `W` stored in any qtype."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _core
+from .errors import ShapeError
+from .qtensor import QTensor
+
+__all__ = ["Outliers", "matmul", "matmul_reference"]
+
+Outliers = tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]
+"""Sparse outliers in CSR form: (row_ptr uint64 (rows + 1,), cols uint32 (nnz,), vals float16
+(nnz,)); `cols` index stored columns and each value is added to the dequantized weight."""
+
+
+def _weight(w: Any) -> QTensor:
+    if isinstance(w, QTensor):
+        return w
+    if isinstance(w, np.ndarray) and w.ndim == 2 and w.dtype == np.float32:
+        rows, cols = w.shape
+        data = np.ascontiguousarray(w, dtype="<f4").view(np.uint8).reshape(-1)
+        return QTensor("f32", (rows, cols), data)
+    raise TypeError(f"the weight must be a QTensor or a 2-D float32 numpy array, got {type(w).__name__}")
+
+
+def _int_array(a: npt.ArrayLike, dtype: type[np.unsignedinteger[Any]], name: str) -> npt.NDArray[Any]:
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got {arr.dtype}")
+    if arr.ndim != 1:
+        raise ShapeError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > np.iinfo(dtype).max):
+        raise ShapeError(f"{name} holds values outside the range of {np.dtype(dtype).name}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _call(
+    x: Any, qt: Any, perm: npt.ArrayLike | None, outliers: Outliers | None, isa: str | None, reference: bool
+) -> npt.NDArray[np.float32]:
+    w = _weight(qt)
+    rows, cols = w.shape
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"x must be a float array (float32, or float16/float64 converted), got {x.dtype}")
+    if x.ndim not in (1, 2) or x.shape[-1] != cols:
+        raise ShapeError(f"x must have shape ({cols},) or (n, {cols}) for a weight of shape {w.shape}, got {x.shape}")
+    x2 = np.ascontiguousarray(x.reshape(-1, cols), dtype=np.float32)
+    p = None if perm is None else _int_array(perm, np.uint32, "perm")
+    o: tuple[Any, Any, Any] = (None, None, None)
+    if outliers is not None:
+        if not isinstance(outliers, tuple) or len(outliers) != 3:
+            raise TypeError("outliers must be a tuple (row_ptr, cols, vals)")
+        vals = np.asarray(outliers[2])
+        if vals.dtype != np.float16 or vals.ndim != 1:
+            raise TypeError(f"outlier values must be a 1-D float16 array, got {vals.dtype} of shape {vals.shape}")
+        o = (
+            _int_array(outliers[0], np.uint64, "outlier row_ptr"),
+            _int_array(outliers[1], np.uint32, "outlier cols"),
+            np.ascontiguousarray(vals).view(np.uint16),
+        )
+    y = _core.matmul(x2, w.data.reshape(-1), w.qtype, rows, cols, w.group_size, w.symmetric, p, *o, isa, reference)
+    return y.reshape(rows) if x.ndim == 1 else y.reshape(x2.shape[0], rows)
+
+
+def matmul(
+    x: npt.NDArray[np.floating[Any]],
+    qt: QTensor | npt.NDArray[np.float32],
+    *,
+    perm: npt.ArrayLike | None = None,
+    outliers: Outliers | None = None,
+    isa: str | None = None,
+) -> npt.NDArray[np.float32]:
+    """`y = x @ W.T` with the quantized weight `W` (rows, cols), without dequantizing it.
+
+    Quantized weights multiply in integer SIMD after quantizing each row of `x` on the fly to
+    int8 blocks of 32 values (relative error about 1/254 of each block's largest |x|); float
+    weights (f32, f16, bf16) multiply in f32.
+
+    Args:
+        x: activations, shape (cols,) or (n, cols); float32 (float16/float64 are converted).
+        qt: a `QTensor` of any qtype, or a 2-D float32 array (an f32 weight).
+        perm: group-affine only: act-order permutation, uint32 (cols,): stored column j holds
+            input column perm[j].
+        outliers: sparse outliers (row_ptr uint64 (rows + 1,), cols uint32 (nnz,), vals
+            float16 (nnz,)), added to the dequantized stored rows.
+        isa: force an instruction set ("scalar", "avx2", "avx512", "neon").
+
+    Returns:
+        float32 array of shape (rows,) for 1-D `x`, else (n, rows).
+
+    Raises:
+        TypeError: `x` or `qt` of the wrong type or dtype.
+        ShapeError: `x` whose last dimension is not `cols`, parts of the wrong length.
+        ParameterError: a permutation that is not one (or on a non-group-affine type), bad
+            outlier row pointers, columns or values.
+        InvalidValueError: NaN or ±Inf in `x` (`.index`, `.row`, `.col` locate the first).
+        IsaError: `isa` names a level this CPU lacks.
+    """
+    return _call(x, qt, perm, outliers, isa, reference=False)
+
+
+def matmul_reference(
+    x: npt.NDArray[np.floating[Any]],
+    qt: QTensor | npt.NDArray[np.float32],
+    *,
+    perm: npt.ArrayLike | None = None,
+    outliers: Outliers | None = None,
+    isa: str | None = None,
+) -> npt.NDArray[np.float32]:
+    """The reference of `matmul` (same arguments and result): every row dequantized by the
+    scalar kernels, products summed in float64, rounded once to float32. `isa` is checked but
+    not used."""
+    return _call(x, qt, perm, outliers, isa, reference=True)

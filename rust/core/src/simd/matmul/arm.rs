@@ -1,0 +1,121 @@
+//! AArch64 kernels of the matmul: the int8 dot (`smull`/`smlal2` + pairwise widening adds, or
+//! `sdot` where the CPU has the dot-product extension, through inline assembly because its
+//! intrinsic is not stable) and the f32 FMA dot.
+
+use std::arch::aarch64::*;
+
+use super::QS;
+
+#[inline(always)]
+fn load_i8(s: &[i8]) -> int8x16_t {
+    let s = &s[..16];
+    // SAFETY: `s` holds 16 bytes (checked by the slice above).
+    unsafe { vld1q_s8(s.as_ptr()) }
+}
+
+#[inline(always)]
+fn load_f32(s: &[f32]) -> float32x4_t {
+    let s = &s[..4];
+    // SAFETY: `s` holds 4 f32 (checked by the slice above).
+    unsafe { vld1q_f32(s.as_ptr()) }
+}
+
+/// Exact i32 lanes whose sum is `Σ w · x` over 16 i8 pairs: products of 8-bit values widen to
+/// i16, two are added per lane (at most 2 · 128 · 127, no overflow), then pairs widen to i32.
+#[inline]
+#[target_feature(enable = "neon")]
+fn isum16_smull(w: int8x16_t, x: int8x16_t) -> int32x4_t {
+    let p = vmull_s8(vget_low_s8(w), vget_low_s8(x));
+    vpaddlq_s16(vmlal_high_s8(p, w, x))
+}
+
+/// Exact i32 lanes whose sum is `Σ w · x` over 16 i8 pairs, with `sdot`.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+fn isum16_sdot(w: int8x16_t, x: int8x16_t) -> int32x4_t {
+    let mut acc = vdupq_n_s32(0);
+    // SAFETY: this function is compiled with the `dotprod` feature (its callers have it, the
+    // public wrapper checked the CPU); `sdot` reads and writes registers only.
+    unsafe {
+        std::arch::asm!("sdot {0:v}.4s, {1:v}.16b, {2:v}.16b", inout(vreg) acc, in(vreg) w, in(vreg) x,
+                        options(pure, nomem, nostack));
+    }
+    acc
+}
+
+macro_rules! dot_q8_arm {
+    ($name:ident, $features:literal, $isum:ident) => {
+        #[target_feature(enable = $features)]
+        fn $name(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+            let n = wq.len();
+            let mut acc = vdupq_n_f32(0.0);
+            let (mut i, mut k) = (0, 0);
+            while i + 64 <= n {
+                let p = |u: usize| $isum(load_i8(&wq[i + 16 * u..]), load_i8(&xq[i + 16 * u..]));
+                let t = vpaddq_s32(vpaddq_s32(p(0), p(1)), vpaddq_s32(p(2), p(3)));
+                let s = vmulq_f32(load_f32(&sw[k..]), load_f32(&d16[k..]));
+                acc = vfmaq_f32(acc, vcvtq_f32_s32(t), s);
+                i += 64;
+                k += 64 / QS;
+            }
+            let mut tail = 0f32;
+            while i < n {
+                let p = vaddvq_s32($isum(load_i8(&wq[i..]), load_i8(&xq[i..])));
+                tail += (sw[k] * d16[k]) * p as f32;
+                i += QS;
+                k += 1;
+            }
+            vaddvq_f32(acc) + tail
+        }
+    };
+}
+
+dot_q8_arm!(dot_q8_smull_tf, "neon", isum16_smull);
+dot_q8_arm!(dot_q8_sdot_tf, "neon,dotprod", isum16_sdot);
+
+/// [`super::dot_q8`] with NEON `smull` (no dot-product extension needed).
+pub fn dot_q8_neon_smull(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+    // SAFETY: NEON is part of the AArch64 base ISA.
+    unsafe { dot_q8_smull_tf(wq, sw, xq, d16) }
+}
+
+/// [`super::dot_q8`] with `sdot`. Panics without the dot-product extension.
+pub fn dot_q8_neon_sdot(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+    assert!(super::has_dotprod(), "sdot kernel on a CPU without the dot-product extension");
+    // SAFETY: NEON and dotprod are available (checked above).
+    unsafe { dot_q8_sdot_tf(wq, sw, xq, d16) }
+}
+
+/// [`super::dot_q8`] at the NEON level: `sdot` where the CPU has it.
+pub fn dot_q8_neon(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+    if super::has_dotprod() {
+        dot_q8_neon_sdot(wq, sw, xq, d16)
+    } else {
+        dot_q8_neon_smull(wq, sw, xq, d16)
+    }
+}
+
+#[target_feature(enable = "neon")]
+fn dot_f32_tf(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let mut acc = [vdupq_n_f32(0.0); 4];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (u, ac) in acc.iter_mut().enumerate() {
+            *ac = vfmaq_f32(*ac, load_f32(&a[i + 4 * u..]), load_f32(&b[i + 4 * u..]));
+        }
+        i += 16;
+    }
+    while i + 4 <= n {
+        acc[0] = vfmaq_f32(acc[0], load_f32(&a[i..]), load_f32(&b[i..]));
+        i += 4;
+    }
+    let v = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
+    vaddvq_f32(v) + super::dot_f32_ref(&a[i..], &b[i..])
+}
+
+/// [`super::dot_f32`] with NEON FMA.
+pub fn dot_f32_neon(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: NEON is part of the AArch64 base ISA.
+    unsafe { dot_f32_tf(a, b) }
+}

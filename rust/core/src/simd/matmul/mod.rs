@@ -1,0 +1,549 @@
+//! The pieces of the quantized matmul ([`crate::matmul`]), each with a scalar reference.
+//!
+//! A quantized weight row is multiplied by an activation row in three steps:
+//!
+//! 1. **Activation quantization** ([`quantize_act`]): the row is scaled by a power of two
+//!    `2^-e` so that its largest magnitude lies in `[1, 2)` (exact, unless a value falls to the
+//!    subnormal range; tiny and huge rows thus quantize like ordinary ones), then cut into
+//!    blocks of [`QA`] = 32 values (the last one zero-padded), each quantized to i8 with one f32
+//!    step `d = amax / 127`: `q = round_ties_even(v · (1 / d))`, in −127..=127 (never −128, so
+//!    the AVX2 `maddubs` pair sums cannot saturate). A block whose step would be subnormal
+//!    (`amax < 127 · 2^-126`, i.e. below `2^-119` times the row's largest value) is flushed to
+//!    zero. Per sub-block of [`QS`] = 16 values it also stores the step (`d16`) and
+//!    `d · Σ q` (`s16`, for the min terms). Written once over the [`Simd`] vocabulary, so every
+//!    ISA (and `Emu` at 4, 8 and 16 lanes) gives the same bits as the scalar reference.
+//! 2. **Weight decoding** ([`decode_row`]): one stored row of any quantized type becomes i8
+//!    codes plus per-16 f32 scales `sw` and (for types with a min or zero term) per-16 f32
+//!    mins `mw`, with `w = sw · code + mw` equal to the reference dequantization (bit for bit
+//!    except int8 asymmetric, whose zero is split off as a min). One plain-Rust decoder per
+//!    type family, compiled inside each ISA's `#[target_feature]` context (auto-vectorised).
+//! 3. **The int8 dot** ([`dot_q8`]): `Σ_k sw[k] · d16[k] · Σ_{j∈k} code_j · q_j`, hand-written
+//!    per ISA: AVX2 `vpsignb` + `vpmaddubsw` + `vpmaddwd`; AVX-512BW the same on 64 bytes, or
+//!    `vpdpbusd` where the CPU has AVX-512 VNNI; NEON `smull`/`smlal2` + `sadalp`-style pairing,
+//!    or `sdot` where the CPU has the dot-product extension. The min terms are an f32 dot
+//!    ([`dot_f32`], FMA) of `mw` with `s16`, as is the whole product for float weights.
+//!
+//! Integer outputs (quantized activations, codes) are bit-identical across ISAs. Float
+//! outputs differ only by the order of f32 additions; [`dot_tolerance`] bounds the difference.
+
+use crate::blocks::iq4nl::KVALUES;
+use crate::blocks::kquants::{layout, scale_min_k4, scale_q3k, QK_K};
+use crate::blocks::legacy::Spec;
+use crate::pack;
+use crate::qtype::{AffineSpec, Family, QType};
+use crate::simd::vocab::Simd;
+use crate::simd::{Isa, Kernel};
+use half::f16;
+
+#[cfg(target_arch = "aarch64")]
+mod arm;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Values per activation block (one f32 step).
+pub const QA: usize = 32;
+/// Values per weight sub-block (one f32 scale and min).
+pub const QS: usize = 16;
+
+/// Row length padded to whole activation blocks.
+#[inline]
+pub fn padded(cols: usize) -> usize {
+    cols.div_ceil(QA) * QA
+}
+
+/// `2^e` as f32 for `e` in −149..=127 (subnormal below −126).
+#[inline]
+fn pow2(e: i32) -> f32 {
+    if e >= -126 {
+        f32::from_bits(((e + 127) as u32) << 23)
+    } else {
+        f32::from_bits(1 << (e + 149))
+    }
+}
+
+/// `floor(log2(a))` of a positive finite f32 (subnormals included).
+#[inline]
+fn ilog2(a: f32) -> i32 {
+    let b = a.to_bits();
+    let exp = (b >> 23) as i32;
+    if exp > 0 {
+        exp - 127
+    } else {
+        31 - b.leading_zeros() as i32 - 149
+    }
+}
+
+/// The power-of-two normalisation of a row whose largest magnitude is `amax`: the two factors
+/// `(s1, s2)` the values are multiplied by (in that order; `s1 · s2 = 2^-e`, each factor a
+/// normal f32) and `2^e`, which multiplies the row's dot products back. `amax = 0` gives
+/// `(1, 1, 1)`.
+pub fn row_scale(amax: f32) -> (f32, f32, f32) {
+    if amax == 0.0 {
+        return (1.0, 1.0, 1.0);
+    }
+    let e = ilog2(amax);
+    let k = -e;
+    (pow2(k / 2), pow2(k - k / 2), pow2(e))
+}
+
+/// One quantized activation row: `q` (padded length), `d16` and `s16` (one per 16 values), and
+/// the factor `scale = 2^e` of the row normalisation.
+#[derive(Debug, Clone, Copy)]
+pub struct ActRow<'a> {
+    /// i8 codes, `padded(cols)` long, zero in the padding.
+    pub q: &'a [i8],
+    /// The block step of each sub-block of 16 values.
+    pub d16: &'a [f32],
+    /// `d · Σ q` of each sub-block.
+    pub s16: &'a [f32],
+    /// `2^e`: the row's dot products are multiplied by it.
+    pub scale: f32,
+}
+
+/// Finish one block: the step of a block with largest magnitude `amax` and its inverse; a
+/// block whose step is subnormal (or zero) gets `(0, 0)` and quantizes to zeros.
+#[inline(always)]
+fn block_step(amax: f32) -> (f32, f32) {
+    let d = amax / 127.0;
+    if d < f32::MIN_POSITIVE {
+        (0.0, 0.0)
+    } else {
+        (d, 1.0 / d)
+    }
+}
+
+/// The scalar reference of [`quantize_act`].
+pub fn quantize_act_ref(x: &[f32], q: &mut [i8], d16: &mut [f32], s16: &mut [f32]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (s1, s2, scale) = row_scale(amax);
+    let mut v = [0f32; QA];
+    for (b, qb) in q.chunks_exact_mut(QA).enumerate() {
+        let src = &x[(b * QA).min(x.len())..((b + 1) * QA).min(x.len())];
+        v.fill(0.0);
+        for (o, &xv) in v.iter_mut().zip(src) {
+            *o = xv * s1 * s2;
+        }
+        let bmax = v.iter().fold(0f32, |m, a| m.max(a.abs()));
+        let (d, id) = block_step(bmax);
+        for (o, &a) in qb.iter_mut().zip(&v) {
+            *o = (a * id).round_ties_even() as i8;
+        }
+        for h in 0..2 {
+            let sum: i32 = qb[h * QS..(h + 1) * QS].iter().map(|&c| i32::from(c)).sum();
+            d16[2 * b + h] = d;
+            s16[2 * b + h] = d * sum as f32;
+        }
+    }
+    scale
+}
+
+/// Largest lane count of the generic activation kernel (a block is 32 values).
+const MAX_W: usize = 16;
+
+/// The generic activation quantizer over the vocabulary.
+#[inline(always)]
+pub fn quantize_act_simd<S: Simd>(s: S, x: &[f32], q: &mut [i8], d16: &mut [f32], s16: &mut [f32]) -> f32 {
+    let w = S::W;
+    if w > MAX_W || !QA.is_multiple_of(w) {
+        return quantize_act_ref(x, q, d16, s16);
+    }
+    let full = x.len() / w * w;
+    let mut m = s.splat(0.0);
+    for c in x[..full].chunks_exact(w) {
+        m = s.max(m, s.abs(s.load(c)));
+    }
+    let amax = x[full..].iter().fold(s.hmax(m), |m, v| m.max(v.abs()));
+    let (s1, s2, scale) = row_scale(amax);
+    let (vs1, vs2) = (s.splat(s1), s.splat(s2));
+    let mut v = [0f32; QA];
+    let mut ints = [0i32; QA];
+    for (b, qb) in q.chunks_exact_mut(QA).enumerate() {
+        let src = &x[(b * QA).min(x.len())..((b + 1) * QA).min(x.len())];
+        v.fill(0.0);
+        v[..src.len()].copy_from_slice(src);
+        let mut bm = s.splat(0.0);
+        for c in v.chunks_exact_mut(w) {
+            let a = s.mul(s.mul(s.load(c), vs1), vs2);
+            s.store(c, a);
+            bm = s.max(bm, s.abs(a));
+        }
+        let (d, id) = block_step(s.hmax(bm));
+        let vid = s.splat(id);
+        for (c, o) in v.chunks_exact(w).zip(ints.chunks_exact_mut(w)) {
+            s.store_i32(o, s.to_i32(s.round_even(s.mul(s.load(c), vid))));
+        }
+        for (o, &i) in qb.iter_mut().zip(&ints) {
+            *o = i as i8;
+        }
+        for h in 0..2 {
+            let sum: i32 = ints[h * QS..(h + 1) * QS].iter().sum();
+            d16[2 * b + h] = d;
+            s16[2 * b + h] = d * sum as f32;
+        }
+    }
+    scale
+}
+
+struct QuantizeAct<'a> {
+    x: &'a [f32],
+    q: &'a mut [i8],
+    d16: &'a mut [f32],
+    s16: &'a mut [f32],
+}
+
+impl Kernel for QuantizeAct<'_> {
+    type Output = f32;
+    fn scalar(self) -> f32 {
+        quantize_act_ref(self.x, self.q, self.d16, self.s16)
+    }
+    #[inline(always)]
+    fn simd<S: Simd>(self, s: S) -> f32 {
+        quantize_act_simd(s, self.x, self.q, self.d16, self.s16)
+    }
+}
+
+/// Quantize one activation row `x` (`cols` finite values) into `q` (`padded(cols)` i8),
+/// `d16`, `s16` (`padded(cols) / 16` each); returns the row factor `2^e` (see the module doc).
+/// Bit-identical at every ISA.
+pub fn quantize_act(isa: Isa, x: &[f32], q: &mut [i8], d16: &mut [f32], s16: &mut [f32]) -> f32 {
+    assert!(q.len() == padded(x.len()) && d16.len() == q.len() / QS && s16.len() == d16.len());
+    crate::simd::run(isa, QuantizeAct { x, q, d16, s16 })
+}
+
+/// Little-endian f16 at `b[at..at + 2]` as f32.
+#[inline(always)]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// Decode one row of a legacy type (32-value blocks, one f16 scale, optional f16 min).
+#[inline(always)]
+fn decode_legacy(spec: &Spec, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
+    let zero = spec.zero as i8;
+    for (b, blk) in src.chunks_exact(spec.block_bytes).enumerate() {
+        let cb: &mut [i8; 32] = (&mut codes[b * 32..b * 32 + 32]).try_into().expect("32 codes");
+        let qs = &blk[spec.off_qs..];
+        if spec.is_q8() {
+            for (c, &v) in cb.iter_mut().zip(qs) {
+                *c = v as i8;
+            }
+        } else {
+            let qh = spec.off_qh.map_or(0, |o| u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]));
+            for j in 0..16 {
+                let hi_lo = (((qh >> j) & 1) << 4) as u8;
+                let hi_hi = (((qh >> (j + 16)) & 1) << 4) as u8;
+                cb[j] = ((qs[j] & 0x0F) | hi_lo) as i8 - zero;
+                cb[j + 16] = ((qs[j] >> 4) | hi_hi) as i8 - zero;
+            }
+        }
+        let d = f16_at(blk, 0);
+        sw[2 * b] = d;
+        sw[2 * b + 1] = d;
+        if spec.has_min {
+            let m = f16_at(blk, 2);
+            mw[2 * b] = m;
+            mw[2 * b + 1] = m;
+        }
+    }
+}
+
+#[inline(always)]
+fn decode_iq4nl(src: &[u8], codes: &mut [i8], sw: &mut [f32]) {
+    for (b, blk) in src.chunks_exact(18).enumerate() {
+        let cb = &mut codes[b * 32..b * 32 + 32];
+        for j in 0..16 {
+            cb[j] = KVALUES[(blk[2 + j] & 0x0F) as usize];
+            cb[j + 16] = KVALUES[(blk[2 + j] >> 4) as usize];
+        }
+        let d = f16_at(blk, 0);
+        sw[2 * b] = d;
+        sw[2 * b + 1] = d;
+    }
+}
+
+/// Decode k-quant super-blocks (the operation order of each scale and min is that of
+/// [`crate::blocks::kquants::dequantize_row`], so `sw · code + mw` is its value exactly).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // index formulas mirror the reference dequantizer
+fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
+    let bytes = qtype.info().block_bytes;
+    for (sb, b) in src.chunks_exact(bytes).enumerate() {
+        let cb: &mut [i8; QK_K] = (&mut codes[sb * QK_K..(sb + 1) * QK_K]).try_into().expect("256 codes");
+        let sw = &mut sw[sb * 16..sb * 16 + 16];
+        let mw = &mut mw[sb * 16..sb * 16 + 16];
+        match qtype {
+            QType::Q2K => {
+                use layout::q2k::*;
+                let (d, dmin) = (f16_at(b, D), f16_at(b, DMIN));
+                for v in 0..QK_K {
+                    cb[v] = ((b[QS + 32 * (v / 128) + v % 32] >> (2 * ((v / 32) % 4))) & 3) as i8;
+                }
+                for k in 0..16 {
+                    let sc = b[SCALES + k];
+                    sw[k] = d * f32::from(sc & 0xF);
+                    mw[k] = -(dmin * f32::from(sc >> 4));
+                }
+            }
+            QType::Q3K => {
+                use layout::q3k::*;
+                let d = f16_at(b, D);
+                for v in 0..QK_K {
+                    let low = (b[QS + 32 * (v / 128) + v % 32] >> (2 * ((v / 32) % 4))) & 3;
+                    let high = (b[HMASK + v % 32] >> (v / 32)) & 1;
+                    cb[v] = low as i8 - 4 * (high ^ 1) as i8;
+                }
+                for (k, s) in sw.iter_mut().enumerate() {
+                    *s = d * scale_q3k(k, &b[SCALES..SCALES + 12]) as f32;
+                }
+            }
+            QType::Q4K | QType::Q5K => {
+                use layout::q4k::{D, DMIN, SCALES};
+                let five = qtype == QType::Q5K;
+                let qs = if five { layout::q5k::QS } else { layout::q4k::QS };
+                let (d, dmin) = (f16_at(b, D), f16_at(b, DMIN));
+                for v in 0..QK_K {
+                    let mut q = (b[qs + 32 * (v / 64) + v % 32] >> (4 * ((v / 32) % 2))) & 0xF;
+                    if five {
+                        q |= ((b[layout::q5k::QH + v % 32] >> (v / 32)) & 1) << 4;
+                    }
+                    cb[v] = q as i8;
+                }
+                for j in 0..8 {
+                    let (sc, m) = scale_min_k4(j, &b[SCALES..SCALES + 12]);
+                    let (dl, ml) = (d * f32::from(sc), dmin * f32::from(m));
+                    sw[2 * j..2 * j + 2].fill(dl);
+                    mw[2 * j..2 * j + 2].fill(-ml);
+                }
+            }
+            QType::Q6K => {
+                use layout::q6k::*;
+                let d = f16_at(b, D);
+                for v in 0..QK_K {
+                    let (h, r) = (v / 128, v % 128);
+                    let low = (b[QL + 64 * h + r % 64] >> (4 * (r / 64))) & 0xF;
+                    let high = (b[QH + 32 * h + r % 32] >> (2 * (r / 32))) & 3;
+                    cb[v] = (low | (high << 4)) as i8 - 32;
+                }
+                for (k, s) in sw.iter_mut().enumerate() {
+                    *s = d * f32::from(b[SCALES + k] as i8);
+                }
+            }
+            other => unreachable!("{} is not a k-quant", other.name()),
+        }
+    }
+}
+
+/// Decode a group-affine row. int2/3/4: `code = c − zero` (in −15..=15), no min. int8:
+/// `code = c − 128` and, when asymmetric, `mw = d · (128 − zero)`.
+#[inline(always)]
+fn decode_affine(spec: &AffineSpec, cols: usize, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
+    let bits = spec.bits;
+    let g = spec.group_cols(cols);
+    let ngroups = spec.groups(cols);
+    let code_bytes = cols * bits as usize / 8;
+    let (scale_off, zero_off) = (code_bytes, code_bytes + 2 * ngroups);
+    let zero_of = |gi: usize| {
+        if spec.symmetric {
+            1u8 << (bits - 1)
+        } else {
+            pack::get_code(bits, &src[zero_off..], gi)
+        }
+    };
+    // Codes as unsigned (`c` for 2..4 bits, `c ^ 0x80 = c − 128` for 8 bits); the zero of
+    // each group is subtracted below for the narrow types.
+    let nb = bits as usize;
+    for (u, out) in src[..code_bytes].chunks_exact(nb).zip(codes.chunks_exact_mut(8)) {
+        let mut le = [0u8; 8];
+        le[..nb].copy_from_slice(u);
+        let c = pack::unpack_unit(bits, u64::from_le_bytes(le)).to_le_bytes();
+        for (o, &v) in out.iter_mut().zip(&c) {
+            *o = (v ^ if bits == 8 { 0x80 } else { 0 }) as i8;
+        }
+    }
+    for gi in 0..ngroups {
+        let d = f16_at(src, scale_off + 2 * gi);
+        let z = zero_of(gi);
+        let (lo, hi) = (gi * g, ((gi + 1) * g).min(cols));
+        if bits < 8 {
+            for c in &mut codes[lo..hi] {
+                *c -= z as i8;
+            }
+        } else if !spec.symmetric {
+            mw[lo / QS..hi.div_ceil(QS)].fill(d * (128 - i32::from(z)) as f32);
+        }
+        sw[lo / QS..hi.div_ceil(QS)].fill(d);
+    }
+}
+
+/// Whether decoded rows of a type carry per-16 mins (`mw`).
+pub fn has_mins(qtype: QType, spec: Option<AffineSpec>) -> bool {
+    match qtype {
+        QType::Q4_1 | QType::Q5_1 | QType::Q2K | QType::Q4K | QType::Q5K => true,
+        QType::Int8 => spec.is_some_and(|s| !s.symmetric),
+        _ => false,
+    }
+}
+
+/// The decoder (plain Rust, inlined into each ISA's `#[target_feature]` context).
+#[inline(always)]
+fn decode_impl(
+    qtype: QType,
+    spec: Option<AffineSpec>,
+    cols: usize,
+    src: &[u8],
+    codes: &mut [i8],
+    sw: &mut [f32],
+    mw: &mut [f32],
+) {
+    let cb = padded(cols);
+    codes[cols..].fill(0);
+    sw[cols / QS..].fill(0.0);
+    mw.fill(0.0);
+    match qtype.info().family {
+        Family::Legacy => decode_legacy(&Spec::of(qtype).expect("legacy type"), src, codes, sw, mw),
+        Family::NonLinear => decode_iq4nl(src, codes, sw),
+        Family::KQuant => decode_kquant(qtype, src, codes, sw, mw),
+        Family::Affine => decode_affine(&spec.expect("group-affine spec"), cols, src, codes, sw, mw),
+        Family::Float => unreachable!("float weights are not decoded to codes"),
+    }
+    debug_assert_eq!(codes.len(), cb);
+}
+
+struct Decode<'a> {
+    qtype: QType,
+    spec: Option<AffineSpec>,
+    cols: usize,
+    src: &'a [u8],
+    codes: &'a mut [i8],
+    sw: &'a mut [f32],
+    mw: &'a mut [f32],
+}
+
+impl Kernel for Decode<'_> {
+    type Output = ();
+    fn scalar(self) {
+        decode_impl(self.qtype, self.spec, self.cols, self.src, self.codes, self.sw, self.mw)
+    }
+    #[inline(always)]
+    fn simd<S: Simd>(self, _: S) {
+        decode_impl(self.qtype, self.spec, self.cols, self.src, self.codes, self.sw, self.mw)
+    }
+}
+
+/// Decode stored row `src` (`cols` values of a quantized, non-float type) into `codes`
+/// (`padded(cols)` i8), `sw` and `mw` (`padded(cols) / 16` f32 each; `mw` is all zero for
+/// types without mins): value `j` of the row is `sw[j / 16] · codes[j] + mw[j / 16]`.
+/// Padding gets code 0, scale 0 and min 0.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_row(
+    isa: Isa,
+    qtype: QType,
+    spec: Option<AffineSpec>,
+    cols: usize,
+    src: &[u8],
+    codes: &mut [i8],
+    sw: &mut [f32],
+    mw: &mut [f32],
+) {
+    assert!(codes.len() == padded(cols) && sw.len() == codes.len() / QS && mw.len() == sw.len());
+    crate::simd::run(isa, Decode { qtype, spec, cols, src, codes, sw, mw })
+}
+
+/// The scalar reference of [`dot_q8`]: per sub-block the exact integer sum, then
+/// `acc += (sw[k] · d16[k]) · isum` in order, in f32.
+pub fn dot_q8_ref(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (k, (wb, xb)) in wq.chunks_exact(QS).zip(xq.chunks_exact(QS)).enumerate() {
+        let isum: i32 = wb.iter().zip(xb).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+        acc += (sw[k] * d16[k]) * isum as f32;
+    }
+    acc
+}
+
+/// `Σ_k sw[k] · d16[k] · Σ_{j in sub-block k} wq[j] · xq[j]`. `wq` and `xq` have the same
+/// length, a multiple of 32; `sw` and `d16` have a sixteenth of it. `xq` must not hold −128.
+pub fn dot_q8(isa: Isa, wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+    assert!(wq.len() == xq.len() && wq.len().is_multiple_of(QA) && sw.len() == wq.len() / QS && d16.len() == sw.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::dot_q8_avx2(wq, sw, xq, d16),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::dot_q8_avx512(wq, sw, xq, d16),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => arm::dot_q8_neon(wq, sw, xq, d16),
+        _ => dot_q8_ref(wq, sw, xq, d16),
+    }
+}
+
+/// The scalar reference of [`dot_f32`]: `Σ a[j] · b[j]` in order, one rounding per operation.
+pub fn dot_f32_ref(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0f32, |acc, (&x, &y)| acc + x * y)
+}
+
+/// `Σ a[j] · b[j]` (same lengths) with fused multiply-adds in SIMD lanes.
+pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::dot_f32_avx2(a, b),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::dot_f32_avx512(a, b),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => arm::dot_f32_neon(a, b),
+        _ => dot_f32_ref(a, b),
+    }
+}
+
+/// How far an ISA's [`dot_q8`] or [`dot_f32`] may lie from the scalar reference, relative to
+/// `Σ |terms|` (the sum of the magnitudes of the products that are added): both sum `terms`
+/// products in f32 in different orders (and the SIMD versions fuse some roundings), so each
+/// differs from the exact sum by at most `terms · 2^-24 · Σ|terms|` (Higham, *Accuracy and
+/// Stability of Numerical Algorithms*, §3.1), and from each other by twice that. `terms` is
+/// the number of f32 products added: one per 4 values for [`dot_q8`] (its SIMD versions scale
+/// each i32 lane, a sum of 4 products, separately), one per value for [`dot_f32`].
+pub fn dot_tolerance(terms: usize) -> f64 {
+    (terms as f64 + 1.0) * f64::from(f32::EPSILON)
+}
+
+/// Whether the CPU has AVX-512 VNNI (`vpdpbusd`), detected once; used by the AVX-512 dot.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512_vnni() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| Isa::Avx512.is_available() && is_x86_feature_detected!("avx512vnni"))
+}
+
+/// Whether the CPU has the Armv8.2 dot-product extension (`sdot`), detected once.
+#[cfg(target_arch = "aarch64")]
+pub fn has_dotprod() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::arch::is_aarch64_feature_detected!("dotprod"))
+}
+
+/// The signature of an int8 dot kernel (see [`dot_q8`]).
+pub type DotQ8 = fn(&[i8], &[f32], &[i8], &[f32]) -> f32;
+
+/// The int8 dot variants of this CPU besides the scalar reference, by name (the tests
+/// compare each with [`dot_q8_ref`]): e.g. `avx2`, `avx512`, `avx512-vnni`, `neon`, `neon-dotprod`.
+pub fn dot_q8_variants() -> Vec<(&'static str, DotQ8)> {
+    let mut v: Vec<(&'static str, DotQ8)> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if Isa::Avx2.is_available() {
+            v.push(("avx2", x86::dot_q8_avx2));
+        }
+        if Isa::Avx512.is_available() {
+            v.push(("avx512", x86::dot_q8_avx512_bw));
+        }
+        if has_avx512_vnni() {
+            v.push(("avx512-vnni", x86::dot_q8_avx512_vnni));
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        v.push(("neon", arm::dot_q8_neon_smull));
+        if has_dotprod() {
+            v.push(("neon-dotprod", arm::dot_q8_neon_sdot));
+        }
+    }
+    v
+}

@@ -1,0 +1,212 @@
+//! x86-64 kernels of the matmul: the int8 dot (AVX2 `vpmaddubsw`, AVX-512BW, AVX-512 VNNI
+//! `vpdpbusd`) and the f32 FMA dot. The public functions check the CPU (a cached feature test)
+//! and call the `#[target_feature]` bodies.
+
+use std::arch::x86_64::*;
+
+use super::QS;
+use crate::simd::Isa;
+
+/// Exact i32 sums of 4 consecutive products `w · x` of 32 i8 pairs (lanes 0–3 cover the first
+/// 16 values). `|w| <= 128`, `x` in −127..=127, so the `vpmaddubsw` pair sums (at most
+/// 2 · 128 · 127) never saturate.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn isum32(w: __m256i, x: __m256i) -> __m256i {
+    let aw = _mm256_sign_epi8(w, w);
+    let sx = _mm256_sign_epi8(x, w);
+    _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load256(s: &[i8]) -> __m256i {
+    let s = &s[..32];
+    // SAFETY: `s` holds 32 bytes (checked by the slice above); unaligned load.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load128f(s: &[f32]) -> __m128 {
+    let s = &s[..4];
+    // SAFETY: `s` holds 4 f32 (checked by the slice above); unaligned load.
+    unsafe { _mm_loadu_ps(s.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// The 32-value tail step shared by the AVX2 and AVX-512 dots: sub-blocks `k`, `k + 1`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn tail32(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32], i: usize, k: usize, acc: __m256) -> __m256 {
+    let (s0, s1) = (sw[k] * d16[k], sw[k + 1] * d16[k + 1]);
+    let s = _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+    let p = isum32(load256(&wq[i..]), load256(&xq[i..]));
+    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_q8_avx2_tf(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+    let n = wq.len();
+    let lo = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    let hi = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (mut i, mut k) = (0, 0);
+    while i + 64 <= n {
+        let s = _mm256_castps128_ps256(_mm_mul_ps(load128f(&sw[k..]), load128f(&d16[k..])));
+        let p0 = isum32(load256(&wq[i..]), load256(&xq[i..]));
+        let p1 = isum32(load256(&wq[i + 32..]), load256(&xq[i + 32..]));
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_permutevar8x32_ps(s, lo), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_permutevar8x32_ps(s, hi), a1);
+        i += 64;
+        k += 64 / QS;
+    }
+    if i < n {
+        a0 = tail32(wq, sw, xq, d16, i, k, a0);
+    }
+    hsum256(_mm256_add_ps(a0, a1))
+}
+
+/// [`super::dot_q8`] with AVX2. Panics without AVX2/FMA.
+pub fn dot_q8_avx2(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+    assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
+    // SAFETY: AVX2 and FMA are available (checked above).
+    unsafe { dot_q8_avx2_tf(wq, sw, xq, d16) }
+}
+
+/// The AVX-512 int8 dot; `$isum` turns |w| (u8) and sign-adjusted x (i8) into 16 i32 lanes of
+/// 4-product sums.
+macro_rules! dot_q8_512 {
+    ($name:ident, $features:literal, $isum:expr) => {
+        #[target_feature(enable = $features)]
+        fn $name(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+            let n = wq.len();
+            let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+            let mut acc = _mm512_setzero_ps();
+            let (mut i, mut k) = (0, 0);
+            while i + 64 <= n {
+                let (w, x) = (&wq[i..i + 64], &xq[i..i + 64]);
+                // SAFETY: `w` and `x` hold 64 bytes each (sliced above); unaligned loads.
+                let (w, x) = unsafe { (_mm512_loadu_si512(w.as_ptr().cast()), _mm512_loadu_si512(x.as_ptr().cast())) };
+                let aw = _mm512_abs_epi8(w);
+                let sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+                let p: __m512i = $isum(aw, sx);
+                let s4 = _mm_mul_ps(load128f(&sw[k..]), load128f(&d16[k..]));
+                let s = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s4));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc);
+                i += 64;
+                k += 64 / QS;
+            }
+            let mut tail = _mm256_setzero_ps();
+            if i < n {
+                tail = tail32(wq, sw, xq, d16, i, k, tail);
+            }
+            _mm512_reduce_add_ps(acc) + hsum256(tail)
+        }
+    };
+}
+
+dot_q8_512!(dot_q8_avx512_tf, "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl", |aw, sx| {
+    _mm512_madd_epi16(_mm512_maddubs_epi16(aw, sx), _mm512_set1_epi16(1))
+});
+dot_q8_512!(dot_q8_vnni_tf, "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni", |aw, sx| {
+    _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, sx)
+});
+
+/// [`super::dot_q8`] with AVX-512BW (`vpmaddubsw`). Panics without AVX-512.
+pub fn dot_q8_avx512_bw(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+    assert!(Isa::Avx512.is_available(), "AVX-512 kernel on a CPU without AVX-512");
+    // SAFETY: the AVX-512 F/BW/DQ/VL level (which includes AVX2/FMA) is available.
+    unsafe { dot_q8_avx512_tf(wq, sw, xq, d16) }
+}
+
+/// [`super::dot_q8`] with AVX-512 VNNI (`vpdpbusd`). Panics without it.
+pub fn dot_q8_avx512_vnni(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+    assert!(super::has_avx512_vnni(), "AVX-512 VNNI kernel on a CPU without it");
+    // SAFETY: AVX-512 F/BW/DQ/VL and VNNI are available.
+    unsafe { dot_q8_vnni_tf(wq, sw, xq, d16) }
+}
+
+/// [`super::dot_q8`] at the AVX-512 level: VNNI where the CPU has it.
+pub fn dot_q8_avx512(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
+    if super::has_avx512_vnni() {
+        dot_q8_avx512_vnni(wq, sw, xq, d16)
+    } else {
+        dot_q8_avx512_bw(wq, sw, xq, d16)
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load256f(s: &[f32]) -> __m256 {
+    let s = &s[..8];
+    // SAFETY: `s` holds 8 f32 (checked by the slice above); unaligned load.
+    unsafe { _mm256_loadu_ps(s.as_ptr()) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_f32_avx2_tf(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (u, ac) in acc.iter_mut().enumerate() {
+            *ac = _mm256_fmadd_ps(load256f(&a[i + 8 * u..]), load256f(&b[i + 8 * u..]), *ac);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(load256f(&a[i..]), load256f(&b[i..]), acc[0]);
+        i += 8;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    hsum256(v) + super::dot_f32_ref(&a[i..], &b[i..])
+}
+
+/// [`super::dot_f32`] with AVX2 FMA. Panics without AVX2/FMA.
+pub fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
+    // SAFETY: AVX2 and FMA are available (checked above).
+    unsafe { dot_f32_avx2_tf(a, b) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load(s: &[f32]) -> __m512 {
+    let s = &s[..16];
+    // SAFETY: `s` holds 16 f32 (checked by the slice above); unaligned load.
+    unsafe { _mm512_loadu_ps(s.as_ptr()) }
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
+fn dot_f32_avx512_tf(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (u, ac) in acc.iter_mut().enumerate() {
+            *ac = _mm512_fmadd_ps(load(&a[i + 16 * u..]), load(&b[i + 16 * u..]), *ac);
+        }
+        i += 64;
+    }
+    while i + 16 <= n {
+        acc[0] = _mm512_fmadd_ps(load(&a[i..]), load(&b[i..]), acc[0]);
+        i += 16;
+    }
+    let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(v) + super::dot_f32_ref(&a[i..], &b[i..])
+}
+
+/// [`super::dot_f32`] with AVX-512F. Panics without AVX-512.
+pub fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
+    assert!(Isa::Avx512.is_available(), "AVX-512 kernel on a CPU without AVX-512");
+    // SAFETY: the AVX-512 level is available (checked above).
+    unsafe { dot_f32_avx512_tf(a, b) }
+}

@@ -1,0 +1,498 @@
+//! The quantized matmul: each piece (activation quantization, weight decoding, the int8 and
+//! f32 dots) at every ISA of the host (and the generic activation kernel on `Emu` at 4, 8 and
+//! 16 lanes) against its scalar reference; `matmul` at every ISA against `matmul` at Scalar
+//! within `isa_tolerance`; `matmul` against the f64 `matmul_reference` within a bound derived
+//! from the int8 activation step; odd shapes, permutations, outliers, extreme activations,
+//! bad inputs, and concurrent calls from rayon tasks and plain threads.
+
+mod common;
+
+use common::{assert_f32_bits_eq, simd_isas, Rng};
+use lowbit_core::matmul::{isa_tolerance, matmul, matmul_reference, Outliers, QMatrix};
+use lowbit_core::quant::{dequantize, quantize, Layout, QuantOptions, Source};
+use lowbit_core::simd::emu::Emu;
+use lowbit_core::simd::matmul::{self as k, padded, QA, QS};
+use lowbit_core::simd::{available, Isa};
+use lowbit_core::Error;
+use rayon::prelude::*;
+
+/// Every quantized type name the matmul handles (group-affine in each flavour).
+const QUANT_TYPES: &[&str] = &[
+    "q8_0",
+    "q4_0",
+    "q4_1",
+    "q5_0",
+    "q5_1",
+    "q2_k",
+    "q3_k",
+    "q4_k",
+    "q5_k",
+    "q6_k",
+    "iq4_nl",
+    "int2-g32",
+    "int3-g64-sym",
+    "int4-g128",
+    "int4-g32-sym",
+    "int8-g128",
+    "int8-row-sym",
+    "int8-g32",
+    "int3-row",
+    "int2-g256-sym",
+];
+const FLOAT_TYPES: &[&str] = &["f32", "f16", "bf16"];
+
+fn block_of(name: &str) -> usize {
+    match name {
+        n if n.starts_with("int") => 8,
+        n if n.ends_with("_k") => 256,
+        "f32" | "f16" | "bf16" => 1,
+        _ => 32,
+    }
+}
+
+/// A random weight of `rows × cols` quantized to `name`; every third row is all zero.
+fn weight(name: &str, rows: usize, cols: usize, seed: u64) -> (Layout, Vec<u8>) {
+    let mut r = Rng::new(seed);
+    let w: Vec<f32> = (0..rows * cols).map(|i| if (i / cols) % 3 == 2 { 0.0 } else { r.normal() * 0.05 }).collect();
+    quantize(name, Source::F32(&w), rows, cols, &QuantOptions::default()).unwrap()
+}
+
+/// Activations of `n × cols` of a named kind.
+fn acts(kind: &str, n: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n * cols)
+        .map(|i| match kind {
+            "normal" => r.normal(),
+            "zeros" => 0.0,
+            "huge" => r.normal() * 1e30,
+            "tiny" => r.normal() * 1e-39,
+            // Rows of wildly different scales, and blocks that are flushed within a row.
+            "mixed" => r.normal() * [1e-30f32, 1.0, 1e20][(i / 37) % 3],
+            other => panic!("unknown kind {other}"),
+        })
+        .collect()
+}
+
+type ActFn<'a> = dyn Fn(&mut [i8], &mut [f32], &mut [f32]) -> f32 + 'a;
+
+#[test]
+fn activation_quantization_is_identical_everywhere_and_within_half_a_step() {
+    let mut cols_list: Vec<usize> = (1..=70).collect();
+    cols_list.extend([96, 255, 4096]);
+    for &cols in &cols_list {
+        for (case, x) in common::cases(cols, 3.0e38, cols as u64) {
+            let cp = padded(cols);
+            let run = |f: &ActFn<'_>| {
+                let (mut q, mut d, mut s) = (vec![0i8; cp], vec![0f32; cp / QS], vec![0f32; cp / QS]);
+                let sc = f(&mut q, &mut d, &mut s);
+                (q, d, s, sc)
+            };
+            let want = run(&|q, d, s| k::quantize_act_ref(&x, q, d, s));
+            let mut got = vec![];
+            for isa in available() {
+                got.push((isa.name(), run(&|q, d, s| k::quantize_act(isa, &x, q, d, s))));
+            }
+            got.push(("emu4", run(&|q, d, s| k::quantize_act_simd(Emu::<4>, &x, q, d, s))));
+            got.push(("emu8", run(&|q, d, s| k::quantize_act_simd(Emu::<8>, &x, q, d, s))));
+            got.push(("emu16", run(&|q, d, s| k::quantize_act_simd(Emu::<16>, &x, q, d, s))));
+            for (name, g) in &got {
+                let tag = format!("{name} cols={cols} {case}");
+                let qb: Vec<u8> = g.0.iter().map(|&v| v as u8).collect();
+                let wb: Vec<u8> = want.0.iter().map(|&v| v as u8).collect();
+                common::assert_bytes_eq(&tag, QA, &wb, &qb);
+                assert_f32_bits_eq(&format!("{tag} d16"), &want.1, &g.1);
+                assert_f32_bits_eq(&format!("{tag} s16"), &want.2, &g.2);
+                assert_eq!(want.3.to_bits(), g.3.to_bits(), "{tag} scale");
+            }
+            // The error bound, from the step of each block (amax / 127): half a step (plus a
+            // margin for the f32 rounding of the step and of x / step), or for a block flushed
+            // as negligible (amax < 2^-119 of the row's largest value) its whole amax.
+            let (q, d16, s16, scale) = &want;
+            let amax_row = x.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+            let floor = if amax_row > 0.0 { 2f64.powi(amax_row.log2().floor() as i32 - 118) } else { 0.0 };
+            assert!(q.iter().all(|&v| v != -128), "cols={cols} {case}: code -128");
+            for (b, xb) in x.chunks(QA).enumerate() {
+                let amax = xb.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+                let tol = amax / 127.0 * (0.5 + 2f64.powi(-10)) + floor;
+                for (j, &v) in xb.iter().enumerate() {
+                    let idx = b * QA + j;
+                    let deq = f64::from(*scale) * f64::from(d16[idx / QS]) * f64::from(q[idx]);
+                    assert!(
+                        (deq - f64::from(v)).abs() <= tol,
+                        "cols={cols} {case} [{idx}]: {v:e} -> {deq:e}, tol {tol:e}"
+                    );
+                }
+            }
+            for (kk, (qs, &s)) in q.chunks_exact(QS).zip(s16).enumerate() {
+                let sum: i32 = qs.iter().map(|&v| i32::from(v)).sum();
+                assert_eq!(s, d16[kk] * sum as f32, "cols={cols} {case}: s16[{kk}]");
+            }
+        }
+    }
+}
+
+#[test]
+fn decoding_is_identical_everywhere_and_matches_dequantize() {
+    for &name in QUANT_TYPES {
+        let bs = block_of(name);
+        for cols in [bs, 3 * bs, 40.max(bs), 264.max(bs), 4096] {
+            if cols % bs != 0 {
+                continue;
+            }
+            let rows = 5;
+            let (l, data) = weight(name, rows, cols, cols as u64 + 1);
+            let deq = dequantize(&l, &data, Some(Isa::Scalar)).unwrap();
+            let cp = padded(cols);
+            for r in 0..rows {
+                let src = &data[r * l.row_bytes..(r + 1) * l.row_bytes];
+                let dec = |isa: Isa| {
+                    let (mut c, mut s, mut m) = (vec![0i8; cp], vec![0f32; cp / QS], vec![0f32; cp / QS]);
+                    k::decode_row(isa, l.qtype, l.affine, cols, src, &mut c, &mut s, &mut m);
+                    (c, s, m)
+                };
+                let (c, s, m) = dec(Isa::Scalar);
+                for isa in simd_isas() {
+                    let (c2, s2, m2) = dec(isa);
+                    let tag = format!("{name} {isa} cols={cols} row {r}");
+                    assert_eq!(c, c2, "{tag}: codes");
+                    assert_f32_bits_eq(&format!("{tag} sw"), &s, &s2);
+                    assert_f32_bits_eq(&format!("{tag} mw"), &m, &m2);
+                }
+                assert!(c[cols..].iter().all(|&v| v == 0), "{name}: padding codes");
+                let mins = k::has_mins(l.qtype, l.affine);
+                assert!(mins || m.iter().all(|&v| v == 0.0), "{name}: mins of a type without mins");
+                for j in 0..cols {
+                    let want = deq[r * cols + j];
+                    let got = s[j / QS] * f32::from(c[j]) + m[j / QS];
+                    // int8 asymmetric splits d·(c − z) into d·(c − 128) + d·(128 − z): one
+                    // extra rounding of each part. Every other type reproduces the reference's
+                    // operations exactly.
+                    let split = name.starts_with("int8") && mins;
+                    let tol = if split {
+                        2.0 * f32::EPSILON * (s[j / QS] * f32::from(c[j])).abs().max(m[j / QS].abs())
+                    } else {
+                        0.0
+                    };
+                    assert!((got - want).abs() <= tol, "{name} cols={cols} [{r}, {j}]: {got:e} vs {want:e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_dots_agree_with_the_reference() {
+    let mut r = Rng::new(3);
+    for len in [32, 64, 96, 160, 4096] {
+        for trial in 0..20 {
+            // Trial 0: the extremes (w = -128, x = ±127) that saturate a careless maddubs.
+            let wq: Vec<i8> = (0..len).map(|_| if trial == 0 { -128 } else { r.next_u64() as i8 }).collect();
+            let xq: Vec<i8> = (0..len)
+                .map(|i| if trial == 0 { [127, -127][i % 2] } else { (r.below(255) as i32 - 127) as i8 })
+                .collect();
+            let sw: Vec<f32> = (0..len / QS).map(|_| r.normal()).collect();
+            let d16: Vec<f32> = (0..len / QS).map(|_| r.uniform() * 0.01).collect();
+            let want = k::dot_q8_ref(&wq, &sw, &xq, &d16);
+            let mag: f64 = (0..len / QS)
+                .map(|kk| {
+                    let s: i64 = (kk * QS..(kk + 1) * QS).map(|j| (i64::from(wq[j]) * i64::from(xq[j])).abs()).sum();
+                    f64::from((sw[kk] * d16[kk]).abs()) * s as f64
+                })
+                .sum();
+            let tol = k::dot_tolerance(len / 4) * mag;
+            let mut variants = k::dot_q8_variants();
+            for isa in simd_isas() {
+                // The dispatching entry point too.
+                variants.push((
+                    isa.name(),
+                    match isa {
+                        Isa::Avx2 => |a: &[i8], b: &[f32], c: &[i8], d: &[f32]| k::dot_q8(Isa::Avx2, a, b, c, d),
+                        Isa::Avx512 => |a: &[i8], b: &[f32], c: &[i8], d: &[f32]| k::dot_q8(Isa::Avx512, a, b, c, d),
+                        _ => |a: &[i8], b: &[f32], c: &[i8], d: &[f32]| k::dot_q8(Isa::Neon, a, b, c, d),
+                    },
+                ));
+            }
+            for (name, f) in variants {
+                let got = f(&wq, &sw, &xq, &d16);
+                assert!(
+                    f64::from((got - want).abs()) <= tol,
+                    "{name} len={len} trial={trial}: {got:e} vs {want:e} (tol {tol:e})"
+                );
+            }
+        }
+    }
+    for isa in [Isa::Avx512, Isa::Neon] {
+        if !isa.is_available() {
+            eprintln!("skipped: {isa} int8 dot (not available on this CPU)");
+        }
+    }
+}
+
+#[test]
+fn f32_dots_agree_with_the_reference() {
+    let mut r = Rng::new(4);
+    for len in (0..70).chain([255, 4096]) {
+        let a: Vec<f32> = (0..len).map(|_| r.normal()).collect();
+        let b: Vec<f32> = (0..len).map(|_| r.normal()).collect();
+        let want = k::dot_f32_ref(&a, &b);
+        let mag: f64 = a.iter().zip(&b).map(|(x, y)| f64::from((x * y).abs())).sum();
+        for isa in simd_isas() {
+            let got = k::dot_f32(isa, &a, &b);
+            let tol = k::dot_tolerance(len) * mag;
+            assert!(f64::from((got - want).abs()) <= tol, "{isa} len={len}: {got:e} vs {want:e}");
+        }
+    }
+}
+
+/// A random act-order permutation of `0..cols` (LE bytes).
+fn perm_bytes(cols: usize, seed: u64) -> Vec<u8> {
+    let mut r = Rng::new(seed);
+    let mut p: Vec<u32> = (0..cols as u32).collect();
+    for i in (1..cols).rev() {
+        p.swap(i, r.below(i + 1));
+    }
+    p.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Random CSR outliers (about one per 16 columns, none in row 0), as LE byte parts.
+fn outlier_parts(rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut r = Rng::new(seed);
+    let (mut ptr, mut cs, mut vs) = (vec![0u64], vec![], vec![]);
+    for row in 0..rows {
+        for c in 0..cols {
+            if row > 0 && r.below(16) == 0 {
+                cs.push(c as u32);
+                vs.push(half::f16::from_f32(r.normal()).to_bits());
+            }
+        }
+        ptr.push(cs.len() as u64);
+    }
+    let le = |v: &[u8]| v.to_vec();
+    (
+        le(&ptr.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()),
+        cs.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        vs.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
+}
+
+/// The dense f64 weight the reference multiplies (dequantized stored rows plus outliers) and,
+/// per output, the bound of `matmul` vs `matmul_reference`:
+/// * activation quantization: `Σ_j |w_j| · δ_j` with `δ_j` the bound of the activation test
+///   (half a step of x_j's 32-value block, or the flush floor);
+/// * f32 rounding: `(terms + 64) · ε · Σ_j (|w_j| + 2·M·[mins]) · (|x_j| + δ_j)` where `terms` is
+///   the number of f32 operations per output (one per 4 values plus one per 16, bounded by
+///   `cols`), and, for types with mins (where `sw·code` and `mw` are summed separately and may
+///   cancel), `M` is the row's largest |w| (`|sw·code| + |mw| <= 3M` when a sub-block holds
+///   code 0, as every quantizer here makes it);
+/// * the result rounded to f32 (and subnormal results): `2^-24·|y| + 2^-149`.
+///
+/// Also returns, per output, the magnitude sum `Σ (|w_j| + 2M) · (|x_j| + δ_j)` that
+/// `isa_tolerance` is relative to.
+fn bounds(w: &QMatrix<'_>, x: &[f32], n: usize, y_ref: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let l = *w.layout();
+    let (rows, cols) = (l.rows, l.cols);
+    let data: Vec<u8> = (0..rows).flat_map(|r| w.row(r).to_vec()).collect();
+    let mut dense: Vec<f64> = dequantize(&l, &data, Some(Isa::Scalar)).unwrap().into_iter().map(f64::from).collect();
+    if let Some(o) = w.outliers() {
+        for r in 0..rows {
+            for kk in o.ptr(r)..o.ptr(r + 1) {
+                let (c, v) = o.entry(kk);
+                dense[r * cols + c] += f64::from(v);
+            }
+        }
+    }
+    let quantized = l.qtype.info().family != lowbit_core::qtype::Family::Float;
+    let mins = k::has_mins(l.qtype, l.affine);
+    let mut out = vec![0f64; n * rows];
+    let mut mags = vec![0f64; n * rows];
+    for i in 0..n {
+        let xg: Vec<f32> = (0..cols).map(|j| x[i * cols + w.perm_at(j)]).collect();
+        let amax_row = xg.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+        let floor = if amax_row > 0.0 { 2f64.powi(amax_row.log2().floor() as i32 - 118) } else { 0.0 };
+        let delta: Vec<f64> = (0..cols)
+            .map(|j| {
+                if !quantized {
+                    return 0.0;
+                }
+                let b = j / QA;
+                let blk = &xg[b * QA..((b + 1) * QA).min(cols)];
+                let amax = blk.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+                amax / 127.0 * (0.5 + 2f64.powi(-10)) + floor
+            })
+            .collect();
+        for r in 0..rows {
+            let wr = &dense[r * cols..(r + 1) * cols];
+            let m = if mins { 2.0 * wr.iter().fold(0f64, |a, v| a.max(v.abs())) } else { 0.0 };
+            let act: f64 = wr.iter().zip(&delta).map(|(w, d)| w.abs() * d).sum();
+            let mag: f64 =
+                wr.iter().zip(&xg).zip(&delta).map(|((w, x), d)| (w.abs() + m) * (f64::from(x.abs()) + d)).sum();
+            let y = f64::from(y_ref[i * rows + r]).abs();
+            out[i * rows + r] =
+                act + (cols as f64 + 64.0) * f64::from(f32::EPSILON) * mag + y * 2f64.powi(-24) + 2f64.powi(-149);
+            mags[i * rows + r] = mag;
+        }
+    }
+    (out, mags)
+}
+
+/// Check `matmul` at every ISA against the reference (bound above) and against Scalar
+/// (`isa_tolerance`).
+fn check(name: &str, w: &QMatrix<'_>, x: &[f32], n: usize, tag: &str) {
+    let rows = w.layout().rows;
+    let mut y_ref = vec![0f32; n * rows];
+    matmul_reference(w, x, n, &mut y_ref).unwrap();
+    let (bound, mag) = bounds(w, x, n, &y_ref);
+    let mut y_scalar = vec![0f32; n * rows];
+    matmul(w, x, n, &mut y_scalar, Some(Isa::Scalar)).unwrap();
+    for isa in available() {
+        let mut y = vec![f32::NAN; n * rows];
+        matmul(w, x, n, &mut y, Some(isa)).unwrap();
+        for idx in 0..n * rows {
+            let err = (f64::from(y[idx]) - f64::from(y_ref[idx])).abs();
+            assert!(
+                err <= bound[idx],
+                "{name} {tag} {isa} [{}, {}]: {:e} vs reference {:e} (bound {:e})",
+                idx / rows,
+                idx % rows,
+                y[idx],
+                y_ref[idx],
+                bound[idx]
+            );
+            // Between ISAs only the order of f32 additions differs.
+            // (The final f32 rounding of each side adds 2^-24 |y| each, and subnormal results
+            // 2^-149.)
+            let y_abs = f64::from(y_scalar[idx].abs());
+            let tol =
+                isa_tolerance(w.layout().qtype, w.layout().cols) * mag[idx] + y_abs * 2f64.powi(-23) + 2f64.powi(-148);
+            let diff = (f64::from(y[idx]) - f64::from(y_scalar[idx])).abs();
+            assert!(
+                diff <= tol,
+                "{name} {tag} {isa} vs scalar [{idx}]: {:e} vs {:e} (tol {tol:e})",
+                y[idx],
+                y_scalar[idx]
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_the_reference_on_odd_shapes() {
+    for (ti, &name) in QUANT_TYPES.iter().chain(FLOAT_TYPES).enumerate() {
+        let bs = block_of(name);
+        let mut col_list = vec![bs, 2 * bs, 3 * bs];
+        if bs == 8 {
+            col_list.extend([40, 72, 136, 264]);
+        } else if bs == 32 {
+            col_list.extend([160, 224]);
+        } else if bs == 1 {
+            col_list.extend([7, 33, 100]);
+        }
+        for (ci, &cols) in col_list.iter().enumerate() {
+            for (ri, rows) in [1usize, 2, 3, 17, 67].into_iter().enumerate() {
+                let seed = (ti * 100 + ci * 10 + ri) as u64;
+                let (l, data) = weight(name, rows, cols, seed);
+                let w = QMatrix::new(l, &data, None, None).unwrap();
+                let n = [1, 2, 3, 17, 64][(ci + ri) % 5];
+                let x = acts("normal", n, cols, seed + 7);
+                check(name, &w, &x, n, &format!("{rows}x{cols} n={n}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_handles_extreme_activations() {
+    for &name in QUANT_TYPES.iter().chain(FLOAT_TYPES) {
+        let cols = 256;
+        let (l, data) = weight(name, 9, cols, 11);
+        let w = QMatrix::new(l, &data, None, None).unwrap();
+        for kind in ["zeros", "huge", "tiny", "mixed"] {
+            let x = acts(kind, 3, cols, 12);
+            check(name, &w, &x, 3, kind);
+            if kind == "zeros" {
+                let mut y = vec![1f32; 27];
+                matmul(&w, &x, 3, &mut y, None).unwrap();
+                assert!(y.iter().all(|&v| v == 0.0), "{name}: zero input gives {y:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_with_permutation_and_outliers() {
+    for &name in &["int4-g128", "int3-g32-sym", "int8-g64", "int2-row", "q4_k", "q8_0", "f16"] {
+        for (rows, cols, n) in [(5, 256, 1), (17, 136, 3), (3, 512, 17)] {
+            if cols % block_of(name) != 0 {
+                continue;
+            }
+            let (l, data) = weight(name, rows, cols, 21);
+            let perm = name.starts_with("int").then(|| perm_bytes(cols, 22));
+            let (rp, oc, ov) = outlier_parts(rows, cols, 23);
+            let o = Outliers { row_ptr: &rp, cols: &oc, vals: &ov };
+            let x = acts("normal", n, cols, 24);
+            for (p, out) in [(perm.as_deref(), None), (None, Some(o)), (perm.as_deref(), Some(o))] {
+                let w = QMatrix::new(l, &data, p, out).unwrap();
+                check(name, &w, &x, n, &format!("{rows}x{cols} perm={} outliers={}", p.is_some(), out.is_some()));
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_rejects_bad_input() {
+    let (l, data) = weight("q4_0", 4, 64, 1);
+    let w = QMatrix::new(l, &data, None, None).unwrap();
+    let mut y = vec![0f32; 4];
+    let mut x = vec![0.5f32; 64];
+    x[37] = f32::NAN;
+    match matmul(&w, &x, 1, &mut y, None) {
+        Err(Error::BadValue { index: 37, row: 0, col: 37, .. }) => {}
+        other => panic!("NaN: {other:?}"),
+    }
+    x[37] = f32::INFINITY;
+    assert!(matches!(matmul(&w, &x, 1, &mut y, None), Err(Error::BadValue { index: 37, .. })));
+    assert!(matches!(matmul(&w, &x[..63], 1, &mut y, None), Err(Error::Shape(_))));
+    assert!(matches!(matmul(&w, &vec![0.0; 128], 2, &mut y, None), Err(Error::Shape(_))));
+    for isa in Isa::ALL {
+        if !isa.is_available() {
+            assert!(matches!(matmul(&w, &vec![0.0; 64], 1, &mut y, Some(isa)), Err(Error::Isa(_))));
+        }
+    }
+}
+
+#[test]
+fn concurrent_calls_inside_rayon_tasks_and_threads_agree() {
+    let (rows, cols, n) = (256, 1024, 3);
+    let (l, data) = weight("q4_k", rows, cols, 31);
+    let w = QMatrix::new(l, &data, None, None).unwrap();
+    let x = acts("normal", n, cols, 32);
+    let mut want = vec![0f32; n * rows];
+    matmul(&w, &x, n, &mut want, None).unwrap();
+    let results: Vec<Vec<f32>> = (0..16)
+        .into_par_iter()
+        .map(|_| {
+            let mut y = vec![0f32; n * rows];
+            matmul(&w, &x, n, &mut y, None).unwrap();
+            y
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut y = vec![0f32; n * rows];
+                    for _ in 0..4 {
+                        matmul(&w, &x, n, &mut y, None).unwrap();
+                    }
+                    y
+                })
+            })
+            .collect();
+        for h in hs {
+            assert_f32_bits_eq("thread", &want, &h.join().unwrap());
+        }
+    });
+    for y in results {
+        assert_f32_bits_eq("rayon task", &want, &y);
+    }
+}

@@ -1,0 +1,154 @@
+"""`lowbit.matmul`: every ISA against the float64 reference within the bound that the int8
+activation quantization allows (the Rust tests in `rust/core/tests/matmul.rs` cover each kernel
+and the ISA-to-ISA tolerance), permutations and outliers, 1-D and 2-D inputs, bad inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+import lowbit
+from conftest import FLOAT_TYPES, GGML_TYPES
+from lowbit import InvalidValueError, IsaError, ParameterError, ShapeError
+
+QUANT_TYPES = [*GGML_TYPES, "int2-g32", "int3-row-sym", "int4-g128", "int8-g64", "int8-row-sym"]
+# Types whose decoded rows carry a separate min term (scaled code and min may cancel).
+MIN_TYPES = {"q4_1", "q5_1", "q2_k", "q4_k", "q5_k", "int8-g64"}
+EPS = float(np.finfo(np.float32).eps)
+
+
+def weight(qtype: str, rows: int, cols: int, seed: int = 0) -> lowbit.QTensor:
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32) * 0.05
+    w[::3] = 0.0  # all-zero rows
+    return lowbit.quantize(w, qtype)
+
+
+def bound(qt: lowbit.QTensor, x: npt.NDArray[np.float32], dense: npt.NDArray[np.float64], y_ref: Any) -> Any:
+    """|matmul - reference| bound per output: half an int8 step of each 32-value activation
+    block (amax / 254, with a 2^-10 margin for the f32 step) times |w|, plus f32 rounding of
+    (cols + 64) operations over the magnitudes, plus the final rounding."""
+    n, cols = x.shape
+    quantized = qt.qtype not in FLOAT_TYPES
+    xp = np.zeros((n, -(-cols // 32) * 32))
+    xp[:, :cols] = np.abs(x.astype(np.float64))
+    amax = xp.reshape(n, -1, 32).max(axis=2)
+    delta = np.repeat(amax / 127 * (0.5 + 2**-10), 32, axis=1)[:, :cols] if quantized else np.zeros((n, cols))
+    m = 2 * np.abs(dense).max(axis=1) if qt.qtype in MIN_TYPES else np.zeros(dense.shape[0])
+    act = delta @ np.abs(dense).T
+    mag = (np.abs(x) + delta) @ (np.abs(dense) + m[:, None]).T
+    return act + (cols + 64) * EPS * mag + np.abs(y_ref) * 2.0**-24 + 2.0**-149
+
+
+@pytest.mark.parametrize("qtype", QUANT_TYPES + FLOAT_TYPES)
+@pytest.mark.parametrize(("rows", "cols", "n"), [(1, 256, 1), (17, 512, 3), (67, 768, 64)])
+def test_every_isa_within_the_activation_bound(qtype: str, rows: int, cols: int, n: int) -> None:
+    qt = weight(qtype, rows, cols, seed=rows)
+    x = np.random.default_rng(cols).standard_normal((n, cols)).astype(np.float32)
+    dense = qt.dequantize().astype(np.float64)
+    y_ref = lowbit.matmul_reference(x, qt)
+    assert y_ref.shape == (n, rows) and y_ref.dtype == np.float32
+    # The reference is the f64 product of the dequantized weight.
+    np.testing.assert_allclose(y_ref, x.astype(np.float64) @ dense.T, rtol=1e-6, atol=1e-6)
+    b = bound(qt, x, dense, y_ref)
+    for isa in lowbit.available_isas():
+        y = lowbit.matmul(x, qt, isa=isa)
+        err = np.abs(y.astype(np.float64) - y_ref)
+        worst = np.unravel_index(np.argmax(err - b), err.shape)
+        assert (err <= b).all(), f"{qtype} {isa} at {worst}: {y[worst]} vs {y_ref[worst]} (bound {b[worst]:.3g})"
+
+
+def test_one_dimensional_input_and_float_weight_array() -> None:
+    w = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal(64).astype(np.float32)
+    y = lowbit.matmul(x, w)
+    assert y.shape == (5,)
+    np.testing.assert_allclose(y, w.astype(np.float64) @ x, rtol=1e-5, atol=1e-5)
+    # float16 and float64 activations are converted to float32.
+    np.testing.assert_array_equal(lowbit.matmul(x.astype(np.float64), w), y)
+    # A strided input is copied, not read through its raw buffer.
+    xs = np.repeat(x, 2)[::2]
+    np.testing.assert_array_equal(lowbit.matmul(xs, w), y)
+
+
+def test_permutation_and_outliers_match_the_dense_equivalent() -> None:
+    rows, cols = 9, 256
+    qt = weight("int4-g64", rows, cols, seed=3)
+    rng = np.random.default_rng(4)
+    perm = rng.permutation(cols).astype(np.uint32)
+    mask = rng.random((rows, cols)) < 0.05
+    row_ptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.uint64)
+    ocols = np.nonzero(mask)[1].astype(np.uint32)
+    vals = rng.standard_normal(ocols.size).astype(np.float16)
+    x = rng.standard_normal((4, cols)).astype(np.float32)
+    # Dense stored-order weight with the outliers, then columns put back in input order.
+    stored = qt.dequantize().astype(np.float64)
+    stored[np.nonzero(mask)] += vals.astype(np.float64)
+    dense = np.zeros_like(stored)
+    dense[:, perm] = stored
+    y_ref = lowbit.matmul_reference(x, qt, perm=perm, outliers=(row_ptr, ocols, vals))
+    np.testing.assert_allclose(y_ref, x.astype(np.float64) @ dense.T, rtol=1e-5, atol=1e-5)
+    b = bound(qt, x, dense, y_ref)
+    for isa in lowbit.available_isas():
+        y = lowbit.matmul(x, qt, perm=perm, outliers=(row_ptr, ocols, vals), isa=isa)
+        assert (np.abs(y - y_ref.astype(np.float64)) <= b).all(), isa
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda qt: lowbit.matmul(np.zeros((2, 63), np.float32), qt), ShapeError, "shape"),
+        (lambda qt: lowbit.matmul(np.zeros((2, 2, 64), np.float32), qt), ShapeError, "shape"),
+        (lambda qt: lowbit.matmul(np.zeros((2, 64), np.int32), qt), TypeError, "float"),
+        (lambda qt: lowbit.matmul([0.0] * 64, qt), TypeError, "ndarray"),  # type: ignore[arg-type]
+        (lambda qt: lowbit.matmul(np.zeros(64, np.float32), "q4_0"), TypeError, "QTensor"),  # type: ignore[arg-type]
+        (lambda qt: lowbit.matmul(np.zeros(64, np.float32), qt, perm=np.arange(64)), ParameterError, "group-affine"),
+        (lambda qt: lowbit.matmul(np.zeros(64, np.float32), qt, isa="nope"), IsaError, "unknown ISA"),
+    ],
+)
+def test_bad_arguments(call: Any, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        call(weight("q4_0", 4, 64))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_activations(bad: float) -> None:
+    x = np.ones((3, 64), np.float32)
+    x[2, 5] = bad
+    with pytest.raises(InvalidValueError) as e:
+        lowbit.matmul(x, weight("q8_0", 4, 64))
+    assert (e.value.index, e.value.row, e.value.col) == (2 * 64 + 5, 2, 5)
+
+
+def test_bad_permutations_and_outliers() -> None:
+    qt = weight("int4-g32", 4, 64)
+    x = np.ones(64, np.float32)
+    with pytest.raises(ParameterError, match="permutation"):
+        lowbit.matmul(x, qt, perm=np.zeros(64, np.uint32))
+    with pytest.raises(ShapeError, match="perm"):
+        lowbit.matmul(x, qt, perm=np.arange(32, dtype=np.uint32))
+    with pytest.raises(ShapeError, match="range"):
+        lowbit.matmul(x, qt, perm=-np.arange(64))
+    ok = (np.array([0, 1, 1, 1, 2], np.uint64), np.array([3, 7], np.uint32), np.ones(2, np.float16))
+    lowbit.matmul(x, qt, outliers=ok)
+    cases: list[tuple[Any, type[Exception], str]] = [
+        ((ok[0][:-1], ok[1], ok[2]), ShapeError, "row pointers"),
+        ((np.array([0, 2, 1, 1, 2], np.uint64), ok[1], ok[2]), ParameterError, "decrease"),
+        ((ok[0], np.array([3, 64], np.uint32), ok[2]), ParameterError, "out of range"),
+        ((ok[0], ok[1], np.array([1, np.inf], np.float16)), ParameterError, "not finite"),
+        ((ok[0], ok[1], np.ones(2, np.float32)), TypeError, "float16"),
+        ((ok[0], ok[1]), TypeError, "tuple"),
+    ]
+    for bad, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            lowbit.matmul(x, qt, outliers=bad)
+
+
+def test_unavailable_isa_is_refused() -> None:
+    missing = [i for i in ("avx2", "avx512", "neon") if i not in lowbit.available_isas()]
+    if not missing:
+        pytest.skip("every ISA is available here")
+    with pytest.raises(IsaError):
+        lowbit.matmul(np.ones(64, np.float32), weight("q4_0", 2, 64), isa=missing[0])
