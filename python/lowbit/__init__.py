@@ -39,8 +39,10 @@ from .errors import (
     UnsupportedError,
     VersionError,
 )
+from .eval import EvalReport, evaluate
 from .lbf import LBFFile, LBFWriter, PartInfo, TensorInfo, load, save
 from .matmul import Outliers, matmul, matmul_reference
+from .model import Generation, Model
 from .qtensor import QTensor, SourceDType, dequantize, quantize
 
 __version__: str = _core.__version__
@@ -49,7 +51,9 @@ __all__ = [
     "ChecksumError",
     "ClosedError",
     "DestinationExistsError",
+    "EvalReport",
     "FormatError",
+    "Generation",
     "InvalidValueError",
     "IsaError",
     "LBFFile",
@@ -57,6 +61,7 @@ __all__ = [
     "LowbitError",
     "LowbitWarning",
     "MetadataTypeError",
+    "Model",
     "NotFoundError",
     "Outliers",
     "ParameterError",
@@ -74,6 +79,7 @@ __all__ = [
     "conversion",
     "convert",
     "dequantize",
+    "evaluate",
     "export_gguf",
     "export_hf",
     "gguf_to_hf",

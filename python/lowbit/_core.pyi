@@ -86,7 +86,8 @@ class LbfWriter:
 # vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
 # num_key_value_heads, head_dim, rms_norm_eps, rope_theta, tie_word_embeddings, attention_bias,
 # max_position_embeddings, rope_type ("default" | "linear" | "llama3"), and as the rope_type needs
-# them rope_factor, rope_low_freq_factor, rope_high_freq_factor, rope_original_max_position_embeddings.
+# them rope_factor, rope_low_freq_factor, rope_high_freq_factor, rope_original_max_position_embeddings;
+# optional: sliding_window (mistral).
 class Engine:
     def __init__(self, path: str, config: dict[str, Any], isa: str | None = None) -> None: ...
     def session(self, max_context: int) -> Session: ...

@@ -1,7 +1,8 @@
 """The `lowbit` command line: `info` (version, ISA, type table), `inspect FILE` (an LBF file's
 header, metadata and tensor table), `verify FILE` (every checksum; exit code 1 on a mismatch),
 `convert SRC -o OUT.lbf --type TYPE` (HF checkpoint / GGUF / repo id → LBF) and
-`export FILE.lbf --to hf DIR | --to gguf FILE`.
+`export FILE.lbf --to hf DIR | --to gguf FILE`, `eval MODEL --text FILE [--reference REF]` (perplexity,
+KL divergence, ΔPPL, top-1 agreement) and `generate MODEL --prompt TEXT` (streamed text, tokens/s).
 
 Exit codes: 0 success, 1 a check failed (verify), 2 an error (message on stderr), 130 Ctrl-C."""
 
@@ -192,6 +193,47 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .eval import evaluate
+
+    rep = evaluate(
+        args.model,
+        args.text,
+        reference=args.reference,
+        ctx=args.ctx,
+        tokens=args.tokens,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(rep.to_json(), indent=2) if args.json else rep.format())
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .model import Model
+
+    with Model.load(args.model) as m:
+        gen = m.generate(
+            args.prompt,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            chat=args.chat,
+        )
+        if not args.chat:
+            print(args.prompt, end="", flush=True)
+        for piece in gen:
+            print(piece, end="", flush=True)
+        print()
+        print(
+            f"[{gen.prompt_tokens} prompt tokens at {gen.prompt_tokens_per_second:.1f} tokens/s, "
+            f"{len(gen.tokens)} generated at {gen.tokens_per_second:.1f} tokens/s; finish: {gen.finish_reason}]",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lowbit` script; returns the exit code."""
     parser = argparse.ArgumentParser(prog="lowbit", description="CPU-first LLM compression toolkit")
@@ -236,6 +278,31 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
     exp.set_defaults(func=_export)
+    ev = sub.add_parser(
+        "eval",
+        help="perplexity on a text; with --reference also KL divergence, ΔPPL and top-1 agreement",
+        description="Evaluate MODEL on TEXT in consecutive windows of --ctx tokens, scoring the second half of "
+        "each (llama.cpp's protocol). With --reference (the unquantized model: an LBF file or an HF checkpoint "
+        "dir) also the mean KL divergence of the next-token distributions, ΔPPL and top-1 agreement.",
+    )
+    ev.add_argument("model", help="the model: an .lbf file (or an HF checkpoint dir / GGUF, run in float32)")
+    ev.add_argument("--text", required=True, help="UTF-8 text file to evaluate on")
+    ev.add_argument("--reference", help="reference model (.lbf or HF checkpoint dir) for KL divergence")
+    ev.add_argument("--ctx", type=int, default=512, help="tokens per window (default 512)")
+    ev.add_argument("--tokens", type=int, default=None, help="use only the first N tokens of the text")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_eval)
+    gen = sub.add_parser("generate", help="generate text from a prompt, streamed; prints tokens/s at the end")
+    gen.add_argument("model", help="the model: an .lbf file (or an HF checkpoint dir / GGUF, run in float32)")
+    gen.add_argument("--prompt", required=True, help="the prompt text")
+    gen.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default 128)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); e.g. 0.7")
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the K most likely tokens (0 = all)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1] (default 1)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default 0)")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    gen.set_defaults(func=_generate)
     args = parser.parse_args(argv)
     if args.command == "convert" and not args.list_recipes and not args.dry_run and not args.output:
         parser.error("convert: -o/--output is required (or --dry-run)")

@@ -37,13 +37,16 @@ const REQUIRED_KEYS: [&str; 14] = [
 const ROPE_KEYS: [&str; 4] =
     ["rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_position_embeddings"];
 
+/// Optional keys (absent or None when unused).
+const OPTIONAL_KEYS: [&str; 1] = ["sliding_window"];
+
 fn param_err(msg: String) -> PyErr {
     PyLowbitError(Error::InvalidParameter(msg)).into()
 }
 
 /// A [`Config`] from the dict of `Engine(path, config)`.
 fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Config> {
-    let known: Vec<&str> = REQUIRED_KEYS.iter().chain(&ROPE_KEYS).copied().collect();
+    let known: Vec<&str> = REQUIRED_KEYS.iter().chain(&ROPE_KEYS).chain(&OPTIONAL_KEYS).copied().collect();
     let mut unknown = Vec::new();
     for k in d.keys() {
         let k: String = k.extract().map_err(|_| param_err("config keys must be strings".into()))?;
@@ -109,6 +112,10 @@ fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Config> {
         tie_word_embeddings: flag("tie_word_embeddings")?,
         attention_bias: flag("attention_bias")?,
         max_position_embeddings: int("max_position_embeddings")?,
+        sliding_window: match get("sliding_window")? {
+            Some(_) => Some(int("sliding_window")?),
+            None => None,
+        },
     })
 }
 

@@ -68,6 +68,9 @@ pub struct Config {
     pub attention_bias: bool,
     /// The context the model was trained for (informative: positions beyond it are allowed).
     pub max_position_embeddings: usize,
+    /// Sliding-window attention (Mistral): a query at position q sees the keys at positions k with
+    /// `q - window < k <= q` (transformers' rule); `None` = full causal attention.
+    pub sliding_window: Option<usize>,
 }
 
 impl Config {
@@ -87,6 +90,9 @@ impl Config {
             if v == 0 {
                 return bad(format!("{name} must be positive"));
             }
+        }
+        if self.sliding_window == Some(0) {
+            return bad("sliding_window must be positive (or absent)".into());
         }
         if self.vocab_size > u32::MAX as usize {
             return bad(format!("vocab_size {} does not fit token ids of 32 bits", self.vocab_size));

@@ -87,6 +87,8 @@ pub(crate) struct AttnShape {
     pub ctx: usize,
     /// Position of the first query.
     pub p0: usize,
+    /// Sliding window: a query at position q sees keys `q - window < k <= q`; `None` = all `k <= q`.
+    pub window: Option<usize>,
 }
 
 thread_local! {
@@ -100,14 +102,17 @@ thread_local! {
 /// `h / (heads / kv_heads)` (GQA); scores are scaled by `1/sqrt(hd)`; softmax in f32 with the
 /// maximum subtracted, as transformers' eager attention. Parallel over (query, head).
 pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape) {
-    let AttnShape { heads, kv_heads, hd, ctx, p0 } = s;
+    let AttnShape { heads, kv_heads, hd, ctx, p0, window } = s;
     let scale = 1.0 / (hd as f32).sqrt();
     let group = heads / kv_heads;
     out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
         let (i, h) = (idx / heads, idx % heads);
         let qv = &q[idx * hd..(idx + 1) * hd];
         let (kh, vh) = (&k[(h / group) * ctx * hd..][..ctx * hd], &v[(h / group) * ctx * hd..][..ctx * hd]);
-        let n_keys = p0 + i + 1;
+        let end = p0 + i + 1;
+        let first = window.map_or(0, |w| end.saturating_sub(w));
+        let (kh, vh) = (&kh[first * hd..end * hd], &vh[first * hd..end * hd]);
+        let n_keys = end - first;
         SCORES.with(|cell| {
             let mut buf = cell.borrow_mut();
             if buf.len() < n_keys {

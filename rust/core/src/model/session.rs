@@ -205,7 +205,13 @@ impl Session {
                     vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
                 }
             }
-            ops::attention(q, kc, vc, att, AttnShape { heads: nh, kv_heads: nkv, hd, ctx, p0 });
+            ops::attention(
+                q,
+                kc,
+                vc,
+                att,
+                AttnShape { heads: nh, kv_heads: nkv, hd, ctx, p0, window: c.sliding_window },
+            );
             model.matmul(&w.o, att, n, xn)?;
             if let Some(b) = &w.o_bias {
                 ops::add_bias(xn, b);

@@ -49,6 +49,7 @@ fn cfg(arch: Arch, hidden: usize, heads: usize, kv_heads: usize, head_dim: usize
         tie_word_embeddings: false,
         attention_bias: arch == Arch::Qwen2,
         max_position_embeddings: 128,
+        sliding_window: None,
     }
 }
 
@@ -349,6 +350,22 @@ fn rms_norm_matches_the_formula() {
 }
 
 #[test]
+fn sliding_window_of_one_sees_only_the_current_key() {
+    // The last query (position 2) with a window of 1 attends to key 2 alone: the output is v[2];
+    // with a window of 3 it is a blend of all three values.
+    let (heads, kv_heads, hd, ctx) = (2, 1, 8, 3);
+    let mut r = Rng(4);
+    let (q, k, v) = (r.vec(heads * hd, 0.0, 5.0), r.vec(ctx * hd, 0.0, 5.0), r.vec(ctx * hd, 0.0, 1.0));
+    let mut out = vec![0f32; heads * hd];
+    ops::attention(&q, &k, &v, &mut out, AttnShape { heads, kv_heads, hd, ctx, p0: 2, window: Some(1) });
+    for h in 0..heads {
+        assert_eq!(&out[h * hd..(h + 1) * hd], &v[2 * hd..3 * hd]);
+    }
+    ops::attention(&q, &k, &v, &mut out, AttnShape { heads, kv_heads, hd, ctx, p0: 2, window: Some(3) });
+    assert_ne!(&out[..hd], &v[2 * hd..3 * hd]);
+}
+
+#[test]
 fn attention_of_one_key_returns_its_value() {
     // With a single position the softmax is 1 whatever the scores: the output is v.
     let (heads, kv_heads, hd, ctx) = (4, 2, 8, 3);
@@ -356,7 +373,7 @@ fn attention_of_one_key_returns_its_value() {
     let (q, k, v) =
         (r.vec(heads * hd, 0.0, 5.0), r.vec(kv_heads * ctx * hd, 0.0, 5.0), r.vec(kv_heads * ctx * hd, 0.0, 1.0));
     let mut out = vec![0f32; heads * hd];
-    ops::attention(&q, &k, &v, &mut out, AttnShape { heads, kv_heads, hd, ctx, p0: 0 });
+    ops::attention(&q, &k, &v, &mut out, AttnShape { heads, kv_heads, hd, ctx, p0: 0, window: None });
     for h in 0..heads {
         let g = h / 2;
         assert_eq!(&out[h * hd..(h + 1) * hd], &v[g * ctx * hd..g * ctx * hd + hd]);
