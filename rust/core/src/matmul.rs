@@ -422,13 +422,28 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                 let (q, d16) = (&acts.q[i * cp..(i + 1) * cp], &acts.d16[i * nsub..(i + 1) * nsub]);
                 let s16 = &acts.s16[i * nsub..(i + 1) * nsub];
                 let xi = &xs[i * cols..(i + 1) * cols];
-                for r in 0..nr {
-                    let (c, s) = (&codes[r * cp..(r + 1) * cp], &sw[r * nsub..(r + 1) * nsub]);
-                    let mut v = kern::dot_q8(isa, c, s, q, d16);
-                    if mins {
-                        v += kern::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], s16);
+                let c = |r: usize| &codes[r * cp..(r + 1) * cp];
+                let s = |r: usize| &sw[r * nsub..(r + 1) * nsub];
+                let finish = |r: usize, v: f32| {
+                    let v = if mins { v + kern::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], s16) } else { v };
+                    v * acts.scale[i] + outlier_sum(w, r0 + r, xi)
+                };
+                // Four rows at a time share each activation load.
+                let quads = nr / 4 * 4;
+                for r in (0..quads).step_by(4) {
+                    let v = kern::dot_q8_x4(
+                        isa,
+                        [c(r), c(r + 1), c(r + 2), c(r + 3)],
+                        [s(r), s(r + 1), s(r + 2), s(r + 3)],
+                        q,
+                        d16,
+                    );
+                    for (j, vj) in v.into_iter().enumerate() {
+                        out[(r + j) * n + i] = finish(r + j, vj);
                     }
-                    out[r * n + i] = v * acts.scale[i] + outlier_sum(w, r0 + r, xi);
+                }
+                for r in quads..nr {
+                    out[r * n + i] = finish(r, kern::dot_q8(isa, c(r), s(r), q, d16));
                 }
             }
         })

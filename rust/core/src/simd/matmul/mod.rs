@@ -507,6 +507,21 @@ pub fn dot_q8(isa: Isa, wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
     }
 }
 
+/// [`dot_q8`] of one activation row with four weight rows (the GEMM micro-kernel: the
+/// activation is loaded once for the four). Each result is within [`dot_tolerance`] of
+/// [`dot_q8_ref`] of its row; at the scalar level it is exactly that.
+pub fn dot_q8_x4(isa: Isa, wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f32]) -> [f32; 4] {
+    for r in 0..4 {
+        assert!(wq[r].len() == xq.len() && sw[r].len() == d16.len());
+    }
+    assert!(xq.len().is_multiple_of(QA) && d16.len() == xq.len() / QS);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => x86::dot_q8_x4_avx2(wq, sw, xq, d16),
+        _ => std::array::from_fn(|r| dot_q8(isa, wq[r], sw[r], xq, d16)),
+    }
+}
+
 /// The scalar reference of [`dot_f32`]: `Σ a[j] · b[j]` in order, one rounding per operation.
 pub fn dot_f32_ref(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |acc, (&x, &y)| acc + x * y)

@@ -83,6 +83,44 @@ pub fn dot_q8_avx2(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
     unsafe { dot_q8_avx2_tf(wq, sw, xq, d16) }
 }
 
+#[target_feature(enable = "avx2,fma")]
+fn dot_q8_x4_avx2_tf(wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f32]) -> [f32; 4] {
+    let n = xq.len();
+    let lo = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    let hi = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (mut i, mut k) = (0, 0);
+    while i + 64 <= n {
+        let (x0, x1) = (load256(&xq[i..]), load256(&xq[i + 32..]));
+        let d = load128f(&d16[k..]);
+        for r in 0..4 {
+            let s = _mm256_castps128_ps256(_mm_mul_ps(load128f(&sw[r][k..]), d));
+            let p0 = isum32(load256(&wq[r][i..]), x0);
+            let p1 = isum32(load256(&wq[r][i + 32..]), x1);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_permutevar8x32_ps(s, lo), acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_permutevar8x32_ps(s, hi), acc[r]);
+        }
+        i += 64;
+        k += 64 / QS;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        if i < n {
+            acc[r] = tail32(wq[r], sw[r], xq, d16, i, k, acc[r]);
+        }
+        out[r] = hsum256(acc[r]);
+    }
+    out
+}
+
+/// [`super::dot_q8_x4`] with AVX2: one activation row against four weight rows, each
+/// activation vector loaded once. Panics without AVX2/FMA.
+pub fn dot_q8_x4_avx2(wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f32]) -> [f32; 4] {
+    assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
+    // SAFETY: AVX2 and FMA are available (checked above).
+    unsafe { dot_q8_x4_avx2_tf(wq, sw, xq, d16) }
+}
+
 /// The AVX-512 int8 dot; `$isum` turns |w| (u8) and sign-adjusted x (i8) into 16 i32 lanes of
 /// 4-product sums.
 macro_rules! dot_q8_512 {
