@@ -15,12 +15,15 @@
 //! 2. **Weight decoding** ([`decode_row`]): one stored row of any quantized type becomes i8
 //!    codes plus per-16 f32 scales `sw` and (for types with a min or zero term) per-16 f32
 //!    mins `mw`, with `w = sw · code + mw` equal to the reference dequantization (bit for bit
-//!    except int8 asymmetric, whose zero is split off as a min). One plain-Rust decoder per
-//!    type family, compiled inside each ISA's `#[target_feature]` context (auto-vectorised).
+//!    except int8 asymmetric, whose zero is split off as a min). The scalar decoders here are
+//!    the reference; the SIMD ones ([`bytes`]) are written once per type family over a
+//!    32-byte vector vocabulary implemented with AVX2 (used at the AVX2 and AVX-512 levels)
+//!    and NEON, and give the same bytes.
 //! 3. **The int8 dot** ([`dot_q8`]): `Σ_k sw[k] · d16[k] · Σ_{j∈k} code_j · q_j`, hand-written
 //!    per ISA: AVX2 `vpsignb` + `vpmaddubsw` + `vpmaddwd`; AVX-512BW the same on 64 bytes, or
 //!    `vpdpbusd` where the CPU has AVX-512 VNNI; NEON `smull`/`smlal2` + `sadalp`-style pairing,
-//!    or `sdot` where the CPU has the dot-product extension. The min terms are an f32 dot
+//!    or `sdot` where the CPU has the dot-product extension; [`dot_q8_x4`] is the four-row
+//!    variant (AVX2) the driver uses to share activation loads. The min terms are an f32 dot
 //!    ([`dot_f32`], FMA) of `mw` with `s16`, as is the whole product for float weights.
 //!
 //! Integer outputs (quantized activations, codes) are bit-identical across ISAs. Float
