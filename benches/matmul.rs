@@ -8,7 +8,7 @@
 //!
 //! `cargo bench -p lowbit-bench --bench matmul`, filter with e.g. `-- gemv/2t/q4_k`.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use lowbit_core::matmul::{matmul, QMatrix};
 use lowbit_core::quant::{self, QuantOptions, Source};
 use lowbit_core::simd::{self, available};
@@ -68,6 +68,7 @@ fn bench(c: &mut Criterion) {
             let mut g = c.benchmark_group(format!("gemm{gemm_n}/{threads}t"));
             g.throughput(Throughput::Elements((2 * gemm_n * ROWS * COLS) as u64))
                 .sample_size(10)
+                .sampling_mode(SamplingMode::Flat)
                 .warm_up_time(Duration::from_millis(200))
                 .measurement_time(Duration::from_secs(3));
             let mut y = vec![0f32; gemm_n * ROWS];

@@ -1,5 +1,5 @@
 //! Quantized matrix multiplication: `y = x · Wᵀ` for a weight `W` (rows = output features,
-//! cols = input features) stored in any [`QType`](crate::QType), and f32 activations `x`
+//! cols = input features) stored in any [`QType`], and f32 activations `x`
 //! (`n × cols`).
 //!
 //! A weight is a [`QMatrix`]: its [`Layout`], the `data` bytes of its rows, and optionally an
@@ -16,13 +16,15 @@
 //!   ([`crate::simd::matmul::quantize_act`]).
 //! * **Weights** are processed in tiles of consecutive rows (about [`TILE_BYTES`] once
 //!   decoded), one rayon task per tile: each row of the tile is decoded into a thread-local
-//!   buffer as i8 codes + per-16 f32 scales (+ mins) ([`crate::simd::matmul::decode_row`]),
-//!   then every activation row is multiplied with every decoded row by the one int8 dot kernel
-//!   of the ISA ([`crate::simd::matmul::dot_q8`]). For GEMV (`n = 1`) the tile stays in L1/L2
-//!   between decoding and the dot; for GEMM the decoded tile is reused by all `n` activation
-//!   rows, so decoding (the per-type work) costs once per weight row, not once per product.
-//!   Float weights (f32/f16/bf16) are converted per tile to f32 and multiplied with FMA dots,
-//!   without activation quantization.
+//!   buffer as i8 codes + per-16 f32 scales (+ mins) ([`crate::simd::matmul::decode_row`]; one
+//!   decoder per type family, written once over a 32-byte SIMD vocabulary), then every
+//!   activation row is multiplied with the decoded rows by the ISA's int8 dot kernel, four
+//!   weight rows at a time ([`crate::simd::matmul::dot_q8_x4`]: each activation vector is
+//!   loaded once for the four). For GEMV (`n = 1`) the tile stays in L1/L2 between decoding
+//!   and the dot; for GEMM the decoded tile is reused by all `n` activation rows, so decoding
+//!   (the per-type work) costs once per weight row, not once per product: decoding is the
+//!   repacking, done on the fly. Float weights (f32/f16/bf16) are converted per tile to f32
+//!   and multiplied with FMA dots, without activation quantization.
 //! * **Outliers** add `Σ x[perm(c)] · v` per row in the same pass.
 //! * No allocation happens per row or tile after warm-up: the tile buffers are thread-local and
 //!   only borrowed inside a leaf task (which never waits on rayon), so calls are re-entrant and
@@ -422,13 +424,28 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                 let (q, d16) = (&acts.q[i * cp..(i + 1) * cp], &acts.d16[i * nsub..(i + 1) * nsub]);
                 let s16 = &acts.s16[i * nsub..(i + 1) * nsub];
                 let xi = &xs[i * cols..(i + 1) * cols];
-                for r in 0..nr {
-                    let (c, s) = (&codes[r * cp..(r + 1) * cp], &sw[r * nsub..(r + 1) * nsub]);
-                    let mut v = kern::dot_q8(isa, c, s, q, d16);
-                    if mins {
-                        v += kern::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], s16);
+                let c = |r: usize| &codes[r * cp..(r + 1) * cp];
+                let s = |r: usize| &sw[r * nsub..(r + 1) * nsub];
+                let finish = |r: usize, v: f32| {
+                    let v = if mins { v + kern::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], s16) } else { v };
+                    v * acts.scale[i] + outlier_sum(w, r0 + r, xi)
+                };
+                // Four rows at a time share each activation load.
+                let quads = nr / 4 * 4;
+                for r in (0..quads).step_by(4) {
+                    let v = kern::dot_q8_x4(
+                        isa,
+                        [c(r), c(r + 1), c(r + 2), c(r + 3)],
+                        [s(r), s(r + 1), s(r + 2), s(r + 3)],
+                        q,
+                        d16,
+                    );
+                    for (j, vj) in v.into_iter().enumerate() {
+                        out[(r + j) * n + i] = finish(r + j, vj);
                     }
-                    out[r * n + i] = v * acts.scale[i] + outlier_sum(w, r0 + r, xi);
+                }
+                for r in quads..nr {
+                    out[r * n + i] = finish(r, kern::dot_q8(isa, c(r), s(r), q, d16));
                 }
             }
         })

@@ -4,7 +4,9 @@
 
 use std::arch::aarch64::*;
 
+use super::bytes::{self, Bytes32};
 use super::QS;
+use crate::qtype::{AffineSpec, QType};
 
 #[inline(always)]
 fn load_i8(s: &[i8]) -> int8x16_t {
@@ -118,4 +120,120 @@ fn dot_f32_tf(a: &[f32], b: &[f32]) -> f32 {
 pub fn dot_f32_neon(a: &[f32], b: &[f32]) -> f32 {
     // SAFETY: NEON is part of the AArch64 base ISA.
     unsafe { dot_f32_tf(a, b) }
+}
+
+/// [`Bytes32`] on a pair of NEON registers.
+#[derive(Debug, Clone, Copy)]
+pub struct NeonBytes(());
+
+// SAFETY (for every `unsafe` block in this impl): NEON is part of the AArch64 base ISA; loads
+// and stores go through slices whose length is checked first.
+#[allow(clippy::undocumented_unsafe_blocks)]
+impl Bytes32 for NeonBytes {
+    type V = (uint8x16_t, uint8x16_t);
+
+    #[inline(always)]
+    fn load(self, s: &[u8]) -> Self::V {
+        let s = &s[..32];
+        unsafe { (vld1q_u8(s.as_ptr()), vld1q_u8(s[16..].as_ptr())) }
+    }
+    #[inline(always)]
+    fn nibbles(self, s: &[u8]) -> Self::V {
+        let s = &s[..16];
+        unsafe {
+            let x = vld1q_u8(s.as_ptr());
+            (vandq_u8(x, vdupq_n_u8(0x0F)), vshrq_n_u8::<4>(x))
+        }
+    }
+    #[inline(always)]
+    fn nibbles_interleaved(self, s: &[u8]) -> Self::V {
+        let (lo, hi) = self.nibbles(s);
+        unsafe { (vzip1q_u8(lo, hi), vzip2q_u8(lo, hi)) }
+    }
+    #[inline(always)]
+    fn bits(self, m: u32) -> Self::V {
+        let b = m.to_le_bytes();
+        const SEL: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+        unsafe {
+            let sel = vld1q_u8(SEL.as_ptr());
+            let one = vdupq_n_u8(1);
+            let lo = vcombine_u8(vdup_n_u8(b[0]), vdup_n_u8(b[1]));
+            let hi = vcombine_u8(vdup_n_u8(b[2]), vdup_n_u8(b[3]));
+            (vandq_u8(vtstq_u8(lo, sel), one), vandq_u8(vtstq_u8(hi, sel), one))
+        }
+    }
+    #[inline(always)]
+    fn shr_and(self, v: Self::V, n: u32, mask: u8) -> Self::V {
+        unsafe {
+            let (s, m) = (vdupq_n_s8(-(n as i8)), vdupq_n_u8(mask));
+            (vandq_u8(vshlq_u8(v.0, s), m), vandq_u8(vshlq_u8(v.1, s), m))
+        }
+    }
+    #[inline(always)]
+    fn shl(self, v: Self::V, n: u32) -> Self::V {
+        unsafe {
+            let s = vdupq_n_s8(n as i8);
+            (vshlq_u8(v.0, s), vshlq_u8(v.1, s))
+        }
+    }
+    #[inline(always)]
+    fn add(self, a: Self::V, b: Self::V) -> Self::V {
+        unsafe { (vaddq_u8(a.0, b.0), vaddq_u8(a.1, b.1)) }
+    }
+    #[inline(always)]
+    fn or(self, a: Self::V, b: Self::V) -> Self::V {
+        unsafe { (vorrq_u8(a.0, b.0), vorrq_u8(a.1, b.1)) }
+    }
+    #[inline(always)]
+    fn splat(self, v: u8) -> Self::V {
+        unsafe { (vdupq_n_u8(v), vdupq_n_u8(v)) }
+    }
+    #[inline(always)]
+    fn lut16(self, v: Self::V, table: &[i8; 16]) -> Self::V {
+        unsafe {
+            let t = vld1q_u8(table.as_ptr().cast());
+            (vqtbl1q_u8(t, v.0), vqtbl1q_u8(t, v.1))
+        }
+    }
+    #[inline(always)]
+    fn store(self, v: Self::V, out: &mut [i8]) {
+        let out = &mut out[..32];
+        unsafe {
+            vst1q_u8(out.as_mut_ptr().cast(), v.0);
+            vst1q_u8(out[16..].as_mut_ptr().cast(), v.1);
+        }
+    }
+    #[inline(always)]
+    fn f16(self, h: u16) -> f32 {
+        half::f16::from_bits(h).to_f32()
+    }
+}
+
+#[target_feature(enable = "neon")]
+#[allow(clippy::too_many_arguments)]
+fn decode_tf(
+    qtype: QType,
+    spec: Option<AffineSpec>,
+    cols: usize,
+    src: &[u8],
+    codes: &mut [i8],
+    sw: &mut [f32],
+    mw: &mut [f32],
+) {
+    bytes::decode(NeonBytes(()), qtype, spec, cols, src, codes, sw, mw)
+}
+
+/// [`super::decode_row`] with NEON.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_neon(
+    qtype: QType,
+    spec: Option<AffineSpec>,
+    cols: usize,
+    src: &[u8],
+    codes: &mut [i8],
+    sw: &mut [f32],
+    mw: &mut [f32],
+) {
+    // SAFETY: NEON is part of the AArch64 base ISA.
+    unsafe { decode_tf(qtype, spec, cols, src, codes, sw, mw) }
 }

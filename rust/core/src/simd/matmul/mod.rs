@@ -15,12 +15,15 @@
 //! 2. **Weight decoding** ([`decode_row`]): one stored row of any quantized type becomes i8
 //!    codes plus per-16 f32 scales `sw` and (for types with a min or zero term) per-16 f32
 //!    mins `mw`, with `w = sw · code + mw` equal to the reference dequantization (bit for bit
-//!    except int8 asymmetric, whose zero is split off as a min). One plain-Rust decoder per
-//!    type family, compiled inside each ISA's `#[target_feature]` context (auto-vectorised).
+//!    except int8 asymmetric, whose zero is split off as a min). The scalar decoders here are
+//!    the reference; the SIMD ones ([`bytes`]) are written once per type family over a
+//!    32-byte vector vocabulary implemented with AVX2 (used at the AVX2 and AVX-512 levels)
+//!    and NEON, and give the same bytes.
 //! 3. **The int8 dot** ([`dot_q8`]): `Σ_k sw[k] · d16[k] · Σ_{j∈k} code_j · q_j`, hand-written
 //!    per ISA: AVX2 `vpsignb` + `vpmaddubsw` + `vpmaddwd`; AVX-512BW the same on 64 bytes, or
 //!    `vpdpbusd` where the CPU has AVX-512 VNNI; NEON `smull`/`smlal2` + `sadalp`-style pairing,
-//!    or `sdot` where the CPU has the dot-product extension. The min terms are an f32 dot
+//!    or `sdot` where the CPU has the dot-product extension; [`dot_q8_x4`] is the four-row
+//!    variant (AVX2) the driver uses to share activation loads. The min terms are an f32 dot
 //!    ([`dot_f32`], FMA) of `mw` with `s16`, as is the whole product for float weights.
 //!
 //! Integer outputs (quantized activations, codes) are bit-identical across ISAs. Float
@@ -37,6 +40,7 @@ use half::f16;
 
 #[cfg(target_arch = "aarch64")]
 mod arm;
+pub mod bytes;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -216,24 +220,30 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
-/// Decode one row of a legacy type (32-value blocks, one f16 scale, optional f16 min).
+/// Decode one row of a legacy type (32-value blocks, one f16 scale, optional f16 min). The
+/// loops run over whole 16-byte groups with constant shifts so that they vectorise.
 #[inline(always)]
 fn decode_legacy(spec: &Spec, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
     let zero = spec.zero as i8;
     for (b, blk) in src.chunks_exact(spec.block_bytes).enumerate() {
         let cb: &mut [i8; 32] = (&mut codes[b * 32..b * 32 + 32]).try_into().expect("32 codes");
-        let qs = &blk[spec.off_qs..];
         if spec.is_q8() {
+            let qs: &[u8; 32] = blk[spec.off_qs..spec.off_qs + 32].try_into().expect("32 bytes");
             for (c, &v) in cb.iter_mut().zip(qs) {
                 *c = v as i8;
             }
         } else {
-            let qh = spec.off_qh.map_or(0, |o| u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]));
+            let qs: &[u8; 16] = blk[spec.off_qs..spec.off_qs + 16].try_into().expect("16 bytes");
+            let mut hi = [0u8; 32];
+            if let Some(o) = spec.off_qh {
+                let qh = u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]);
+                for (j, h) in hi.iter_mut().enumerate() {
+                    *h = (((qh >> j) & 1) << 4) as u8;
+                }
+            }
             for j in 0..16 {
-                let hi_lo = (((qh >> j) & 1) << 4) as u8;
-                let hi_hi = (((qh >> (j + 16)) & 1) << 4) as u8;
-                cb[j] = ((qs[j] & 0x0F) | hi_lo) as i8 - zero;
-                cb[j + 16] = ((qs[j] >> 4) | hi_hi) as i8 - zero;
+                cb[j] = ((qs[j] & 0x0F) | hi[j]) as i8 - zero;
+                cb[j + 16] = ((qs[j] >> 4) | hi[j + 16]) as i8 - zero;
             }
         }
         let d = f16_at(blk, 0);
@@ -261,22 +271,45 @@ fn decode_iq4nl(src: &[u8], codes: &mut [i8], sw: &mut [f32]) {
     }
 }
 
-/// Decode k-quant super-blocks (the operation order of each scale and min is that of
-/// [`crate::blocks::kquants::dequantize_row`], so `sw · code + mw` is its value exactly).
+/// `out[l] = (src[l] >> shift) & mask` for 32 bytes (vectorises).
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // index formulas mirror the reference dequantizer
+fn bits32(src: &[u8], shift: u32, mask: u8, out: &mut [i8]) {
+    let src: &[u8; 32] = src[..32].try_into().expect("32 bytes");
+    let out: &mut [i8; 32] = (&mut out[..32]).try_into().expect("32 codes");
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = ((v >> shift) & mask) as i8;
+    }
+}
+
+/// `out[l] += ((src[l] >> shift) & 1) * add` for 32 bytes (vectorises).
+#[inline(always)]
+fn add_bit32(src: &[u8], shift: u32, add: i8, out: &mut [i8]) {
+    let src: &[u8; 32] = src[..32].try_into().expect("32 bytes");
+    let out: &mut [i8; 32] = (&mut out[..32]).try_into().expect("32 codes");
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o += ((v >> shift) & 1) as i8 * add;
+    }
+}
+
+/// Decode k-quant super-blocks (the operation order of each scale and min is that of
+/// [`crate::blocks::kquants::dequantize_row`], so `sw · code + mw` is its value exactly). The
+/// value index `v` of the reference is split into (half, shift, lane) loops of 32 lanes.
+#[inline(always)]
 fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
     let bytes = qtype.info().block_bytes;
     for (sb, b) in src.chunks_exact(bytes).enumerate() {
-        let cb: &mut [i8; QK_K] = (&mut codes[sb * QK_K..(sb + 1) * QK_K]).try_into().expect("256 codes");
+        let cb = &mut codes[sb * QK_K..(sb + 1) * QK_K];
         let sw = &mut sw[sb * 16..sb * 16 + 16];
         let mw = &mut mw[sb * 16..sb * 16 + 16];
         match qtype {
             QType::Q2K => {
                 use layout::q2k::*;
                 let (d, dmin) = (f16_at(b, D), f16_at(b, DMIN));
-                for v in 0..QK_K {
-                    cb[v] = ((b[QS + 32 * (v / 128) + v % 32] >> (2 * ((v / 32) % 4))) & 3) as i8;
+                // v = 128 h + 32 s + l: bits 2s of qs[32 h + l].
+                for h in 0..2 {
+                    for sh in 0..4 {
+                        bits32(&b[QS + 32 * h..], 2 * sh as u32, 3, &mut cb[128 * h + 32 * sh..]);
+                    }
                 }
                 for k in 0..16 {
                     let sc = b[SCALES + k];
@@ -287,10 +320,17 @@ fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw:
             QType::Q3K => {
                 use layout::q3k::*;
                 let d = f16_at(b, D);
-                for v in 0..QK_K {
-                    let low = (b[QS + 32 * (v / 128) + v % 32] >> (2 * ((v / 32) % 4))) & 3;
-                    let high = (b[HMASK + v % 32] >> (v / 32)) & 1;
-                    cb[v] = low as i8 - 4 * (high ^ 1) as i8;
+                // v = 128 h + 32 s + l: low bits 2s of qs[32 h + l], minus 4 where bit 4h + s of
+                // hmask[l] is clear.
+                for h in 0..2 {
+                    for sh in 0..4 {
+                        let out = &mut cb[128 * h + 32 * sh..128 * h + 32 * sh + 32];
+                        bits32(&b[QS + 32 * h..], 2 * sh as u32, 3, out);
+                        add_bit32(&b[HMASK..], (4 * h + sh) as u32, 4, out);
+                        for o in out.iter_mut() {
+                            *o -= 4;
+                        }
+                    }
                 }
                 for (k, s) in sw.iter_mut().enumerate() {
                     *s = d * scale_q3k(k, &b[SCALES..SCALES + 12]) as f32;
@@ -301,12 +341,15 @@ fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw:
                 let five = qtype == QType::Q5K;
                 let qs = if five { layout::q5k::QS } else { layout::q4k::QS };
                 let (d, dmin) = (f16_at(b, D), f16_at(b, DMIN));
-                for v in 0..QK_K {
-                    let mut q = (b[qs + 32 * (v / 64) + v % 32] >> (4 * ((v / 32) % 2))) & 0xF;
-                    if five {
-                        q |= ((b[layout::q5k::QH + v % 32] >> (v / 32)) & 1) << 4;
+                // v = 64 p + 32 hh + l: nibble hh of qs[32 p + l] (+ 16 × bit 2p + hh of qh[l]).
+                for p in 0..4 {
+                    for hh in 0..2 {
+                        let out = &mut cb[64 * p + 32 * hh..];
+                        bits32(&b[qs + 32 * p..], 4 * hh as u32, 0xF, out);
+                        if five {
+                            add_bit32(&b[layout::q5k::QH..], (2 * p + hh) as u32, 16, out);
+                        }
                     }
-                    cb[v] = q as i8;
                 }
                 for j in 0..8 {
                     let (sc, m) = scale_min_k4(j, &b[SCALES..SCALES + 12]);
@@ -318,11 +361,17 @@ fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw:
             QType::Q6K => {
                 use layout::q6k::*;
                 let d = f16_at(b, D);
-                for v in 0..QK_K {
-                    let (h, r) = (v / 128, v % 128);
-                    let low = (b[QL + 64 * h + r % 64] >> (4 * (r / 64))) & 0xF;
-                    let high = (b[QH + 32 * h + r % 32] >> (2 * (r / 32))) & 3;
-                    cb[v] = (low | (high << 4)) as i8 - 32;
+                // v = 128 h + 32 q + l: nibble q / 2 of ql[64 h + 32 (q % 2) + l], plus bits 2q
+                // of qh[32 h + l] as bits 4–5, minus 32.
+                for h in 0..2 {
+                    for q in 0..4 {
+                        let out = &mut cb[128 * h + 32 * q..128 * h + 32 * q + 32];
+                        bits32(&b[QL + 64 * h + 32 * (q % 2)..], 4 * (q / 2) as u32, 0xF, out);
+                        let qh: &[u8; 32] = b[QH + 32 * h..QH + 32 * h + 32].try_into().expect("32 bytes");
+                        for (o, &v) in out.iter_mut().zip(qh) {
+                            *o = (*o | ((((v >> (2 * q)) & 3) << 4) as i8)) - 32;
+                        }
+                    }
                 }
                 for (k, s) in sw.iter_mut().enumerate() {
                     *s = d * f32::from(b[SCALES + k] as i8);
@@ -384,8 +433,7 @@ pub fn has_mins(qtype: QType, spec: Option<AffineSpec>) -> bool {
     }
 }
 
-/// The decoder (plain Rust, inlined into each ISA's `#[target_feature]` context).
-#[inline(always)]
+/// The scalar reference decoder.
 fn decode_impl(
     qtype: QType,
     spec: Option<AffineSpec>,
@@ -398,7 +446,9 @@ fn decode_impl(
     let cb = padded(cols);
     codes[cols..].fill(0);
     sw[cols / QS..].fill(0.0);
-    mw.fill(0.0);
+    if has_mins(qtype, spec) {
+        mw.fill(0.0);
+    }
     match qtype.info().family {
         Family::Legacy => decode_legacy(&Spec::of(qtype).expect("legacy type"), src, codes, sw, mw),
         Family::NonLinear => decode_iq4nl(src, codes, sw),
@@ -409,31 +459,10 @@ fn decode_impl(
     debug_assert_eq!(codes.len(), cb);
 }
 
-struct Decode<'a> {
-    qtype: QType,
-    spec: Option<AffineSpec>,
-    cols: usize,
-    src: &'a [u8],
-    codes: &'a mut [i8],
-    sw: &'a mut [f32],
-    mw: &'a mut [f32],
-}
-
-impl Kernel for Decode<'_> {
-    type Output = ();
-    fn scalar(self) {
-        decode_impl(self.qtype, self.spec, self.cols, self.src, self.codes, self.sw, self.mw)
-    }
-    #[inline(always)]
-    fn simd<S: Simd>(self, _: S) {
-        decode_impl(self.qtype, self.spec, self.cols, self.src, self.codes, self.sw, self.mw)
-    }
-}
-
 /// Decode stored row `src` (`cols` values of a quantized, non-float type) into `codes`
-/// (`padded(cols)` i8), `sw` and `mw` (`padded(cols) / 16` f32 each; `mw` is all zero for
-/// types without mins): value `j` of the row is `sw[j / 16] · codes[j] + mw[j / 16]`.
-/// Padding gets code 0, scale 0 and min 0.
+/// (`padded(cols)` i8), `sw` and `mw` (`padded(cols) / 16` f32 each; `mw` is only written for
+/// types with mins, see [`has_mins`]): value `j` of the row is `sw[j / 16] · codes[j]` (`+
+/// mw[j / 16]`). Padding gets code 0, scale 0 and min 0.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_row(
     isa: Isa,
@@ -446,7 +475,13 @@ pub fn decode_row(
     mw: &mut [f32],
 ) {
     assert!(codes.len() == padded(cols) && sw.len() == codes.len() / QS && mw.len() == sw.len());
-    crate::simd::run(isa, Decode { qtype, spec, cols, src, codes, sw, mw })
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => x86::decode_avx2(qtype, spec, cols, src, codes, sw, mw),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => arm::decode_neon(qtype, spec, cols, src, codes, sw, mw),
+        _ => decode_impl(qtype, spec, cols, src, codes, sw, mw),
+    }
 }
 
 /// The scalar reference of [`dot_q8`]: per sub-block the exact integer sum, then
@@ -472,6 +507,21 @@ pub fn dot_q8(isa: Isa, wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => arm::dot_q8_neon(wq, sw, xq, d16),
         _ => dot_q8_ref(wq, sw, xq, d16),
+    }
+}
+
+/// [`dot_q8`] of one activation row with four weight rows (the GEMM micro-kernel: the
+/// activation is loaded once for the four). Each result is within [`dot_tolerance`] of
+/// [`dot_q8_ref`] of its row; at the scalar level it is exactly that.
+pub fn dot_q8_x4(isa: Isa, wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f32]) -> [f32; 4] {
+    for r in 0..4 {
+        assert!(wq[r].len() == xq.len() && sw[r].len() == d16.len());
+    }
+    assert!(xq.len().is_multiple_of(QA) && d16.len() == xq.len() / QS);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => x86::dot_q8_x4_avx2(wq, sw, xq, d16),
+        _ => std::array::from_fn(|r| dot_q8(isa, wq[r], sw[r], xq, d16)),
     }
 }
 

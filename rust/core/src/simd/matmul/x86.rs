@@ -4,7 +4,9 @@
 
 use std::arch::x86_64::*;
 
+use super::bytes::{self, Bytes32};
 use super::QS;
+use crate::qtype::{AffineSpec, QType};
 use crate::simd::Isa;
 
 /// Exact i32 sums of 4 consecutive products `w · x` of 32 i8 pairs (lanes 0–3 cover the first
@@ -79,6 +81,44 @@ pub fn dot_q8_avx2(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
     assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
     // SAFETY: AVX2 and FMA are available (checked above).
     unsafe { dot_q8_avx2_tf(wq, sw, xq, d16) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_q8_x4_avx2_tf(wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f32]) -> [f32; 4] {
+    let n = xq.len();
+    let lo = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    let hi = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (mut i, mut k) = (0, 0);
+    while i + 64 <= n {
+        let (x0, x1) = (load256(&xq[i..]), load256(&xq[i + 32..]));
+        let d = load128f(&d16[k..]);
+        for r in 0..4 {
+            let s = _mm256_castps128_ps256(_mm_mul_ps(load128f(&sw[r][k..]), d));
+            let p0 = isum32(load256(&wq[r][i..]), x0);
+            let p1 = isum32(load256(&wq[r][i + 32..]), x1);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_permutevar8x32_ps(s, lo), acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_permutevar8x32_ps(s, hi), acc[r]);
+        }
+        i += 64;
+        k += 64 / QS;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        if i < n {
+            acc[r] = tail32(wq[r], sw[r], xq, d16, i, k, acc[r]);
+        }
+        out[r] = hsum256(acc[r]);
+    }
+    out
+}
+
+/// [`super::dot_q8_x4`] with AVX2: one activation row against four weight rows, each
+/// activation vector loaded once. Panics without AVX2/FMA.
+pub fn dot_q8_x4_avx2(wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f32]) -> [f32; 4] {
+    assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
+    // SAFETY: AVX2 and FMA are available (checked above).
+    unsafe { dot_q8_x4_avx2_tf(wq, sw, xq, d16) }
 }
 
 /// The AVX-512 int8 dot; `$isum` turns |w| (u8) and sign-adjusted x (i8) into 16 i32 lanes of
@@ -209,4 +249,120 @@ pub fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
     assert!(Isa::Avx512.is_available(), "AVX-512 kernel on a CPU without AVX-512");
     // SAFETY: the AVX-512 level is available (checked above).
     unsafe { dot_f32_avx512_tf(a, b) }
+}
+
+/// [`Bytes32`] on one AVX2 register (also used at the AVX-512 level, which includes AVX2).
+#[derive(Debug, Clone, Copy)]
+pub struct Avx2Bytes(());
+
+// SAFETY (for every `unsafe` block in this impl): a value of `Avx2Bytes` is only made by
+// `decode_avx2` after checking that the CPU has AVX2; loads and stores go through slices whose
+// length is checked first.
+#[allow(clippy::undocumented_unsafe_blocks)]
+impl Bytes32 for Avx2Bytes {
+    type V = __m256i;
+
+    #[inline(always)]
+    fn load(self, s: &[u8]) -> __m256i {
+        let s = &s[..32];
+        unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+    }
+    #[inline(always)]
+    fn nibbles(self, s: &[u8]) -> __m256i {
+        let s = &s[..16];
+        unsafe {
+            let x = _mm_loadu_si128(s.as_ptr().cast());
+            let m = _mm_set1_epi8(0x0F);
+            _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(x), m), _mm_and_si128(x, m))
+        }
+    }
+    #[inline(always)]
+    fn nibbles_interleaved(self, s: &[u8]) -> __m256i {
+        let s = &s[..16];
+        unsafe {
+            let x = _mm_loadu_si128(s.as_ptr().cast());
+            let m = _mm_set1_epi8(0x0F);
+            let (lo, hi) = (_mm_and_si128(x, m), _mm_and_si128(_mm_srli_epi16::<4>(x), m));
+            _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi))
+        }
+    }
+    #[inline(always)]
+    fn bits(self, m: u32) -> __m256i {
+        unsafe {
+            // Byte j gets byte j / 8 of m, then its bit j % 8 is tested.
+            let v = _mm256_set1_epi32(m as i32);
+            let idx = _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+            );
+            let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+            let x = _mm256_and_si256(_mm256_shuffle_epi8(v, idx), sel);
+            _mm256_and_si256(_mm256_cmpeq_epi8(x, sel), _mm256_set1_epi8(1))
+        }
+    }
+    #[inline(always)]
+    fn shr_and(self, v: __m256i, n: u32, mask: u8) -> __m256i {
+        unsafe { _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(n as i32)), _mm256_set1_epi8(mask as i8)) }
+    }
+    #[inline(always)]
+    fn shl(self, v: __m256i, n: u32) -> __m256i {
+        // 16-bit shifts: no bit crosses into the next byte because each result is < 256.
+        unsafe { _mm256_sll_epi16(v, _mm_cvtsi32_si128(n as i32)) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_add_epi8(a, b) }
+    }
+    #[inline(always)]
+    fn or(self, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_or_si256(a, b) }
+    }
+    #[inline(always)]
+    fn splat(self, v: u8) -> __m256i {
+        unsafe { _mm256_set1_epi8(v as i8) }
+    }
+    #[inline(always)]
+    fn lut16(self, v: __m256i, table: &[i8; 16]) -> __m256i {
+        unsafe { _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(table.as_ptr().cast())), v) }
+    }
+    #[inline(always)]
+    fn store(self, v: __m256i, out: &mut [i8]) {
+        let out = &mut out[..32];
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) }
+    }
+    #[inline(always)]
+    fn f16(self, h: u16) -> f32 {
+        // F16C is part of the AVX2 level (`Isa::Avx2` requires it).
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h)))) }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn decode_avx2_tf(
+    qtype: QType,
+    spec: Option<AffineSpec>,
+    cols: usize,
+    src: &[u8],
+    codes: &mut [i8],
+    sw: &mut [f32],
+    mw: &mut [f32],
+) {
+    bytes::decode(Avx2Bytes(()), qtype, spec, cols, src, codes, sw, mw)
+}
+
+/// [`super::decode_row`] with AVX2. Panics without AVX2.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_avx2(
+    qtype: QType,
+    spec: Option<AffineSpec>,
+    cols: usize,
+    src: &[u8],
+    codes: &mut [i8],
+    sw: &mut [f32],
+    mw: &mut [f32],
+) {
+    assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
+    // SAFETY: AVX2, FMA and F16C are available (the AVX2 level, checked above).
+    unsafe { decode_avx2_tf(qtype, spec, cols, src, codes, sw, mw) }
 }

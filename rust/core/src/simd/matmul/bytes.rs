@@ -1,0 +1,241 @@
+//! The SIMD weight decoders: every type's codes written once over [`Bytes32`], a small
+//! vocabulary of 32-byte vectors (implemented with AVX2 in `x86.rs`, used at the AVX2 and
+//! AVX-512 levels, and with pairs of NEON registers in `arm.rs`). The scalar decoders of
+//! `mod.rs` are the reference; the tests check these bit for bit against them.
+
+use super::{padded, QS};
+use crate::blocks::iq4nl::KVALUES;
+use crate::blocks::kquants::{layout, scale_min_k4, scale_q3k, QK_K};
+use crate::blocks::legacy::Spec;
+use crate::pack;
+use crate::qtype::{AffineSpec, Family, QType};
+
+/// 32 bytes in a register (or two). A value exists only where the instruction set is available
+/// (capability token), so the methods are safe.
+pub trait Bytes32: Copy {
+    /// The vector.
+    type V: Copy;
+    /// Bytes `s[..32]`.
+    fn load(self, s: &[u8]) -> Self::V;
+    /// The 16 bytes `s[..16]` split into nibbles: low nibbles in bytes 0..16, high in 16..32.
+    fn nibbles(self, s: &[u8]) -> Self::V;
+    /// The 16 bytes `s[..16]` as 32 nibbles in stream order (low nibble of byte 0 first).
+    fn nibbles_interleaved(self, s: &[u8]) -> Self::V;
+    /// Byte `j` = bit `j` of `m` (0 or 1).
+    fn bits(self, m: u32) -> Self::V;
+    /// `(v >> n) & mask` per byte (`n < 8`).
+    fn shr_and(self, v: Self::V, n: u32, mask: u8) -> Self::V;
+    /// `v << n` per byte, for bytes whose result stays below 256.
+    fn shl(self, v: Self::V, n: u32) -> Self::V;
+    /// Wrapping byte add.
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Bitwise or.
+    fn or(self, a: Self::V, b: Self::V) -> Self::V;
+    /// All bytes `v`.
+    fn splat(self, v: u8) -> Self::V;
+    /// `table[v]` per byte (`v < 16`).
+    fn lut16(self, v: Self::V, table: &[i8; 16]) -> Self::V;
+    /// The bytes into `out[..32]`.
+    fn store(self, v: Self::V, out: &mut [i8]);
+    /// The IEEE half-precision value with bits `h` as f32 (exact).
+    fn f16(self, h: u16) -> f32;
+}
+
+/// The little-endian f16 at `s[at..at + 2]` as f32.
+#[inline(always)]
+fn half<B: Bytes32>(b: B, s: &[u8], at: usize) -> f32 {
+    b.f16(u16::from_le_bytes([s[at], s[at + 1]]))
+}
+
+/// Decode one row (same contract and output as the scalar `decode_impl`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn decode<B: Bytes32>(
+    b: B,
+    qtype: QType,
+    spec: Option<AffineSpec>,
+    cols: usize,
+    src: &[u8],
+    codes: &mut [i8],
+    sw: &mut [f32],
+    mw: &mut [f32],
+) {
+    codes[cols..].fill(0);
+    sw[cols / QS..].fill(0.0);
+    if super::has_mins(qtype, spec) {
+        mw.fill(0.0);
+    }
+    debug_assert_eq!(codes.len(), padded(cols));
+    match qtype.info().family {
+        Family::Legacy => legacy(b, &Spec::of(qtype).expect("legacy type"), src, codes, sw, mw),
+        Family::NonLinear => {
+            for (k, blk) in src.chunks_exact(18).enumerate() {
+                b.store(b.lut16(b.nibbles(&blk[2..]), &KVALUES), &mut codes[32 * k..]);
+                sw[2 * k..2 * k + 2].fill(half(b, blk, 0));
+            }
+        }
+        Family::KQuant => kquant(b, qtype, src, codes, sw, mw),
+        Family::Affine => affine(b, &spec.expect("group-affine spec"), cols, src, codes, sw, mw),
+        Family::Float => unreachable!("float weights are not decoded to codes"),
+    }
+}
+
+#[inline(always)]
+fn legacy<B: Bytes32>(b: B, spec: &Spec, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
+    let minus_zero = b.splat((spec.zero as u8).wrapping_neg());
+    for (k, blk) in src.chunks_exact(spec.block_bytes).enumerate() {
+        let qs = &blk[spec.off_qs..];
+        let v = if spec.is_q8() {
+            b.load(qs)
+        } else {
+            let mut v = b.nibbles(qs);
+            if let Some(o) = spec.off_qh {
+                let qh = u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]);
+                v = b.or(v, b.shl(b.bits(qh), 4));
+            }
+            b.add(v, minus_zero)
+        };
+        b.store(v, &mut codes[32 * k..]);
+        sw[2 * k..2 * k + 2].fill(half(b, blk, 0));
+        if spec.has_min {
+            mw[2 * k..2 * k + 2].fill(half(b, blk, 2));
+        }
+    }
+}
+
+#[inline(always)]
+fn kquant<B: Bytes32>(b: B, qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
+    let bytes = qtype.info().block_bytes;
+    for (sb, x) in src.chunks_exact(bytes).enumerate() {
+        let cb = &mut codes[sb * QK_K..(sb + 1) * QK_K];
+        let sw = &mut sw[sb * 16..sb * 16 + 16];
+        let mw = &mut mw[sb * 16..sb * 16 + 16];
+        match qtype {
+            QType::Q2K => {
+                use layout::q2k::*;
+                let (d, dmin) = (half(b, x, D), half(b, x, DMIN));
+                for h in 0..2 {
+                    let q = b.load(&x[QS + 32 * h..]);
+                    for s in 0..4 {
+                        b.store(b.shr_and(q, 2 * s as u32, 3), &mut cb[128 * h + 32 * s..]);
+                    }
+                }
+                for k in 0..16 {
+                    let sc = x[SCALES + k];
+                    sw[k] = d * f32::from(sc & 0xF);
+                    mw[k] = -(dmin * f32::from(sc >> 4));
+                }
+            }
+            QType::Q3K => {
+                use layout::q3k::*;
+                let d = half(b, x, D);
+                let (hm, m4) = (b.load(&x[HMASK..]), b.splat(0xFC));
+                for h in 0..2 {
+                    let q = b.load(&x[QS + 32 * h..]);
+                    for s in 0..4 {
+                        let hi = b.shl(b.shr_and(hm, (4 * h + s) as u32, 1), 2);
+                        let v = b.add(b.add(b.shr_and(q, 2 * s as u32, 3), hi), m4);
+                        b.store(v, &mut cb[128 * h + 32 * s..]);
+                    }
+                }
+                for (k, s) in sw.iter_mut().enumerate() {
+                    *s = d * scale_q3k(k, &x[SCALES..SCALES + 12]) as f32;
+                }
+            }
+            QType::Q4K | QType::Q5K => {
+                use layout::q4k::{D, DMIN, SCALES};
+                let five = qtype == QType::Q5K;
+                let qs = if five { layout::q5k::QS } else { layout::q4k::QS };
+                let (d, dmin) = (half(b, x, D), half(b, x, DMIN));
+                let qh = if five { b.load(&x[layout::q5k::QH..]) } else { b.splat(0) };
+                for p in 0..4 {
+                    let q = b.load(&x[qs + 32 * p..]);
+                    for hh in 0..2 {
+                        let mut v = b.shr_and(q, 4 * hh as u32, 0xF);
+                        if five {
+                            v = b.or(v, b.shl(b.shr_and(qh, (2 * p + hh) as u32, 1), 4));
+                        }
+                        b.store(v, &mut cb[64 * p + 32 * hh..]);
+                    }
+                }
+                for j in 0..8 {
+                    let (sc, m) = scale_min_k4(j, &x[SCALES..SCALES + 12]);
+                    let (dl, ml) = (d * f32::from(sc), dmin * f32::from(m));
+                    sw[2 * j..2 * j + 2].fill(dl);
+                    mw[2 * j..2 * j + 2].fill(-ml);
+                }
+            }
+            QType::Q6K => {
+                use layout::q6k::*;
+                let d = half(b, x, D);
+                let m32 = b.splat(0xE0);
+                for h in 0..2 {
+                    let qh = b.load(&x[QH + 32 * h..]);
+                    for q in 0..4 {
+                        let lo = b.shr_and(b.load(&x[QL + 64 * h + 32 * (q % 2)..]), 4 * (q / 2) as u32, 0xF);
+                        let hi = b.shl(b.shr_and(qh, 2 * q as u32, 3), 4);
+                        b.store(b.add(b.or(lo, hi), m32), &mut cb[128 * h + 32 * q..]);
+                    }
+                }
+                for (k, s) in sw.iter_mut().enumerate() {
+                    *s = d * f32::from(x[SCALES + k] as i8);
+                }
+            }
+            other => unreachable!("{} is not a k-quant", other.name()),
+        }
+    }
+}
+
+#[inline(always)]
+fn affine<B: Bytes32>(
+    b: B,
+    spec: &AffineSpec,
+    cols: usize,
+    src: &[u8],
+    codes: &mut [i8],
+    sw: &mut [f32],
+    mw: &mut [f32],
+) {
+    let bits = spec.bits;
+    let g = spec.group_cols(cols);
+    let ngroups = spec.groups(cols);
+    let code_bytes = cols * bits as usize / 8;
+    let (scale_off, zero_off) = (code_bytes, code_bytes + 2 * ngroups);
+    let nb = bits as usize;
+    let zero_of =
+        |gi: usize| if spec.symmetric { 1u8 << (bits - 1) } else { pack::get_code(bits, &src[zero_off..], gi) };
+    // Whole 32-code chunks with the vector ops (int4, int8; a chunk lies in one group since
+    // groups are multiples of 32 or the whole row), the rest 8 codes at a time.
+    let vec_chunks = match bits {
+        4 | 8 => cols / 32,
+        _ => 0,
+    };
+    for c in 0..vec_chunks {
+        let v = if bits == 4 {
+            b.add(b.nibbles_interleaved(&src[16 * c..]), b.splat(zero_of(32 * c / g).wrapping_neg()))
+        } else {
+            b.add(b.load(&src[32 * c..]), b.splat(0x80))
+        };
+        b.store(v, &mut codes[32 * c..]);
+    }
+    let done = vec_chunks * 32;
+    let units = src[done * nb / 8..code_bytes].chunks_exact(nb).zip(codes[done..cols].chunks_exact_mut(8));
+    for (i, (u, out)) in units.enumerate() {
+        let mut le = [0u8; 8];
+        le[..nb].copy_from_slice(u);
+        let c = pack::unpack_unit(bits, u64::from_le_bytes(le)).to_le_bytes();
+        // int8: c − 128; narrower: c − zero of the unit's group (groups hold whole units).
+        let sub = if bits == 8 { 0x80 } else { zero_of((done + 8 * i) / g) };
+        for (o, &v) in out.iter_mut().zip(&c) {
+            *o = v.wrapping_sub(sub) as i8;
+        }
+    }
+    for gi in 0..ngroups {
+        let d = half(b, src, scale_off + 2 * gi);
+        let (lo, hi) = (gi * g, ((gi + 1) * g).min(cols));
+        if bits == 8 && !spec.symmetric {
+            mw[lo / QS..hi.div_ceil(QS)].fill(d * (128 - i32::from(zero_of(gi))) as f32);
+        }
+        sw[lo / QS..hi.div_ceil(QS)].fill(d);
+    }
+}
