@@ -108,6 +108,7 @@ def child_main(spec: str) -> int:
 
 
 def run_child(python: str, cfg: dict[str, Any]) -> Any:
+    print(f"running {cfg['engine']} on {cfg['model']}, {cfg['threads']} threads", file=sys.stderr, flush=True)
     env = {**os.environ, "RAYON_NUM_THREADS": str(cfg["threads"]), "OMP_NUM_THREADS": str(cfg["threads"])}
     proc = subprocess.run([python, __file__, "--child", json.dumps(cfg)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -148,6 +148,7 @@ def child_main(spec: str) -> int:
 
 def run_child(cfg: dict[str, Any]) -> Any:
     """Run one configuration in a fresh process with `threads` threads for rayon and one for BLAS."""
+    print(f"running {cfg}", file=sys.stderr, flush=True)  # progress: a full run takes about half an hour
     env = {**os.environ, "RAYON_NUM_THREADS": str(cfg["threads"]), "OPENBLAS_NUM_THREADS": "1",
            "OMP_NUM_THREADS": str(cfg["threads"])}  # fmt: skip
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], env=env, capture_output=True,
