@@ -315,9 +315,13 @@ struct Acts {
     scale: Vec<f32>,
 }
 
-fn resize<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
-    v.clear();
-    v.resize(len, T::default());
+/// The first `len` elements of a scratch buffer, grown (never shrunk) as needed. The callers
+/// overwrite every element they read, so old contents are never seen.
+fn scratch<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    &mut v[..len]
 }
 
 /// Σ x[c] · v over the outliers of stored row `r` (`x` in stored column order).
@@ -351,14 +355,15 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Option<I
 
 fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut Acts) {
     let Layout { qtype, affine, rows, cols, .. } = w.layout;
+    let Acts { xg, q, d16, s16, scale } = acts;
     let xs: &[f32] = if w.has_perm() {
-        resize(&mut acts.xg, n * cols);
-        for (g, xi) in acts.xg.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
+        let xg = scratch(xg, n * cols);
+        for (g, xi) in xg.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
             for (j, v) in g.iter_mut().enumerate() {
                 *v = xi[w.perm_at(j)];
             }
         }
-        &acts.xg
+        xg
     } else {
         x
     };
@@ -366,17 +371,16 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     let float = qtype.info().family == Family::Float;
     let cp = padded(cols);
     let nsub = cp / QS;
+    // Float weights need no quantized activations.
+    let nq = if float { 0 } else { n };
+    let (q, d16, s16, scale) =
+        (scratch(q, nq * cp), scratch(d16, nq * nsub), scratch(s16, nq * nsub), scratch(scale, nq));
     if !float {
-        resize(&mut acts.q, n * cp);
-        resize(&mut acts.d16, n * nsub);
-        resize(&mut acts.s16, n * nsub);
-        resize(&mut acts.scale, n);
-        let parts = acts
-            .q
+        let parts = q
             .par_chunks_mut(cp)
-            .zip(acts.d16.par_chunks_mut(nsub))
-            .zip(acts.s16.par_chunks_mut(nsub))
-            .zip(acts.scale.par_iter_mut())
+            .zip(d16.par_chunks_mut(nsub))
+            .zip(s16.par_chunks_mut(nsub))
+            .zip(scale.par_iter_mut())
             .zip(xs.par_chunks(cols));
         type Parts<'a> = ((((&'a mut [i8], &'a mut [f32]), &'a mut [f32]), &'a mut f32), &'a [f32]);
         let quant = |((((q, d), s), sc), xi): Parts<'_>| {
@@ -388,7 +392,7 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
             parts.with_min_len(usize::MAX).for_each(quant);
         }
     }
-    let acts = &*acts;
+    let (q, d16, s16, scale) = (&*q, &*d16, &*s16, &*scale);
     let mins = kern::has_mins(qtype, affine);
     let row_bytes = if float { 4 * cols } else { cp + cp / 2 };
     let tile = (TILE_BYTES / row_bytes).clamp(1, MAX_TILE_ROWS);
@@ -400,35 +404,33 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
             let mut guard = cell.borrow_mut();
             let tb = &mut *guard;
             if float {
-                resize(&mut tb.wf, nr * cols);
-                for (r, wr) in tb.wf.chunks_exact_mut(cols).enumerate() {
+                let wf = scratch(&mut tb.wf, nr * cols);
+                for (r, wr) in wf.chunks_exact_mut(cols).enumerate() {
                     crate::blocks::dequantize_row(isa, qtype, affine, w.row(r0 + r), wr);
                 }
-                for (r, wr) in tb.wf.chunks_exact(cols).enumerate() {
+                for (r, wr) in wf.chunks_exact(cols).enumerate() {
                     for (i, xi) in xs.chunks_exact(cols).enumerate() {
                         out[r * n + i] = kern::dot_f32(isa, wr, xi) + outlier_sum(w, r0 + r, xi);
                     }
                 }
                 return;
             }
-            resize(&mut tb.codes, nr * cp);
-            resize(&mut tb.sw, nr * nsub);
-            resize(&mut tb.mw, nr * nsub);
-            let Tile { codes, sw, mw, .. } = tb;
+            let (codes, sw, mw) =
+                (scratch(&mut tb.codes, nr * cp), scratch(&mut tb.sw, nr * nsub), scratch(&mut tb.mw, nr * nsub));
             for (r, ((c, s), m)) in
                 codes.chunks_exact_mut(cp).zip(sw.chunks_exact_mut(nsub)).zip(mw.chunks_exact_mut(nsub)).enumerate()
             {
                 kern::decode_row(isa, qtype, affine, cols, w.row(r0 + r), c, s, m);
             }
             for i in 0..n {
-                let (q, d16) = (&acts.q[i * cp..(i + 1) * cp], &acts.d16[i * nsub..(i + 1) * nsub]);
-                let s16 = &acts.s16[i * nsub..(i + 1) * nsub];
+                let (q, d16) = (&q[i * cp..(i + 1) * cp], &d16[i * nsub..(i + 1) * nsub]);
+                let s16 = &s16[i * nsub..(i + 1) * nsub];
                 let xi = &xs[i * cols..(i + 1) * cols];
                 let c = |r: usize| &codes[r * cp..(r + 1) * cp];
                 let s = |r: usize| &sw[r * nsub..(r + 1) * nsub];
                 let finish = |r: usize, v: f32| {
                     let v = if mins { v + kern::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], s16) } else { v };
-                    v * acts.scale[i] + outlier_sum(w, r0 + r, xi)
+                    v * scale[i] + outlier_sum(w, r0 + r, xi)
                 };
                 // Four rows at a time share each activation load.
                 let quads = nr / 4 * 4;
