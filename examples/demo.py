@@ -35,7 +35,7 @@ def main() -> int:
     ap.add_argument("--gguf", type=Path, required=True, help="the SmolLM2 GGUF file")
     ap.add_argument("--text", type=Path, required=True, help="UTF-8 text to evaluate on (botchan.txt)")
     ap.add_argument("--out", type=Path, default=None, help="where the outputs go (default: next to the GGUF)")
-    ap.add_argument("--eval-tokens", type=int, default=4096, help="tokens of the text to evaluate on (default 4096)")
+    ap.add_argument("--eval-tokens", type=int, default=2048, help="tokens of the text to evaluate on (default 2048)")
     args = ap.parse_args()
     out = args.out or args.gguf.parent / "demo"
     out.mkdir(parents=True, exist_ok=True)

@@ -168,7 +168,6 @@ impl<'a> QMatrix<'a> {
 
     /// A weight whose parts were already checked by [`QMatrix::new`] (the engine checks each
     /// tensor once at load and rebuilds the borrow per call without re-scanning perm and outliers).
-    #[allow(dead_code)] // used by the engine (`crate::model`), which lands separately
     pub(crate) fn prechecked(
         layout: Layout,
         data: &'a [u8],
