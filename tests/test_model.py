@@ -80,6 +80,7 @@ def test_greedy_generation_matches_batched_argmax(tiny: dict[str, Path]) -> None
     """The KV-cache decode loop picks, at every step, the argmax of a fresh batched forward over
     the prompt plus everything generated so far."""
     with lowbit.Model.load(tiny["f32"]) as m:
+        assert m.path == tiny["f32"]  # an LBF file runs in place (no float32 copy)
         prompt = m.encode("It is a truth")
         gen = m.generate(prompt, max_tokens=12)
         text = "".join(gen)
@@ -161,6 +162,7 @@ def _manual_eval(m: lowbit.Model, ids: list[int], ctx: int) -> tuple[list[float]
 def test_evaluate_matches_direct_computation(tiny: dict[str, Path]) -> None:
     ctx = 32
     with lowbit.Model.load(tiny["q8_0"]) as m, lowbit.Model.load(tiny["f32"]) as ref:
+        assert m.path == tiny["q8_0"] and ref.path == tiny["f32"]
         rep = lowbit.evaluate(m, tiny["text"], reference=ref, ctx=ctx, tokens=100, progress=False)
         ids = m.encode(tiny["text"].read_text())[:100]
         nll, lp = _manual_eval(m, ids, ctx)

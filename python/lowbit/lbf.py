@@ -33,7 +33,10 @@ from .errors import (
 )
 from .qtensor import QTensor
 
-__all__ = ["LBFFile", "PartInfo", "TensorInfo", "load", "save"]
+__all__ = ["LBF_MAGIC", "LBFFile", "PartInfo", "TensorInfo", "load", "save"]
+
+#: The first 8 bytes of every LBF file (formats/LBF.md §2).
+LBF_MAGIC = b"\x89LBF\r\n\x1a\n"
 
 _NUMPY_TAGS: dict[np.dtype[Any], str] = {
     np.dtype(np.uint8): "u8",

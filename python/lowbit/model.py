@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from . import _core
 from .errors import FormatError, ParameterError, UnsupportedError
-from .lbf import LBFFile, load
+from .lbf import LBF_MAGIC, LBFFile, load
 
 __all__ = ["Generation", "Model", "engine_config"]
 
@@ -160,9 +160,19 @@ class Model:
     release the file. Thread-safety: one session per thread."""
 
     def __init__(self, lbf: LBFFile, *, isa: str | None = None, _tmp: tempfile.TemporaryDirectory[str] | None = None):
+        try:
+            self._read_metadata(lbf)
+        finally:
+            lbf.close()
+        self._tmp = _tmp
+        self._engine: _core.Engine | None = _core.Engine(str(self.path), engine_config(self.config), isa)
+        self.vocab_size: int = self.config["vocab_size"]
+        self.max_context: int = _int(self.config, "max_position_embeddings", 2048)
+        self._tok: Any = None
+
+    def _read_metadata(self, lbf: LBFFile) -> None:
         from .conversion.lbf_source import json_metadata
 
-        self._tmp = _tmp
         self.path = Path(lbf.path)
         self.source = str(self.path)
         cfg = json_metadata(lbf, "model.config", required=True)
@@ -173,11 +183,6 @@ class Model:
         self.tokenizer_config: dict[str, Any] | None = json_metadata(lbf, "tokenizer.config")
         self._tokenizer_json = lbf.get_str("tokenizer.json") if "tokenizer.json" in lbf.metadata_types else None
         self.bits_per_weight = float(sum(t.nbytes for t in lbf.tensors) * 8 / max(1, sum(t.numel for t in lbf.tensors)))
-        lbf.close()
-        self._engine: _core.Engine | None = _core.Engine(str(self.path), engine_config(cfg), isa)
-        self.vocab_size: int = cfg["vocab_size"]
-        self.max_context: int = _int(cfg, "max_position_embeddings", 2048)
-        self._tok: Any = None
 
     @classmethod
     def load(cls, src: str | os.PathLike[str], *, isa: str | None = None, progress: bool = False) -> Model:
@@ -188,8 +193,8 @@ class Model:
         p = Path(src)
         if p.is_file():
             with open(p, "rb") as fh:
-                magic = fh.read(4)
-            if magic == b"LBF\0":
+                magic = fh.read(len(LBF_MAGIC))
+            if magic == LBF_MAGIC:
                 return cls(load(p), isa=isa)
         from .conversion import convert
 

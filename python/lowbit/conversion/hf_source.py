@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import FormatError, ParameterError, UnsupportedError
 from ._files import unique_keys
+from ..lbf import LBF_MAGIC
 from .gguf_source import GGUF_MAGIC as _GGUF_MAGIC
 from .safetensors_io import SafetensorsFile
 from .source import Source, SourceTensor
@@ -38,7 +39,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "vocab.txt", "merges.txt"]
 # Files in subfolders (alternative formats, "original/" weights) are not needed.
 HUB_IGNORE_PATTERNS = ["*/*"]
-_LBF_MAGIC = b"\x89LBF\r\n\x1a\n"  # formats/LBF.md §2
 # An HF repo id: `owner/name`, each part letters, digits, `-`, `_`, `.`, not starting or ending
 # with `-` or `.`, no `--` or `..`, at most 96 characters in all (huggingface_hub's validation).
 _REPO_ID = re.compile(r"[A-Za-z0-9_](?:[\w.-]*[A-Za-z0-9_])?/[A-Za-z0-9_](?:[\w.-]*[A-Za-z0-9_])?", re.ASCII)
@@ -304,7 +304,7 @@ def resolve_source(src: str | os.PathLike[str], *, revision: str | None = None) 
             magic = f.read(8)
         if magic[: len(_GGUF_MAGIC)] == _GGUF_MAGIC:
             return _open_gguf(p)
-        if magic == _LBF_MAGIC:
+        if magic == LBF_MAGIC:
             from .lbf_source import open_lbf
 
             return open_lbf(p)
