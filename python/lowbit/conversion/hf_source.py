@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, ParameterError, UnsupportedError
-from ._files import unique_keys
 from ..lbf import LBF_MAGIC
+from ._files import unique_keys
 from .gguf_source import GGUF_MAGIC as _GGUF_MAGIC
 from .safetensors_io import SafetensorsFile
 from .source import Source, SourceTensor
