@@ -42,6 +42,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::format::check_perm_outliers;
 use crate::qtype::{Family, QType};
 use crate::quant::Layout;
 use crate::simd::matmul::{self as kern, padded, QS};
@@ -121,15 +122,6 @@ impl<'a> QMatrix<'a> {
             if p.len() != cols * 4 {
                 return Err(Error::Shape(format!("perm has {} bytes, expected 4 × {cols}", p.len())));
             }
-            let mut seen = vec![false; cols];
-            for (j, c) in p.chunks_exact(4).enumerate() {
-                let v = u32::from_le_bytes(c.try_into().expect("4 bytes")) as usize;
-                if v >= cols || std::mem::replace(&mut seen[v], true) {
-                    return Err(Error::InvalidParameter(format!(
-                        "perm is not a permutation of 0..{cols} (entry {j} = {v})"
-                    )));
-                }
-            }
         }
         if let Some(o) = outliers {
             if o.row_ptr.len() != (rows + 1) * 8 || o.cols.len() % 4 != 0 || o.vals.len() * 2 != o.cols.len() {
@@ -143,26 +135,13 @@ impl<'a> QMatrix<'a> {
                 )));
             }
             let nnz = o.cols.len() / 4;
-            if o.ptr(0) != 0 || o.ptr(rows) != nnz {
-                return Err(Error::InvalidParameter(format!("outlier row pointers must run from 0 to {nnz}")));
-            }
-            for r in 0..rows {
-                let (a, b) = (o.ptr(r), o.ptr(r + 1));
-                if a > b || b > nnz {
-                    return Err(Error::InvalidParameter(format!("outlier row pointers decrease at row {r}")));
-                }
-                let mut last = None;
-                for k in a..b {
-                    let (c, v) = o.entry(k);
-                    if c >= cols || last.is_some_and(|l| c <= l) || !v.is_finite() {
-                        return Err(Error::InvalidParameter(format!(
-                            "outlier {k} of row {r}: column {c} out of range or order, or value {v} not finite"
-                        )));
-                    }
-                    last = Some(c);
-                }
+            if let Some(k) = (0..nnz).find(|&k| !o.entry(k).1.is_finite()) {
+                return Err(Error::InvalidParameter(format!("outlier {k}: value {} is not finite", o.entry(k).1)));
             }
         }
+        let (row_ptr, ocols) = outliers.map_or((&[][..], &[][..]), |o| (o.row_ptr, o.cols));
+        check_perm_outliers(rows, cols, perm.unwrap_or(&[]), row_ptr, ocols)
+            .map_err(|(_, msg)| Error::InvalidParameter(msg))?;
         Ok(QMatrix { layout, data, perm, outliers })
     }
 

@@ -270,37 +270,51 @@ pub(crate) fn expected_part_len(
 /// Check the content of a perm or outlier part (§5), which the index alone cannot vouch for.
 /// `parts[k]` is the bytes of kind `k` (empty if absent); errors name the part's offset.
 pub(crate) fn check_part_contents(t: &TensorInfo, parts: &[&[u8]; 5]) -> Result<()> {
-    let (name, rows, cols) = (&t.name, t.rows(), t.cols());
-    let at = |k: PartKind| t.part(k).map_or(0, |p| p.offset);
-    let bad = |k: PartKind, what: String| Error::Format { offset: at(k), msg: format!("tensor {name:?}: {what}") };
-    let perm = parts[PartKind::Perm as usize];
+    let (rows, cols) = (t.rows() as usize, t.cols() as usize);
+    let [_, perm, row_ptr, ocols, _] = *parts;
+    check_perm_outliers(rows, cols, perm, row_ptr, ocols).map_err(|(k, what)| Error::Format {
+        offset: t.part(k).map_or(0, |p| p.offset),
+        msg: format!("tensor {:?}: {what}", t.name),
+    })
+}
+
+/// The content rules of §5 for a perm part and the outlier parts, shared by the LBF reader and
+/// [`crate::matmul::QMatrix::new`]; their lengths are already checked. `perm` (empty if absent)
+/// must be a permutation of `0..cols`; the outliers (`row_ptr` empty if absent) need row
+/// pointers running from 0 to nnz without decreasing, and columns `< cols`, increasing within a
+/// row. The error names the part at fault.
+pub(crate) fn check_perm_outliers(
+    rows: usize,
+    cols: usize,
+    perm: &[u8],
+    row_ptr: &[u8],
+    ocols: &[u8],
+) -> std::result::Result<(), (PartKind, String)> {
     if !perm.is_empty() {
-        let mut seen = vec![false; cols as usize];
+        let mut seen = vec![false; cols];
         for (j, c) in perm.chunks_exact(4).enumerate() {
             let v = u32::from_le_bytes(c.try_into().expect("4 bytes")) as usize;
-            if v >= seen.len() || std::mem::replace(&mut seen[v], true) {
-                return Err(bad(PartKind::Perm, format!("perm is not a permutation of 0..{cols} (entry {j} = {v})")));
+            if v >= cols || std::mem::replace(&mut seen[v], true) {
+                return Err((PartKind::Perm, format!("perm is not a permutation of 0..{cols} (entry {j} = {v})")));
             }
         }
     }
-    let rp = parts[PartKind::OutlierRows as usize];
-    if !rp.is_empty() {
-        let ptr = |i: usize| u64::from_le_bytes(rp[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        let cidx = parts[PartKind::OutlierCols as usize];
-        let nnz = cidx.len() as u64 / 4;
-        if ptr(0) != 0 || ptr(rows as usize) != nnz {
-            return Err(bad(PartKind::OutlierRows, format!("outlier row pointers must run from 0 to {nnz}")));
+    if !row_ptr.is_empty() {
+        let ptr = |i: usize| u64::from_le_bytes(row_ptr[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let nnz = ocols.len() as u64 / 4;
+        if ptr(0) != 0 || ptr(rows) != nnz {
+            return Err((PartKind::OutlierRows, format!("outlier row pointers must run from 0 to {nnz}")));
         }
-        let col = |k: u64| u32::from_le_bytes(cidx[k as usize * 4..k as usize * 4 + 4].try_into().expect("4 bytes"));
-        for r in 0..rows as usize {
+        let col = |k: u64| u32::from_le_bytes(ocols[k as usize * 4..k as usize * 4 + 4].try_into().expect("4 bytes"));
+        for r in 0..rows {
             let (a, b) = (ptr(r), ptr(r + 1));
             if a > b || b > nnz {
-                return Err(bad(PartKind::OutlierRows, format!("outlier row pointers decrease at row {r}")));
+                return Err((PartKind::OutlierRows, format!("outlier row pointers decrease at row {r}")));
             }
             for k in a..b {
-                if u64::from(col(k)) >= cols || (k > a && col(k) <= col(k - 1)) {
+                if col(k) as usize >= cols || (k > a && col(k) <= col(k - 1)) {
                     let msg = format!("outlier {k} of row {r}: column {} out of range or order", col(k));
-                    return Err(bad(PartKind::OutlierCols, msg));
+                    return Err((PartKind::OutlierCols, msg));
                 }
             }
         }
