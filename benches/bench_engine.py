@@ -128,7 +128,7 @@ def prepare(hf: Path, gguf_src: Path, cache: Path) -> dict[str, tuple[Path, Path
         lowbit.gguf_to_hf(gguf_src, hf, progress=False)
     for r, (lbf, gg) in files.items():
         if not lbf.exists():
-            lowbit.convert(hf, lbf, r, progress=False)
+            lowbit.convert(hf, lbf, r, progress=False, gguf_compatible=True)  # llama.cpp runs the same bytes
         if not gg.exists():
             lowbit.export_gguf(lbf, gg, progress=False)
     return files

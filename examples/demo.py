@@ -5,9 +5,11 @@
 2. GGUF → Hugging Face checkpoint (float32 safetensors + config.json + tokenizer.json), with
    lowbit's own GGUF reader and dequantizers and llama.cpp's q/k row permutation undone. Cached next
    to the GGUF file; later runs reuse it.
-3. HF checkpoint → LBF with the `q4_k_m` and `int4-g128` recipes: the plan table (per tensor:
-   qtype, bytes, bits per weight, relative RMSE, fallbacks) and the file's size.
-4. `q4_k_m` exported back to GGUF for llama.cpp.
+3. HF checkpoint → LBF with the `q4_k_m`, `int4-g128` and `q8_0` recipes: the plan table (per
+   tensor: qtype, bytes, bits per weight, relative RMSE, substitutions) and the file's size.
+   `q4_k_m` twice: with ragged k-types on the 576-long rows (q4_kr, q6_kr), and with
+   `--gguf-compatible` (llama.cpp's legacy fallbacks there).
+4. The `--gguf-compatible` `q4_k_m` exported back to GGUF for llama.cpp.
 5. Quality: each LBF file evaluated against the float32 model on a public-domain text (Botchan, from
    PyPI's sentencepiece sdist; `make demo-data` fetches it): perplexity, ΔPPL, mean KL divergence of
    the next-token distributions and top-1 agreement, on the same windows (`lowbit eval`).
@@ -26,7 +28,10 @@ from pathlib import Path
 import lowbit
 from lowbit.conversion import convert, export_gguf, format_plan, gguf_to_hf
 
-RECIPES = ("q4_k_m", "int4-g128", "q8_0")
+# (label, recipe, gguf_compatible): q4_k_m with ragged k-types on the 576-long rows, and the
+# same recipe with llama.cpp's legacy fallbacks there (the file that exports to GGUF).
+RECIPES = (("q4_k_m", "q4_k_m", False), ("q4_k_m-gguf", "q4_k_m", True), ("int4-g128", "int4-g128", False),
+           ("q8_0", "q8_0", False))  # fmt: skip
 PROMPT = "Write one sentence about the sea."
 
 
@@ -52,16 +57,17 @@ def main() -> int:
     f32_bytes = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
 
     rows = []
-    for i, recipe in enumerate(RECIPES, 2):
-        path = out / f"SmolLM2-135M-Instruct.{recipe}.lbf"
-        print(f"\n[{i}] convert {hf.name} → {path.name} (recipe {recipe})\n")
-        report = convert(hf, path, recipe, overwrite=True)
+    for i, (label, recipe, gguf_compatible) in enumerate(RECIPES, 2):
+        path = out / f"SmolLM2-135M-Instruct.{label}.lbf"
+        how = " --gguf-compatible" if gguf_compatible else ""
+        print(f"\n[{i}] convert {hf.name} → {path.name} (recipe {recipe}{how})\n")
+        report = convert(hf, path, recipe, overwrite=True, gguf_compatible=gguf_compatible)
         print(format_plan(report))
-        rows.append((recipe, path, report))
+        rows.append((label, path, report))
 
     gguf_out = out / "SmolLM2-135M-Instruct.q4_k_m.gguf"
-    print(f"\n[{len(RECIPES) + 2}] export {rows[0][1].name} → {gguf_out.name} (llama.cpp can load it)")
-    export_gguf(rows[0][1], gguf_out, overwrite=True)
+    print(f"\n[{len(RECIPES) + 2}] export {rows[1][1].name} → {gguf_out.name} (llama.cpp can load it)")
+    export_gguf(rows[1][1], gguf_out, overwrite=True)
 
     step = len(RECIPES) + 3
     print(f"\n[{step}] quality vs the float32 model on {args.text.name} (first {args.eval_tokens} tokens, ctx 512)")
@@ -69,7 +75,7 @@ def main() -> int:
     with lowbit.Model.load(hf) as ref:
         for recipe, path, _ in rows:
             evals[recipe] = rep = lowbit.evaluate(path, args.text, reference=ref, tokens=args.eval_tokens)
-            print(f"    {recipe:<10} PPL {rep.ppl:8.3f} (f32 {rep.reference_ppl:.3f}, Δ {rep.delta_ppl:+.3f})  "
+            print(f"    {recipe:<12} PPL {rep.ppl:8.3f} (f32 {rep.reference_ppl:.3f}, Δ {rep.delta_ppl:+.3f})  "
                   f"KLD {rep.kld_mean:.5f}  top-1 {100 * (rep.top1_agreement or 0):.1f} %  "
                   f"{rep.tokens_per_second:.0f} tokens/s")  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""Reference reader and writer of LBF 1.0 (formats/LBF.md), pure Python, standard library only.
+"""Reference reader and writer of LBF 1.1 (formats/LBF.md), pure Python, standard library only.
 
 This is the executable form of the spec and a test oracle for lowbit's Rust implementation: it
 favours plainness over speed and checks everything §7 lists. Section numbers refer to LBF.md.
@@ -27,7 +27,7 @@ from math import prod
 from typing import BinaryIO, TypeAlias
 
 MAGIC = b"\x89LBF\r\n\x1a\n"
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 1, 1
 BYTE_ORDER = 0x0A0B0C0D
 HEADER_SIZE = 64
 ALIGN = 64
@@ -50,7 +50,7 @@ INT_TYPES = {"u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64"}
 
 @dataclass(frozen=True)
 class UnknownValue:
-    """A metadata value of a type unknown to this 1.0 reader (newer-minor files only)."""
+    """A metadata value of a type unknown to this 1.1 reader (newer-minor files only)."""
 
     type_id: int
     raw: bytes
@@ -63,13 +63,17 @@ TypedValue: TypeAlias = tuple[str, Scalar | ArrayValue | UnknownValue]
 
 @dataclass(frozen=True)
 class QType:
-    """§5 storage type: ``bits`` is set for the group-affine types (block = 8 values / bits bytes)."""
+    """§5 storage type: ``bits`` is set for the group-affine types (block = 8 values / bits bytes);
+    ``tail`` for the ragged k-types: bytes of a final partial block of u units of 32 values =
+    ``tail[0] * u + tail[1]``; ``minor``: the minor version that introduced the type."""
 
     id: int
     name: str
     block_values: int
     block_bytes: int
     bits: int = 0
+    tail: tuple[int, int] | None = None
+    minor: int = 0
 
 
 QTYPES: dict[int, QType] = {
@@ -80,6 +84,9 @@ QTYPES: dict[int, QType] = {
         QType(8, "q2_k", 256, 84), QType(9, "q3_k", 256, 110), QType(10, "q4_k", 256, 144),
         QType(11, "q5_k", 256, 176), QType(12, "q6_k", 256, 210), QType(13, "iq4_nl", 32, 18),
         QType(14, "int2", 8, 2, 2), QType(15, "int3", 8, 3, 3), QType(16, "int4", 8, 4, 4), QType(17, "int8", 8, 8, 8),
+        QType(18, "q2_kr", 256, 84, tail=(10, 4), minor=1), QType(19, "q3_kr", 256, 110, tail=(14, 2), minor=1),
+        QType(20, "q4_kr", 256, 144, tail=(18, 4), minor=1), QType(21, "q5_kr", 256, 176, tail=(22, 4), minor=1),
+        QType(22, "q6_kr", 256, 210, tail=(26, 2), minor=1),
     ]
 }  # fmt: skip
 QTYPE_BY_NAME = {q.name: q for q in QTYPES.values()}
@@ -166,7 +173,12 @@ def align64(x: int) -> int:
 
 
 def row_bytes(qtype: QType, cols: int, group_size: int, symmetric: bool) -> int:
-    """Bytes of one row of ``cols`` values. Group-affine: codes, f16 scales, zeros (asymmetric)."""
+    """Bytes of one row of ``cols`` values. Group-affine: codes, f16 scales, zeros (asymmetric).
+    Ragged k-types: the full blocks, then a tail of ``ceil((cols % 256) / 32)`` units (if any)."""
+    if qtype.tail:
+        units = -(-(cols % qtype.block_values) // 32)
+        tail = qtype.tail[0] * units + qtype.tail[1] if units else 0
+        return cols // qtype.block_values * qtype.block_bytes + tail
     if cols % qtype.block_values:
         raise LBFRefError(f"{qtype.name}: cols {cols} is not a multiple of the block size {qtype.block_values}")
     if not qtype.bits:
@@ -302,7 +314,7 @@ def write_lbf(
     *,
     check: bool = True,
 ) -> bytes:
-    """Build the canonical LBF 1.0 bytes (dense layout, zero padding, CRCs, header last), write them
+    """Build the canonical LBF 1.x bytes (dense layout, zero padding, CRCs, header last), write them
     to ``dest`` (a path or a binary file; None: don't write) and return them. With ``check`` the
     result is read back with ``read_lbf`` and ``verify``, so invalid input is refused."""
     data = bytearray(HEADER_SIZE)  # the header is filled in last
@@ -322,7 +334,9 @@ def write_lbf(
             index += PART.pack(kind, zlib.crc32(payload), offset, len(payload))
     index_offset = align64(len(data))
     data += bytes(index_offset - len(data)) + index
-    fields = (MAGIC, MAJOR, MINOR, BYTE_ORDER, index_offset, len(index), len(metadata), len(tensors), len(data), 0)
+    # The lowest minor version that has every qtype used (§9), so older readers open what they can.
+    minor = max((QTYPE_BY_NAME[t.qtype].minor for t in tensors), default=0)
+    fields = (MAGIC, MAJOR, minor, BYTE_ORDER, index_offset, len(index), len(metadata), len(tensors), len(data), 0)
     head = HEADER.pack(*fields, 0)[:60]
     data[:HEADER_SIZE] = head + struct.pack("<I", zlib.crc32(head + index))
     out = bytes(data)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lowbit
-from conftest import AFFINE_TYPES, FLOAT_TYPES, GGML_TYPES
+from conftest import AFFINE_TYPES, FLOAT_TYPES, GGML_TYPES, RAGGED_TYPES
 
 
 def test_all_exports_exist() -> None:
@@ -16,7 +16,7 @@ def test_all_exports_exist() -> None:
 
 def test_type_table() -> None:
     table = {t.name: t for t in lowbit.qtypes()}
-    assert set(GGML_TYPES + FLOAT_TYPES + AFFINE_TYPES) == set(table)
+    assert set(GGML_TYPES + FLOAT_TYPES + AFFINE_TYPES + RAGGED_TYPES) == set(table)
     # GGUF type ids and bits per weight as ggml defines them (ggml.h / ggml-common.h).
     expect = {
         "f32": (0, 32.0),
@@ -39,6 +39,11 @@ def test_type_table() -> None:
         assert table[name].bits_per_weight == bpw, name
     for name in AFFINE_TYPES:
         assert not table[name].ggml and table[name].gguf_type is None and table[name].group_affine
+    for name in RAGGED_TYPES:
+        base = table[name].ragged_base
+        assert base == name[:-1] and not table[name].ggml and table[name].gguf_type is None
+        assert table[name].bits_per_weight == table[base].bits_per_weight
+    assert all(table[n].ragged_base is None for n in table if n not in RAGGED_TYPES)
 
 
 @pytest.mark.parametrize("qtype", GGML_TYPES + FLOAT_TYPES)

@@ -16,9 +16,9 @@ import pytest
 
 import lowbit
 from conftest import DEMO_GGUF
-from lowbit import DestinationExistsError, InvalidValueError, LowbitWarning, ParameterError
+from lowbit import DestinationExistsError, InvalidValueError, LowbitWarning, ParameterError, UnsupportedError
 from lowbit.cli import main as cli
-from lowbit.conversion import RECIPES, convert, export_hf, format_plan
+from lowbit.conversion import RECIPES, convert, export_gguf, export_hf, format_plan
 from synth import make_checkpoint
 
 # Upper bounds of the relative RMSE of each stored type on Gaussian weights (measured values are
@@ -96,10 +96,20 @@ def test_dry_run_plans_exactly_what_the_real_run_writes(tmp_path: Path) -> None:
         assert {t.name: t.nbytes for t in f.tensors} == {e.name: e.nbytes for e in dry.plan}
     # the estimate of the whole file is close (index and metadata are estimated)
     assert abs(dry.file_bytes - real.file_bytes) <= 0.02 * real.file_bytes
-    fb = [e for e in real.plan if e.fallback]
-    assert fb and all(e.requested in ("q4_k", "q6_k") and e.qtype in ("q5_0", "q8_0") for e in fb)
+    ragged = [e for e in real.plan if e.fallback]
+    assert ragged and all(e.qtype == e.requested + "r" for e in ragged)
     text = format_plan(real)
-    assert "fallback" in text and "rel rmse" in text and "bpw" in text
+    assert "ragged" in text and "rel rmse" in text and "bpw" in text
+    # The same plan for GGUF: llama.cpp's fallbacks, more bytes; the dry run says how many more.
+    gg = convert(src, tmp_path / "g.lbf", "q4_k_m", progress=False, gguf_compatible=True)
+    fb = [e for e in gg.plan if e.fallback]
+    assert fb and all(e.requested in ("q4_k", "q6_k") and e.qtype in ("q5_0", "q8_0") for e in fb)
+    assert gg.tensor_bytes == real.other_tensor_bytes > real.tensor_bytes == gg.other_tensor_bytes
+    assert "with --gguf-compatible" in text and "fallback" in format_plan(gg)
+    export_gguf(tmp_path / "g.lbf", tmp_path / "g.gguf")
+    with pytest.raises(UnsupportedError, match="--gguf-compatible"):
+        export_gguf(tmp_path / "m.lbf", tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
 
 
 def test_tensor_type_override_and_single_qtype(tmp_path: Path) -> None:
@@ -271,7 +281,7 @@ def test_real_model_gguf_to_lbf_and_back(tmp_path: Path) -> None:
 
     from lowbit.conversion import export_gguf, permute_qk
 
-    r = convert(DEMO_GGUF, tmp_path / "m.lbf", "q4_k_m", progress=False)
+    r = convert(DEMO_GGUF, tmp_path / "m.lbf", "q4_k_m", progress=False, gguf_compatible=True)
     assert r.kind == "gguf" and len(r.plan) == 272
     assert 4.5 < r.bits_per_weight < 6.5
     export_gguf(tmp_path / "m.lbf", tmp_path / "m.gguf", progress=False)

@@ -137,7 +137,7 @@ BAD: dict[str, tuple[bytes, str]] = {
     "magic": (b"\x89LBG" + BASIC[4:], "bad magic"),
     "text-mode": (BASIC[:4] + b"\n" + BASIC[6:], "bad magic"),
     "byte-swapped": (patch(BASIC, 12, bytes([0x0A, 0x0B, 0x0C, 0x0D])), "byte-swapped"),
-    "major 2": (patch(BASIC, 8, struct.pack("<H", 2)), "LBF 2.0, this reader reads LBF 1.0"),
+    "major 2": (patch(BASIC, 8, struct.pack("<H", 2)), "LBF 2.0, this reader reads LBF 1.1"),
     "major 0": (patch(BASIC, 8, struct.pack("<H", 0)), "LBF 0.0"),
     "flags": (patch(BASIC, 56, struct.pack("<I", 1)), "header flags"),
     "truncated": (BASIC[:-1], "file_len"),
@@ -199,10 +199,10 @@ def test_nonzero_padding_fails_verify() -> None:
 
 
 def test_newer_minor_version_is_read() -> None:
-    """§9: a 1.1 file with an unknown value type and header flag bits opens; in 1.0 both are errors."""
-    data = patch(patch(patch(BASIC, 10, struct.pack("<H", 1)), 56, struct.pack("<I", 4)), BOOL_AT, b"\x63")
+    """§9: a 1.2 file with an unknown value type and header flag bits opens; in 1.0 and 1.1 both are errors."""
+    data = patch(patch(patch(BASIC, 10, struct.pack("<H", 2)), 56, struct.pack("<I", 4)), BOOL_AT, b"\x63")
     f = lbf.read_lbf(data)
-    assert (f.minor, f.flags) == (1, 4)
+    assert (f.minor, f.flags) == (2, 4)
     assert dict(f.metadata)["bool.true"] == ("unknown", lbf.UnknownValue(99, b"\x01"))
 
 

@@ -11,12 +11,12 @@ import numpy.typing as npt
 import pytest
 
 import lowbit
-from conftest import FLOAT_TYPES, GGML_TYPES
+from conftest import FLOAT_TYPES, GGML_TYPES, RAGGED_TYPES
 from lowbit import InvalidValueError, IsaError, ParameterError, ShapeError
 
 QUANT_TYPES = [*GGML_TYPES, "int2-g32", "int3-row-sym", "int4-g128", "int8-g64", "int8-row-sym"]
 # Types whose decoded rows carry a separate min term (scaled code and min may cancel).
-MIN_TYPES = {"q4_1", "q5_1", "q2_k", "q4_k", "q5_k", "int8-g64"}
+MIN_TYPES = {"q4_1", "q5_1", "q2_k", "q4_k", "q5_k", "int8-g64", "q2_kr", "q4_kr", "q5_kr"}
 EPS = float(np.finfo(np.float32).eps)
 
 
@@ -45,6 +45,17 @@ def bound(qt: lowbit.QTensor, x: npt.NDArray[np.float32], dense: npt.NDArray[np.
 @pytest.mark.parametrize("qtype", QUANT_TYPES + FLOAT_TYPES)
 @pytest.mark.parametrize(("rows", "cols", "n"), [(1, 256, 1), (17, 512, 3), (67, 768, 64)])
 def test_every_isa_within_the_activation_bound(qtype: str, rows: int, cols: int, n: int) -> None:
+    check_every_isa(qtype, rows, cols, n)
+
+
+@pytest.mark.parametrize("qtype", RAGGED_TYPES)
+@pytest.mark.parametrize(("rows", "cols", "n"), [(1, 576, 1), (17, 600, 3), (67, 100, 64), (5, 7, 2)])
+def test_ragged_types_within_the_activation_bound(qtype: str, rows: int, cols: int, n: int) -> None:
+    check_every_isa(qtype, rows, cols, n)
+    assert weight(qtype, rows, cols).qtype == qtype
+
+
+def check_every_isa(qtype: str, rows: int, cols: int, n: int) -> None:
     qt = weight(qtype, rows, cols, seed=rows)
     x = np.random.default_rng(cols).standard_normal((n, cols)).astype(np.float32)
     dense = qt.dequantize().astype(np.float64)

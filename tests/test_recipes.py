@@ -105,22 +105,43 @@ def test_q3_k_m_and_q2_k_layer_rules() -> None:
         assert q2["model.layers.7.mlp.gate_proj.weight"].qtype == "q2_k"
 
 
-def test_fallback_when_rows_do_not_fill_super_blocks() -> None:
-    """hidden 576 (the demo model): rows of 576 values do not fill 256-value super-blocks."""
+def test_ragged_k_types_when_rows_do_not_fill_super_blocks() -> None:
+    """hidden 576 (the demo model): rows of 576 values get the ragged k-types, aligned rows the
+    ggml k-quants."""
     shapes = llama_shapes(4, 576, 1536, 1000, 192, tied=True)
     plan = by_name(make_plan(shapes, RECIPES["q4_k_m"], n_layers=4, n_gqa=3, tied=True))
+    q = plan["model.layers.1.self_attn.q_proj.weight"]
+    assert (q.requested, q.qtype) == ("q4_k", "q4_kr") and "576" in q.fallback and q.fallback.startswith("ragged")
+    assert q.nbytes == 576 * (2 * 144 + 18 * 2 + 4)
+    assert plan["model.layers.3.self_attn.v_proj.weight"].qtype == "q6_kr"
+    down = plan["model.layers.1.mlp.down_proj.weight"]  # rows of 1536 = 6 × 256
+    assert (down.qtype, down.fallback) == ("q4_k", "")
+    q3 = by_name(make_plan(shapes, RECIPES["q3_k_m"], n_layers=4, n_gqa=3, tied=True))
+    assert q3["model.layers.1.mlp.up_proj.weight"].qtype == "q3_kr"
+    # Asking for a ragged type is asking for its k-quant (ragged where rows need it).
+    assert recipe_for("q5_kr").base == "q5_k"
+    direct = make_plan(shapes[2:3], recipe_for("q5_kr"), n_layers=4)
+    assert (direct[0].requested, direct[0].qtype) == ("q5_k", "q5_kr")
+    direct = make_plan(shapes[2:3], recipe_for("q5_kr"), n_layers=4, gguf_compatible=True)
+    assert (direct[0].requested, direct[0].qtype) == ("q5_k", "q5_1")
+
+
+def test_gguf_compatible_falls_back_like_llama_cpp() -> None:
+    """With gguf_compatible, rows of 576 fall back to llama.cpp's legacy types."""
+    shapes = llama_shapes(4, 576, 1536, 1000, 192, tied=True)
+    plan = by_name(make_plan(shapes, RECIPES["q4_k_m"], n_layers=4, n_gqa=3, tied=True, gguf_compatible=True))
     q = plan["model.layers.1.self_attn.q_proj.weight"]
     assert (q.requested, q.qtype) == ("q4_k", "q5_0") and "576" in q.fallback and "q4_k" in q.fallback
     v = plan["model.layers.3.self_attn.v_proj.weight"]  # use_more_bits(3, 4): the last eighth
     assert (v.requested, v.qtype) == ("q6_k", "q8_0")
     down = plan["model.layers.1.mlp.down_proj.weight"]  # rows of 1536 = 6 × 256: no fallback
     assert (down.qtype, down.fallback) == ("q4_k", "")
-    q3 = by_name(make_plan(shapes, RECIPES["q3_k_m"], n_layers=4, n_gqa=3, tied=True))
+    q3 = by_name(make_plan(shapes, RECIPES["q3_k_m"], n_layers=4, n_gqa=3, tied=True, gguf_compatible=True))
     assert q3["model.layers.1.mlp.up_proj.weight"].qtype == FALLBACK["q3_k"] == "iq4_nl"
 
 
 def test_fallback_chain_ends_in_f16() -> None:
-    plan = make_plan([("w", (4, 40), "F16", 320)], recipe_for("q4_k"), n_layers=0)
+    plan = make_plan([("w", (4, 40), "F16", 320)], recipe_for("q4_k"), n_layers=0, gguf_compatible=True)
     assert plan[0].qtype == "f16" and "q4_k" in plan[0].fallback and "q5_0" in plan[0].fallback
     plan = make_plan([("w", (4, 36), "F16", 288)], recipe_for("int4-g128"), n_layers=0)
     assert plan[0].qtype == "f16" and plan[0].nbytes == 4 * 36 * 2
@@ -155,10 +176,13 @@ def test_tensor_type_overrides() -> None:
     assert plan["model.layers.2.mlp.down_proj.weight"].qtype == "q5_k"
     assert plan["model.layers.2.mlp.down_proj.weight"].reason == "--tensor-type mlp"
     assert plan["model.layers.2.self_attn.q_proj.weight"].qtype == "q4_k"
-    # an override that does not fit the rows falls back like a recipe's choice
+    # an override whose rows are not a multiple of 256 is ragged, or falls back for GGUF, like a recipe's choice
     ov = parse_tensor_types([r"blk\.0\.attn_q=q6_k"])
     small = llama_shapes(1, 576, 1536, 100, 192, tied=True)
-    q = by_name(make_plan(small, RECIPES["q8_0"], n_layers=1, overrides=ov))["model.layers.0.self_attn.q_proj.weight"]
+    name = "model.layers.0.self_attn.q_proj.weight"
+    q = by_name(make_plan(small, RECIPES["q8_0"], n_layers=1, overrides=ov))[name]
+    assert (q.requested, q.qtype) == ("q6_k", "q6_kr")
+    q = by_name(make_plan(small, RECIPES["q8_0"], n_layers=1, overrides=ov, gguf_compatible=True))[name]
     assert (q.requested, q.qtype) == ("q6_k", "q8_0")
 
 

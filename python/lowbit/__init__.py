@@ -100,7 +100,10 @@ class QTypeInfo:
     `block_size` values are stored in `block_bytes` bytes. For the group-affine types
     (`int2`..`int8`) the block is the packing unit of 8 codes; their scales (f16 per group) and
     zeros (asymmetric only) come on top, so their real bits per weight depend on the group size:
-    see `QTensor.bits_per_weight`.
+    see `QTensor.bits_per_weight`. The ragged k-types (`q2_kr`..`q6_kr`, `ragged_base` names
+    the ggml k-quant they extend) store rows of any length: full 256-value super-blocks, then one
+    partial super-block of 32-value units at about the same bits per weight (formats/QUANT_TYPES.md);
+    on rows that are a multiple of 256 they are stored as `ragged_base` itself.
     """
 
     name: str
@@ -111,6 +114,7 @@ class QTypeInfo:
     gguf_type: int | None
     group_affine: bool
     max_abs: float
+    ragged_base: str | None
 
 
 def qtypes() -> list[QTypeInfo]:
@@ -125,6 +129,7 @@ def qtypes() -> list[QTypeInfo]:
             gguf_type=d["gguf_type"],
             group_affine=d["group_affine"],
             max_abs=d["max_abs"],
+            ragged_base=d["ragged_base"],
         )
         for d in _core.qtypes()
     ]

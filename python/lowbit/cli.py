@@ -172,6 +172,7 @@ def _convert(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        gguf_compatible=args.gguf_compatible,
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -266,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         help="override the qtype of tensors whose HF name or llama.cpp alias (blk.N.attn_v) matches; repeatable",
     )
     conv.add_argument("--dry-run", action="store_true", help="print the plan and sizes; write nothing")
+    conv.add_argument(
+        "--gguf-compatible",
+        action="store_true",
+        help="ggml types only, so the file exports to GGUF: llama.cpp's legacy fallbacks (q4_k → q5_0, …) "
+        "instead of ragged k-types (q4_kr, …) on rows that are not a multiple of 256",
+    )
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     conv.add_argument("--json", action="store_true", help="print the report as JSON")
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")

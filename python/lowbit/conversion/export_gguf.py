@@ -264,6 +264,12 @@ def _plan(f: LBFFile, model_type: str, arch: str, hp: _HParams, cfg: dict[str, A
             f"{len(offenders)} tensor(s) have no GGUF equivalent: {', '.join(offenders)}. GGUF holds the ggml "
             f"types only ({', '.join(ggml_ids)}) and no outlier/permutation parts: quantize with a ggml recipe "
             "(e.g. q4_k, q8_0), or export with `--to hf` for other tools"
+            + (
+                "; the ragged k-types (q*_kr) come from k-quant recipes on rows that are not a multiple of 256: "
+                "convert with --gguf-compatible to get llama.cpp's fallback types there"
+                if any("_kr" in o for o in offenders)
+                else ""
+            )
         )
     if unknown:
         raise UnsupportedError(f"{len(unknown)} tensor(s) without a GGUF {arch} name: {', '.join(unknown)}")

@@ -52,6 +52,9 @@ class ConvertReport:
             dry run; 0 for tensors stored exactly).
         file_bytes: size of the written file (dry run: an estimate; tensor bytes are exact).
         seconds: wall time of the conversion proper (0 in a dry run).
+        gguf_compatible: the plan uses ggml types only (llama.cpp's fallbacks).
+        other_tensor_bytes: tensor bytes of the same recipe with the other `gguf_compatible`
+            setting (ragged k-types vs llama.cpp's fallbacks), for comparison.
     """
 
     source: str
@@ -62,6 +65,8 @@ class ConvertReport:
     rel_rmse: dict[str, float] = field(default_factory=dict)
     file_bytes: int = 0
     seconds: float = 0.0
+    gguf_compatible: bool = False
+    other_tensor_bytes: int = 0
 
     @property
     def src_bytes(self) -> int:
@@ -90,6 +95,8 @@ class ConvertReport:
             "tensor_bytes": self.tensor_bytes,
             "file_bytes": self.file_bytes,
             "bits_per_weight": self.bits_per_weight,
+            "gguf_compatible": self.gguf_compatible,
+            "other_bits_per_weight": 8 * self.other_tensor_bytes / self.n_weights if self.n_weights else 0.0,
             "seconds": self.seconds,
             "tensors": [
                 {
@@ -130,8 +137,7 @@ def format_plan(report: ConvertReport, *, width: int = 48) -> str:
         if rmse:
             r = report.rel_rmse.get(e.name)
             row += f" {r:>9.2e}" if r is not None else f" {'':>9}"
-        note = e.fallback and f"fallback: {e.fallback}"
-        lines.append(row + (f"  {note}" if note else ""))
+        lines.append(row + (f"  {e.fallback}" if e.fallback else ""))
     lines.append("")
     by_type: dict[str, list[int]] = {}
     for e in report.plan:
@@ -143,7 +149,7 @@ def format_plan(report: ConvertReport, *, width: int = 48) -> str:
         lines.append(
             f"  {qt:>10}: {n:4d} tensors {numel / 1e6:9.2f} M weights {_mib(nb):>9} MiB {8 * nb / numel:6.2f} bpw"
         )
-    fallbacks = sum(1 for e in report.plan if e.fallback)
+    fallbacks = sum(1 for e in report.plan if e.fallback.startswith("fallback"))
     verb = "estimated file size" if report.dry_run else "file size"
     lines.append(
         f"total: {len(report.plan)} tensors, {report.n_weights / 1e6:.2f} M weights, "
@@ -151,13 +157,20 @@ def format_plan(report: ConvertReport, *, width: int = 48) -> str:
         f"({report.bits_per_weight:.3f} bpw); {verb} {_mib(report.file_bytes)} MiB"
         + (f"; {fallbacks} fallback(s)" if fallbacks else "")
     )
+    if report.other_tensor_bytes != report.tensor_bytes and report.n_weights:
+        other = 8 * report.other_tensor_bytes / report.n_weights
+        how = "ragged k-types (without --gguf-compatible)" if report.gguf_compatible else "--gguf-compatible"
+        lines.append(
+            f"with {how}: {_mib(report.other_tensor_bytes)} MiB of tensor data ({other:.3f} bpw, "
+            f"{other - report.bits_per_weight:+.3f})"
+        )
     if not report.dry_run:
         mb_s = report.src_bytes / 1e6 / report.seconds if report.seconds else 0.0
         lines.append(f"converted in {report.seconds:.1f} s ({mb_s:.0f} MB/s of source weights)")
     return "\n".join(lines)
 
 
-def _metadata(src: Source, recipe: str, overrides: Sequence[str]) -> dict[str, Any]:
+def _metadata(src: Source, recipe: str, overrides: Sequence[str], gguf_compatible: bool) -> dict[str, Any]:
     meta: dict[str, Any] = {"model.config": json.dumps(src.config, ensure_ascii=False)}
     if src.generation_config is not None:
         meta["model.generation_config"] = json.dumps(src.generation_config, ensure_ascii=False)
@@ -171,7 +184,7 @@ def _metadata(src: Source, recipe: str, overrides: Sequence[str]) -> dict[str, A
             "quantization.tool_version": _core.__version__,
             "quantization.method": "rtn",
             "quantization.recipe": recipe,
-            "quantization.params": json.dumps({"tensor_types": list(overrides)}),
+            "quantization.params": json.dumps({"tensor_types": list(overrides), "gguf_compatible": gguf_compatible}),
             "quantization.source": json.dumps({"kind": src.kind, "path": str(src.path)}),
             "quantization.time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
@@ -207,6 +220,7 @@ def convert(
     dry_run: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    gguf_compatible: bool = False,
 ) -> ConvertReport:
     """Convert a model to an LBF file.
 
@@ -218,6 +232,9 @@ def convert(
             q8_0, int4-g128, int3-g128) or a qtype name (every matrix gets it).
         tensor_types: `REGEX=QTYPE` overrides, the first match wins; the regex is searched in the
             HF name and in the llama.cpp-style alias (`blk.3.attn_v`).
+        gguf_compatible: store ggml types only, so the file exports to GGUF: where rows are not a
+            multiple of 256, k-quants fall back to llama.cpp's legacy types (q4_k → q5_0, …)
+            instead of becoming ragged k-types (q4_kr, …).
         dry_run: plan only; nothing is read beyond headers and nothing is written.
         overwrite: replace an existing `out` (the new file replaces it atomically at the end).
         progress: show a tqdm bar on stderr.
@@ -249,16 +266,22 @@ def convert(
         n_gqa = n_head // max(1, int(cfg.get("num_key_value_heads", n_head) or n_head))
         names = {t.name for t in source.tensors}
         tied = bool(cfg.get("tie_word_embeddings", "lm_head.weight" not in names)) and "lm_head.weight" not in names
-        plan = make_plan(
-            [(t.name, t.shape, t.dtype, t.nbytes) for t in source.tensors],
-            recipe,
-            n_layers=n_layers,
-            n_gqa=n_gqa,
-            tied=tied,
-            overrides=overrides,
-        )
-        meta = _metadata(source, type, tensor_types)
-        report = ConvertReport(str(source.path), source.kind, type, plan, dry_run)
+        plans = [
+            make_plan(
+                [(t.name, t.shape, t.dtype, t.nbytes) for t in source.tensors],
+                recipe,
+                n_layers=n_layers,
+                n_gqa=n_gqa,
+                tied=tied,
+                overrides=overrides,
+                gguf_compatible=g,
+            )
+            for g in (gguf_compatible, not gguf_compatible)
+        ]
+        plan = plans[0]
+        meta = _metadata(source, type, tensor_types, gguf_compatible)
+        report = ConvertReport(str(source.path), source.kind, type, plan, dry_run, gguf_compatible=gguf_compatible)
+        report.other_tensor_bytes = sum(e.nbytes for e in plans[1])
         estimate = sum(_align(e.nbytes) + _INDEX_BYTES_PER_TENSOR + len(e.name) for e in plan)
         report.file_bytes = estimate + sum(len(k) + len(str(v).encode()) + 16 for k, v in meta.items()) + 64
         if dry_run:

@@ -12,9 +12,12 @@ eighth and every third layer between), the output matrix gets q6_k. `int4-g128`/
 are the GPTQ/AWQ-style group-affine layouts; where those tools keep embeddings and lm_head in
 f16 we store q8_0 (half the bytes, relative RMSE ≈ 0.3 %).
 
-When a tensor's rows do not fill the chosen type's blocks, `FALLBACK` gives the next type to
-try (llama.cpp's choices: q4_k → q5_0, q5_k → q5_1, q6_k → q8_0, q2_k/q3_k → iq4_nl), and f16
-as the last resort. The plan records every fallback.
+When a tensor's rows are not a multiple of 256 (hidden sizes 576, 896, 960, …), a k-quant
+becomes its ragged k-type (`RAGGED`: q4_k → q4_kr, ggml's super-blocks plus one partial
+super-block, formats/QUANT_TYPES.md), which keeps k-quant accuracy at k-quant size. With
+`gguf_compatible` (the file must export to GGUF) llama.cpp's fallbacks apply instead: `FALLBACK`
+gives the next type to try (q4_k → q5_0, q5_k → q5_1, q6_k → q8_0, q2_k/q3_k → iq4_nl), and f16
+as the last resort. The plan records every substitution.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ..errors import LowbitError, ParameterError
 
 __all__ = [
     "FALLBACK",
+    "RAGGED",
     "RECIPES",
     "ROLE_PATTERNS",
     "PlanEntry",
@@ -173,6 +177,8 @@ RECIPES: dict[str, Recipe] = {
 
 # Next type to try when a tensor's rows do not fill the type's blocks (then f16).
 FALLBACK: dict[str, str] = {"q2_k": "iq4_nl", "q3_k": "iq4_nl", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
+# The ragged k-type of each k-quant: rows of any length (stored as the k-quant itself when aligned).
+RAGGED: dict[str, str] = {k: k + "r" for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")}
 
 
 def recipe_for(type_: str) -> Recipe:
@@ -224,7 +230,7 @@ class PlanEntry:
     qtype: str
     nbytes: int
     reason: str  # which rule or override chose `requested` ("base", "1-D: f32", ...)
-    fallback: str  # why `qtype` differs from `requested` ("" if it does not)
+    fallback: str  # why `qtype` differs from `requested` ("ragged: …", "fallback: …"; "" if it does not)
 
     @property
     def numel(self) -> int:
@@ -235,9 +241,17 @@ class PlanEntry:
         return 8 * self.nbytes / self.numel if self.numel else 0.0
 
 
-def _fit(qtype: str, shape: tuple[int, ...]) -> tuple[str, int, str]:
-    """(stored qtype, bytes, fallback note): `qtype` or the first fallback whose blocks fit."""
+def _fit(qtype: str, shape: tuple[int, ...], gguf_compatible: bool) -> tuple[str, int, str]:
+    """(stored qtype, bytes, note): `qtype`, its ragged k-type on rows that are not a multiple of
+    256, or (`gguf_compatible`: ggml types only) the first fallback whose blocks fit."""
     rows, cols = shape
+    base = next((k for k, r in RAGGED.items() if r == qtype), None)
+    if gguf_compatible and base is not None:
+        qtype = base
+    if not gguf_compatible and qtype in RAGGED:
+        canonical, _, _, row_bytes = _core.layout(RAGGED[qtype], rows, cols)
+        note = f"ragged: rows of {cols} are not a multiple of 256" if canonical != qtype else ""
+        return canonical, rows * row_bytes, note
     tried: list[str] = []
     t: str | None = qtype
     while t is not None:
@@ -247,7 +261,7 @@ def _fit(qtype: str, shape: tuple[int, ...]) -> tuple[str, int, str]:
             tried.append(t)
             t = FALLBACK.get(t, "f16" if t != "f16" else None)
             continue
-        note = f"rows of {cols} do not fit {', '.join(tried)}" if tried else ""
+        note = f"fallback: rows of {cols} do not fit {', '.join(tried)}" if tried else ""
         return canonical, rows * row_bytes, note
     raise AssertionError("f16 fits every shape")  # pragma: no cover
 
@@ -260,8 +274,10 @@ def make_plan(
     n_gqa: int = 1,
     tied: bool = False,
     overrides: Sequence[tuple[re.Pattern[str], str]] = (),
+    gguf_compatible: bool = False,
 ) -> list[PlanEntry]:
     """The plan for `tensors` given as (HF name, shape, source dtype, source bytes).
+    `gguf_compatible`: only ggml types (llama.cpp's fallbacks instead of ragged k-types).
 
     2-D tensors get the first matching override (regex searched in the HF name and in
     `role`/`blk.N.role`), else the recipe's first matching rule, else its base qtype; 1-D
@@ -286,6 +302,6 @@ def make_plan(
                 if rule.role == role and rule.layers(layer, n_layers, n_gqa):
                     requested, reason = rule.qtype, rule.why
                     break
-        qtype, nbytes, note = _fit(requested, (shape[0], shape[1]))
+        qtype, nbytes, note = _fit(requested, (shape[0], shape[1]), gguf_compatible)
         plan.append(PlanEntry(name, role, layer, shape, dtype, src_bytes, requested, qtype, nbytes, reason, note))
     return plan

@@ -2,6 +2,9 @@
 //!
 //! * ggml-compatible block types (byte-identical to ggml, so GGUF export is a copy):
 //!   f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k, iq4_nl.
+//! * ragged k-quants q2_kr..q6_kr (lowbit's own): ggml's q*_k super-blocks followed by one
+//!   partial super-block, so rows of any length keep k-quant accuracy and size (see
+//!   [`crate::blocks::kquants::ragged`]);
 //! * group-affine integers `int2`, `int3`, `int4`, `int8` (GPTQ/AWQ/RTN), parameterised by an
 //!   [`AffineSpec`] (group size, symmetric or not). Their row layout is described at
 //!   [`AffineSpec::row_bytes`].
@@ -29,6 +32,11 @@ pub enum QType {
     Int3,
     Int4,
     Int8,
+    Q2KR,
+    Q3KR,
+    Q4KR,
+    Q5KR,
+    Q6KR,
 }
 
 /// What a family of types has in common (which code quantizes it).
@@ -40,6 +48,9 @@ pub enum Family {
     Legacy,
     /// ggml's 256-value super-blocks: q2_k, q3_k, q4_k, q5_k, q6_k.
     KQuant,
+    /// ggml's k-quant super-blocks plus a final partial super-block (lowbit's own): q2_kr ..
+    /// q6_kr, for rows of any length (`crate::blocks::kquants::ragged`).
+    RaggedKQuant,
     /// ggml's non-linear 4-bit grid, 32-value blocks: iq4_nl.
     NonLinear,
     /// Group-affine integers with per-group f16 scales (and zeros).
@@ -56,7 +67,8 @@ pub struct TypeInfo {
     /// The family of kernels that handles it.
     pub family: Family,
     /// Values per block. For the group-affine types: the packing unit (8 values), the group
-    /// size being a parameter.
+    /// size being a parameter. For the ragged k-types: the full super-block (the last block of
+    /// a row may be partial).
     pub block_size: usize,
     /// Bytes per block. For the group-affine types: the bytes of 8 packed codes (= bits).
     pub block_bytes: usize,
@@ -104,6 +116,11 @@ table! {
     Int3  "int3"   Affine    8   3   None,     F16_MAX * 3.5;
     Int4  "int4"   Affine    8   4   None,     F16_MAX * 7.5;
     Int8  "int8"   Affine    8   8   None,     F16_MAX * 127.5;
+    Q2KR  "q2_kr"  RaggedKQuant 256 84  None, F16_MAX * 7.5;
+    Q3KR  "q3_kr"  RaggedKQuant 256 110 None, F16_MAX * 32.0;
+    Q4KR  "q4_kr"  RaggedKQuant 256 144 None, F16_MAX * 31.5;
+    Q5KR  "q5_kr"  RaggedKQuant 256 176 None, F16_MAX * 31.5;
+    Q6KR  "q6_kr"  RaggedKQuant 256 210 None, F16_MAX * 1024.0;
 }
 
 impl QType {
@@ -132,6 +149,23 @@ impl QType {
     /// Whether this type's bytes are ggml's.
     pub fn is_ggml(self) -> bool {
         self.info().ggml_type.is_some()
+    }
+
+    /// The ggml k-quant whose super-blocks a ragged k-type uses (`q4_kr` → `q4_k`).
+    pub fn ragged_base(self) -> Option<QType> {
+        match self {
+            QType::Q2KR => Some(QType::Q2K),
+            QType::Q3KR => Some(QType::Q3K),
+            QType::Q4KR => Some(QType::Q4K),
+            QType::Q5KR => Some(QType::Q5K),
+            QType::Q6KR => Some(QType::Q6K),
+            _ => None,
+        }
+    }
+
+    /// The ragged k-type of a ggml k-quant (`q4_k` → `q4_kr`).
+    pub fn ragged(self) -> Option<QType> {
+        TYPES.iter().map(|t| t.qtype).find(|r| r.ragged_base() == Some(self))
     }
 
     /// Bits of one code of a group-affine type.

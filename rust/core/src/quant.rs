@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use crate::blocks::kquants::{ragged, QK_K};
 use crate::blocks::{self, AffineRow, RowCtx};
 use crate::error::{Error, Limit, Result};
 use crate::qtype::{parse_qtype, AffineSpec, Family, QType, DEFAULT_GROUP_SIZE};
@@ -88,10 +89,17 @@ pub struct Layout {
 impl Layout {
     /// A checked layout: `rows, cols > 0`, the row length fits the type's blocks, sizes do not
     /// overflow.
+    ///
+    /// A ragged k-type on rows that are a multiple of 256 becomes its ggml type (`q4_kr` →
+    /// `q4_k`): the bytes are the same, and the ggml type exports to GGUF.
     pub fn new(qtype: QType, affine: Option<AffineSpec>, rows: usize, cols: usize) -> Result<Layout> {
         if rows == 0 || cols == 0 {
             return Err(Error::Shape(format!("empty tensor ({rows} × {cols}): nothing to quantize")));
         }
+        let qtype = match qtype.ragged_base() {
+            Some(base) if cols.is_multiple_of(QK_K) => base,
+            _ => qtype,
+        };
         let row_bytes = row_bytes(qtype, affine, cols)?;
         rows.checked_mul(row_bytes)
             .and_then(|n| rows.checked_mul(cols).map(|_| n))
@@ -134,6 +142,9 @@ pub fn row_bytes(qtype: QType, affine: Option<AffineSpec>, cols: usize) -> Resul
             Err(Error::InvalidParameter(format!("{} needs a group size and symmetry", info.name)))
         }
         (_, Some(_)) => Err(Error::InvalidParameter(format!("{} takes no group-affine parameters", info.name))),
+        (Family::RaggedKQuant, None) => {
+            ragged::row_bytes(qtype.ragged_base().expect("ragged base"), cols).ok_or_else(too_large)
+        }
         (_, None) => {
             if !cols.is_multiple_of(info.block_size) {
                 return Err(Error::Shape(format!(

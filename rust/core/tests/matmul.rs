@@ -38,11 +38,18 @@ const QUANT_TYPES: &[&str] = &[
     "int8-g32",
     "int3-row",
     "int2-g256-sym",
+    "q2_kr",
+    "q3_kr",
+    "q4_kr",
+    "q5_kr",
+    "q6_kr",
 ];
 const FLOAT_TYPES: &[&str] = &["f32", "f16", "bf16"];
 
+/// The row-length unit of a type (1: any length, as for the ragged k-types).
 fn block_of(name: &str) -> usize {
     match name {
+        n if n.ends_with("_kr") => 1,
         n if n.starts_with("int") => 8,
         n if n.ends_with("_k") => 256,
         "f32" | "f16" | "bf16" => 1,
@@ -417,6 +424,8 @@ fn matmul_matches_the_reference_on_odd_shapes() {
             col_list.extend([40, 72, 136, 264]);
         } else if bs == 32 {
             col_list.extend([160, 224]);
+        } else if name.ends_with("_kr") {
+            col_list = vec![1, 40, 288, 576, 600, 1000];
         } else if bs == 1 {
             col_list.extend([7, 33, 100]);
         }

@@ -56,6 +56,7 @@ fn qtypes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
             d.set_item("gguf_type", t.ggml_type)?;
             d.set_item("max_abs", t.max_abs)?;
             d.set_item("group_affine", t.qtype.affine_bits().is_some())?;
+            d.set_item("ragged_base", t.qtype.ragged_base().map(|b| b.name()))?;
             Ok(d)
         })
         .collect()

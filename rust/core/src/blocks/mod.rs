@@ -3,7 +3,8 @@
 //!
 //! Contract of every row kernel (scalar and SIMD alike):
 //! * `x` is one row of finite values, each `|v| <= info.max_abs` (the driver checks this), its
-//!   length a multiple of the type's block size (checked too);
+//!   length a multiple of the type's block size (checked too; any length for the ragged
+//!   k-types);
 //! * `dst` is exactly the row's byte length; every byte of it is written;
 //! * the output bytes are a pure function of the inputs: bit-identical on every ISA.
 
@@ -44,6 +45,7 @@ pub fn quantize_row(isa: Isa, qtype: QType, x: &[f32], dst: &mut [u8], ctx: &Row
         Family::Float => crate::simd::float::quantize_row(isa, qtype, x, dst),
         Family::Legacy => crate::simd::legacy::quantize_row(isa, qtype, x, dst, ctx.importance),
         Family::KQuant => crate::simd::kquants::quantize_row(isa, qtype, x, dst, ctx.importance),
+        Family::RaggedKQuant => kquants::ragged::quantize_row(isa, qtype, x, dst, ctx.importance),
         Family::NonLinear => crate::simd::iq4nl::quantize_row(isa, x, dst, ctx.importance),
         Family::Affine => {
             let a = ctx.affine.as_ref().expect("group-affine row without AffineRow");
@@ -58,6 +60,7 @@ pub fn dequantize_row(isa: Isa, qtype: QType, spec: Option<AffineSpec>, src: &[u
         Family::Float => crate::simd::float::dequantize_row(isa, qtype, src, y),
         Family::Legacy => crate::simd::legacy::dequantize_row(isa, qtype, src, y),
         Family::KQuant => crate::simd::kquants::dequantize_row(isa, qtype, src, y),
+        Family::RaggedKQuant => kquants::ragged::dequantize_row(isa, qtype, src, y),
         Family::NonLinear => crate::simd::iq4nl::dequantize_row(isa, src, y),
         Family::Affine => {
             crate::simd::affine::dequantize_row(isa, &spec.expect("group-affine row without spec"), src, y)

@@ -23,7 +23,7 @@ pub const MAGIC: [u8; 8] = *b"\x89LBF\r\n\x1a\n";
 /// Major version written and understood (§9).
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor version written; files of a newer minor are read with the rules of §9.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// The byte-order mark, stored little-endian (§3).
 pub const BYTE_ORDER: u32 = 0x0A0B_0C0D;
 /// Size of the fixed header (§3).
@@ -52,6 +52,12 @@ pub const PART_RECORD_LEN: u64 = 24;
 /// The LBF id of a storage type (§5): its position in the type table.
 pub fn qtype_id(q: QType) -> u32 {
     crate::qtype::TYPES.iter().position(|t| t.qtype == q).expect("every QType is in the table") as u32
+}
+
+/// The minor version that introduced a storage type (§9): 1 for the ragged k-types, 0 for the
+/// rest. A writer writes the largest of its tensors' (so files without new types stay 1.0).
+pub fn qtype_minor(q: QType) -> u16 {
+    u16::from(q.ragged_base().is_some())
 }
 
 /// The storage type of an LBF qtype id, if this version knows it.

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use super::read::crc32;
 use super::value::{encode_str, Metadata};
 use super::{
-    affine_fields, align_up, check_name, check_part_contents, check_part_lengths, qtype_id, rows_of, PartInfo,
-    PartKind, TensorInfo, BYTE_ORDER, HEADER_LEN, MAGIC, MAX_DIMS, MAX_NAME_LEN, VERSION_MAJOR, VERSION_MINOR,
+    affine_fields, align_up, check_name, check_part_contents, check_part_lengths, qtype_id, qtype_minor, rows_of,
+    PartInfo, PartKind, TensorInfo, BYTE_ORDER, HEADER_LEN, MAGIC, MAX_DIMS, MAX_NAME_LEN, VERSION_MAJOR,
 };
 use crate::error::{Error, Result};
 use crate::qtype::{AffineSpec, QType};
@@ -50,6 +50,8 @@ pub struct LbfWriter {
     entries: Vec<u8>,
     n_tensors: u64,
     names: HashSet<String>,
+    /// The minor version written: the lowest that has every qtype added (§9).
+    minor: u16,
     /// An I/O error happened: the file on disk no longer matches `pos`, so nothing more may be
     /// written and the file is never published.
     failed: bool,
@@ -83,6 +85,7 @@ impl LbfWriter {
             entries: Vec::new(),
             n_tensors: 0,
             names: HashSet::new(),
+            minor: 0,
             failed: false,
         })
     }
@@ -175,6 +178,7 @@ impl LbfWriter {
             e.extend_from_slice(&r.len.to_le_bytes());
         }
         self.names.insert(name.to_string());
+        self.minor = self.minor.max(qtype_minor(spec.qtype));
         self.n_tensors += 1;
         Ok(())
     }
@@ -192,7 +196,7 @@ impl LbfWriter {
         let mut header = Vec::with_capacity(HEADER_LEN as usize);
         header.extend_from_slice(&MAGIC);
         header.extend_from_slice(&VERSION_MAJOR.to_le_bytes());
-        header.extend_from_slice(&VERSION_MINOR.to_le_bytes());
+        header.extend_from_slice(&self.minor.to_le_bytes());
         header.extend_from_slice(&BYTE_ORDER.to_le_bytes());
         for v in [index_offset, index.len() as u64, metadata.len() as u64, self.n_tensors, file_len] {
             header.extend_from_slice(&v.to_le_bytes());

@@ -53,6 +53,7 @@
 //! reimplement the same arithmetic lane by lane and are tested against it bit for bit.
 
 mod quant;
+pub mod ragged;
 mod search;
 
 use half::f16;

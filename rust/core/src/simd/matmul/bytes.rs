@@ -76,7 +76,7 @@ pub fn decode<B: Bytes32>(
         }
         Family::KQuant => kquant(b, qtype, src, codes, sw, mw),
         Family::Affine => affine(b, &spec.expect("group-affine spec"), cols, src, codes, sw, mw),
-        Family::Float => unreachable!("float weights are not decoded to codes"),
+        Family::Float | Family::RaggedKQuant => unreachable!("decoded by decode_row"),
     }
 }
 

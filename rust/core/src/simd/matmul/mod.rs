@@ -30,7 +30,7 @@
 //! outputs differ only by the order of f32 additions; [`dot_tolerance`] bounds the difference.
 
 use crate::blocks::iq4nl::KVALUES;
-use crate::blocks::kquants::{layout, scale_min_k4, scale_q3k, QK_K};
+use crate::blocks::kquants::{layout, ragged, scale_min_k4, scale_q3k, QK_K};
 use crate::blocks::legacy::Spec;
 use crate::pack;
 use crate::qtype::{AffineSpec, Family, QType};
@@ -426,7 +426,7 @@ fn decode_affine(spec: &AffineSpec, cols: usize, src: &[u8], codes: &mut [i8], s
 
 /// Whether decoded rows of a type carry per-16 mins (`mw`).
 pub fn has_mins(qtype: QType, spec: Option<AffineSpec>) -> bool {
-    match qtype {
+    match qtype.ragged_base().unwrap_or(qtype) {
         QType::Q4_1 | QType::Q5_1 | QType::Q2K | QType::Q4K | QType::Q5K => true,
         QType::Int8 => spec.is_some_and(|s| !s.symmetric),
         _ => false,
@@ -454,7 +454,7 @@ fn decode_impl(
         Family::NonLinear => decode_iq4nl(src, codes, sw),
         Family::KQuant => decode_kquant(qtype, src, codes, sw, mw),
         Family::Affine => decode_affine(&spec.expect("group-affine spec"), cols, src, codes, sw, mw),
-        Family::Float => unreachable!("float weights are not decoded to codes"),
+        Family::Float | Family::RaggedKQuant => unreachable!("decoded by decode_row"),
     }
     debug_assert_eq!(codes.len(), cb);
 }
@@ -475,12 +475,45 @@ pub fn decode_row(
     mw: &mut [f32],
 ) {
     assert!(codes.len() == padded(cols) && sw.len() == codes.len() / QS && mw.len() == sw.len());
+    if let Some(base) = qtype.ragged_base() {
+        return decode_ragged(isa, base, cols, src, codes, sw, mw);
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => x86::decode_avx2(qtype, spec, cols, src, codes, sw, mw),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => arm::decode_neon(qtype, spec, cols, src, codes, sw, mw),
         _ => decode_impl(qtype, spec, cols, src, codes, sw, mw),
+    }
+}
+
+/// [`decode_row`] of a ragged k-type with base `base`: the full super-blocks by the base type's
+/// decoder, the tail through the ggml block it stands for
+/// ([`crate::blocks::kquants::ragged::tail_to_block`]), of which the first `padded(cols) −
+/// full` codes are kept; codes past `cols` are zeroed, as are the scales and mins of sub-blocks
+/// wholly past `cols`.
+fn decode_ragged(isa: Isa, base: QType, cols: usize, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
+    let full = cols / QK_K * QK_K;
+    let fb = full / QK_K * base.info().block_bytes;
+    let (s_full, mins) = (full / QS, has_mins(base, None));
+    decode_row(isa, base, None, full, &src[..fb], &mut codes[..full], &mut sw[..s_full], &mut mw[..s_full]);
+    let u = ragged::tail_units(cols);
+    if u == 0 {
+        return;
+    }
+    let mut block = [0u8; layout::q6k::BYTES];
+    ragged::tail_to_block(base, u, &src[fb..], &mut block);
+    let (mut c, mut s, mut m) = ([0i8; QK_K], [0f32; QK_K / QS], [0f32; QK_K / QS]);
+    decode_row(isa, base, None, QK_K, &block[..base.info().block_bytes], &mut c, &mut s, &mut m);
+    let n = codes.len() - full;
+    codes[full..].copy_from_slice(&c[..n]);
+    codes[cols..].fill(0);
+    let (s_tail, s_real) = (n / QS, cols.div_ceil(QS) - s_full);
+    sw[s_full..].copy_from_slice(&s[..s_tail]);
+    sw[s_full + s_real..].fill(0.0);
+    if mins {
+        mw[s_full..].copy_from_slice(&m[..s_tail]);
+        mw[s_full + s_real..].fill(0.0);
     }
 }
 
