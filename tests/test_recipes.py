@@ -92,9 +92,9 @@ def test_q3_k_m_and_q2_k_layer_rules() -> None:
     q3 = by_name(make_plan(shapes, RECIPES["q3_k_m"], n_layers=32, n_gqa=4))
     assert [q3[f"model.layers.{i}.self_attn.v_proj.weight"].qtype for i in (0, 1, 2, 31)] == ["q5_k"] * 2 + ["q4_k"] * 2
     assert q3["model.layers.0.mlp.down_proj.weight"].qtype == "q5_k"  # i < 32/16
-    assert q3["model.layers.2.mlp.down_proj.weight"].qtype == "q4_k"  # use_more_bits(2, 32): i < 4
-    assert q3["model.layers.5.mlp.down_proj.weight"].qtype == "q3_k"  # (5 - 4) % 3 = 1
-    assert q3["model.layers.6.mlp.down_proj.weight"].qtype == "q4_k"  # (6 - 4) % 3 = 2
+    # q4_k on every other layer: llama.cpp keeps q3_k there only for Falcon (what llama-cpp-python
+    # 0.3.36's quantizer does on the demo model, benches/quality_vs_llamacpp.py)
+    assert {q3[f"model.layers.{i}.mlp.down_proj.weight"].qtype for i in range(2, 32)} == {"q4_k"}
     assert q3["model.layers.9.self_attn.o_proj.weight"].qtype == "q4_k"
     assert q3["model.layers.9.mlp.up_proj.weight"].qtype == "q3_k"
     # q2_k: attn_v gets q4_k only when n_head / n_kv_head >= 4.
@@ -137,7 +137,7 @@ def test_gguf_compatible_falls_back_like_llama_cpp() -> None:
     down = plan["model.layers.1.mlp.down_proj.weight"]  # rows of 1536 = 6 × 256: no fallback
     assert (down.qtype, down.fallback) == ("q4_k", "")
     q3 = by_name(make_plan(shapes, RECIPES["q3_k_m"], n_layers=4, n_gqa=3, tied=True, gguf_compatible=True))
-    assert q3["model.layers.1.mlp.up_proj.weight"].qtype == FALLBACK["q3_k"] == "iq4_nl"
+    assert q3["model.layers.1.mlp.up_proj.weight"].qtype == FALLBACK["q3_k"] == "q4_0"
 
 
 def test_fallback_chain_ends_in_f16() -> None:

@@ -16,8 +16,8 @@ When a tensor's rows are not a multiple of 256 (hidden sizes 576, 896, 960, …)
 becomes its ragged k-type (`RAGGED`: q4_k → q4_kr, ggml's super-blocks plus one partial
 super-block, formats/QUANT_TYPES.md), which keeps k-quant accuracy at k-quant size. With
 `gguf_compatible` (the file must export to GGUF) llama.cpp's fallbacks apply instead: `FALLBACK`
-gives the next type to try (q4_k → q5_0, q5_k → q5_1, q6_k → q8_0, q2_k/q3_k → iq4_nl), and f16
-as the last resort. The plan records every substitution.
+gives the next type to try (q4_k → q5_0, q5_k → q5_1, q6_k → q8_0, q2_k/q3_k → q4_0, as measured
+with llama-cpp-python 0.3.36's `llama_model_quantize`), and f16 as the last resort. The plan records every substitution.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ RECIPES: dict[str, Recipe] = {
             _r("attn_v", _all, "q4_k", "attn_v"),
             _r("attn_output", _all, "q4_k", "attn_output"),
             _r("ffn_down", _first_frac(16), "q5_k", "ffn_down, first 1/16"),
-            _r("ffn_down", _more_bits, "q4_k", "ffn_down, use_more_bits"),
+            _r("ffn_down", _all, "q4_k", "ffn_down"),
         ), "≈ 3.9 bpw; llama.cpp's Q3_K_M mix"),
         Recipe("q4_k_s", "q4_k", (
             _OUT6,
@@ -176,7 +176,7 @@ RECIPES: dict[str, Recipe] = {
 }  # fmt: skip
 
 # Next type to try when a tensor's rows do not fill the type's blocks (then f16).
-FALLBACK: dict[str, str] = {"q2_k": "iq4_nl", "q3_k": "iq4_nl", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
+FALLBACK: dict[str, str] = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
 # The ragged k-type of each k-quant: rows of any length (stored as the k-quant itself when aligned).
 RAGGED: dict[str, str] = {k: k + "r" for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")}
 

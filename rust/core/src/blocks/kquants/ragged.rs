@@ -169,11 +169,13 @@ fn transfer(base: QType, u: usize, g: &mut [u8], t: &mut [u8], to_tail: bool) {
 
 /// The ggml block (of type `base`, zero-padded) that a tail `t` of `u` units stands for:
 /// `block[..base.block_bytes]` is overwritten; fields beyond the tail's values are zero.
-pub fn tail_to_block(base: QType, u: usize, t: &[u8], block: &mut [u8]) {
+fn tail_to_block(base: QType, u: usize, t: &[u8], block: &mut [u8]) {
     let block = &mut block[..base.info().block_bytes];
     block.fill(0);
-    let mut t = t[..tail_bytes(base, u)].to_vec();
-    transfer(base, u, block, &mut t, false);
+    let n = tail_bytes(base, u);
+    let mut tail = [0u8; layout::q6k::BYTES]; // the largest tail: q6_k, 8 units, 210 bytes
+    tail[..n].copy_from_slice(&t[..n]);
+    transfer(base, u, block, &mut tail[..n], false);
 }
 
 /// Quantize one row `x` of the ragged type `qtype` into `dst` (`row_bytes` bytes) at `isa`,

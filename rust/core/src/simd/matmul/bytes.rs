@@ -75,8 +75,14 @@ pub fn decode<B: Bytes32>(
             }
         }
         Family::KQuant => kquant(b, qtype, src, codes, sw, mw),
+        Family::RaggedKQuant => {
+            // The full super-blocks, then the tail.
+            let base = qtype.ragged_base().expect("ragged base");
+            kquant(b, base, &src[..cols / QK_K * base.info().block_bytes], codes, sw, mw);
+            super::ragged_tail(base, cols, src, codes, sw, mw);
+        }
         Family::Affine => affine(b, &spec.expect("group-affine spec"), cols, src, codes, sw, mw),
-        Family::Float | Family::RaggedKQuant => unreachable!("decoded by decode_row"),
+        Family::Float => unreachable!("float weights are not decoded to codes"),
     }
 }
 

@@ -453,8 +453,13 @@ fn decode_impl(
         Family::Legacy => decode_legacy(&Spec::of(qtype).expect("legacy type"), src, codes, sw, mw),
         Family::NonLinear => decode_iq4nl(src, codes, sw),
         Family::KQuant => decode_kquant(qtype, src, codes, sw, mw),
+        Family::RaggedKQuant => {
+            let base = qtype.ragged_base().expect("ragged base");
+            decode_kquant(base, &src[..cols / QK_K * base.info().block_bytes], codes, sw, mw);
+            ragged_tail(base, cols, src, codes, sw, mw);
+        }
         Family::Affine => decode_affine(&spec.expect("group-affine spec"), cols, src, codes, sw, mw),
-        Family::Float | Family::RaggedKQuant => unreachable!("decoded by decode_row"),
+        Family::Float => unreachable!("float weights are not decoded to codes"),
     }
     debug_assert_eq!(codes.len(), cb);
 }
@@ -475,9 +480,6 @@ pub fn decode_row(
     mw: &mut [f32],
 ) {
     assert!(codes.len() == padded(cols) && sw.len() == codes.len() / QS && mw.len() == sw.len());
-    if let Some(base) = qtype.ragged_base() {
-        return decode_ragged(isa, base, cols, src, codes, sw, mw);
-    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => x86::decode_avx2(qtype, spec, cols, src, codes, sw, mw),
@@ -487,33 +489,109 @@ pub fn decode_row(
     }
 }
 
-/// [`decode_row`] of a ragged k-type with base `base`: the full super-blocks by the base type's
-/// decoder, the tail through the ggml block it stands for
-/// ([`crate::blocks::kquants::ragged::tail_to_block`]), of which the first `padded(cols) −
-/// full` codes are kept; codes past `cols` are zeroed, as are the scales and mins of sub-blocks
-/// wholly past `cols`.
-fn decode_ragged(isa: Isa, base: QType, cols: usize, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
-    let full = cols / QK_K * QK_K;
-    let fb = full / QK_K * base.info().block_bytes;
-    let (s_full, mins) = (full / QS, has_mins(base, None));
-    decode_row(isa, base, None, full, &src[..fb], &mut codes[..full], &mut sw[..s_full], &mut mw[..s_full]);
+/// The tail of a ragged k-type row (after its full super-blocks were decoded by the base
+/// type's decoder): [`decode_tail`], then codes past `cols`, and the scales and mins of
+/// sub-blocks wholly past `cols`, are zeroed. `src` is the whole row.
+#[inline(always)]
+pub(crate) fn ragged_tail(base: QType, cols: usize, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
     let u = ragged::tail_units(cols);
     if u == 0 {
         return;
     }
-    let mut block = [0u8; layout::q6k::BYTES];
-    ragged::tail_to_block(base, u, &src[fb..], &mut block);
-    let (mut c, mut s, mut m) = ([0i8; QK_K], [0f32; QK_K / QS], [0f32; QK_K / QS]);
-    decode_row(isa, base, None, QK_K, &block[..base.info().block_bytes], &mut c, &mut s, &mut m);
-    let n = codes.len() - full;
-    codes[full..].copy_from_slice(&c[..n]);
+    let full = cols / QK_K * QK_K;
+    let (fb, s_full, s_real) = (full / QK_K * base.info().block_bytes, full / QS, cols.div_ceil(QS));
+    decode_tail(base, u, &src[fb..], &mut codes[full..], &mut sw[s_full..], &mut mw[s_full..]);
     codes[cols..].fill(0);
-    let (s_tail, s_real) = (n / QS, cols.div_ceil(QS) - s_full);
-    sw[s_full..].copy_from_slice(&s[..s_tail]);
-    sw[s_full + s_real..].fill(0.0);
-    if mins {
-        mw[s_full..].copy_from_slice(&m[..s_tail]);
-        mw[s_full + s_real..].fill(0.0);
+    sw[s_real..].fill(0.0);
+    if has_mins(base, None) {
+        mw[s_real..].fill(0.0);
+    }
+}
+
+/// Decode a tail of `u` units of the base type `base` (layout in
+/// [`crate::blocks::kquants::ragged`]) into `codes[..32 u]`, `sw[..2 u]`, `mw[..2 u]`, with the
+/// base decoder's operations for each scale and min (so `sw · code + mw` is the dequantized
+/// value exactly). Loops over fixed-size arrays, which the compiler vectorises.
+#[inline(always)]
+fn decode_tail(base: QType, u: usize, t: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
+    // Unit k's fields: 2-bit (value j at byte j % 8, bits 2 (j / 8)), 4-bit (byte j % 16, bits
+    // 4 (j / 16)), 1-bit (bit j of a little-endian u32).
+    let two = |at: usize, k: usize, c: &mut [i8; 32]| {
+        let q: &[u8; 8] = t[at + 8 * k..at + 8 * k + 8].try_into().expect("8 bytes");
+        for s in 0..4 {
+            for j in 0..8 {
+                c[8 * s + j] = ((q[j] >> (2 * s)) & 3) as i8;
+            }
+        }
+    };
+    let four = |at: usize, k: usize, c: &mut [i8; 32]| {
+        let q: &[u8; 16] = t[at + 16 * k..at + 16 * k + 16].try_into().expect("16 bytes");
+        for j in 0..16 {
+            c[j] = (q[j] & 15) as i8;
+            c[j + 16] = (q[j] >> 4) as i8;
+        }
+    };
+    let add_one = |at: usize, k: usize, add: i8, c: &mut [i8; 32]| {
+        let m = u32::from_le_bytes(t[at + 4 * k..at + 4 * k + 4].try_into().expect("4 bytes"));
+        for (j, o) in c.iter_mut().enumerate() {
+            *o += ((m >> j) & 1) as i8 * add;
+        }
+    };
+    let units = codes[..32 * u].chunks_exact_mut(32).map(|c| <&mut [i8; 32]>::try_from(c).expect("32 codes"));
+    match base {
+        QType::Q2K => {
+            let (d, dmin) = (f16_at(t, 10 * u), f16_at(t, 10 * u + 2));
+            for (k, c) in units.enumerate() {
+                two(2 * u, k, c);
+            }
+            for (h, &sc) in t[..2 * u].iter().enumerate() {
+                sw[h] = d * f32::from(sc & 0xF);
+                mw[h] = -(dmin * f32::from(sc >> 4));
+            }
+        }
+        QType::Q3K => {
+            let d = f16_at(t, 14 * u);
+            for (k, c) in units.enumerate() {
+                two(4 * u, k, c);
+                add_one(0, k, 4, c);
+                for o in c.iter_mut() {
+                    *o -= 4;
+                }
+            }
+            for (h, &sc) in t[12 * u..14 * u].iter().enumerate() {
+                sw[h] = d * (i32::from(sc & 63) - 32) as f32;
+            }
+        }
+        QType::Q4K | QType::Q5K => {
+            let (d, dmin) = (f16_at(t, 0), f16_at(t, 2));
+            let five = base == QType::Q5K;
+            for (k, c) in units.enumerate() {
+                if five {
+                    four(4 + 6 * u, k, c);
+                    add_one(4 + 2 * u, k, 16, c);
+                } else {
+                    four(4 + 2 * u, k, c);
+                }
+                let (dl, ml) = (d * f32::from(t[4 + k] & 63), dmin * f32::from(t[4 + u + k] & 63));
+                sw[2 * k..2 * k + 2].fill(dl);
+                mw[2 * k..2 * k + 2].fill(-ml);
+            }
+        }
+        QType::Q6K => {
+            let d = f16_at(t, 26 * u);
+            for (k, c) in units.enumerate() {
+                let mut hi = [0i8; 32];
+                four(0, k, c);
+                two(16 * u, k, &mut hi);
+                for (o, h) in c.iter_mut().zip(hi) {
+                    *o = (*o | (h << 4)) - 32;
+                }
+            }
+            for (h, &sc) in t[24 * u..26 * u].iter().enumerate() {
+                sw[h] = d * f32::from(sc as i8);
+            }
+        }
+        other => unreachable!("{} is not a k-quant", other.name()),
     }
 }
 
