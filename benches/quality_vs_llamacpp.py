@@ -23,8 +23,9 @@ llama-quantize falls back to legacy types).
    * bits per weight = 8 × tensor data bytes / parameters over all tensors of the file (GGUF: GGUFReader's
      `n_bytes`; LBF: the index's `nbytes`), and over the 2-D weights alone.
 
-Files and metrics are cached in --cache and re-used unless --fresh. Progress goes to stderr; the
-markdown table to stdout (and --json / --markdown files). Example:
+Files and metrics are cached in --cache/seed<N> and re-used unless --fresh (llama.cpp's files are named
+by llama-cpp-python's version; a lowbit file is remade when the recipe now plans other types). Progress
+goes to stderr; the markdown table to stdout (and --json / --markdown files). Example:
 
     .venv/bin/python benches/quality_vs_llamacpp.py --llama-python /work/anchor-venv/bin/python
 """
@@ -237,12 +238,13 @@ def _eval(model: Any, text: Path, ref: Any, ctx: int, tokens: int) -> dict[str, 
 
 
 def measure(path: Path, ref: Any, text: Path, ctx: int, tokens: int, fresh: bool) -> dict[str, Any]:
-    """Weights-only metrics of `path` (and engine KLD for an LBF), cached in `<path>.metrics.json`
-    keyed by the evaluation settings."""
+    """Weights-only metrics of `path` (and engine KLD for an LBF) against the `Model` `ref`, cached in
+    `<path>.metrics.json` keyed by the evaluation settings and both files' modification times."""
     import lowbit
 
     cache = path.with_name(path.name + ".metrics.json")
-    key = {"text": str(text), "ctx": ctx, "tokens": tokens, "mtime": path.stat().st_mtime_ns}
+    key = {"text": str(text), "ctx": ctx, "tokens": tokens, "mtime": path.stat().st_mtime_ns,
+           "ref_mtime": ref.path.stat().st_mtime_ns}  # fmt: skip
     if cache.exists() and not fresh:
         got = json.loads(cache.read_text())
         if got.get("key") == key:
@@ -290,8 +292,7 @@ def prepare_base(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     """The de-gridded HF dir, `ref.lbf` and `base.gguf` in the cache, made when missing."""
     import lowbit
 
-    base = args.cache / f"degridded-s{args.seed}-hf"
-    ref, gg = args.cache / "ref.f32.lbf", args.cache / "base.f32.gguf"
+    base, ref, gg = args.work / "degridded-hf", args.work / "ref.f32.lbf", args.work / "base.f32.gguf"
     if args.fresh:
         shutil.rmtree(base, ignore_errors=True)
         ref.unlink(missing_ok=True)
@@ -325,6 +326,18 @@ def check_round_trip(ref: Path, gg: Path) -> None:
     if bad:
         raise RuntimeError(f"{gg} read back differs from {ref} in {bad[:5]}")
     log(f"  {gg.name} read back by lowbit equals {ref.name} exactly")
+
+
+def lbf_is_current(src: Path, lbf: Path, recipe: str, kw: dict[str, Any]) -> bool:
+    """Whether `lbf` exists with the qtype per tensor that `convert(src, ..., recipe, **kw)` plans now
+    (a cached file made before a recipe or fallback change is not re-used)."""
+    import lowbit
+
+    if not lbf.exists():
+        return False
+    plan = lowbit.convert(src, None, recipe, dry_run=True, progress=False, **kw).plan
+    with lowbit.load(lbf) as f:
+        return {e.name: e.qtype for e in plan} == {t.name: t.qtype for t in f.tensors}
 
 
 def main() -> int:
@@ -361,12 +374,13 @@ def main() -> int:
         ).stdout.strip()
     )
     compat = "gguf_compatible" in inspect.signature(lowbit.convert).parameters
-    args.cache.mkdir(parents=True, exist_ok=True)
+    args.work = args.cache / f"seed{args.seed}"
+    args.work.mkdir(parents=True, exist_ok=True)
     base, ref_path, gg = prepare_base(args)
     files: list[tuple[str, str, Path]] = []
     for recipe in args.recipes:
         if llama_py:
-            out = args.cache / f"llama-{recipe}.gguf"
+            out = args.work / f"llama-cpp-python-{llama_version}-{recipe}.gguf"
             if args.fresh or not out.exists():
                 log(f"llama.cpp quantize {recipe}")
                 llama_quantize(llama_py, gg, out, recipe)
@@ -375,8 +389,8 @@ def main() -> int:
         if compat:
             variants.append(("lowbit gguf-compatible", {"gguf_compatible": True}))
         for tool, kw in variants:
-            out = args.cache / f"lowbit-{recipe}{'-gguf-compatible' if kw else ''}.lbf"
-            if args.fresh or not out.exists():
+            out = args.work / f"lowbit-{recipe}{'-gguf-compatible' if kw else ''}.lbf"
+            if args.fresh or not lbf_is_current(base, out, recipe, kw):
                 log(f"lowbit convert {recipe} {kw or ''}")
                 lowbit.convert(base, out, recipe, progress=False, overwrite=True, **kw)
             files.append((recipe, tool, out))
@@ -399,14 +413,13 @@ def main() -> int:
         "Weights-only: each file dequantized to f32 and run in f32; engine KLD: LBF run as is.\n"
     )
     table = markdown(rows, ref_ppl)
-    print(head)
-    print(table)
-    print("\nTensor types per file:\n" + type_lines(rows))
+    report = f"{head}\n{table}\n\nTensor types per file:\n{type_lines(rows)}\n"
+    print(report, end="")
     if args.json:
         args.json.write_text(json.dumps({"head": head, "rows": [{**asdict(r), "delta_ppl": r.delta_ppl} for r in rows]},
                                         indent=1))  # fmt: skip
     if args.markdown:
-        args.markdown.write_text(head + "\n" + table + "\n")
+        args.markdown.write_text(report)
     return 0
 
 

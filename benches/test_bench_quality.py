@@ -5,6 +5,7 @@ the de-gridding noise and checkpoint writer, bits per weight of GGUF and LBF fil
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,11 @@ def test_markdown(benchmark: Any) -> None:
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in out[2:]]
     assert cells[0][:2] == ["q4_k_m", "llama.cpp"] and cells[0][5] == "+0.500" and cells[0][-1] == "—"
     assert cells[1][5] == "-0.100" and cells[1][8] == "90.0 %" and cells[1][-1] == "0.02500"
+
+
+def test_llama_quantize_failure_leaves_nothing(benchmark: Any, tmp_path: Path) -> None:
+    out = tmp_path / "q.gguf"
+    # this Python either lacks llama_cpp or fails on the missing input: the child reports an error either way
+    with pytest.raises(RuntimeError, match="llama_model_quantize q4_k_m failed"):
+        benchmark.pedantic(rq.llama_quantize, args=(sys.executable, tmp_path / "missing.gguf", out, "q4_k_m"), rounds=1)
+    assert list(tmp_path.iterdir()) == []
