@@ -66,3 +66,34 @@ def demo_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lowbit.conversion import gguf_to_hf
 
     return Path(gguf_to_hf(DEMO_GGUF, tmp_path_factory.mktemp("demo") / "hf", progress=False))
+
+
+@pytest.fixture(scope="session")
+def demo_degridded_hf(demo_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model with its weights moved off q4_1's grid (ARCHITECTURE.md §6), as an HF
+    checkpoint: every 2-D weight plus seeded uniform noise of ±half q4_1's step, per row and group
+    of 32 columns (step = (max − min) / 15 of the group); norms unchanged. The same rule as
+    benches/quality_vs_llamacpp.py (not the same noise values)."""
+    import shutil
+    import zlib
+
+    from safetensors.numpy import load_file, save_file
+
+    out = tmp_path_factory.mktemp("degridded") / "hf"
+    out.mkdir()
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(demo_hf.glob("*.safetensors")):
+        tensors.update(load_file(str(shard)))
+    for name, w in tensors.items():
+        if w.ndim == 2:
+            rows, cols = w.shape
+            g = w.astype(np.float32).reshape(rows, cols // 32, 32)
+            step = (g.max(axis=2, keepdims=True) - g.min(axis=2, keepdims=True)) / 15
+            rng = np.random.default_rng(zlib.crc32(name.encode()))
+            noise = rng.uniform(-0.5, 0.5, g.shape).astype(np.float32)
+            tensors[name] = (g + noise * step).reshape(rows, cols).astype(np.float32)
+    save_file(tensors, str(out / "model.safetensors"))
+    for f in demo_hf.iterdir():
+        if f.suffix != ".safetensors" and f.name != "model.safetensors.index.json":
+            shutil.copyfile(f, out / f.name)
+    return out

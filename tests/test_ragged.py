@@ -136,3 +136,18 @@ def test_lbf_round_trip_and_version(tmp_path: Path) -> None:
     lowbit.save(tmp_path / "old.lbf", {"w": lowbit.quantize(x[:, :512], "q4_k")})
     with lowbit.load(tmp_path / "old.lbf") as f:
         assert f.header["version"] == "1.0"  # files without 1.1 types stay readable by 1.0 readers
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e12])
+@pytest.mark.parametrize("qtype", RAGGED_TYPES)
+def test_bad_values_and_sizes_are_refused(qtype: str, bad: float) -> None:
+    x = np.zeros((3, 600), F32)
+    x[1, 590] = bad  # in the tail
+    with pytest.raises(lowbit.InvalidValueError) as e:
+        lowbit.quantize(x, qtype)
+    assert (e.value.row, e.value.col) == (1, 590)
+    with pytest.raises(lowbit.ShapeError):
+        lowbit.quantize(np.zeros((3, 0), F32), qtype)
+    good = lowbit.quantize(np.ones((3, 600), F32), qtype)
+    with pytest.raises(lowbit.LowbitError):
+        lowbit.QTensor.from_bytes(good.data.tobytes()[:-1], qtype, (3, 600))

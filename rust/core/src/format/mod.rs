@@ -22,7 +22,8 @@ use crate::qtype::{canonical_name, AffineSpec, QType, GROUP_SIZES};
 pub const MAGIC: [u8; 8] = *b"\x89LBF\r\n\x1a\n";
 /// Major version written and understood (§9).
 pub const VERSION_MAJOR: u16 = 1;
-/// Minor version written; files of a newer minor are read with the rules of §9.
+/// Newest minor version this library reads and writes (files of a newer minor are read with the
+/// rules of §9); a writer writes the lowest minor its qtypes need ([`qtype_minor`]).
 pub const VERSION_MINOR: u16 = 1;
 /// The byte-order mark, stored little-endian (§3).
 pub const BYTE_ORDER: u32 = 0x0A0B_0C0D;
