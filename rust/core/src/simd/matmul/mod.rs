@@ -518,9 +518,12 @@ fn decode_tail(base: QType, u: usize, t: &[u8], codes: &mut [i8], sw: &mut [f32]
     // 4 (j / 16)), 1-bit (bit j of a little-endian u32).
     let two = |at: usize, k: usize, c: &mut [i8; 32]| {
         let q: &[u8; 8] = t[at + 8 * k..at + 8 * k + 8].try_into().expect("8 bytes");
+        let w = u64::from_le_bytes(*q);
         for s in 0..4 {
+            // The 2-bit fields at bits 2 s of the eight bytes, one u64 shift for all of them.
+            let f = ((w >> (2 * s)) & 0x0303_0303_0303_0303).to_le_bytes();
             for j in 0..8 {
-                c[8 * s + j] = ((q[j] >> (2 * s)) & 3) as i8;
+                c[8 * s + j] = f[j] as i8;
             }
         }
     };
@@ -532,9 +535,12 @@ fn decode_tail(base: QType, u: usize, t: &[u8], codes: &mut [i8], sw: &mut [f32]
         }
     };
     let add_one = |at: usize, k: usize, add: i8, c: &mut [i8; 32]| {
-        let m = u32::from_le_bytes(t[at + 4 * k..at + 4 * k + 4].try_into().expect("4 bytes"));
-        for (j, o) in c.iter_mut().enumerate() {
-            *o += ((m >> j) & 1) as i8 * add;
+        let q: &[u8; 4] = t[at + 4 * k..at + 4 * k + 4].try_into().expect("4 bytes");
+        // Bit i of byte b is value 8 b + i: a byte mask per lane and a compare (vectorises).
+        for b in 0..4 {
+            for i in 0..8 {
+                c[8 * b + i] += if q[b] & (1 << i) != 0 { add } else { 0 };
+            }
         }
     };
     let units = codes[..32 * u].chunks_exact_mut(32).map(|c| <&mut [i8; 32]>::try_from(c).expect("32 codes"));
