@@ -30,7 +30,8 @@
 //! | q6_k | ql[16u] (low 4 bits), qh[8u] (high 2 bits), scales[2u] (i8), d | 26u + 2 |
 //!
 //! `d` and `dmin` are the block's f16 super-scales, unchanged. Per 32 values a tail costs what a
-//! full super-block costs (up to a quarter byte for the 6-bit fields), plus its `d`/`dmin`.
+//! full super-block costs (up to half a byte more: the 6-bit fields take a byte each), plus its
+//! own `d`/`dmin`.
 
 use super::layout;
 use super::QK_K;
