@@ -276,8 +276,13 @@ fn f32_dots_agree_with_the_reference() {
         let b: Vec<f32> = (0..len).map(|_| r.normal()).collect();
         let want = k::dot_f32_ref(&a, &b);
         let mag: f64 = a.iter().zip(&b).map(|(x, y)| f64::from((x * y).abs())).sum();
-        for isa in simd_isas() {
-            let got = k::dot_f32(isa, &a, &b);
+        let mut got: Vec<(String, f32)> =
+            simd_isas().into_iter().map(|isa| (isa.to_string(), k::dot_f32(isa, &a, &b))).collect();
+        // The generic kernel at 4, 8 and 16 lanes (NEON's, AVX2's and AVX-512's shapes).
+        got.push(("emu4".into(), k::dot_f32_simd(Emu::<4>, &a, &b)));
+        got.push(("emu8".into(), k::dot_f32_simd(Emu::<8>, &a, &b)));
+        got.push(("emu16".into(), k::dot_f32_simd(Emu::<16>, &a, &b)));
+        for (isa, got) in got {
             let tol = k::dot_tolerance(len) * mag;
             assert!(f64::from((got - want).abs()) <= tol, "{isa} len={len}: {got:e} vs {want:e}");
         }

@@ -16,6 +16,15 @@ impl Avx2 {
     }
 }
 
+/// Sum of the 8 lanes: the two halves added, then pairs within the half.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
 // SAFETY (for every `unsafe` block in this impl): a value of `Avx2` exists only after
 // `Avx2::new` confirmed AVX2/FMA/F16C, so the intrinsics are available; loads and stores go
 // through slices whose length is checked against the lane count first.
@@ -124,6 +133,14 @@ impl Simd for Avx2 {
     #[inline(always)]
     fn bitmask(self, m: __m256i) -> u64 {
         unsafe { _mm256_movemask_ps(_mm256_castsi256_ps(m)) as u32 as u64 }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn hsum(self, a: __m256) -> f32 {
+        unsafe { hsum256(a) }
     }
     #[inline(always)]
     fn hmax(self, a: __m256) -> f32 {

@@ -125,6 +125,14 @@ impl Simd for Avx512 {
         u64::from(m)
     }
     #[inline(always)]
+    fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn hsum(self, a: __m512) -> f32 {
+        unsafe { _mm512_reduce_add_ps(a) }
+    }
+    #[inline(always)]
     fn hmax(self, a: __m512) -> f32 {
         unsafe { _mm512_reduce_max_ps(a) }
     }

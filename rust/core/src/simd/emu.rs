@@ -128,6 +128,14 @@ impl<const W: usize> Simd for Emu<W> {
         m.iter().enumerate().fold(0u64, |acc, (i, &b)| acc | (u64::from(b) << i))
     }
     #[inline(always)]
+    fn fma(self, a: [f32; W], b: [f32; W], c: [f32; W]) -> [f32; W] {
+        std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
+    }
+    #[inline(always)]
+    fn hsum(self, a: [f32; W]) -> f32 {
+        a.iter().sum()
+    }
+    #[inline(always)]
     fn hmax(self, a: [f32; W]) -> f32 {
         a.iter().copied().fold(f32::NEG_INFINITY, |m, x| if x > m { x } else { m })
     }

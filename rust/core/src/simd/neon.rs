@@ -121,6 +121,14 @@ impl Simd for Neon {
         }
     }
     #[inline(always)]
+    fn fma(self, a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+        unsafe { vfmaq_f32(c, a, b) }
+    }
+    #[inline(always)]
+    fn hsum(self, a: float32x4_t) -> f32 {
+        unsafe { vaddvq_f32(a) }
+    }
+    #[inline(always)]
     fn hmax(self, a: float32x4_t) -> f32 {
         unsafe {
             let m = self.max(a, vextq_f32::<2>(a, a));

@@ -68,6 +68,10 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn mnot(self, m: Self::M) -> Self::M;
     /// Lane i of `m` as bit i.
     fn bitmask(self, m: Self::M) -> u64;
+    /// a × b + c with one rounding (fused multiply-add).
+    fn fma(self, a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    /// Sum of the lanes (the order of the additions is the implementation's).
+    fn hsum(self, a: Self::F) -> f32;
     /// Largest lane (exact).
     fn hmax(self, a: Self::F) -> f32;
     /// Smallest lane (exact).

@@ -97,31 +97,6 @@ pub fn dot_q8_neon(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
     }
 }
 
-#[target_feature(enable = "neon")]
-fn dot_f32_tf(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len();
-    let mut acc = [vdupq_n_f32(0.0); 4];
-    let mut i = 0;
-    while i + 16 <= n {
-        for (u, ac) in acc.iter_mut().enumerate() {
-            *ac = vfmaq_f32(*ac, load_f32(&a[i + 4 * u..]), load_f32(&b[i + 4 * u..]));
-        }
-        i += 16;
-    }
-    while i + 4 <= n {
-        acc[0] = vfmaq_f32(acc[0], load_f32(&a[i..]), load_f32(&b[i..]));
-        i += 4;
-    }
-    let v = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
-    vaddvq_f32(v) + super::dot_f32_ref(&a[i..], &b[i..])
-}
-
-/// [`super::dot_f32`] with NEON FMA.
-pub fn dot_f32_neon(a: &[f32], b: &[f32]) -> f32 {
-    // SAFETY: NEON is part of the AArch64 base ISA.
-    unsafe { dot_f32_tf(a, b) }
-}
-
 /// [`Bytes32`] on a pair of NEON registers.
 #[derive(Debug, Clone, Copy)]
 pub struct NeonBytes(());

@@ -647,18 +647,47 @@ pub fn dot_f32_ref(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |acc, (&x, &y)| acc + x * y)
 }
 
-/// `Σ a[j] · b[j]` (same lengths) with fused multiply-adds in SIMD lanes.
+/// `Σ a[j] · b[j]` (same lengths) with fused multiply-adds in SIMD lanes
+/// ([`dot_f32_simd`] at `isa`, [`dot_f32_ref`] at the scalar level).
 pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::dot_f32_avx2(a, b),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::dot_f32_avx512(a, b),
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon => arm::dot_f32_neon(a, b),
-        _ => dot_f32_ref(a, b),
+    crate::simd::run(isa, DotF32 { a, b })
+}
+
+struct DotF32<'a> {
+    a: &'a [f32],
+    b: &'a [f32],
+}
+
+impl Kernel for DotF32<'_> {
+    type Output = f32;
+    fn scalar(self) -> f32 {
+        dot_f32_ref(self.a, self.b)
     }
+    #[inline(always)]
+    fn simd<S: Simd>(self, s: S) -> f32 {
+        dot_f32_simd(s, self.a, self.b)
+    }
+}
+
+/// [`dot_f32`] over the vocabulary: four accumulators of `W` lanes over blocks of `4 W`
+/// values, then one over blocks of `W`, then the scalar reference on the rest.
+#[inline(always)]
+pub fn dot_f32_simd<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+    let (n, w) = (a.len(), S::W);
+    let mut acc = [s.splat(0.0); 4];
+    let mut i = 0;
+    while i + 4 * w <= n {
+        for (u, ac) in acc.iter_mut().enumerate() {
+            *ac = s.fma(s.load(&a[i + w * u..]), s.load(&b[i + w * u..]), *ac);
+        }
+        i += 4 * w;
+    }
+    while i + w <= n {
+        acc[0] = s.fma(s.load(&a[i..]), s.load(&b[i..]), acc[0]);
+        i += w;
+    }
+    s.hsum(s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]))) + dot_f32_ref(&a[i..], &b[i..])
 }
 
 /// How far an ISA's [`dot_q8`] or [`dot_f32`] may lie from the scalar reference, relative to

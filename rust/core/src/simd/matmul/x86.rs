@@ -7,6 +7,7 @@ use std::arch::x86_64::*;
 use super::bytes::{self, Bytes32};
 use super::QS;
 use crate::qtype::{AffineSpec, QType};
+use crate::simd::avx2::hsum256;
 use crate::simd::Isa;
 
 /// Exact i32 sums of 4 consecutive products `w · x` of 32 i8 pairs (lanes 0–3 cover the first
@@ -34,14 +35,6 @@ fn load128f(s: &[f32]) -> __m128 {
     let s = &s[..4];
     // SAFETY: `s` holds 4 f32 (checked by the slice above); unaligned load.
     unsafe { _mm_loadu_ps(s.as_ptr()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn hsum256(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 /// The 32-value tail step shared by the AVX2 and AVX-512 dots: sub-blocks `k`, `k + 1`.
@@ -181,74 +174,6 @@ pub fn dot_q8_avx512(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
     } else {
         dot_q8_avx512_bw(wq, sw, xq, d16)
     }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn load256f(s: &[f32]) -> __m256 {
-    let s = &s[..8];
-    // SAFETY: `s` holds 8 f32 (checked by the slice above); unaligned load.
-    unsafe { _mm256_loadu_ps(s.as_ptr()) }
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn dot_f32_avx2_tf(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len();
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (u, ac) in acc.iter_mut().enumerate() {
-            *ac = _mm256_fmadd_ps(load256f(&a[i + 8 * u..]), load256f(&b[i + 8 * u..]), *ac);
-        }
-        i += 32;
-    }
-    while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(load256f(&a[i..]), load256f(&b[i..]), acc[0]);
-        i += 8;
-    }
-    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    hsum256(v) + super::dot_f32_ref(&a[i..], &b[i..])
-}
-
-/// [`super::dot_f32`] with AVX2 FMA. Panics without AVX2/FMA.
-pub fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
-    // SAFETY: AVX2 and FMA are available (checked above).
-    unsafe { dot_f32_avx2_tf(a, b) }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn load(s: &[f32]) -> __m512 {
-    let s = &s[..16];
-    // SAFETY: `s` holds 16 f32 (checked by the slice above); unaligned load.
-    unsafe { _mm512_loadu_ps(s.as_ptr()) }
-}
-
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
-fn dot_f32_avx512_tf(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len();
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 64 <= n {
-        for (u, ac) in acc.iter_mut().enumerate() {
-            *ac = _mm512_fmadd_ps(load(&a[i + 16 * u..]), load(&b[i + 16 * u..]), *ac);
-        }
-        i += 64;
-    }
-    while i + 16 <= n {
-        acc[0] = _mm512_fmadd_ps(load(&a[i..]), load(&b[i..]), acc[0]);
-        i += 16;
-    }
-    let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    _mm512_reduce_add_ps(v) + super::dot_f32_ref(&a[i..], &b[i..])
-}
-
-/// [`super::dot_f32`] with AVX-512F. Panics without AVX-512.
-pub fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
-    assert!(Isa::Avx512.is_available(), "AVX-512 kernel on a CPU without AVX-512");
-    // SAFETY: the AVX-512 level is available (checked above).
-    unsafe { dot_f32_avx512_tf(a, b) }
 }
 
 /// [`Bytes32`] on one AVX2 register (also used at the AVX-512 level, which includes AVX2).
