@@ -1,0 +1,1 @@
+"""Quantization algorithms that go beyond round-to-nearest: GPTQ (`gptq`)."""
