@@ -165,6 +165,11 @@ def test_golden_files(name: str) -> None:
             parts = f.parts(t["name"])
             for p in t["parts"]:
                 assert hashlib.sha256(parts[p["name"]].tobytes()).hexdigest() == p["sha256"]
+            if {p["name"] for p in t["parts"]} == {"data", "perm"}:
+                q = f[t["name"]]
+                assert isinstance(q, lowbit.QTensor) and q.perm is not None
+                assert q.perm.astype("<u4").tobytes() == parts["perm"].tobytes()
+                continue
             if len(t["parts"]) > 1:
                 with pytest.raises(lowbit.UnsupportedError):
                     f[t["name"]]

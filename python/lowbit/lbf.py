@@ -205,8 +205,10 @@ class LBFWriter:
         if src is not None and os.path.exists(self._path) and os.path.samefile(src, self._path):
             raise ParameterError(f"tensor {name!r} is a view of {src}, the file being replaced; save elsewhere")
         if isinstance(tensor, QTensor):
-            data = tensor.data.reshape(-1)
-            w.add_tensor(name, tensor.qtype, list(tensor.shape), [("data", data)], tensor.group_size, tensor.symmetric)
+            parts = [("data", tensor.data.reshape(-1))]
+            if tensor.perm is not None:
+                parts.append(("perm", tensor.perm.astype("<u4", copy=False).view(np.uint8)))
+            w.add_tensor(name, tensor.qtype, list(tensor.shape), parts, tensor.group_size, tensor.symmetric)
             return
         qtype = {np.dtype(v): k for k, v in _FLOAT_QTYPES.items()}.get(tensor.dtype.newbyteorder("="))
         if qtype is None:
@@ -411,7 +413,7 @@ class LBFFile(Mapping[str, "QTensor | npt.NDArray[Any]"]):
     def __getitem__(self, name: str) -> QTensor | npt.NDArray[Any]:
         info = self.info(name)
         parts = self.parts(name)
-        extra = sorted(set(parts) - {"data"})
+        extra = sorted(set(parts) - {"data", "perm"})
         if extra:
             raise UnsupportedError(
                 f"tensor {name!r} has parts {extra}, which QTensor does not carry yet; read them with .parts()"
@@ -421,7 +423,8 @@ class LBFFile(Mapping[str, "QTensor | npt.NDArray[Any]"]):
             return data.view(_FLOAT_QTYPES[info.qtype]).reshape(info.shape)
         cols = info.shape[-1]
         rows = int(np.prod(info.shape[:-1], dtype=np.int64))
-        return QTensor._view(info.qtype, (rows, cols), data, info.group_size, info.symmetric)
+        perm = parts["perm"].view("<u4").astype(np.uint32, copy=False) if "perm" in parts else None
+        return QTensor._view(info.qtype, (rows, cols), data, info.group_size, info.symmetric, perm)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._infos)

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from .errors import ShapeError
+from .errors import ParameterError, ShapeError
 from .qtensor import QTensor
 
 __all__ = ["Outliers", "matmul", "matmul_reference"]
@@ -51,7 +51,9 @@ def _call(
     if x.ndim not in (1, 2) or x.shape[-1] != cols:
         raise ShapeError(f"x must have shape ({cols},) or (n, {cols}) for a weight of shape {w.shape}, got {x.shape}")
     x2 = np.ascontiguousarray(x.reshape(-1, cols), dtype=np.float32)
-    p = None if perm is None else _int_array(perm, np.uint32, "perm")
+    if perm is not None and w.perm is not None:
+        raise ParameterError("the QTensor carries its own permutation: do not pass perm as well")
+    p = w.perm if perm is None else _int_array(perm, np.uint32, "perm")
     o: tuple[Any, Any, Any] = (None, None, None)
     if outliers is not None:
         if not isinstance(outliers, tuple) or len(outliers) != 3:
@@ -86,7 +88,7 @@ def matmul(
         x: activations, shape (cols,) or (n, cols); float32 (float16/float64 are converted).
         qt: a `QTensor` of any qtype, or a 2-D float32 array (an f32 weight).
         perm: group-affine only: act-order permutation, uint32 (cols,): stored column j holds
-            input column perm[j].
+            input column perm[j]. Default: the QTensor's own `perm` (giving both is an error).
         outliers: sparse outliers (row_ptr uint64 (rows + 1,), cols uint32 (nnz,), vals
             float16 (nnz,)), added to the dequantized stored rows.
         isa: force an instruction set ("scalar", "avx2", "avx512", "neon").

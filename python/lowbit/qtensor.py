@@ -24,9 +24,13 @@ class QTensor:
     `qtype` is the canonical type name; for group-affine types it includes the group size and
     symmetry (`"int4-g128"`, `"int3-row-sym"`), also available as `group_size` (0 = whole row)
     and `symmetric`.
+
+    A group-affine tensor may store its columns permuted (GPTQ's act-order): `perm`, uint32
+    (cols,), says that stored column `j` holds input column `perm[j]`. `dequantize` returns input
+    order, `matmul` and the LBF file honour it, and its bytes count in `nbytes`.
     """
 
-    __slots__ = ("_data", "_group_size", "_qtype", "_shape", "_symmetric")
+    __slots__ = ("_data", "_group_size", "_perm", "_qtype", "_shape", "_symmetric")
 
     def __init__(
         self,
@@ -36,6 +40,7 @@ class QTensor:
         *,
         group_size: int | None = None,
         symmetric: bool | None = None,
+        perm: npt.ArrayLike | None = None,
     ) -> None:
         rows, cols = _shape2(shape)
         name, g, s, row_bytes = _core.layout(qtype, rows, cols, group_size, symmetric)
@@ -46,6 +51,7 @@ class QTensor:
         self._qtype, self._group_size, self._symmetric = name, g, s
         self._shape = (rows, cols)
         self._data = np.ascontiguousarray(data).reshape(rows, row_bytes)
+        self._perm = None if perm is None else _check_perm(perm, name, cols)
 
     @classmethod
     def from_bytes(
@@ -92,9 +98,15 @@ class QTensor:
         return self._data
 
     @property
+    def perm(self) -> npt.NDArray[np.uint32] | None:
+        """The act-order permutation, uint32 (cols,): stored column `j` is input column
+        `perm[j]`; None when the columns are stored in input order."""
+        return self._perm
+
+    @property
     def nbytes(self) -> int:
-        """Bytes stored (codes, scales, zeros: everything)."""
-        return int(self._data.nbytes)
+        """Bytes stored (codes, scales, zeros, permutation: everything)."""
+        return int(self._data.nbytes) + (0 if self._perm is None else int(self._perm.nbytes))
 
     @property
     def bits_per_weight(self) -> float:
@@ -113,16 +125,32 @@ class QTensor:
         data: npt.NDArray[np.uint8],
         group_size: int | None,
         symmetric: bool | None,
+        perm: npt.NDArray[np.uint32] | None = None,
     ) -> QTensor:
-        """Wrap bytes whose geometry was already validated (by the LBF reader): no copy, and
+        """Wrap bytes (and a permutation) already validated by the LBF reader: no copy, and
         empty tensors allowed."""
         qt = cls.__new__(cls)
         qt._qtype, qt._group_size, qt._symmetric, qt._shape = qtype, group_size, symmetric, shape
+        qt._perm = perm
         qt._data = data.reshape(shape[0], data.size // shape[0] if shape[0] else 0)
         return qt
 
     def __repr__(self) -> str:
-        return f"QTensor({self._qtype}, shape={self._shape}, {self.nbytes} bytes, {self.bits_per_weight:.4g} bpw)"
+        p = ", act-order" if self._perm is not None else ""
+        return f"QTensor({self._qtype}, shape={self._shape}{p}, {self.nbytes} bytes, {self.bits_per_weight:.4g} bpw)"
+
+
+def _check_perm(perm: npt.ArrayLike, qtype: str, cols: int) -> npt.NDArray[np.uint32]:
+    arr = np.asarray(perm)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"perm must be an integer array, got {arr.dtype}")
+    if not qtype.startswith("int"):
+        raise ParameterError(f"only group-affine tensors store a column permutation, not {qtype}")
+    if arr.shape != (cols,):
+        raise ShapeError(f"perm must have shape ({cols},), got {arr.shape}")
+    if not np.array_equal(np.sort(arr), np.arange(cols)):
+        raise ParameterError(f"perm is not a permutation of 0..{cols}")
+    return np.ascontiguousarray(arr, dtype=np.uint32)
 
 
 def _shape2(shape: Any) -> tuple[int, int]:
@@ -243,11 +271,16 @@ def quantize(
 
 
 def dequantize(qt: QTensor, *, isa: str | None = None) -> npt.NDArray[np.float32]:
-    """Dequantize `qt` to a float32 array of shape `qt.shape`."""
+    """Dequantize `qt` to a float32 array of shape `qt.shape`, columns in input order."""
     if not isinstance(qt, QTensor):
         raise TypeError(f"dequantize takes a QTensor, got {type(qt).__name__}")
     rows, cols = qt.shape
     if rows * cols == 0:
         return np.zeros((rows, cols), np.float32)
     flat = _core.dequantize(qt.data.reshape(-1), qt.qtype, rows, cols, qt.group_size, qt.symmetric, isa)
-    return flat.reshape(rows, cols)
+    stored = flat.reshape(rows, cols)
+    if qt.perm is None:
+        return stored
+    out = np.empty_like(stored)
+    out[:, qt.perm] = stored
+    return out

@@ -180,6 +180,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<format::LbfReader>()?;
     m.add_class::<format::PyLbfWriter>()?;
     m.add_class::<format::MapOwner>()?;
+    m.add_function(wrap_pyfunction!(model::layer_forward, m)?)?;
     m.add_class::<model::PyEngine>()?;
     m.add_class::<model::PySession>()?;
     m.add_class::<model::PySampler>()?;

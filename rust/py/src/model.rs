@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use lowbit_core::format::LbfFile;
-use lowbit_core::model::{Arch, Config, Model, RopeScaling, Sampler, Session};
+use lowbit_core::matmul::QMatrix;
+use lowbit_core::model::{self as core_model, Arch, Config, LayerView, Model, RopeScaling, Sampler, Session, Tap};
+use lowbit_core::quant::{self, Layout, QuantOptions};
 use lowbit_core::Error;
-use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -233,4 +235,130 @@ impl PySampler {
         let inner = &self.inner;
         Ok(py.detach(|| inner.lock().unwrap_or_else(|e| e.into_inner()).sample(l)).map_err(PyLowbitError)?)
     }
+}
+
+/// The weight matrices of a decoder layer, by their names under `model.layers.{i}.`.
+const LAYER_MATRICES: [&str; 7] = [
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+];
+
+/// A weight as `layer_forward` receives it: `(data uint8, qtype, rows, cols, group_size,
+/// symmetric, perm uint32 | None)`.
+type MatrixArg<'py> =
+    (PyReadonlyArray1<'py, u8>, String, usize, usize, Option<usize>, Option<bool>, Option<PyReadonlyArray1<'py, u32>>);
+
+/// One decoder layer over `x` (`tokens × hidden` float32: `tokens / seq_len` independent
+/// sequences, each from position 0), returning the new hidden states and, for each tap name
+/// in `taps` ("attn_in", "o_in", "mlp_in", "down_in"), the input of that linear group
+/// (`tokens × width` float32). `tensors` maps the layer's HF names (without the
+/// `model.layers.{i}.` prefix) to a [`MatrixArg`] tuple for the seven weights and to 1-D float32
+/// arrays for the norms and biases.
+#[pyfunction]
+#[pyo3(signature = (config, tensors, x, seq_len, taps, isa=None))]
+#[allow(clippy::type_complexity)]
+pub fn layer_forward<'py>(
+    py: Python<'py>,
+    config: &Bound<'py, PyDict>,
+    tensors: &Bound<'py, PyDict>,
+    x: PyReadonlyArray2<'py, f32>,
+    seq_len: usize,
+    taps: Vec<String>,
+    isa: Option<&str>,
+) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyDict>)> {
+    let cfg = config_from_dict(config)?;
+    let isa = parse_isa(isa)?;
+    let taps = taps.iter().map(|t| Tap::parse(t)).collect::<Result<Vec<_>, _>>().map_err(PyLowbitError)?;
+    let get = |k: &str| -> PyResult<Bound<'py, PyAny>> {
+        tensors.get_item(k)?.ok_or_else(|| param_err(format!("layer tensor {k:?} is missing")))
+    };
+    let (mut args, mut mats): (Vec<MatrixArg<'py>>, Vec<(Layout, Option<Vec<u8>>)>) = (Vec::new(), Vec::new());
+    for name in LAYER_MATRICES {
+        let arg: MatrixArg<'py> = get(name)?.extract().map_err(|_| {
+            param_err(format!(
+                "layer tensor {name:?} must be (data uint8, qtype, rows, cols, group_size, symmetric, perm)"
+            ))
+        })?;
+        let opts = QuantOptions { group_size: arg.4, symmetric: arg.5, ..Default::default() };
+        let (q, spec) = quant::resolve(&arg.1, &opts).map_err(PyLowbitError)?;
+        let layout = Layout::new(q, spec, arg.2, arg.3).map_err(PyLowbitError)?;
+        let perm = match &arg.6 {
+            Some(p) => Some(slice_of(p, "perm")?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            None => None,
+        };
+        args.push(arg);
+        mats.push((layout, perm));
+    }
+    let vec_names = [
+        "input_layernorm.weight",
+        "post_attention_layernorm.weight",
+        "self_attn.q_proj.bias",
+        "self_attn.k_proj.bias",
+        "self_attn.v_proj.bias",
+        "self_attn.o_proj.bias",
+    ];
+    let mut vecs: Vec<Option<PyReadonlyArray1<'py, f32>>> = Vec::with_capacity(vec_names.len());
+    for (i, name) in vec_names.iter().enumerate() {
+        let v = tensors.get_item(name)?;
+        if v.is_none() && i < 2 {
+            return Err(param_err(format!("layer tensor {name:?} is missing")));
+        }
+        vecs.push(
+            v.map(|a| a.extract().map_err(|_| param_err(format!("layer tensor {name:?} must be a 1-D float32 array"))))
+                .transpose()?,
+        );
+    }
+    let data = args.iter().map(|a| slice_of(&a.0, "weight data")).collect::<Result<Vec<_>, _>>()?;
+    let vs =
+        vecs.iter().map(|v| v.as_ref().map(|a| slice_of(a, "vector")).transpose()).collect::<Result<Vec<_>, _>>()?;
+    let h = cfg.hidden_size;
+    if x.shape()[1] != h {
+        return Err(PyLowbitError(Error::Shape(format!("x must have {h} columns, got {}", x.shape()[1]))).into());
+    }
+    let mut xs = slice_of(&x, "x")?.to_vec();
+    let tokens = x.shape()[0];
+    let mut outs: Vec<(Tap, Vec<f32>)> = Vec::new();
+    py.detach(|| -> lowbit_core::Result<()> {
+        for &t in &taps {
+            outs.push((t, core_model::layer_buffer(&[tokens, t.width(&cfg)], "tap output")?));
+        }
+        let m = |i: usize| {
+            let (layout, perm) = &mats[i];
+            QMatrix::new(*layout, data[i], perm.as_deref(), None)
+        };
+        let view = LayerView {
+            attn_norm: vs[0].expect("checked"),
+            q: m(0)?,
+            k: m(1)?,
+            v: m(2)?,
+            o: m(3)?,
+            qkv_bias: match (vs[2], vs[3], vs[4]) {
+                (Some(q), Some(k), Some(v)) => Some([q, k, v]),
+                (None, None, None) => None,
+                _ => return Err(Error::InvalidParameter("give all of the q/k/v biases or none".into())),
+            },
+            o_bias: vs[5],
+            ffn_norm: vs[1].expect("checked"),
+            gate: m(4)?,
+            up: m(5)?,
+            down: m(6)?,
+        };
+        core_model::layer_forward(&cfg, isa, &view, &mut xs, seq_len, &mut |tap, row, acts| {
+            if let Some((_, buf)) = outs.iter_mut().find(|(t, _)| *t == tap) {
+                buf[row * tap.width(&cfg)..][..acts.len()].copy_from_slice(acts);
+            }
+        })
+    })
+    .map_err(PyLowbitError)?;
+    let d = PyDict::new(py);
+    for (t, buf) in outs {
+        let w = t.width(&cfg);
+        d.set_item(t.name(), PyArray1::from_vec(py, buf).reshape([tokens, w])?)?;
+    }
+    Ok((PyArray1::from_vec(py, xs).reshape([tokens, h])?, d))
 }

@@ -9,6 +9,7 @@
 //! is copied.
 
 mod config;
+mod layer;
 mod ops;
 mod sampler;
 mod session;
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use config::{Arch, Config, RopeScaling};
+pub use layer::{buffer as layer_buffer, layer_forward, LayerView, Tap};
 pub use sampler::Sampler;
 pub use session::{Session, MAX_BATCH};
 
@@ -67,6 +69,25 @@ struct Layer {
     gate: Weight,
     up: Weight,
     down: Weight,
+}
+
+impl Layer {
+    /// Its tensors over `bytes` (the file's bytes).
+    fn view<'a>(&'a self, bytes: &'a [u8]) -> LayerView<'a> {
+        LayerView {
+            attn_norm: &self.attn_norm,
+            q: self.q.matrix(bytes),
+            k: self.k.matrix(bytes),
+            v: self.v.matrix(bytes),
+            o: self.o.matrix(bytes),
+            qkv_bias: self.qkv_bias.as_ref().map(|[q, k, v]| [&q[..], &k[..], &v[..]]),
+            o_bias: self.o_bias.as_deref(),
+            ffn_norm: &self.ffn_norm,
+            gate: self.gate.matrix(bytes),
+            up: self.up.matrix(bytes),
+            down: self.down.matrix(bytes),
+        }
+    }
 }
 
 /// A loaded model: the config, the file, and where each tensor is. `Sync`: any number of

@@ -1,7 +1,8 @@
 //! A generation session: the KV cache of one sequence and the scratch buffers of the forward
 //! pass, all allocated once when the session is created.
 
-use super::ops::{self, AttnShape};
+use super::layer::{self, buffer, Kv, Scratch};
+use super::ops;
 use super::Model;
 use crate::error::{Error, Result};
 
@@ -23,28 +24,11 @@ pub struct Session {
     /// RoPE tables, `max_context × head_dim / 2` each.
     cos: Vec<f32>,
     sin: Vec<f32>,
-    /// Scratch rows: at most `batch` tokens go through the layers at once.
-    batch: usize,
+    /// Hidden states of at most `scratch.batch` tokens (the tokens going through the layers).
     x: Vec<f32>,
-    xn: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    scratch: Scratch,
     /// One row of `hidden` values (embedding lookup).
     row: Vec<f32>,
-}
-
-/// A zeroed buffer of `a × b × ...` f32, or an error saying what did not fit.
-fn buffer(dims: &[usize], what: &str) -> Result<Vec<f32>> {
-    let too_big = || Error::InvalidParameter(format!("the {what} of {dims:?} values does not fit in memory"));
-    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(too_big)?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| too_big())?;
-    v.resize(n, 0.0);
-    Ok(v)
 }
 
 impl Session {
@@ -63,9 +47,7 @@ impl Session {
             )));
         }
         let c = &model.cfg;
-        let (h, hd) = (c.hidden_size, c.head_dim);
-        let (qd, kvd) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
-        let cache = [c.num_hidden_layers, c.num_key_value_heads, max_context, hd];
+        let cache = [c.num_hidden_layers, c.num_key_value_heads, max_context, c.head_dim];
         let b = max_context.min(batch);
         let (cos, sin) = ops::rope_tables(&model.inv_freq, max_context);
         Ok(Session {
@@ -76,16 +58,9 @@ impl Session {
             v_cache: buffer(&cache, "value cache")?,
             cos,
             sin,
-            batch: b,
-            x: buffer(&[b, h], "scratch")?,
-            xn: buffer(&[b, h], "scratch")?,
-            q: buffer(&[b, qd], "scratch")?,
-            k: buffer(&[b, kvd], "scratch")?,
-            v: buffer(&[b, kvd], "scratch")?,
-            att: buffer(&[b, qd], "scratch")?,
-            gate: buffer(&[b, c.intermediate_size], "scratch")?,
-            up: buffer(&[b, c.intermediate_size], "scratch")?,
-            row: buffer(&[h], "scratch")?,
+            x: buffer(&[b, c.hidden_size], "scratch")?,
+            scratch: Scratch::new(c, b)?,
+            row: buffer(&[c.hidden_size], "scratch")?,
         })
     }
 
@@ -156,12 +131,13 @@ impl Session {
 
     fn forward_chunks(&mut self, model: &Model, tokens: &[u32], all: bool, logits: &mut [f32]) -> Result<()> {
         let vocab = model.cfg.vocab_size;
-        let chunks = tokens.len().div_ceil(self.batch);
-        for (c, chunk) in tokens.chunks(self.batch).enumerate() {
+        let batch = self.scratch.batch;
+        let chunks = tokens.len().div_ceil(batch);
+        for (c, chunk) in tokens.chunks(batch).enumerate() {
             self.layers(model, chunk)?;
             let n = chunk.len();
             if all {
-                self.output(model, 0..n, &mut logits[c * self.batch * vocab..][..n * vocab])?;
+                self.output(model, 0..n, &mut logits[c * batch * vocab..][..n * vocab])?;
             } else if c + 1 == chunks {
                 self.output(model, n - 1..n, logits)?;
             }
@@ -173,56 +149,23 @@ impl Session {
     /// advanced.
     fn layers(&mut self, model: &Model, tokens: &[u32]) -> Result<()> {
         let c = &model.cfg;
-        let (n, h, hd, p0) = (tokens.len(), c.hidden_size, c.head_dim, self.pos);
-        let (nh, nkv, ctx) = (c.num_attention_heads, c.num_key_value_heads, self.max_context);
-        let (qd, kvd, f) = (nh * hd, nkv * hd, c.intermediate_size);
+        let (n, h) = (tokens.len(), c.hidden_size);
         let x = &mut self.x[..n * h];
         for (t, xr) in tokens.iter().zip(x.chunks_exact_mut(h)) {
             model.embed(*t, xr, &mut self.row);
         }
-        let (xn, q, k, v) =
-            (&mut self.xn[..n * h], &mut self.q[..n * qd], &mut self.k[..n * kvd], &mut self.v[..n * kvd]);
-        let (att, gate, up) = (&mut self.att[..n * qd], &mut self.gate[..n * f], &mut self.up[..n * f]);
-        let layer_cache = nkv * ctx * hd;
+        let layer_cache = c.num_key_value_heads * self.max_context * c.head_dim;
+        let bytes = model.file.bytes();
         for (l, w) in model.layers.iter().enumerate() {
-            ops::rms_norm(x, &w.attn_norm, c.rms_norm_eps, xn);
-            model.matmul(&w.q, xn, n, q)?;
-            model.matmul(&w.k, xn, n, k)?;
-            model.matmul(&w.v, xn, n, v)?;
-            if let Some([bq, bk, bv]) = &w.qkv_bias {
-                ops::add_bias(q, bq);
-                ops::add_bias(k, bk);
-                ops::add_bias(v, bv);
-            }
-            ops::rope(q, nh, hd, p0, &self.cos, &self.sin);
-            ops::rope(k, nkv, hd, p0, &self.cos, &self.sin);
-            let kc = &mut self.k_cache[l * layer_cache..(l + 1) * layer_cache];
-            let vc = &mut self.v_cache[l * layer_cache..(l + 1) * layer_cache];
-            for i in 0..n {
-                for g in 0..nkv {
-                    let (src, dst) = (i * kvd + g * hd, (g * ctx + p0 + i) * hd);
-                    kc[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
-                    vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
-                }
-            }
-            ops::attention(
-                q,
-                kc,
-                vc,
-                att,
-                AttnShape { heads: nh, kv_heads: nkv, hd, ctx, p0, window: c.sliding_window },
-            );
-            model.matmul(&w.o, att, n, xn)?;
-            if let Some(b) = &w.o_bias {
-                ops::add_bias(xn, b);
-            }
-            ops::add(x, xn);
-            ops::rms_norm(x, &w.ffn_norm, c.rms_norm_eps, xn);
-            model.matmul(&w.gate, xn, n, gate)?;
-            model.matmul(&w.up, xn, n, up)?;
-            ops::swiglu(gate, up);
-            model.matmul(&w.down, gate, n, xn)?;
-            ops::add(x, xn);
+            let kv = Kv {
+                k: &mut self.k_cache[l * layer_cache..(l + 1) * layer_cache],
+                v: &mut self.v_cache[l * layer_cache..(l + 1) * layer_cache],
+                ctx: self.max_context,
+                p0: self.pos,
+                cos: &self.cos,
+                sin: &self.sin,
+            };
+            layer::forward(c, model.isa, &w.view(bytes), x, &mut self.scratch, kv, &mut |_, _| {})?;
         }
         self.pos += n;
         Ok(())
@@ -231,7 +174,7 @@ impl Session {
     /// Logits of the tokens `rows` of the last chunk into `out` (`rows.len() × vocab`).
     fn output(&mut self, model: &Model, rows: std::ops::Range<usize>, out: &mut [f32]) -> Result<()> {
         let h = model.cfg.hidden_size;
-        let (x, xn) = (&self.x[rows.start * h..rows.end * h], &mut self.xn[..rows.len() * h]);
+        let (x, xn) = (&self.x[rows.start * h..rows.end * h], self.scratch.xn(rows.len(), h));
         ops::rms_norm(x, &model.norm, model.cfg.rms_norm_eps, xn);
         model.matmul(model.output(), xn, rows.len(), out)
     }

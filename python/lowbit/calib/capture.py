@@ -1,0 +1,191 @@
+"""Layer-by-layer forward passes over calibration tokens through the Rust engine, with the inputs
+of each decoder layer's linear layers captured as statistics (ARCHITECTURE.md §1).
+
+A decoder layer has four *taps*, the inputs of its groups of linear layers:
+
+| tap       | width (values per token) | linears fed                 |
+|-----------|--------------------------|-----------------------------|
+| `attn_in` | hidden                   | q_proj, k_proj, v_proj      |
+| `o_in`    | heads · head_dim         | o_proj                      |
+| `mlp_in`  | hidden                   | gate_proj, up_proj          |
+| `down_in` | intermediate             | down_proj                   |
+
+`layer_forward` runs one layer (weights of any qtype, or float32 arrays) over a batch of
+independent sequences; `collect` accumulates per tap the sum of x² per input column (llama.cpp's
+importance matrix) and optionally Σ x xᵀ (GPTQ's Hessian, up to a factor 2/n). Only one layer's
+activations are ever held: `tokens × hidden` float32 for the layer input, plus one chunk of taps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import _core
+from ..errors import InvalidValueError, ParameterError, ShapeError
+from ..model import engine_config
+from ..qtensor import QTensor
+
+__all__ = [
+    "LAYER_VECTORS",
+    "TAPS",
+    "TAP_LINEARS",
+    "LayerStats",
+    "collect",
+    "layer_forward",
+    "linear_names",
+]
+
+TAP_LINEARS: dict[str, tuple[str, ...]] = {
+    "attn_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "o_in": ("self_attn.o_proj",),
+    "mlp_in": ("mlp.gate_proj", "mlp.up_proj"),
+    "down_in": ("mlp.down_proj",),
+}
+"""Tap name → the linear layers (under `model.layers.{i}.`) that read it, in forward order."""
+
+TAPS: tuple[str, ...] = tuple(TAP_LINEARS)
+
+LAYER_VECTORS: tuple[str, ...] = (
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+    "self_attn.q_proj.bias",
+    "self_attn.k_proj.bias",
+    "self_attn.v_proj.bias",
+    "self_attn.o_proj.bias",
+)
+"""The 1-D tensors of a decoder layer (the biases only with `attention_bias`)."""
+
+Weight = QTensor | npt.NDArray[np.float32]
+
+
+def linear_names() -> list[str]:
+    """The seven weight names of a decoder layer (under `model.layers.{i}.`), in forward order."""
+    return [f"{lin}.weight" for lins in TAP_LINEARS.values() for lin in lins]
+
+
+def _matrix_arg(name: str, w: Any) -> tuple[Any, ...]:
+    if isinstance(w, QTensor):
+        rows, cols = w.shape
+        return (w.data.reshape(-1), w.qtype, rows, cols, w.group_size, w.symmetric, w.perm)
+    if isinstance(w, np.ndarray) and w.ndim == 2 and w.dtype == np.float32:
+        rows, cols = w.shape
+        data = np.ascontiguousarray(w, dtype="<f4").view(np.uint8).reshape(-1)
+        return (data, "f32", rows, cols, None, None, None)
+    raise TypeError(f"layer tensor {name!r} must be a QTensor or a 2-D float32 array, got {type(w).__name__}")
+
+
+def layer_forward(
+    config: Mapping[str, Any],
+    weights: Mapping[str, Weight],
+    x: npt.NDArray[np.float32],
+    seq_len: int,
+    taps: Sequence[str] = (),
+    *,
+    isa: str | None = None,
+) -> tuple[npt.NDArray[np.float32], dict[str, npt.NDArray[np.float32]]]:
+    """One decoder layer over `x`.
+
+    Args:
+        config: the model's HF config.json (llama, mistral or qwen2).
+        weights: the layer's tensors by their names under `model.layers.{i}.`: the seven
+            linear weights (`QTensor`s of any qtype, act-order included, or float32 arrays of
+            shape (out_features, in_features)) and the `LAYER_VECTORS` (float32 1-D).
+        x: float32 (tokens, hidden): `tokens / seq_len` independent sequences, each starting
+            at position 0.
+        seq_len: tokens per sequence.
+        taps: which linear inputs to return (`TAPS`).
+        isa: force an instruction set.
+
+    Returns `(y, acts)`: the layer's output hidden states, float32 (tokens, hidden), and per
+    requested tap its input, float32 (tokens, width).
+
+    Raises ShapeError (shapes against the config), ParameterError (missing tensors, unknown
+    taps, a config the engine does not run), InvalidValueError (a non-finite activation).
+    """
+    cfg = engine_config(dict(config))
+    tensors: dict[str, Any] = {}
+    for name in linear_names():
+        if name not in weights:
+            raise ParameterError(f"layer tensor {name!r} is missing")
+        tensors[name] = _matrix_arg(name, weights[name])
+    for name in LAYER_VECTORS:
+        if name in weights:
+            tensors[name] = np.ascontiguousarray(weights[name], dtype=np.float32).reshape(-1)
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise ShapeError("x must be a 2-D float32 array (tokens, hidden)")
+    unknown = [t for t in taps if t not in TAPS]
+    if unknown:
+        raise ParameterError(f"unknown taps {unknown}; valid: {', '.join(TAPS)}")
+    y, acts = _core.layer_forward(cfg, tensors, np.ascontiguousarray(x, dtype=np.float32), seq_len, list(taps), isa)
+    return y, dict(acts)
+
+
+@dataclass
+class LayerStats:
+    """Statistics of one layer's linear inputs over the calibration tokens.
+
+    Attributes:
+        tokens: tokens seen.
+        sum_sq: tap → Σ x² per input column, float64 (width,) (llama.cpp's `in_sum2`; the
+            importance of a column is `sum_sq / tokens`).
+        hessian: tap → Σ x xᵀ, float64 (width, width) (GPTQ's H is 2/tokens of it), when asked.
+    """
+
+    tokens: int = 0
+    sum_sq: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+    hessian: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+
+    def importance(self, tap: str) -> npt.NDArray[np.float32]:
+        """Mean x² per input column of `tap`, float32 (width,)."""
+        return (self.sum_sq[tap] / max(self.tokens, 1)).astype(np.float32)
+
+    def add(self, acts: Mapping[str, npt.NDArray[np.float32]], hessian: bool) -> None:
+        """Accumulate one chunk of tap activations (each (tokens, width) float32)."""
+        n = 0
+        for tap, a in acts.items():
+            n = a.shape[0]
+            sq = np.einsum("ij,ij->j", a, a, dtype=np.float64)
+            self.sum_sq[tap] = self.sum_sq[tap] + sq if tap in self.sum_sq else sq
+            if hessian:
+                h = (a.T @ a).astype(np.float64)  # float32 BLAS per chunk, float64 across chunks
+                self.hessian[tap] = self.hessian[tap] + h if tap in self.hessian else h
+        self.tokens += n
+
+
+def collect(
+    config: Mapping[str, Any],
+    weights: Mapping[str, Weight],
+    x: npt.NDArray[np.float32],
+    seq_len: int,
+    *,
+    taps: Sequence[str] = TAPS,
+    hessian: bool = False,
+    chunk_tokens: int = 4096,
+    isa: str | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> tuple[npt.NDArray[np.float32], LayerStats]:
+    """Run a layer over all of `x` (float32 (tokens, hidden), sequences of `seq_len`) in chunks of
+    whole sequences (about `chunk_tokens` tokens, at least one sequence) and accumulate
+    `LayerStats` of `taps`. Returns the layer's output (float32 (tokens, hidden)) and the stats.
+    `on_chunk(tokens)` is called after each chunk (progress). A non-finite activation raises
+    `InvalidValueError` naming the tap."""
+    if seq_len <= 0 or x.ndim != 2 or x.shape[0] % seq_len:
+        raise ShapeError(f"x of shape {x.shape} is not a whole number of sequences of {seq_len} tokens")
+    per = max(1, chunk_tokens // seq_len) * seq_len
+    out = np.empty_like(x)
+    stats = LayerStats()
+    for start in range(0, x.shape[0], per):
+        y, acts = layer_forward(config, weights, x[start : start + per], seq_len, taps, isa=isa)
+        for tap, a in acts.items():
+            if not np.isfinite(a).all():
+                raise InvalidValueError(f"non-finite activation at the input of {tap}")
+        stats.add(acts, hessian)
+        out[start : start + per] = y
+        if on_chunk is not None:
+            on_chunk(y.shape[0])
+    return out, stats
