@@ -206,11 +206,11 @@ def test_ctrl_c_mid_run_leaves_the_old_file_and_no_temporary(tmp_path: Path, mon
     calls = []
     real = lowbit.quantize
 
-    def interrupt(x: np.ndarray, qtype: str) -> lowbit.QTensor:
+    def interrupt(x: np.ndarray, qtype: str, **kw: Any) -> lowbit.QTensor:
         calls.append(qtype)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(x, qtype)
+        return real(x, qtype, **kw)
 
     monkeypatch.setattr(conv, "quantize", interrupt)  # the name pipeline calls
     with pytest.raises(KeyboardInterrupt):

@@ -1,6 +1,7 @@
 """The `lowbit` command line: `info` (version, ISA, type table), `inspect FILE` (an LBF file's
 header, metadata and tensor table), `verify FILE` (every checksum; exit code 1 on a mismatch),
-`convert SRC -o OUT.lbf --type TYPE` (HF checkpoint / GGUF / repo id → LBF) and
+`convert SRC -o OUT.lbf --type TYPE [--imatrix auto|FILE] [--method gptq]` (HF checkpoint / GGUF / repo
+id → LBF), `imatrix MODEL -o FILE` (importance statistics on calibration text) and
 `export FILE.lbf --to hf DIR | --to gguf FILE`, `eval MODEL --text FILE [--reference REF]` (perplexity,
 KL divergence, ΔPPL, top-1 agreement) and `generate MODEL --prompt TEXT` (streamed text, tokens/s).
 
@@ -154,6 +155,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from .algos.sequential import GPTQConfig
     from .conversion import RECIPES, convert, format_plan
 
     if args.list_recipes:
@@ -173,6 +175,16 @@ def _convert(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         gguf_compatible=args.gguf_compatible,
+        imatrix=args.imatrix,
+        calib=args.calib or None,
+        calib_samples=args.calib_samples,
+        calib_seq_len=args.calib_seq_len,
+        seed=args.seed,
+        method=args.method,
+        gptq=GPTQConfig(
+            act_order=args.act_order, static_groups=args.static_groups, damp=args.damp, block_size=args.block_size
+        ),
+        resume=args.resume,
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -181,6 +193,37 @@ def _convert(args: argparse.Namespace) -> int:
         if not args.dry_run:
             print(f"wrote {args.output}")
     return 0
+
+
+def _imatrix(args: argparse.Namespace) -> int:
+    from .calib.imatrix import compute_imatrix, save_imatrix
+
+    t0 = time.perf_counter()
+    im = compute_imatrix(
+        args.model,
+        calib=args.calib or None,
+        n_samples=args.calib_samples,
+        seq_len=args.calib_seq_len,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    save_imatrix(im, args.output, overwrite=args.overwrite)
+    tokens = max(im.tokens.values(), default=0)
+    print(f"wrote {args.output}: {len(im.sum_sq)} weights, {tokens} tokens, {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _calib_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--calib",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="calibration text (UTF-8; repeatable); default: the packaged Jane Austen text",
+    )
+    p.add_argument("--calib-samples", type=int, default=128, help="calibration samples (default 128)")
+    p.add_argument("--calib-seq-len", type=int, default=512, help="tokens per calibration sample (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -273,11 +316,39 @@ def main(argv: list[str] | None = None) -> int:
         help="ggml types only, so the file exports to GGUF: llama.cpp's legacy fallbacks (q4_k → q5_0, …) "
         "instead of ragged k-types (q4_kr, …) on rows that are not a multiple of 256",
     )
+    conv.add_argument(
+        "--imatrix",
+        metavar="auto|FILE",
+        help="weight the scale search by importance statistics: a GGUF imatrix file (lowbit imatrix, llama.cpp) "
+        "or 'auto' to compute them from the calibration text first",
+    )
+    conv.add_argument(
+        "--method", choices=("rtn", "gptq"), default="rtn", help="rtn (default) or gptq (layer by layer, calibrated)"
+    )
+    _calib_args(conv)
+    conv.add_argument("--act-order", action="store_true", help="gptq: columns in decreasing Hessian diagonal order")
+    conv.add_argument("--static-groups", action="store_true", help="gptq: group ranges fixed before the column loop")
+    conv.add_argument("--damp", type=float, default=0.01, help="gptq: relative damping of the Hessian (default 0.01)")
+    conv.add_argument("--block-size", type=int, default=128, help="gptq: columns per lazy-batch update (default 128)")
+    conv.add_argument("--resume", action="store_true", help="gptq: continue the checkpoint OUT.gptq/ of a killed run")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     conv.add_argument("--json", action="store_true", help="print the report as JSON")
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
     conv.add_argument("--list-recipes", action="store_true", help="print the recipe table and exit")
     conv.set_defaults(func=_convert)
+    imx = sub.add_parser(
+        "imatrix",
+        help="compute importance statistics (mean x² per input column of every linear) on calibration text",
+        description="Run calibration text through the model layer by layer and save llama.cpp-style importance "
+        "statistics (a GGUF imatrix file) for `lowbit convert --imatrix FILE`.",
+    )
+    imx.add_argument("model", help="HF checkpoint directory, GGUF or LBF file")
+    imx.add_argument("-o", "--output", required=True, help="the imatrix file to write (.gguf)")
+    _calib_args(imx)
+    imx.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    imx.add_argument("--no-progress", action="store_true", help="no progress bar")
+    imx.set_defaults(func=_imatrix)
+
     exp = sub.add_parser("export", help="write an LBF model as an HF checkpoint (dequantized) or a GGUF file")
     exp.add_argument("file", help="the .lbf file")
     exp.add_argument("--to", choices=("hf", "gguf"), required=True, help="target format")

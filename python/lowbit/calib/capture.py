@@ -26,7 +26,8 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import _core
-from ..errors import InvalidValueError, ParameterError, ShapeError
+from ..conversion.source import SourceTensor
+from ..errors import FormatError, InvalidValueError, ParameterError, ShapeError
 from ..model import engine_config
 from ..qtensor import QTensor
 
@@ -35,8 +36,11 @@ __all__ = [
     "TAPS",
     "TAP_LINEARS",
     "LayerStats",
+    "check_model",
     "collect",
+    "embed",
     "layer_forward",
+    "layer_weights",
     "linear_names",
 ]
 
@@ -189,3 +193,39 @@ def collect(
         if on_chunk is not None:
             on_chunk(y.shape[0])
     return out, stats
+
+
+def layer_weights(tensors: Mapping[str, SourceTensor], i: int) -> dict[str, npt.NDArray[np.float32]]:
+    """Decoder layer `i`'s tensors from a conversion source, as float32 arrays by their names
+    under `model.layers.{i}.` (the matrices (out_features, in_features), the vectors 1-D)."""
+    p = f"model.layers.{i}."
+    wanted = [*linear_names(), *LAYER_VECTORS]
+    return {k: tensors[p + k].load().reshape(tensors[p + k].shape) for k in wanted if p + k in tensors}
+
+
+def embed(tensors: Mapping[str, SourceTensor], tokens: npt.NDArray[np.uint32]) -> npt.NDArray[np.float32]:
+    """The embeddings of `tokens` ((samples, seq_len) uint32): float32 (samples · seq_len, hidden)."""
+    e = tensors["model.embed_tokens.weight"]
+    vocab = int(e.shape[0])
+    table = e.load().reshape(vocab, -1)
+    if tokens.size and int(tokens.max()) >= vocab:
+        raise ParameterError(f"token id {int(tokens.max())} is outside the vocabulary of {vocab}")
+    return np.ascontiguousarray(table[tokens.reshape(-1)])
+
+
+def check_model(config: Mapping[str, Any], tensors: Mapping[str, SourceTensor]) -> int:
+    """Check, before any work, that the engine runs this model and that every layer tensor is
+    there; return the number of layers. Raises UnsupportedError / FormatError."""
+    engine_config(dict(config))
+    n = int(config["num_hidden_layers"])
+    missing = [
+        f"model.layers.{i}.{k}"
+        for i in range(n)
+        for k in (*linear_names(), "input_layernorm.weight", "post_attention_layernorm.weight")
+        if f"model.layers.{i}.{k}" not in tensors
+    ]
+    if "model.embed_tokens.weight" not in tensors:
+        missing.insert(0, "model.embed_tokens.weight")
+    if missing:
+        raise FormatError(f"the model lacks tensors the calibration needs: {', '.join(missing[:5])}", 0)
+    return n

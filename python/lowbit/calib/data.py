@@ -112,10 +112,11 @@ class CalibrationSet:
     def seq_len(self) -> int:
         return int(self.tokens.shape[1])
 
-    def provenance(self) -> dict[str, str | int]:
+    def provenance(self) -> dict[str, Any]:
         """The reserved LBF metadata entries (`formats/LBF.md` §"Reserved keys") this set fills:
-        `quantization.calib_sha256` (string) and `quantization.seed` (u64)."""
-        return {"quantization.calib_sha256": self.text_sha256, "quantization.seed": self.seed}
+        `quantization.calib_sha256` (string) and `quantization.seed` (u64, as `numpy.uint64` so
+        `LBFWriter` stores that type)."""
+        return {"quantization.calib_sha256": self.text_sha256, "quantization.seed": np.uint64(self.seed)}
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready description of the set (no tokens), for `quantization.params`."""

@@ -15,7 +15,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,10 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import _core
+from ..algos.sequential import GPTQConfig, LinearReport, load_quantized, remove_state, run_gptq
+from ..calib.capture import check_model
+from ..calib.data import calibration_tokens
+from ..calib.imatrix import Imatrix, compute_imatrix, load_imatrix
 from ..errors import DestinationExistsError, InvalidValueError, LowbitWarning, ParameterError
 from ..lbf import LBFWriter
 from ..qtensor import dequantize, quantize
@@ -55,6 +59,8 @@ class ConvertReport:
         gguf_compatible: the plan uses ggml types only (llama.cpp's fallbacks).
         other_tensor_bytes: tensor bytes of the same recipe with the other `gguf_compatible`
             setting (ragged k-types vs llama.cpp's fallbacks), for comparison.
+        gptq: with `method="gptq"`, per decoder linear the relative proxy output error on the
+            calibration activations by round-to-nearest and by the method used.
     """
 
     source: str
@@ -67,6 +73,7 @@ class ConvertReport:
     seconds: float = 0.0
     gguf_compatible: bool = False
     other_tensor_bytes: int = 0
+    gptq: dict[str, LinearReport] = field(default_factory=dict)
 
     @property
     def src_bytes(self) -> int:
@@ -98,6 +105,7 @@ class ConvertReport:
             "gguf_compatible": self.gguf_compatible,
             "other_bits_per_weight": 8 * self.other_tensor_bytes / self.n_weights if self.n_weights else 0.0,
             "seconds": self.seconds,
+            "gptq": {k: asdict(v) for k, v in self.gptq.items()},
             "tensors": [
                 {
                     "name": e.name,
@@ -164,13 +172,23 @@ def format_plan(report: ConvertReport, *, width: int = 48) -> str:
             f"with {how}: {_mib(report.other_tensor_bytes)} MiB of tensor data ({other:.3f} bpw, "
             f"{other - report.bits_per_weight:+.3f})"
         )
+    if report.gptq:
+        ratios = sorted(r.error / r.rtn_error for r in report.gptq.values() if r.rtn_error > 0)
+        if ratios:
+            med = ratios[len(ratios) // 2]
+            lines.append(
+                f"gptq: {len(report.gptq)} linears; proxy output error / round-to-nearest's: median {med:.3f}, "
+                f"range {ratios[0]:.3f} … {ratios[-1]:.3f}"
+            )
     if not report.dry_run:
         mb_s = report.src_bytes / 1e6 / report.seconds if report.seconds else 0.0
         lines.append(f"converted in {report.seconds:.1f} s ({mb_s:.0f} MB/s of source weights)")
     return "\n".join(lines)
 
 
-def _metadata(src: Source, recipe: str, overrides: Sequence[str], gguf_compatible: bool) -> dict[str, Any]:
+def _metadata(
+    src: Source, recipe: str, overrides: Sequence[str], gguf_compatible: bool, im: Imatrix | None
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"model.config": json.dumps(src.config, ensure_ascii=False)}
     if src.generation_config is not None:
         meta["model.generation_config"] = json.dumps(src.generation_config, ensure_ascii=False)
@@ -184,11 +202,21 @@ def _metadata(src: Source, recipe: str, overrides: Sequence[str], gguf_compatibl
             "quantization.tool_version": _core.__version__,
             "quantization.method": "rtn",
             "quantization.recipe": recipe,
-            "quantization.params": json.dumps({"tensor_types": list(overrides), "gguf_compatible": gguf_compatible}),
+            "quantization.params": json.dumps(
+                {
+                    "tensor_types": list(overrides),
+                    "gguf_compatible": gguf_compatible,
+                    **({"imatrix": {"tensors": len(im.sum_sq), "calibration": im.provenance}} if im else {}),
+                }
+            ),
             "quantization.source": json.dumps({"kind": src.kind, "path": str(src.path)}),
             "quantization.time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
     )
+    if im is not None and im.calib_sha256:
+        meta["quantization.calib_sha256"] = im.calib_sha256
+        if isinstance(im.provenance.get("seed"), int):
+            meta["quantization.seed"] = np.uint64(im.provenance["seed"])  # LBF.md: u64
     return meta
 
 
@@ -221,6 +249,14 @@ def convert(
     overwrite: bool = False,
     progress: bool = True,
     gguf_compatible: bool = False,
+    imatrix: str | os.PathLike[str] | Imatrix | None = None,
+    calib: Sequence[str | os.PathLike[str]] | None = None,
+    calib_samples: int = 128,
+    calib_seq_len: int = 512,
+    seed: int = 0,
+    method: str = "rtn",
+    gptq: GPTQConfig | None = None,
+    resume: bool = False,
 ) -> ConvertReport:
     """Convert a model to an LBF file.
 
@@ -235,6 +271,17 @@ def convert(
         gguf_compatible: store ggml types only, so the file exports to GGUF: where rows are not a
             multiple of 256, k-quants fall back to llama.cpp's legacy types (q4_k → q5_0, …)
             instead of becoming ragged k-types (q4_kr, …).
+        imatrix: importance statistics weighting every quantized weight's scale search: an
+            `Imatrix`, a GGUF imatrix file (`lowbit imatrix`, or llama.cpp's), or "auto" to
+            compute them first from `calib` (`lowbit.calib.imatrix.compute_imatrix`).
+        calib, calib_samples, calib_seq_len, seed: the calibration text files (default: the
+            packaged text), samples × tokens and seed of `imatrix="auto"`.
+        method: "rtn" (round-to-nearest, tensor by tensor) or "gptq" (layer by layer on the
+            calibration tokens `calib`/`calib_samples`/`calib_seq_len`/`seed`:
+            `lowbit.algos.sequential`); GPTQ fits the group-affine types of the plan (int4-g128,
+            …) and weights the others' scale search by the Hessian's diagonal.
+        gptq: GPTQ's parameters (act-order, static groups, damping, block size).
+        resume: continue the GPTQ checkpoint `<out>.gptq/` of an interrupted run.
         dry_run: plan only; nothing is read beyond headers and nothing is written.
         overwrite: replace an existing `out` (the new file replaces it atomically at the end).
         progress: show a tqdm bar on stderr.
@@ -247,10 +294,23 @@ def convert(
     """
     recipe = recipe_for(type)
     overrides = parse_tensor_types(tensor_types)
+    if method not in ("rtn", "gptq"):
+        raise ParameterError(f"method must be 'rtn' or 'gptq', got {method!r}")
+    if method == "gptq" and imatrix is not None:
+        raise ParameterError("--method gptq computes its own statistics: drop --imatrix")
     if out is None and not dry_run:
         raise ParameterError("an output path is needed (or pass dry_run=True)")
     if out is not None and not dry_run and os.path.exists(out) and not overwrite:
         raise DestinationExistsError(f"{out} exists (pass overwrite=True / --overwrite to replace it)")
+    im: Imatrix | None = None
+    if isinstance(imatrix, Imatrix):
+        im = imatrix
+    elif imatrix == "auto" and not dry_run:
+        im = compute_imatrix(
+            src, calib=calib, n_samples=calib_samples, seq_len=calib_seq_len, seed=seed, progress=progress
+        )
+    elif imatrix is not None and imatrix != "auto":
+        im = load_imatrix(imatrix)
     with resolve_source(src) as source:
         cfg = source.config
         model_type = str(cfg.get("model_type", ""))
@@ -279,7 +339,20 @@ def convert(
             for g in (gguf_compatible, not gguf_compatible)
         ]
         plan = plans[0]
-        meta = _metadata(source, type, tensor_types, gguf_compatible)
+        meta = _metadata(source, type, tensor_types, gguf_compatible, im)
+        gcfg = gptq or GPTQConfig()
+        if method == "gptq":
+            check_model(cfg, {t.name: t for t in source.tensors})
+            if source.tokenizer_json is None:
+                raise ParameterError(f"{source.path}: no tokenizer.json, which the calibration text needs")
+            cal = calibration_tokens(
+                source.tokenizer_json, files=calib, n_samples=calib_samples, seq_len=calib_seq_len, seed=seed
+            )
+            meta["quantization.method"] = "gptq"
+            params = json.loads(meta["quantization.params"])
+            params.update(gptq=asdict(gcfg), calibration=cal.to_json())
+            meta["quantization.params"] = json.dumps(params)
+            meta.update(cal.provenance())
         report = ConvertReport(str(source.path), source.kind, type, plan, dry_run, gguf_compatible=gguf_compatible)
         report.other_tensor_bytes = sum(e.nbytes for e in plans[1])
         estimate = sum(_align(e.nbytes) + _INDEX_BYTES_PER_TENSOR + len(e.name) for e in plan)
@@ -289,16 +362,25 @@ def convert(
         assert out is not None
         t0 = time.perf_counter()
         tensors = {t.name: t for t in source.tensors}
+        state_dir = Path(f"{out}.gptq")
+        if method == "gptq":
+            linears = {e.name: e.qtype for e in plan if ".layers." in e.name and e.name.endswith("_proj.weight")}
+            report.gptq = run_gptq(source, cal, linears, gcfg, state_dir, resume=resume, progress=progress)
         with LBFWriter(out, metadata=meta, inputs=_inputs(source)) as w:
             with progress_bar(report.src_bytes, progress, f"{Path(source.path).name} → {type}") as bar:
                 for e in plan:
                     x = tensors[e.name].load()
-                    if e.qtype == "f32":
+                    if e.name in report.gptq:
+                        q = load_quantized(state_dir, e.name)
+                        w.add(e.name, q)
+                        report.rel_rmse[e.name] = _rel_rmse(x.reshape(e.shape), dequantize(q))
+                    elif e.qtype == "f32":
                         w.add(e.name, x.reshape(e.shape))
                         report.rel_rmse[e.name] = 0.0
                     else:
                         try:
-                            q = quantize(x.reshape(e.shape), e.qtype)
+                            imp = None if im is None else im.importance(e.name)
+                            q = quantize(x.reshape(e.shape), e.qtype, importance=imp)
                         except InvalidValueError as err:
                             raise InvalidValueError(f"tensor {e.name}: {err}", err.index, err.row, err.col) from None
                         w.add(e.name, q)
@@ -308,6 +390,8 @@ def convert(
                         bar.update(e.src_bytes)
         report.seconds = time.perf_counter() - t0
         report.file_bytes = os.path.getsize(out)
+        if method == "gptq":
+            remove_state(state_dir)
         return report
 
 

@@ -1,0 +1,270 @@
+"""Sequential, layer-by-layer GPTQ over a whole model (`lowbit convert --method gptq`), bounded in
+memory and resumable.
+
+For each decoder layer `i`, in order:
+1. its float weights are read from the source, and the calibration activations (the output of
+   layers `0..i-1` *as quantized*, float32 (samples · seq_len, hidden)) run through it with taps on
+   the four linear inputs, accumulating Σ x xᵀ per tap (`lowbit.calib.capture.collect`): q/k/v share
+   one Hessian, gate/up another;
+2. each of its seven linear weights is quantized to the plan's qtype: GPTQ for group-affine types
+   (`lowbit.algos.gptq.gptq_quantize`), round-to-nearest weighted by the Hessian's diagonal (the
+   imatrix) for the others (ggml types);
+3. the activations run through the quantized layer: they become the next layer's input;
+4. a checkpoint is written next to the output (`<out>.gptq/`): the layer's quantized tensors, the
+   next input and `state.json` (written last, atomically: the commit point) with a fingerprint of
+   the source, the calibration tokens, the plan and the parameters.
+
+After the last layer the LBF file is written tensor by tensor from the checkpoint (the decoder
+linears) and the source (everything else, by round-to-nearest as in a plain conversion), and the
+checkpoint is removed. `resume=True` continues after the last committed layer of a matching
+checkpoint; a Ctrl-C or a kill loses at most the layer in progress. Memory holds one layer's
+weights, activations and Hessians, never the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from .. import _core
+from ..calib.capture import TAP_LINEARS, check_model, collect, embed, layer_weights
+from ..calib.data import CalibrationSet
+from ..conversion.source import Source
+from ..errors import ParameterError
+from ..qtensor import QTensor, quantize
+from .gptq import gptq_quantize, output_error
+
+__all__ = ["GPTQConfig", "LinearReport", "load_quantized", "remove_state", "run_gptq"]
+
+log = logging.getLogger("lowbit.gptq")
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    """GPTQ's parameters (the qtype, group size and symmetry come from the plan).
+
+    Attributes:
+        act_order: quantize columns in decreasing order of the Hessian's diagonal.
+        static_groups: group ranges fixed from the unquantized weights before the column loop
+            (with act-order the tensor is then stored in input order, no permutation).
+        damp: relative damping λ / mean(diag H), raised ×10 when the Cholesky factorisation fails.
+        block_size: columns per lazy-batch update.
+    """
+
+    act_order: bool = False
+    static_groups: bool = False
+    damp: float = 0.01
+    block_size: int = 128
+
+
+@dataclass
+class LinearReport:
+    """One weight's relative proxy output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) on the calibration
+    activations, by round-to-nearest and by the method used, and GPTQ's damping."""
+
+    qtype: str
+    method: str
+    rtn_error: float
+    error: float
+    damp: float | None = None
+    dead_columns: int = 0
+
+
+def _tap_of(lin: str) -> str:
+    return next(t for t, lins in TAP_LINEARS.items() if lin in lins)
+
+
+def _parse_affine(qtype: str, rows: int, cols: int) -> tuple[str, int, bool] | None:
+    """(base "int4", group size, symmetric) of a group-affine qtype, None for the others."""
+    if not qtype.startswith("int"):
+        return None
+    name, g, sym, _ = _core.layout(qtype, rows, cols, None, None)
+    return name.split("-")[0], int(g or 0), bool(sym)
+
+
+def _quantize_linear(
+    w: npt.NDArray[np.float32], h: npt.NDArray[np.float64], tokens: int, qtype: str, cfg: GPTQConfig
+) -> tuple[QTensor, LinearReport]:
+    rows, cols = w.shape
+    affine = _parse_affine(qtype, rows, cols)
+    if affine is None:
+        imp = (np.diag(h) / max(tokens, 1)).astype(np.float32)
+        q = quantize(w, qtype, importance=imp)
+        rtn = quantize(w, qtype)
+        deq = q.dequantize()
+        err = output_error(w, deq, h)
+        return q, LinearReport(q.qtype, "rtn+imatrix", output_error(w, rtn.dequantize(), h), err)
+    base, g, sym = affine
+    r = gptq_quantize(
+        w,
+        h,
+        base,
+        group_size=g,
+        symmetric=sym,
+        act_order=cfg.act_order,
+        static_groups=cfg.static_groups,
+        block_size=cfg.block_size,
+        damp=cfg.damp,
+    )
+    q = r.qtensor
+    if r.perm is not None and q.perm is None:
+        q = QTensor(q.qtype, q.shape, q.data, group_size=q.group_size, symmetric=q.symmetric, perm=r.perm)
+    return q, LinearReport(q.qtype, "gptq", r.rtn_error, r.error, r.damp, r.dead_columns)
+
+
+def _save_npz(path: Path, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _pack(q: QTensor) -> dict[str, npt.NDArray[Any]]:
+    out: dict[str, npt.NDArray[Any]] = {"data": q.data, "shape": np.array(q.shape, np.int64)}
+    out["meta"] = np.frombuffer(
+        json.dumps({"qtype": q.qtype, "group_size": q.group_size, "symmetric": q.symmetric}).encode(), np.uint8
+    )
+    if q.perm is not None:
+        out["perm"] = q.perm
+    return out
+
+
+def _unpack(z: Mapping[str, npt.NDArray[Any]], prefix: str) -> QTensor:
+    meta = json.loads(bytes(z[prefix + "meta"]).decode())
+    rows, cols = (int(v) for v in z[prefix + "shape"])
+    perm = z[prefix + "perm"] if prefix + "perm" in z else None
+    return QTensor(
+        meta["qtype"],
+        (rows, cols),
+        np.array(z[prefix + "data"]),
+        group_size=meta["group_size"],
+        symmetric=meta["symmetric"],
+        perm=perm,
+    )
+
+
+def fingerprint(source: Source, cal: CalibrationSet, plan: Mapping[str, str], cfg: GPTQConfig) -> str:
+    """SHA-256 over what determines the result: the source's config and tensor table, the
+    calibration tokens, the per-tensor qtypes and the GPTQ parameters."""
+    h = hashlib.sha256()
+    h.update(json.dumps(source.config, sort_keys=True).encode())
+    for t in source.tensors:
+        h.update(f"{t.name}:{t.shape}:{t.dtype}:{t.nbytes};".encode())
+    h.update(cal.tokens_sha256.encode())
+    h.update(json.dumps(dict(plan), sort_keys=True).encode())
+    h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def run_gptq(
+    source: Source,
+    cal: CalibrationSet,
+    plan: Mapping[str, str],
+    cfg: GPTQConfig,
+    state_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    isa: str | None = None,
+) -> dict[str, LinearReport]:
+    """Quantize every decoder linear of `source` (qtypes from `plan`, HF name → qtype) layer by
+    layer with the calibration tokens `cal`, checkpointing into `state_dir`; `load_quantized`
+    reads the results. Returns a report per weight.
+
+    Raises ParameterError when `state_dir` holds a checkpoint of another run (different
+    fingerprint) with `resume`, or any checkpoint without it."""
+    tensors = {t.name: t for t in source.tensors}
+    n_layers = check_model(source.config, tensors)
+    fp = fingerprint(source, cal, plan, cfg)
+    state_path = state_dir / "state.json"
+    done = 0
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        if not resume:
+            raise ParameterError(
+                f"{state_dir} holds a GPTQ checkpoint ({state.get('layers_done')} layers done): "
+                "pass resume=True / --resume to continue it, or remove it"
+            )
+        if state.get("fingerprint") != fp or state.get("version") != STATE_VERSION:
+            raise ParameterError(
+                f"{state_dir} holds a checkpoint of a different run (source, calibration, plan or parameters "
+                "differ): remove it to start over"
+            )
+        done = int(state["layers_done"])
+        log.info("resuming after %d of %d layers", done, n_layers)
+    elif state_dir.exists() and any(state_dir.iterdir()):
+        raise ParameterError(f"{state_dir} exists and is not a GPTQ checkpoint: remove it")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    seq_len = cal.seq_len
+    x = np.load(state_dir / "x.npy") if done else embed(tensors, cal.tokens)
+    bar = tqdm(total=n_layers, initial=done, unit="layer", desc="gptq", disable=not progress)
+    try:
+        for i in range(done, n_layers):
+            w = layer_weights(tensors, i)
+            _, stats = collect(source.config, w, x, seq_len, hessian=True, isa=isa)
+            qs: dict[str, QTensor] = {}
+            reports: dict[str, dict[str, Any]] = {}
+            for tap, lins in TAP_LINEARS.items():
+                for lin in lins:
+                    name = f"{lin}.weight"
+                    full = f"model.layers.{i}.{name}"
+                    qs[name], rep = _quantize_linear(w[name], stats.hessian[tap], stats.tokens, plan[full], cfg)
+                    reports[full] = asdict(rep)
+                    bar.set_postfix_str(f"{lin} {rep.error / max(rep.rtn_error, 1e-30):.2f}×rtn")
+            del stats
+            x, _ = collect(source.config, {**w, **qs}, x, seq_len, taps=(), isa=isa)
+            arrays = {f"{k}/{part}": v for k, q in qs.items() for part, v in _pack(q).items()}
+            _save_npz(state_dir / f"layer_{i}.npz", arrays)
+            _write_json(state_dir / f"report_{i}.json", reports)
+            with open(state_dir / "x.npy.tmp", "wb") as f:
+                np.save(f, x)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(state_dir / "x.npy.tmp", state_dir / "x.npy")
+            _write_json(state_path, {"version": STATE_VERSION, "fingerprint": fp, "layers_done": i + 1})
+            bar.update(1)
+    finally:
+        bar.close()
+    report: dict[str, LinearReport] = {}
+    for i in range(n_layers):
+        for k, v in json.loads((state_dir / f"report_{i}.json").read_text()).items():
+            report[k] = LinearReport(**v)
+    return report
+
+
+def load_quantized(state_dir: Path, name: str) -> QTensor:
+    """The quantized weight `name` (`model.layers.{i}.{lin}.weight`) of a finished `run_gptq`,
+    read from its checkpoint file (one tensor at a time: the writer never holds the model)."""
+    _, _, rest = name.partition(".layers.")
+    i, _, lin = rest.partition(".")
+    with np.load(state_dir / f"layer_{int(i)}.npz") as z:
+        return _unpack(z, f"{lin}/")
+
+
+def remove_state(state_dir: Path) -> None:
+    """Delete a finished run's checkpoint."""
+    shutil.rmtree(state_dir, ignore_errors=True)
