@@ -109,6 +109,17 @@ def test_gptq_convert_beats_rtn_and_round_trips_act_order(model: Path, tmp_path:
     assert js["gptq"]["model.layers.0.self_attn.q_proj.weight"]["damp"] == pytest.approx(0.01)
 
 
+def test_gptq_on_a_k_quant_recipe_stays_exportable_to_gguf(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "k.lbf"
+    r = lowbit.convert(model, out, "q4_k_m", method="gptq", gguf_compatible=True, progress=False, **CAL)
+    types = {rep.qtype for rep in r.gptq.values()}
+    assert "q4_k" in types or "q6_k" in types  # ffn_down (256 columns) keeps a k-quant
+    for name, rep in r.gptq.items():
+        assert rep.method == "gptq" and rep.error < rep.rtn_error, name
+    lowbit.export_gguf(out, tmp_path / "k.gguf", progress=False)
+    assert (tmp_path / "k.gguf").stat().st_size > 0
+
+
 def test_gptq_resume_after_an_interruption_gives_the_same_file(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

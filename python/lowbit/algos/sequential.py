@@ -6,9 +6,9 @@ For each decoder layer `i`, in order:
    layers `0..i-1` *as quantized*, float32 (samples · seq_len, hidden)) run through it with taps on
    the four linear inputs, accumulating Σ x xᵀ per tap (`lowbit.calib.capture.collect`): q/k/v share
    one Hessian, gate/up another;
-2. each of its seven linear weights is quantized to the plan's qtype: GPTQ for group-affine types
-   (`lowbit.algos.gptq.gptq_quantize`), round-to-nearest weighted by the Hessian's diagonal (the
-   imatrix) for the others (ggml types);
+2. each of its seven linear weights is quantized to the plan's qtype by GPTQ: on the group-affine
+   grid (`lowbit.algos.gptq.gptq_quantize`), or fitted to a ggml block type or ragged k-type
+   (`lowbit.algos.gptq_blocks`), so a k-quant recipe stays exportable to GGUF;
 3. the activations run through the quantized layer: they become the next layer's input;
 4. a checkpoint is written next to the output (`<out>.gptq/`): the layer's quantized tensors, the
    next input and `state.json` (written last, atomically: the commit point) with a fingerprint of
@@ -44,6 +44,7 @@ from ..conversion.source import Source
 from ..errors import ParameterError
 from ..qtensor import QTensor, quantize
 from .gptq import gptq_quantize, output_error
+from .gptq_blocks import gptq_blocks
 
 __all__ = ["GPTQConfig", "LinearReport", "load_quantized", "remove_state", "run_gptq"]
 
@@ -73,7 +74,8 @@ class GPTQConfig:
 @dataclass
 class LinearReport:
     """One weight's relative proxy output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) on the calibration
-    activations, by round-to-nearest and by the method used, and GPTQ's damping."""
+    activations, by round-to-nearest (for block types: weighted by the Hessian's diagonal, i.e.
+    the imatrix) and by the method used, and GPTQ's damping."""
 
     qtype: str
     method: str
@@ -96,17 +98,16 @@ def _parse_affine(qtype: str, rows: int, cols: int) -> tuple[str, int, bool] | N
 
 
 def _quantize_linear(
-    w: npt.NDArray[np.float32], h: npt.NDArray[np.float64], tokens: int, qtype: str, cfg: GPTQConfig
+    w: npt.NDArray[np.float32], h: npt.NDArray[np.float64], qtype: str, cfg: GPTQConfig
 ) -> tuple[QTensor, LinearReport]:
     rows, cols = w.shape
+    if qtype in ("f32", "f16", "bf16"):
+        q = quantize(w, qtype)
+        return q, LinearReport(qtype, "float", 0.0, output_error(w, q.dequantize(), h))
     affine = _parse_affine(qtype, rows, cols)
     if affine is None:
-        imp = (np.diag(h) / max(tokens, 1)).astype(np.float32)
-        q = quantize(w, qtype, importance=imp)
-        rtn = quantize(w, qtype)
-        deq = q.dequantize()
-        err = output_error(w, deq, h)
-        return q, LinearReport(q.qtype, "rtn+imatrix", output_error(w, rtn.dequantize(), h), err)
+        b = gptq_blocks(w, h, qtype, damp=cfg.damp)
+        return b.qtensor, LinearReport(b.qtensor.qtype, "gptq", b.rtn_error, b.error, b.damp, b.dead_columns)
     base, g, sym = affine
     r = gptq_quantize(
         w,
@@ -232,7 +233,7 @@ def run_gptq(
                 for lin in lins:
                     name = f"{lin}.weight"
                     full = f"model.layers.{i}.{name}"
-                    qs[name], rep = _quantize_linear(w[name], stats.hessian[tap], stats.tokens, plan[full], cfg)
+                    qs[name], rep = _quantize_linear(w[name], stats.hessian[tap], plan[full], cfg)
                     reports[full] = asdict(rep)
                     bar.set_postfix_str(f"{lin} {rep.error / max(rep.rtn_error, 1e-30):.2f}×rtn")
             del stats
