@@ -387,9 +387,20 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                 for (r, wr) in wf.chunks_exact_mut(cols).enumerate() {
                     crate::blocks::dequantize_row(isa, qtype, affine, w.row(r0 + r), wr);
                 }
-                for (r, wr) in wf.chunks_exact(cols).enumerate() {
-                    for (i, xi) in xs.chunks_exact(cols).enumerate() {
-                        out[r * n + i] = kern::dot_f32(isa, wr, xi) + outlier_sum(w, r0 + r, xi);
+                // Blocks of 4 weight rows × 2 activation rows share their loads; the tile stays
+                // in cache while the activations stream past it. Edge blocks repeat their last
+                // row, so every product comes from the same kernel: a token's logits do not
+                // depend on the batch it is in.
+                let wr = |r: usize| &wf[r.min(nr - 1) * cols..][..cols];
+                let x = |i: usize| &xs[i.min(n - 1) * cols..][..cols];
+                for i in (0..n).step_by(2) {
+                    for r in (0..nr).step_by(4) {
+                        let v = kern::dot_f32_4x2(isa, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], [x(i), x(i + 1)]);
+                        for (j, vj) in v.iter().enumerate().take(nr - r) {
+                            for (k, &vk) in vj.iter().enumerate().take(n - i) {
+                                out[(r + j) * n + i + k] = vk + outlier_sum(w, r0 + r + j, x(i + k));
+                            }
+                        }
                     }
                 }
                 return;

@@ -289,6 +289,33 @@ fn f32_dots_agree_with_the_reference() {
     }
 }
 
+#[test]
+fn f32_4x2_dots_agree_with_the_reference() {
+    let mut r = Rng::new(5);
+    for len in (0..40).chain([255, 576, 4096]) {
+        let mut vec = |scale: f32| -> Vec<f32> { (0..len).map(|_| r.normal() * scale).collect() };
+        let a = [vec(1.0), vec(1e-3), vec(1e3), vec(0.0)];
+        let b = [vec(1.0), vec(1e-20)];
+        let (ar, br) = (a.each_ref().map(|v| &v[..]), b.each_ref().map(|v| &v[..]));
+        let mut got: Vec<(String, [[f32; 2]; 4])> = std::iter::once(Isa::Scalar)
+            .chain(simd_isas())
+            .map(|isa| (isa.to_string(), k::dot_f32_4x2(isa, ar, br)))
+            .collect();
+        got.push(("emu4".into(), k::dot_f32_4x2_simd(Emu::<4>, ar, br)));
+        got.push(("emu8".into(), k::dot_f32_4x2_simd(Emu::<8>, ar, br)));
+        got.push(("emu16".into(), k::dot_f32_4x2_simd(Emu::<16>, ar, br)));
+        for (isa, got) in got {
+            for (i, j) in (0..4).flat_map(|i| (0..2).map(move |j| (i, j))) {
+                let want = k::dot_f32_ref(ar[i], br[j]);
+                let mag: f64 = ar[i].iter().zip(br[j]).map(|(x, y)| f64::from((x * y).abs())).sum();
+                let tol = if isa == "scalar" { 0.0 } else { k::dot_tolerance(len) * mag };
+                let g = got[i][j];
+                assert!(f64::from((g - want).abs()) <= tol, "{isa} len={len} ({i},{j}): {g:e} vs {want:e}");
+            }
+        }
+    }
+}
+
 /// A random act-order permutation of `0..cols` (LE bytes).
 fn perm_bytes(cols: usize, seed: u64) -> Vec<u8> {
     let mut r = Rng::new(seed);

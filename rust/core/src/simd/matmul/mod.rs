@@ -690,6 +690,50 @@ pub fn dot_f32_simd<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
     s.hsum(s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]))) + dot_f32_ref(&a[i..], &b[i..])
 }
 
+/// The 4 × 2 dot products `a[r] · b[c]` (all slices of one length) at `isa`: what
+/// [`dot_f32`] gives for each pair, within [`dot_tolerance`], computed together so each load of
+/// `b` serves four rows and each load of `a` two (the float matmul's inner kernel).
+pub fn dot_f32_4x2(isa: Isa, a: [&[f32]; 4], b: [&[f32]; 2]) -> [[f32; 2]; 4] {
+    let n = b[0].len();
+    assert!(a.iter().chain(&b).all(|v| v.len() == n));
+    crate::simd::run(isa, DotF32x4x2 { a, b })
+}
+
+struct DotF32x4x2<'a> {
+    a: [&'a [f32]; 4],
+    b: [&'a [f32]; 2],
+}
+
+impl Kernel for DotF32x4x2<'_> {
+    type Output = [[f32; 2]; 4];
+    fn scalar(self) -> [[f32; 2]; 4] {
+        std::array::from_fn(|r| std::array::from_fn(|c| dot_f32_ref(self.a[r], self.b[c])))
+    }
+    #[inline(always)]
+    fn simd<S: Simd>(self, s: S) -> [[f32; 2]; 4] {
+        dot_f32_4x2_simd(s, self.a, self.b)
+    }
+}
+
+/// [`dot_f32_4x2`] over the vocabulary: eight accumulators of `W` lanes (one per pair) over
+/// blocks of `W` values, then the scalar reference on the rest.
+#[inline(always)]
+pub fn dot_f32_4x2_simd<S: Simd>(s: S, a: [&[f32]; 4], b: [&[f32]; 2]) -> [[f32; 2]; 4] {
+    let (n, w) = (b[0].len(), S::W);
+    let mut acc = [[s.splat(0.0); 2]; 4];
+    let mut i = 0;
+    while i + w <= n {
+        let (x0, x1) = (s.load(&b[0][i..]), s.load(&b[1][i..]));
+        for (ar, acc) in a.iter().zip(acc.iter_mut()) {
+            let v = s.load(&ar[i..]);
+            acc[0] = s.fma(v, x0, acc[0]);
+            acc[1] = s.fma(v, x1, acc[1]);
+        }
+        i += w;
+    }
+    std::array::from_fn(|r| std::array::from_fn(|c| s.hsum(acc[r][c]) + dot_f32_ref(&a[r][i..], &b[c][i..])))
+}
+
 /// How far an ISA's [`dot_q8`] or [`dot_f32`] may lie from the scalar reference, relative to
 /// `Σ |terms|` (the sum of the magnitudes of the products that are added): both sum `terms`
 /// products in f32 in different orders (and the SIMD versions fuse some roundings), so each
