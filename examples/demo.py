@@ -8,7 +8,8 @@
 3. HF checkpoint → LBF with the `q4_k_m`, `int4-g128` and `q8_0` recipes: the plan table (per
    tensor: qtype, bytes, bits per weight, relative RMSE, substitutions) and the file's size.
    `q4_k_m` twice: with ragged k-types on the 576-long rows (q4_kr, q6_kr), and with
-   `--gguf-compatible` (llama.cpp's legacy fallbacks there).
+   `--gguf-compatible` (llama.cpp's legacy fallbacks there). `int4-g128` twice: round-to-nearest,
+   and GPTQ with act-order, layer by layer on 16 × 512 tokens of the packaged calibration text.
 4. The `--gguf-compatible` `q4_k_m` exported back to GGUF for llama.cpp.
 5. Quality: each LBF file evaluated against the float32 model on a public-domain text (Botchan, from
    PyPI's sentencepiece sdist; `make demo-data` fetches it): perplexity, ΔPPL, mean KL divergence of
@@ -24,14 +25,24 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import lowbit
+from lowbit.algos import GPTQConfig
 from lowbit.conversion import convert, export_gguf, format_plan, gguf_to_hf
 
-# (label, recipe, gguf_compatible): q4_k_m with ragged k-types on the 576-long rows, and the
-# same recipe with llama.cpp's legacy fallbacks there (the file that exports to GGUF).
-RECIPES = (("q4_k_m", "q4_k_m", False), ("q4_k_m-gguf", "q4_k_m", True), ("int4-g128", "int4-g128", False),
-           ("q8_0", "q8_0", False))  # fmt: skip
+# (label, recipe, convert options): q4_k_m with ragged k-types on the 576-long rows, the same
+# recipe with llama.cpp's legacy fallbacks there (the file that exports to GGUF), int4-g128 by
+# round-to-nearest and by GPTQ (act-order, calibrated on the packaged Jane Austen text, not on the
+# evaluation text), q8_0.
+GPTQ = {"method": "gptq", "gptq": GPTQConfig(act_order=True), "calib_samples": 16, "calib_seq_len": 512}
+RECIPES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("q4_k_m", "q4_k_m", {}),
+    ("q4_k_m-gguf", "q4_k_m", {"gguf_compatible": True}),
+    ("int4-g128", "int4-g128", {}),
+    ("int4-gptq", "int4-g128", GPTQ),
+    ("q8_0", "q8_0", {}),
+)
 PROMPT = "Write one sentence about the sea."
 
 
@@ -57,11 +68,12 @@ def main() -> int:
     f32_bytes = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
 
     rows = []
-    for i, (label, recipe, gguf_compatible) in enumerate(RECIPES, 2):
+    for i, (label, recipe, opts) in enumerate(RECIPES, 2):
         path = out / f"SmolLM2-135M-Instruct.{label}.lbf"
-        how = " --gguf-compatible" if gguf_compatible else ""
+        how = " --gguf-compatible" if opts.get("gguf_compatible") else ""
+        how += " --method gptq --act-order --calib-samples 16" if opts.get("method") == "gptq" else ""
         print(f"\n[{i}] convert {hf.name} → {path.name} (recipe {recipe}{how})\n")
-        report = convert(hf, path, recipe, overwrite=True, gguf_compatible=gguf_compatible)
+        report = convert(hf, path, recipe, overwrite=True, **opts)
         print(format_plan(report))
         rows.append((label, path, report))
 
