@@ -151,6 +151,31 @@ def test_gptq_resume_after_an_interruption_gives_the_same_file(
     assert not (tmp_path / "resumed.lbf.gptq").exists()
 
 
+def test_gptq_killed_between_the_next_input_and_the_commit_resumes_exactly(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kw: dict[str, Any] = dict(method="gptq", gptq=GPTQConfig(), progress=False, **CAL)
+    lowbit.convert(model, tmp_path / "whole.lbf", "q4_k", **kw)
+    real = sequential._write_json
+    states = {"n": 0}
+
+    def crash(path: Path, obj: Any) -> None:
+        if path.name == "state.json":
+            states["n"] += 1
+            if states["n"] == 2:  # layer 1 is written, its output too, but not committed
+                raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(sequential, "_write_json", crash)
+    out = tmp_path / "r.lbf"
+    with pytest.raises(KeyboardInterrupt):
+        lowbit.convert(model, out, "q4_k", **kw)
+    assert (tmp_path / "r.lbf.gptq" / "x_2.npy").exists()
+    monkeypatch.setattr(sequential, "_write_json", real)
+    lowbit.convert(model, out, "q4_k", resume=True, **kw)
+    assert _tensors(out) == _tensors(tmp_path / "whole.lbf")
+
+
 def test_cli_imatrix_then_convert(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     calib = tmp_path / "calib.txt"
     calib.write_text(synth.TEXT * 40)

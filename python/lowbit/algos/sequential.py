@@ -10,9 +10,10 @@ For each decoder layer `i`, in order:
    grid (`lowbit.algos.gptq.gptq_quantize`), or fitted to a ggml block type or ragged k-type
    (`lowbit.algos.gptq_blocks`), so a k-quant recipe stays exportable to GGUF;
 3. the activations run through the quantized layer: they become the next layer's input;
-4. a checkpoint is written next to the output (`<out>.gptq/`): the layer's quantized tensors, the
-   next input and `state.json` (written last, atomically: the commit point) with a fingerprint of
-   the source, the calibration tokens, the plan and the parameters.
+4. a checkpoint is written next to the output (`<out>.gptq/`): the layer's quantized tensors and
+   report, the next layer's input (`x_{i+1}.npy`), then `state.json` (atomically: the commit
+   point) with the layers done and a fingerprint of the source, the calibration tokens, the plan
+   and the parameters. Every file is written to a temporary name, fsynced and renamed.
 
 After the last layer the LBF file is written tensor by tensor from the checkpoint (the decoder
 linears) and the source (everything else, by round-to-nearest as in a plain conversion), and the
@@ -204,7 +205,10 @@ def run_gptq(
     state_path = state_dir / "state.json"
     done = 0
     if state_path.exists():
-        state = json.loads(state_path.read_text())
+        try:
+            state = json.loads(state_path.read_text())
+        except ValueError:
+            raise ParameterError(f"{state_path} is not a readable GPTQ checkpoint: remove {state_dir}") from None
         if not resume:
             raise ParameterError(
                 f"{state_dir} holds a GPTQ checkpoint ({state.get('layers_done')} layers done): "
@@ -221,7 +225,7 @@ def run_gptq(
         raise ParameterError(f"{state_dir} exists and is not a GPTQ checkpoint: remove it")
     state_dir.mkdir(parents=True, exist_ok=True)
     seq_len = cal.seq_len
-    x = np.load(state_dir / "x.npy") if done else embed(tensors, cal.tokens)
+    x = np.load(state_dir / f"x_{done}.npy") if done else embed(tensors, cal.tokens)
     bar = tqdm(total=n_layers, initial=done, unit="layer", desc="gptq", disable=not progress)
     try:
         for i in range(done, n_layers):
@@ -241,12 +245,14 @@ def run_gptq(
             arrays = {f"{k}/{part}": v for k, q in qs.items() for part, v in _pack(q).items()}
             _save_npz(state_dir / f"layer_{i}.npz", arrays)
             _write_json(state_dir / f"report_{i}.json", reports)
-            with open(state_dir / "x.npy.tmp", "wb") as f:
+            # the next layer's input, under its own name: until state.json says so it is unused
+            with open(state_dir / f"x_{i + 1}.npy.tmp", "wb") as f:
                 np.save(f, x)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(state_dir / "x.npy.tmp", state_dir / "x.npy")
+            os.replace(state_dir / f"x_{i + 1}.npy.tmp", state_dir / f"x_{i + 1}.npy")
             _write_json(state_path, {"version": STATE_VERSION, "fingerprint": fp, "layers_done": i + 1})
+            (state_dir / f"x_{i}.npy").unlink(missing_ok=True)
             bar.update(1)
     finally:
         bar.close()
