@@ -90,6 +90,8 @@ def test_gptq_convert_beats_rtn_and_round_trips_act_order(model: Path, tmp_path:
     cfg = GPTQConfig(act_order=True)
     r = lowbit.convert(model, tmp_path / "g.lbf", "int4-g128", method="gptq", gptq=cfg, progress=False, **CAL)
     assert len(r.gptq) == 14
+    with lowbit.load(tmp_path / "g.lbf") as f:
+        assert r.tensor_bytes == sum(t.nbytes for t in f.tensors)  # the permutations are counted
     for name, rep in r.gptq.items():
         assert rep.method == "gptq" and rep.qtype == "int4-g128"
         assert rep.error < rep.rtn_error, name

@@ -8,6 +8,7 @@ peak memory is a few times the largest tensor's float32 size, never the model.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -368,12 +369,13 @@ def convert(
             report.gptq = run_gptq(source, cal, linears, gcfg, state_dir, resume=resume, progress=progress)
         with LBFWriter(out, metadata=meta, inputs=_inputs(source)) as w:
             with progress_bar(report.src_bytes, progress, f"{Path(source.path).name} → {type}") as bar:
-                for e in plan:
+                for k, e in enumerate(plan):
                     x = tensors[e.name].load()
                     if e.name in report.gptq:
                         q = load_quantized(state_dir, e.name)
                         w.add(e.name, q)
                         report.rel_rmse[e.name] = _rel_rmse(x.reshape(e.shape), dequantize(q))
+                        plan[k] = dataclasses.replace(e, nbytes=q.nbytes)  # an act-order permutation counts
                     elif e.qtype == "f32":
                         w.add(e.name, x.reshape(e.shape))
                         report.rel_rmse[e.name] = 0.0
