@@ -71,10 +71,9 @@ class GPTQResult:
     """What `gptq_quantize` returns.
 
     Attributes:
-        qtensor: the quantized weight (rows, cols), group-affine `int{bits}-g{group}[-sym]`; its
-            columns are in stored order (see `perm`).
-        perm: uint32 (cols,) or None: stored column j holds input column perm[j] (pass it to
-            `lowbit.matmul(x, qtensor, perm=perm)`); None when the stored order is the input order.
+        qtensor: the quantized weight (rows, cols), group-affine `int{bits}-g{group}[-sym]`,
+            carrying its act-order permutation when its columns are stored permuted (`perm`);
+            `dequantize`, `matmul` and LBF files honour it.
         damp: the relative damping finally used (λ / mean(diag H)), `damp` or a power-of-ten
             multiple of it after Cholesky retries.
         dead_columns: input columns with diag(H) == 0 (never active: weight set to 0).
@@ -83,11 +82,16 @@ class GPTQResult:
     """
 
     qtensor: QTensor
-    perm: npt.NDArray[np.uint32] | None
     damp: float
     dead_columns: int
     error: float
     rtn_error: float
+
+    @property
+    def perm(self) -> npt.NDArray[np.uint32] | None:
+        """uint32 (cols,): stored column j holds input column perm[j]; None when the stored order
+        is the input order (the tensor's own `perm`)."""
+        return self.qtensor.perm
 
 
 def gptq_quantize(
@@ -114,7 +118,7 @@ def gptq_quantize(
         group_size: 32, 64, 128, 256 or 0 (one group per row); the last group may be shorter.
         symmetric: no zero points (zero point 2^(bits−1)).
         act_order: process columns by decreasing diag(H). Groups are then contiguous in that
-            order, the tensor is stored in it and `perm` returned (unless `static_groups` or
+            order, the tensor is stored in it and carries that permutation (unless `static_groups` or
             `group_size` 0, where the stored order is the input order).
         static_groups: group ranges from the original W, groups in input column order (the
             default takes each group's range from its error-updated columns when the group's
@@ -125,7 +129,8 @@ def gptq_quantize(
             while the Cholesky factorisation fails (at most `MAX_DAMP_RETRIES` times).
 
     Returns:
-        A `GPTQResult`; `lowbit.dequantize(result.qtensor)` is exactly the loop's Ŵ (checked).
+        A `GPTQResult`; `lowbit.dequantize(result.qtensor)` is exactly the loop's Ŵ (checked), in
+        input column order.
 
     Raises:
         TypeError: `w` or `hessian` not a float numpy array.
@@ -161,8 +166,8 @@ def gptq_quantize(
     if act_order and not stored_permuted:
         inv = np.argsort(order)
         vals, w_hat = vals[:, inv], w_hat[:, inv]
-    qt = quantize(vals, qtype, group_size=group_size, symmetric=symmetric, group_min=gmin, group_max=gmax)
-    deq = dequantize(qt)
+    stored = quantize(vals, qtype, group_size=group_size, symmetric=symmetric, group_min=gmin, group_max=gmax)
+    deq = dequantize(stored)
     if not np.array_equal(deq, w_hat):
         bad = np.flatnonzero(deq != w_hat)
         row, col = divmod(int(bad[0]), cols)
@@ -175,9 +180,12 @@ def gptq_quantize(
     # Σ err² = tr(ΔW (H + λI) ΔWᵀ) over the processed (dead-zeroed) columns; `a` now holds ΔW.
     num = max(err_sq - lam * float(np.einsum("ij,ij->", a, a, dtype=np.float64)), 0.0)
     rtn = dequantize(quantize(w32, qtype, group_size=group_size, symmetric=symmetric))
+    perm = order.astype(np.uint32) if stored_permuted else None
+    qt = QTensor(
+        stored.qtype, stored.shape, stored.data, group_size=stored.group_size, symmetric=stored.symmetric, perm=perm
+    )
     return GPTQResult(
         qtensor=qt,
-        perm=order.astype(np.uint32) if stored_permuted else None,
         damp=used_damp,
         dead_columns=int(dead.sum()),
         error=_ratio(num, den),

@@ -121,10 +121,7 @@ def _quantize_linear(
         block_size=cfg.block_size,
         damp=cfg.damp,
     )
-    q = r.qtensor
-    if r.perm is not None and q.perm is None:
-        q = QTensor(q.qtype, q.shape, q.data, group_size=q.group_size, symmetric=q.symmetric, perm=r.perm)
-    return q, LinearReport(q.qtype, "gptq", r.rtn_error, r.error, r.damp, r.dead_columns)
+    return r.qtensor, LinearReport(r.qtensor.qtype, "gptq", r.rtn_error, r.error, r.damp, r.dead_columns)
 
 
 def _save_npz(path: Path, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
