@@ -23,7 +23,6 @@ own, checked against the loop's values by dequantizing them.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +32,9 @@ import numpy.typing as npt
 from .. import _core
 from ..errors import InvalidValueError, ParameterError, ShapeError
 from ..qtensor import QTensor, dequantize, quantize
-from .gptq import output_error
+from .gptq import _damped_ul_factor, output_error
 
 __all__ = ["BlockGPTQResult", "gptq_blocks"]
-
-log = logging.getLogger("lowbit.gptq")
-
-MAX_DAMP_RETRIES = 8
 
 # Code bit fields of a 256-value super-block: per type, the stored code width and a list of
 # (byte index of value v, shift of value v, field width, code bit offset) for v = 0..255, read off
@@ -102,26 +97,6 @@ def _segments(qtype: str, cols: int) -> list[tuple[int, int, str]]:
     return [(c, min(c + bs, cols), qtype) for c in range(0, cols, bs)]
 
 
-def _inverse_factor(h: npt.NDArray[np.float64], damp: float) -> tuple[npt.NDArray[np.float64], float]:
-    """U, upper triangular with H⁻¹ = Uᵀ U for H damped by λ = damp · mean(diag H) (raised ×10
-    while the factorisation fails), and the relative damping used."""
-    mean = float(np.mean(np.diag(h)))
-    eye = np.eye(h.shape[0])
-    for attempt in range(MAX_DAMP_RETRIES + 1):
-        try:
-            ch = np.linalg.cholesky(h + damp * mean * eye)
-            li = np.linalg.solve(ch, eye)
-            u = np.linalg.cholesky(li.T @ li).T
-            if np.isfinite(u).all():
-                return u, damp
-        except np.linalg.LinAlgError:
-            pass
-        if attempt < MAX_DAMP_RETRIES:
-            log.warning("Cholesky failed with damping %g; retrying with %g", damp, damp * 10)
-            damp *= 10
-    raise InvalidValueError(f"the Hessian is not positive definite even with relative damping {damp:g}")
-
-
 def gptq_blocks(
     w: npt.NDArray[np.float32], hessian: npt.NDArray[np.floating[Any]], qtype: str, *, damp: float = 0.01
 ) -> BlockGPTQResult:
@@ -148,8 +123,11 @@ def gptq_blocks(
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     work[:, dead] = 0.0
-    u, damp = _inverse_factor(h, damp)
     imp = np.diag(h).astype(np.float32)
+    # H + λI = R Rᵀ with R upper triangular, so H⁻¹ = Uᵀ U with U = R⁻¹: the upper Cholesky
+    # factor of the (damped) inverse that GPTQ's column updates use.
+    r, damp, _ = _damped_ul_factor(h, damp)
+    u = np.linalg.solve(r, np.eye(cols))
     parts: list[npt.NDArray[np.uint8]] = []
     for c0, c1, t in _segments(qtype, cols):
         blk = quantize(np.ascontiguousarray(work[:, c0:c1], dtype=np.float32), t, importance=imp[c0:c1])
