@@ -29,10 +29,11 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -124,22 +125,18 @@ def _quantize_linear(
     return r.qtensor, LinearReport(r.qtensor.qtype, "gptq", r.rtn_error, r.error, r.damp, r.dead_columns)
 
 
-def _save_npz(path: Path, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` the file `path` under a temporary name, fsync it, rename it into place."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)  # type: ignore[arg-type]
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: f.write(json.dumps(obj).encode()))
 
 
 def _pack(q: QTensor) -> dict[str, npt.NDArray[Any]]:
@@ -240,14 +237,10 @@ def run_gptq(
             del stats
             x, _ = collect(source.config, {**w, **qs}, x, seq_len, taps=(), isa=isa)
             arrays = {f"{k}/{part}": v for k, q in qs.items() for part, v in _pack(q).items()}
-            _save_npz(state_dir / f"layer_{i}.npz", arrays)
+            _atomic_write(state_dir / f"layer_{i}.npz", partial(np.savez, **arrays))  # type: ignore[arg-type]
             _write_json(state_dir / f"report_{i}.json", reports)
             # the next layer's input, under its own name: until state.json says so it is unused
-            with open(state_dir / f"x_{i + 1}.npy.tmp", "wb") as f:
-                np.save(f, x)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(state_dir / f"x_{i + 1}.npy.tmp", state_dir / f"x_{i + 1}.npy")
+            _atomic_write(state_dir / f"x_{i + 1}.npy", partial(np.save, arr=x))
             _write_json(state_path, {"version": STATE_VERSION, "fingerprint": fp, "layers_done": i + 1})
             (state_dir / f"x_{i}.npy").unlink(missing_ok=True)
             bar.update(1)

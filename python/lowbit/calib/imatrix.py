@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from ..conversion._files import fsync_dir
+from ..conversion._files import publish_file
 from ..conversion.gguf_source import GGUF_BLOCK_NAMES
 from ..conversion.hf_source import resolve_source
 from ..errors import DestinationExistsError, FormatError, ParameterError
@@ -143,8 +143,7 @@ def save_imatrix(im: Imatrix, path: str | os.PathLike[str], *, overwrite: bool =
         w.close()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, dst)
-        fsync_dir(dst.parent)
+        publish_file(tmp, dst, overwrite)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
