@@ -1,0 +1,54 @@
+"""Float-weight matmul at the calibration forward pass's shapes: `lowbit.matmul(x, W)` with an f32
+weight (the engine's kernel: 4 × 2 f32 dot blocks over the SIMD vocabulary) against numpy's BLAS
+`x @ W.T` (the anchor) in the same process, alternating, medians of `--repeats`.
+
+Shapes: the demo model's q/k/v/gate/up inputs (576 columns) and down_proj (1536 columns) with n = 4096
+tokens (8 calibration sequences of 512). Threads: rayon's pool (RAYON_NUM_THREADS) and the BLAS's
+(OMP_NUM_THREADS / OPENBLAS_NUM_THREADS), both as the environment sets them.
+
+    PYTHONPATH=python python benches/bench_f32_matmul.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import lowbit
+
+SHAPES = ((576, 576), (1536, 576), (576, 1536))  # (rows, cols) of W
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=4096, help="activation rows (default 4096)")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"lowbit {lowbit.__version__}, isa {lowbit.isa()}; n = {args.n}; medians of {args.repeats}")
+    print("| W rows × cols | lowbit GFLOPS | numpy BLAS GFLOPS | lowbit / BLAS |")
+    print("|---|--:|--:|--:|")
+    for rows, cols in SHAPES:
+        w = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
+        x = rng.standard_normal((args.n, cols)).astype(np.float32)
+        ref = x.astype(np.float64) @ w.T.astype(np.float64)
+        assert np.abs(lowbit.matmul(x, w) - ref).max() <= 1e-4 * np.abs(ref).max()
+        times: dict[str, list[float]] = {"lowbit": [], "blas": []}
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            lowbit.matmul(x, w)
+            t1 = time.perf_counter()
+            _ = x @ w.T
+            times["lowbit"].append(t1 - t0)
+            times["blas"].append(time.perf_counter() - t1)
+        flop = 2.0 * rows * cols * args.n
+        ours, blas = (flop / statistics.median(times[k]) / 1e9 for k in ("lowbit", "blas"))
+        print(f"| {rows} × {cols} | {ours:.1f} | {blas:.1f} | {ours / blas:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
