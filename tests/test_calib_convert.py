@@ -89,13 +89,13 @@ def _tensors(path: Path) -> dict[str, bytes]:
 def test_gptq_convert_beats_rtn_and_round_trips_act_order(model: Path, tmp_path: Path) -> None:
     cfg = GPTQConfig(act_order=True)
     r = lowbit.convert(model, tmp_path / "g.lbf", "int4-g128", method="gptq", gptq=cfg, progress=False, **CAL)
-    assert len(r.gptq) == 14
+    assert len(r.linears) == 14
     with lowbit.load(tmp_path / "g.lbf") as f:
         assert r.tensor_bytes == sum(t.nbytes for t in f.tensors)  # the permutations are counted
-    for name, rep in r.gptq.items():
+    for name, rep in r.linears.items():
         assert rep.method == "gptq" and rep.qtype == "int4-g128"
         assert rep.error < rep.rtn_error, name
-    assert not (tmp_path / "g.lbf.gptq").exists()  # the checkpoint is removed after success
+    assert not (tmp_path / "g.lbf.ckpt").exists()  # the checkpoint is removed after success
     with lowbit.load(tmp_path / "g.lbf") as f:
         assert f.metadata["quantization.method"] == "gptq"
         params = json.loads(f.metadata["quantization.params"])
@@ -108,15 +108,15 @@ def test_gptq_convert_beats_rtn_and_round_trips_act_order(model: Path, tmp_path:
     with lowbit.Model.load(tmp_path / "g.lbf") as m:
         assert np.isfinite(m.logits([1, 2, 3, 4])).all()
     js = r.to_json()
-    assert js["gptq"]["model.layers.0.self_attn.q_proj.weight"]["damp"] == pytest.approx(0.01)
+    assert js["linears"]["model.layers.0.self_attn.q_proj.weight"]["damp"] == pytest.approx(0.01)
 
 
 def test_gptq_on_a_k_quant_recipe_stays_exportable_to_gguf(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "k.lbf"
     r = lowbit.convert(model, out, "q4_k_m", method="gptq", gguf_compatible=True, progress=False, **CAL)
-    types = {rep.qtype for rep in r.gptq.values()}
+    types = {rep.qtype for rep in r.linears.values()}
     assert "q4_k" in types or "q6_k" in types  # ffn_down (256 columns) keeps a k-quant
-    for name, rep in r.gptq.items():
+    for name, rep in r.linears.items():
         assert rep.method == "gptq" and rep.error < rep.rtn_error, name
     lowbit.export_gguf(out, tmp_path / "k.gguf", progress=False)
     assert (tmp_path / "k.gguf").stat().st_size > 0
@@ -141,7 +141,7 @@ def test_gptq_resume_after_an_interruption_gives_the_same_file(
     with pytest.raises(KeyboardInterrupt):
         lowbit.convert(model, out, "int3-g128", **kw)
     assert not out.exists()
-    state = json.loads((tmp_path / "resumed.lbf.gptq" / "state.json").read_text())
+    state = json.loads((tmp_path / "resumed.lbf.ckpt" / "state.json").read_text())
     assert state["layers_done"] == 1
     monkeypatch.setattr(sequential, "collect", real)
     with pytest.raises(ParameterError, match="resume"):
@@ -150,7 +150,7 @@ def test_gptq_resume_after_an_interruption_gives_the_same_file(
         lowbit.convert(model, out, "int3-g128", resume=True, **{**kw, "seed": 1})
     lowbit.convert(model, out, "int3-g128", resume=True, **kw)
     assert _tensors(out) == _tensors(tmp_path / "whole.lbf")
-    assert not (tmp_path / "resumed.lbf.gptq").exists()
+    assert not (tmp_path / "resumed.lbf.ckpt").exists()
 
 
 def test_gptq_killed_between_the_next_input_and_the_commit_resumes_exactly(
@@ -172,7 +172,7 @@ def test_gptq_killed_between_the_next_input_and_the_commit_resumes_exactly(
     out = tmp_path / "r.lbf"
     with pytest.raises(KeyboardInterrupt):
         lowbit.convert(model, out, "q4_k", **kw)
-    assert (tmp_path / "r.lbf.gptq" / "x_2.npy").exists()
+    assert (tmp_path / "r.lbf.ckpt" / "x_2.npy").exists()
     monkeypatch.setattr(sequential, "_write_json", real)
     lowbit.convert(model, out, "q4_k", resume=True, **kw)
     assert _tensors(out) == _tensors(tmp_path / "whole.lbf")
@@ -200,7 +200,7 @@ def test_bad_input(model: Path, tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="imatrix"):
         lowbit.convert(model, tmp_path / "x.lbf", "int4-g128", method="gptq", imatrix="auto", progress=False)
     with pytest.raises(ParameterError, match="method"):
-        lowbit.convert(model, tmp_path / "x.lbf", "int4-g128", method="awq", progress=False)
+        lowbit.convert(model, tmp_path / "x.lbf", "int4-g128", method="bogus", progress=False)
     short = tmp_path / "short.txt"
     short.write_text("a few words only")
     with pytest.raises(ParameterError, match="tokens"):

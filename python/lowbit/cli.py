@@ -1,6 +1,6 @@
 """The `lowbit` command line: `info` (version, ISA, type table), `inspect FILE` (an LBF file's
 header, metadata and tensor table), `verify FILE` (every checksum; exit code 1 on a mismatch),
-`convert SRC -o OUT.lbf --type TYPE [--imatrix auto|FILE] [--method gptq]` (HF checkpoint / GGUF / repo
+`convert SRC -o OUT.lbf --type TYPE [--imatrix auto|FILE] [--method gptq|awq|awq+gptq]` (HF checkpoint / GGUF / repo
 id → LBF), `imatrix MODEL -o FILE` (importance statistics on calibration text) and
 `export FILE.lbf --to hf DIR | --to gguf FILE`, `eval MODEL --text FILE [--reference REF]` (perplexity,
 KL divergence, ΔPPL, top-1 agreement) and `generate MODEL --prompt TEXT` (streamed text, tokens/s).
@@ -155,6 +155,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from .algos.awq import AWQConfig
     from .algos.sequential import GPTQConfig
     from .conversion import RECIPES, convert, format_plan
 
@@ -184,6 +185,7 @@ def _convert(args: argparse.Namespace) -> int:
         gptq=GPTQConfig(
             act_order=args.act_order, static_groups=args.static_groups, damp=args.damp, block_size=args.block_size
         ),
+        awq=AWQConfig(grid=args.awq_grid, clip=not args.no_clip),
         resume=args.resume,
     )
     if args.json:
@@ -323,14 +325,20 @@ def main(argv: list[str] | None = None) -> int:
         "or 'auto' to compute them from the calibration text first",
     )
     conv.add_argument(
-        "--method", choices=("rtn", "gptq"), default="rtn", help="rtn (default) or gptq (layer by layer, calibrated)"
+        "--method",
+        choices=("rtn", "gptq", "awq", "awq+gptq"),
+        default="rtn",
+        help="rtn (default), or layer by layer on calibration text: gptq, awq (activation-aware scales + clipping), "
+        "awq+gptq (AWQ's scales, then GPTQ)",
     )
     _calib_args(conv)
     conv.add_argument("--act-order", action="store_true", help="gptq: columns in decreasing Hessian diagonal order")
     conv.add_argument("--static-groups", action="store_true", help="gptq: group ranges fixed before the column loop")
     conv.add_argument("--damp", type=float, default=0.01, help="gptq: relative damping of the Hessian (default 0.01)")
     conv.add_argument("--block-size", type=int, default=128, help="gptq: columns per lazy-batch update (default 128)")
-    conv.add_argument("--resume", action="store_true", help="gptq: continue the checkpoint OUT.gptq/ of a killed run")
+    conv.add_argument("--awq-grid", type=int, default=20, help="awq: scale exponents tried, i/N for i < N (default 20)")
+    conv.add_argument("--no-clip", action="store_true", help="awq: no clipping-ratio search")
+    conv.add_argument("--resume", action="store_true", help="calibrated methods: continue OUT.ckpt/ of a killed run")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     conv.add_argument("--json", action="store_true", help="print the report as JSON")
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")

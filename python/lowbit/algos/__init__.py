@@ -1,7 +1,20 @@
-"""Quantization algorithms that go beyond round-to-nearest: GPTQ on one matrix (`gptq`) and over a
-whole model, layer by layer (`sequential`)."""
+"""Quantization algorithms that go beyond round-to-nearest: GPTQ on one matrix (`gptq`), AWQ's
+activation-aware scales (`awq`, folded by `scaling`), and the layer-by-layer driver over a whole
+model (`sequential`)."""
 
+from .awq import AWQConfig, awq_method
 from .gptq import GPTQResult, gptq_quantize, output_error
-from .sequential import GPTQConfig, LinearReport, run_gptq
+from .sequential import GPTQConfig, LayerRun, LinearReport, gptq_layer, run_layers
 
-__all__ = ["GPTQConfig", "GPTQResult", "LinearReport", "gptq_quantize", "output_error", "run_gptq"]
+__all__ = [
+    "AWQConfig",
+    "GPTQConfig",
+    "GPTQResult",
+    "LayerRun",
+    "LinearReport",
+    "awq_method",
+    "gptq_layer",
+    "gptq_quantize",
+    "output_error",
+    "run_layers",
+]

@@ -137,11 +137,16 @@ class LayerStats:
         tokens: tokens seen.
         sum_sq: tap → Σ x² per input column, float64 (width,) (llama.cpp's `in_sum2`; the
             importance of a column is `sum_sq / tokens`).
+        sum_abs: tap → Σ |x| per input column, float64 (width,) (AWQ's activation scale is
+            `sum_abs / tokens`).
+        max_abs: tap → max |x| per input column, float64 (width,) (SmoothQuant's).
         hessian: tap → Σ x xᵀ, float64 (width, width) (GPTQ's H is 2/tokens of it), when asked.
     """
 
     tokens: int = 0
     sum_sq: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+    sum_abs: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+    max_abs: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
     hessian: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
 
     def importance(self, tap: str) -> npt.NDArray[np.float32]:
@@ -155,6 +160,11 @@ class LayerStats:
             n = a.shape[0]
             sq = np.einsum("ij,ij->j", a, a, dtype=np.float64)
             self.sum_sq[tap] = self.sum_sq[tap] + sq if tap in self.sum_sq else sq
+            mag = np.abs(a)
+            sa = mag.sum(axis=0, dtype=np.float64)
+            self.sum_abs[tap] = self.sum_abs[tap] + sa if tap in self.sum_abs else sa
+            mx = mag.max(axis=0, initial=0.0).astype(np.float64)
+            self.max_abs[tap] = np.maximum(self.max_abs[tap], mx) if tap in self.max_abs else mx
             if hessian:
                 h = (a.T @ a).astype(np.float64)  # float32 BLAS per chunk, float64 across chunks
                 self.hessian[tap] = self.hessian[tap] + h if tap in self.hessian else h

@@ -24,13 +24,14 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import _core
-from ..algos.sequential import GPTQConfig, LinearReport, load_quantized, remove_state, run_gptq
+from ..algos.awq import AWQConfig, awq_method
+from ..algos.sequential import GPTQConfig, LayerFn, LinearReport, gptq_layer, load_quantized, remove_state, run_layers
 from ..calib.capture import check_model
 from ..calib.data import calibration_tokens
 from ..calib.imatrix import Imatrix, compute_imatrix, load_imatrix
 from ..errors import DestinationExistsError, InvalidValueError, LowbitWarning, ParameterError
 from ..lbf import LBFWriter
-from ..qtensor import dequantize, quantize
+from ..qtensor import QTensor, dequantize, quantize
 from ._files import progress_bar
 from .hf_source import resolve_source
 from .recipes import PlanEntry, make_plan, parse_tensor_types, recipe_for
@@ -40,6 +41,9 @@ __all__ = ["KNOWN_ARCHITECTURES", "ConvertReport", "convert", "format_plan"]
 
 # model_type values whose tensors the recipes know by role (and the engine will run).
 KNOWN_ARCHITECTURES = ("llama", "mistral", "qwen2")
+
+# Quantization methods: round-to-nearest tensor by tensor, or calibrated layer by layer.
+METHODS = ("rtn", "gptq", "awq", "awq+gptq")
 
 # Estimated bytes of header, index and embedded metadata besides tensor data (dry-run total).
 _INDEX_BYTES_PER_TENSOR = 128
@@ -60,8 +64,9 @@ class ConvertReport:
         gguf_compatible: the plan uses ggml types only (llama.cpp's fallbacks).
         other_tensor_bytes: tensor bytes of the same recipe with the other `gguf_compatible`
             setting (ragged k-types vs llama.cpp's fallbacks), for comparison.
-        gptq: with `method="gptq"`, per decoder linear the relative proxy output error on the
-            calibration activations by round-to-nearest and by the method used.
+        linears: with a calibrated method (gptq, awq, …), per decoder linear the relative proxy
+            output error on the calibration activations by round-to-nearest and by the method used.
+        layers: with a calibrated method, what it chose per layer (AWQ: α per scale group).
     """
 
     source: str
@@ -74,7 +79,8 @@ class ConvertReport:
     seconds: float = 0.0
     gguf_compatible: bool = False
     other_tensor_bytes: int = 0
-    gptq: dict[str, LinearReport] = field(default_factory=dict)
+    linears: dict[str, LinearReport] = field(default_factory=dict)
+    layers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def src_bytes(self) -> int:
@@ -106,7 +112,8 @@ class ConvertReport:
             "gguf_compatible": self.gguf_compatible,
             "other_bits_per_weight": 8 * self.other_tensor_bytes / self.n_weights if self.n_weights else 0.0,
             "seconds": self.seconds,
-            "gptq": {k: asdict(v) for k, v in self.gptq.items()},
+            "linears": {k: asdict(v) for k, v in self.linears.items()},
+            "layers": self.layers,
             "tensors": [
                 {
                     "name": e.name,
@@ -173,12 +180,13 @@ def format_plan(report: ConvertReport, *, width: int = 48) -> str:
             f"with {how}: {_mib(report.other_tensor_bytes)} MiB of tensor data ({other:.3f} bpw, "
             f"{other - report.bits_per_weight:+.3f})"
         )
-    if report.gptq:
-        ratios = sorted(r.error / r.rtn_error for r in report.gptq.values() if r.rtn_error > 0)
+    if report.linears:
+        ratios = sorted(r.error / r.rtn_error for r in report.linears.values() if r.rtn_error > 0)
         if ratios:
             med = ratios[len(ratios) // 2]
+            method = next(iter(report.linears.values())).method
             lines.append(
-                f"gptq: {len(report.gptq)} linears; proxy output error / round-to-nearest's: median {med:.3f}, "
+                f"{method}: {len(report.linears)} linears; proxy output error / round-to-nearest's: median {med:.3f}, "
                 f"range {ratios[0]:.3f} … {ratios[-1]:.3f}"
             )
     if not report.dry_run:
@@ -257,6 +265,7 @@ def convert(
     seed: int = 0,
     method: str = "rtn",
     gptq: GPTQConfig | None = None,
+    awq: AWQConfig | None = None,
     resume: bool = False,
 ) -> ConvertReport:
     """Convert a model to an LBF file.
@@ -277,12 +286,15 @@ def convert(
             compute them first from `calib` (`lowbit.calib.imatrix.compute_imatrix`).
         calib, calib_samples, calib_seq_len, seed: the calibration text files (default: the
             packaged text), samples × tokens and seed of `imatrix="auto"`.
-        method: "rtn" (round-to-nearest, tensor by tensor) or "gptq" (layer by layer on the
-            calibration tokens `calib`/`calib_samples`/`calib_seq_len`/`seed`:
-            `lowbit.algos.sequential`); GPTQ fits the group-affine types of the plan (int4-g128,
-            …) and weights the others' scale search by the Hessian's diagonal.
+        method: "rtn" (round-to-nearest, tensor by tensor), or layer by layer on the calibration
+            tokens `calib`/`calib_samples`/`calib_seq_len`/`seed` (`lowbit.algos.sequential`):
+            "gptq" (fits the group-affine types of the plan, int4-g128, …, and weights the
+            others' scale search by the Hessian's diagonal), "awq" (activation-aware scales
+            folded into the norms and linears, and clipping: `lowbit.algos.awq`), "awq+gptq"
+            (AWQ's scales, then GPTQ on the scaled weights).
         gptq: GPTQ's parameters (act-order, static groups, damping, block size).
-        resume: continue the GPTQ checkpoint `<out>.gptq/` of an interrupted run.
+        awq: AWQ's parameters (grids, clipping).
+        resume: continue the checkpoint `<out>.ckpt/` of an interrupted calibrated run.
         dry_run: plan only; nothing is read beyond headers and nothing is written.
         overwrite: replace an existing `out` (the new file replaces it atomically at the end).
         progress: show a tqdm bar on stderr.
@@ -295,10 +307,10 @@ def convert(
     """
     recipe = recipe_for(type)
     overrides = parse_tensor_types(tensor_types)
-    if method not in ("rtn", "gptq"):
-        raise ParameterError(f"method must be 'rtn' or 'gptq', got {method!r}")
-    if method == "gptq" and imatrix is not None:
-        raise ParameterError("--method gptq computes its own statistics: drop --imatrix")
+    if method not in METHODS:
+        raise ParameterError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method != "rtn" and imatrix is not None:
+        raise ParameterError(f"--method {method} computes its own statistics: drop --imatrix")
     if out is None and not dry_run:
         raise ParameterError("an output path is needed (or pass dry_run=True)")
     if out is not None and not dry_run and os.path.exists(out) and not overwrite:
@@ -342,16 +354,21 @@ def convert(
         plan = plans[0]
         meta = _metadata(source, type, tensor_types, gguf_compatible, im)
         gcfg = gptq or GPTQConfig()
-        if method == "gptq":
+        acfg = awq or AWQConfig()
+        if method != "rtn":
             check_model(cfg, {t.name: t for t in source.tensors})
             if source.tokenizer_json is None:
                 raise ParameterError(f"{source.path}: no tokenizer.json, which the calibration text needs")
             cal = calibration_tokens(
                 source.tokenizer_json, files=calib, n_samples=calib_samples, seq_len=calib_seq_len, seed=seed
             )
-            meta["quantization.method"] = "gptq"
+            meta["quantization.method"] = method
             params = json.loads(meta["quantization.params"])
-            params.update(gptq=asdict(gcfg), calibration=cal.to_json())
+            if "gptq" in method:
+                params["gptq"] = asdict(gcfg)
+            if "awq" in method:
+                params["awq"] = asdict(acfg)
+            params["calibration"] = cal.to_json()
             meta["quantization.params"] = json.dumps(params)
             meta.update(cal.provenance())
         report = ConvertReport(str(source.path), source.kind, type, plan, dry_run, gguf_compatible=gguf_compatible)
@@ -363,19 +380,32 @@ def convert(
         assert out is not None
         t0 = time.perf_counter()
         tensors = {t.name: t for t in source.tensors}
-        state_dir = Path(f"{out}.gptq")
-        if method == "gptq":
+        state_dir = Path(f"{out}.ckpt")
+        stored: set[str] = set()
+        if method != "rtn":
             linears = {e.name: e.qtype for e in plan if ".layers." in e.name and e.name.endswith("_proj.weight")}
-            report.gptq = run_gptq(source, cal, linears, gcfg, state_dir, resume=resume, progress=progress)
+            fn: LayerFn
+            if method == "gptq":
+                fn = gptq_layer(cfg, linears, gcfg, cal.seq_len)
+            else:
+                fn = awq_method(cfg, linears, acfg, cal.seq_len, gcfg if method == "awq+gptq" else None)
+            run_params = {"method": method, "plan": linears, "gptq": asdict(gcfg), "awq": asdict(acfg)}
+            run = run_layers(source, cal, fn, run_params, state_dir, resume=resume, progress=progress, desc=method)
+            report.linears, report.layers, stored = run.linears, run.layers, run.stored
+            params = json.loads(meta["quantization.params"])
+            params["layers"] = run.layers
+            meta["quantization.params"] = json.dumps(params)
         with LBFWriter(out, metadata=meta, inputs=_inputs(source)) as w:
             with progress_bar(report.src_bytes, progress, f"{Path(source.path).name} → {type}") as bar:
                 for k, e in enumerate(plan):
                     x = tensors[e.name].load()
-                    if e.name in report.gptq:
-                        q = load_quantized(state_dir, e.name)
-                        w.add(e.name, q)
-                        report.rel_rmse[e.name] = _rel_rmse(x.reshape(e.shape), dequantize(q))
-                        plan[k] = dataclasses.replace(e, nbytes=q.nbytes)  # an act-order permutation counts
+                    if e.name in stored:
+                        t = load_quantized(state_dir, e.name)
+                        w.add(e.name, t)
+                        if isinstance(t, QTensor):
+                            if method == "gptq":  # scaling methods store tensors that differ from the source
+                                report.rel_rmse[e.name] = _rel_rmse(x.reshape(e.shape), dequantize(t))
+                            plan[k] = dataclasses.replace(e, nbytes=t.nbytes)  # an act-order permutation counts
                     elif e.qtype == "f32":
                         w.add(e.name, x.reshape(e.shape))
                         report.rel_rmse[e.name] = 0.0
@@ -392,7 +422,7 @@ def convert(
                         bar.update(e.src_bytes)
         report.seconds = time.perf_counter() - t0
         report.file_bytes = os.path.getsize(out)
-        if method == "gptq":
+        if method != "rtn":
             remove_state(state_dir)
         return report
 
