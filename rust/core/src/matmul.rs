@@ -658,16 +658,30 @@ fn run_w8a8(w: &QMatrix<'_>, act: ActQuant, x: &[f32], n: usize, y: &mut [f32], 
             *d = w.row_scale(r0 + r);
         }
         let c = |r: usize| &w.row(r0 + r)[..cols];
+        let qa = |i: usize| &q[i * cols..(i + 1) * cols];
         let quads = nr / 4 * 4;
-        for (i, (qi, &step)) in q.chunks_exact(cols).zip(steps).enumerate() {
+        // Two activation rows (in L1) pass over the tile (in L2) at a time, four weight rows
+        // per kernel call; an odd last row and the rows after the last quad go alone.
+        for i in (0..n).step_by(2) {
+            let two = i + 1 < n;
             for r in (0..quads).step_by(4) {
-                let s = w8a8::dot_i8_x4(isa, [c(r), c(r + 1), c(r + 2), c(r + 3)], qi);
-                for (j, sj) in s.into_iter().enumerate() {
-                    out[(r + j) * n + i] = w8a8::finish(sj, d[r + j], step);
+                let wr = [c(r), c(r + 1), c(r + 2), c(r + 3)];
+                if two {
+                    let s = w8a8::dot_i8_4x2(isa, wr, [qa(i), qa(i + 1)]);
+                    for (j, [s0, s1]) in s.into_iter().enumerate() {
+                        out[(r + j) * n + i] = w8a8::finish(s0, d[r + j], steps[i]);
+                        out[(r + j) * n + i + 1] = w8a8::finish(s1, d[r + j], steps[i + 1]);
+                    }
+                } else {
+                    for (j, sj) in w8a8::dot_i8_x4(isa, wr, qa(i)).into_iter().enumerate() {
+                        out[(r + j) * n + i] = w8a8::finish(sj, d[r + j], steps[i]);
+                    }
                 }
             }
             for r in quads..nr {
-                out[r * n + i] = w8a8::finish(w8a8::dot_i8(isa, c(r), qi), d[r], step);
+                for k in i..(i + 2).min(n) {
+                    out[r * n + k] = w8a8::finish(w8a8::dot_i8(isa, c(r), qa(k)), d[r], steps[k]);
+                }
             }
         }
     };

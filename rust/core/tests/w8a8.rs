@@ -132,6 +132,15 @@ fn integer_dots_are_exact_everywhere() {
                 for (s, row) in rows.iter().enumerate() {
                     assert_eq!(got[s], k::dot_i8_ref(row, &q), "{isa} x4 row {s} n={n} {case}");
                 }
+                let q2: Vec<i8> = q.iter().rev().copied().collect();
+                let got = k::dot_i8_4x2(isa, [&rows[0], &rows[1], &rows[2], &rows[3]], [&q, &q2]);
+                for (s, row) in rows.iter().enumerate() {
+                    assert_eq!(
+                        got[s],
+                        [k::dot_i8_ref(row, &q), k::dot_i8_ref(row, &q2)],
+                        "{isa} 4x2 row {s} n={n} {case}"
+                    );
+                }
             }
         }
     }
@@ -141,6 +150,7 @@ fn integer_dots_are_exact_everywhere() {
     for isa in available() {
         assert_eq!(i64::from(k::dot_i8(isa, &w, &q)), want, "{isa} at MAX_COLS");
         assert_eq!(i64::from(k::dot_i8_x4(isa, [&w, &w, &w, &w], &q)[3]), want, "{isa} x4 at MAX_COLS");
+        assert_eq!(i64::from(k::dot_i8_4x2(isa, [&w, &w, &w, &w], [&q, &q])[3][1]), want, "{isa} 4x2 at MAX_COLS");
     }
 }
 

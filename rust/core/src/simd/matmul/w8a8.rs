@@ -152,6 +152,21 @@ pub fn dot_i8_x4(isa: Isa, w: [&[u8]; 4], q: &[i8]) -> [i32; 4] {
     }
 }
 
+/// [`dot_i8`] of two activation rows (of one length) with four weight rows: the GEMM
+/// micro-kernel (AVX2 shares each weight vector between the two rows, each activation vector
+/// between the four). Exact, so equal to [`dot_i8_ref`] of each pair at every ISA.
+pub fn dot_i8_4x2(isa: Isa, w: [&[u8]; 4], q: [&[i8]; 2]) -> [[i32; 2]; 4] {
+    assert!(w.iter().all(|r| r.len() == q[0].len()) && q[1].len() == q[0].len() && q[0].len() <= MAX_COLS);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => super::x86::dot_i8_4x2_avx2(w, q),
+        _ => {
+            let (a, b) = (dot_i8_x4(isa, w, q[0]), dot_i8_x4(isa, w, q[1]));
+            std::array::from_fn(|r| [a[r], b[r]])
+        }
+    }
+}
+
 /// One output from its exact integer sum, the weight row's scale `d` (its f16 as f32) and the
 /// activation row's step: `(isum as f32 · d) · step`, in that order (two f32 roundings after the
 /// conversion, which rounds to nearest even above 2^24). Multiplying by `d` first keeps a zero

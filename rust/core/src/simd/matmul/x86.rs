@@ -236,6 +236,41 @@ pub fn dot_i8_x4_avx2(w: [&[u8]; 4], q: &[i8]) -> [i32; 4] {
     unsafe { dot_i8_avx2_tf(w, q) }
 }
 
+#[target_feature(enable = "avx2,fma")]
+fn dot_i8_4x2_avx2_tf(w: [&[u8]; 4], q: [&[i8]; 2]) -> [[i32; 2]; 4] {
+    let n = q[0].len();
+    let (flip, ones) = (_mm256_set1_epi8(i8::MIN), _mm256_set1_epi16(1));
+    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        let x = [load256(&q[0][i..]), load256(&q[1][i..])];
+        for r in 0..4 {
+            let c = _mm256_xor_si256(load256u(&w[r][i..]), flip);
+            let ac = _mm256_sign_epi8(c, c);
+            for k in 0..2 {
+                let p = _mm256_maddubs_epi16(ac, _mm256_sign_epi8(x[k], c));
+                acc[r][k] = _mm256_add_epi32(acc[r][k], _mm256_madd_epi16(p, ones));
+            }
+        }
+        i += 32;
+    }
+    let mut out = [[0i32; 2]; 4];
+    for r in 0..4 {
+        for k in 0..2 {
+            out[r][k] = hsum_epi32(acc[r][k]) + super::w8a8::dot_i8_ref(&w[r][i..], &q[k][i..]);
+        }
+    }
+    out
+}
+
+/// [`super::w8a8::dot_i8_4x2`] with AVX2: each weight vector's |c| serves two activation rows,
+/// each activation vector four weight rows. Panics without AVX2/FMA.
+pub fn dot_i8_4x2_avx2(w: [&[u8]; 4], q: [&[i8]; 2]) -> [[i32; 2]; 4] {
+    assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
+    // SAFETY: AVX2 and FMA are available (checked above).
+    unsafe { dot_i8_4x2_avx2_tf(w, q) }
+}
+
 /// The W8A8 integer dot of `R` weight rows at the AVX-512 level, 64 values per step; `$acc`
 /// adds the 4-product sums of |c| (u8) and sign-adjusted q (i8) to 16 i32 lanes. A 32-value
 /// AVX2 step and a scalar tail finish the row.
