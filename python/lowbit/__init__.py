@@ -43,11 +43,12 @@ from .eval import EvalReport, evaluate
 from .lbf import LBFFile, LBFWriter, PartInfo, TensorInfo, load, save
 from .matmul import Outliers, matmul, matmul_reference
 from .model import Generation, Model
-from .qtensor import QTensor, SourceDType, dequantize, quantize
+from .qtensor import ActQuant, QTensor, SourceDType, dequantize, quantize
 
 __version__: str = _core.__version__
 
 __all__ = [
+    "ActQuant",
     "ChecksumError",
     "ClosedError",
     "DestinationExistsError",

@@ -47,6 +47,7 @@ def matmul(
     ovals: npt.NDArray[np.uint16] | None = None,
     isa: str | None = None,
     reference: bool = False,
+    act: tuple[str, float] | None = None,
 ) -> npt.NDArray[np.float32]: ...
 
 class MapOwner:

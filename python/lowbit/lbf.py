@@ -31,7 +31,7 @@ from .errors import (
     ShapeError,
     UnsupportedError,
 )
-from .qtensor import QTensor
+from .qtensor import ActQuant, QTensor
 
 __all__ = ["LBF_MAGIC", "LBFFile", "PartInfo", "TensorInfo", "load", "save"]
 
@@ -208,6 +208,8 @@ class LBFWriter:
             parts = [("data", tensor.data.reshape(-1))]
             if tensor.perm is not None:
                 parts.append(("perm", tensor.perm.astype("<u4", copy=False).view(np.uint8)))
+            if tensor.act is not None:
+                parts.append(("act_quant", tensor.act._to_bytes()))
             w.add_tensor(name, tensor.qtype, list(tensor.shape), parts, tensor.group_size, tensor.symmetric)
             return
         qtype = {np.dtype(v): k for k, v in _FLOAT_QTYPES.items()}.get(tensor.dtype.newbyteorder("="))
@@ -406,14 +408,14 @@ class LBFFile(Mapping[str, "QTensor | npt.NDArray[Any]"]):
 
     def parts(self, name: str) -> dict[str, npt.NDArray[np.uint8]]:
         """Every stored part of a tensor as a read-only uint8 view, by kind name; the checksums
-        and the perm/outlier contents are verified first (once)."""
+        and the perm/outlier/act_quant contents are verified first (once)."""
         self.info(name)
         return dict(self._reader.parts(name))
 
     def __getitem__(self, name: str) -> QTensor | npt.NDArray[Any]:
         info = self.info(name)
         parts = self.parts(name)
-        extra = sorted(set(parts) - {"data", "perm"})
+        extra = sorted(set(parts) - {"data", "perm", "act_quant"})
         if extra:
             raise UnsupportedError(
                 f"tensor {name!r} has parts {extra}, which QTensor does not carry yet; read them with .parts()"
@@ -424,7 +426,8 @@ class LBFFile(Mapping[str, "QTensor | npt.NDArray[Any]"]):
         cols = info.shape[-1]
         rows = int(np.prod(info.shape[:-1], dtype=np.int64))
         perm = parts["perm"].view("<u4").astype(np.uint32, copy=False) if "perm" in parts else None
-        return QTensor._view(info.qtype, (rows, cols), data, info.group_size, info.symmetric, perm)
+        act = ActQuant._from_bytes(parts["act_quant"]) if "act_quant" in parts else None
+        return QTensor._view(info.qtype, (rows, cols), data, info.group_size, info.symmetric, perm, act)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._infos)

@@ -66,7 +66,10 @@ def _call(
             _int_array(outliers[1], np.uint32, "outlier cols"),
             np.ascontiguousarray(vals).view(np.uint16),
         )
-    y = _core.matmul(x2, w.data.reshape(-1), w.qtype, rows, cols, w.group_size, w.symmetric, p, *o, isa, reference)
+    if w.act is not None and (p is not None or outliers is not None):
+        raise ParameterError("a W8A8 weight (act) cannot take a permutation or outliers")
+    act = None if w.act is None else w.act._wire()
+    y = _core.matmul(x2, w.data.reshape(-1), w.qtype, rows, cols, w.group_size, w.symmetric, p, *o, isa, reference, act)
     return y.reshape(rows) if x.ndim == 1 else y.reshape(x2.shape[0], rows)
 
 
@@ -82,7 +85,10 @@ def matmul(
 
     Quantized weights multiply in integer SIMD after quantizing each row of `x` on the fly to
     int8 blocks of 32 values (relative error about 1/254 of each block's largest |x|); float
-    weights (f32, f16, bf16) multiply in f32.
+    weights (f32, f16, bf16) multiply in f32. A W8A8 weight (a QTensor with `act`, see
+    `ActQuant`) quantizes each row of `x` with one step (static, or max|x|/127 per row) and sums
+    int8 × int8 products exactly; its result is the same bits at every ISA and equals
+    `matmul_reference`.
 
     Args:
         x: activations, shape (cols,) or (n, cols); float32 (float16/float64 are converted).
@@ -100,7 +106,7 @@ def matmul(
         TypeError: `x` or `qt` of the wrong type or dtype.
         ShapeError: `x` whose last dimension is not `cols`, parts of the wrong length.
         ParameterError: a permutation that is not one (or on a non-group-affine type), bad
-            outlier row pointers, columns or values.
+            outlier row pointers, columns or values, a permutation or outliers with a W8A8 weight.
         InvalidValueError: NaN or ±Inf in `x` (`.index`, `.row`, `.col` locate the first).
         IsaError: `isa` names a level this CPU lacks.
     """
@@ -116,6 +122,6 @@ def matmul_reference(
     isa: str | None = None,
 ) -> npt.NDArray[np.float32]:
     """The reference of `matmul` (same arguments and result): every row dequantized by the
-    scalar kernels, products summed in float64, rounded once to float32. `isa` is checked but
-    not used."""
+    scalar kernels, products summed in float64, rounded once to float32; for a W8A8 weight the
+    plain statement of its semantics (see `ActQuant`). `isa` is checked but not used."""
     return _call(x, qt, perm, outliers, isa, reference=True)

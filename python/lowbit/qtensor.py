@@ -3,6 +3,8 @@ read it."""
 
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -11,9 +13,65 @@ import numpy.typing as npt
 from . import _core
 from .errors import ParameterError, ShapeError
 
-__all__ = ["QTensor", "SourceDType", "dequantize", "quantize"]
+__all__ = ["ActQuant", "QTensor", "SourceDType", "dequantize", "quantize"]
 
 SourceDType = Literal["f32", "f16", "bf16"]
+
+ACT_MAX_COLS = 1 << 17
+"""Longest row (input features) of a W8A8 weight: the int32 sums of up to 2^17 products of
+|q| <= 127 and |c| <= 128 cannot overflow (`formats/LBF.md` §5, `act_quant`)."""
+
+_ACT_MODES = {"static": 1, "dynamic": 2}
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """How a W8A8 weight quantizes the activations it multiplies (`formats/LBF.md` §5,
+    `act_quant`): each activation row `x` (cols,) becomes int8 codes
+    `q = round_half_even(clip(x / step, -127, 127))` (float32 division), and each output is the
+    exact integer sum of `q` times the weight codes, times the row's scale, times `step`.
+
+    Attributes:
+        mode: `"static"`: one `step` for every row (a per-tensor scale chosen by a calibration
+            observer; values beyond ±127·step clamp); `"dynamic"`: per row (token),
+            `step = max|x| / 127` (all codes 0 for a zero row).
+        step: static only: float32, finite and > 0 (stored rounded to float32); 0.0 for dynamic.
+
+    Raises:
+        ParameterError: an unknown mode, a static step that is not a finite positive float32,
+            or a dynamic one that is not 0.
+        TypeError: a step that is not a real number.
+    """
+
+    mode: Literal["static", "dynamic"]
+    step: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in _ACT_MODES:
+            raise ParameterError(f"activation mode must be 'static' or 'dynamic', got {self.mode!r}")
+        if isinstance(self.step, bool) or not isinstance(self.step, int | float | np.integer | np.floating):
+            raise TypeError(f"the activation step must be a real number, got {type(self.step).__name__}")
+        with np.errstate(over="ignore"):
+            step32 = np.float32(self.step)
+        if self.mode == "static" and not (np.isfinite(step32) and step32 > 0):
+            raise ParameterError(f"a static activation step must be finite and > 0 in float32, got {self.step!r}")
+        if self.mode == "dynamic" and self.step != 0:
+            raise ParameterError(f"dynamic activation quantization takes no step (0.0), got {self.step!r}")
+        object.__setattr__(self, "step", float(step32))
+
+    def _to_bytes(self) -> npt.NDArray[np.uint8]:
+        """The `act_quant` part: u32 mode (1 static, 2 dynamic), f32 step, little-endian."""
+        return np.frombuffer(struct.pack("<If", _ACT_MODES[self.mode], self.step), np.uint8)
+
+    @classmethod
+    def _from_bytes(cls, b: npt.NDArray[np.uint8]) -> ActQuant:
+        """Decode a part the LBF reader has already checked."""
+        mode, step = struct.unpack("<If", b.tobytes())
+        return cls("static" if mode == 1 else "dynamic", step)
+
+    def _wire(self) -> tuple[str, float]:
+        """The form `_core` takes: `(mode, step)`."""
+        return (self.mode, self.step)
 
 
 class QTensor:
@@ -28,9 +86,14 @@ class QTensor:
     A group-affine tensor may store its columns permuted (GPTQ's act-order): `perm`, uint32
     (cols,), says that stored column `j` holds input column `perm[j]`. `dequantize` returns input
     order, `matmul` and the LBF file honour it, and its bytes count in `nbytes`.
+
+    A symmetric int8 tensor with one group per row (`int8-row-sym`, at most `ACT_MAX_COLS`
+    columns, no `perm`) may carry `act`, an `ActQuant`: `matmul` then quantizes the activations
+    to int8 too (W8A8); `dequantize` ignores it (weights only); the LBF file stores it (8 bytes,
+    counted in `nbytes`).
     """
 
-    __slots__ = ("_data", "_group_size", "_perm", "_qtype", "_shape", "_symmetric")
+    __slots__ = ("_act", "_data", "_group_size", "_perm", "_qtype", "_shape", "_symmetric")
 
     def __init__(
         self,
@@ -41,6 +104,7 @@ class QTensor:
         group_size: int | None = None,
         symmetric: bool | None = None,
         perm: npt.ArrayLike | None = None,
+        act: ActQuant | None = None,
     ) -> None:
         rows, cols = _shape2(shape)
         name, g, s, row_bytes = _core.layout(qtype, rows, cols, group_size, symmetric)
@@ -52,6 +116,7 @@ class QTensor:
         self._shape = (rows, cols)
         self._data = np.ascontiguousarray(data).reshape(rows, row_bytes)
         self._perm = None if perm is None else _check_perm(perm, name, cols)
+        self._act = _check_act(act, name, g, s, cols, self._perm)
 
     @classmethod
     def from_bytes(
@@ -104,9 +169,22 @@ class QTensor:
         return self._perm
 
     @property
+    def act(self) -> ActQuant | None:
+        """The activation quantization of a W8A8 weight; None for weight-only quantization."""
+        return self._act
+
+    def with_act(self, act: ActQuant | None) -> QTensor:
+        """The same tensor (sharing `data`) with activation quantization `act` (None: weight
+        only). Raises as the constructor does for a tensor that cannot carry it."""
+        qt = QTensor._view(self._qtype, self._shape, self._data, self._group_size, self._symmetric, self._perm)
+        qt._act = _check_act(act, self._qtype, self._group_size, self._symmetric, self._shape[1], self._perm)
+        return qt
+
+    @property
     def nbytes(self) -> int:
-        """Bytes stored (codes, scales, zeros, permutation: everything)."""
-        return int(self._data.nbytes) + (0 if self._perm is None else int(self._perm.nbytes))
+        """Bytes stored (codes, scales, zeros, permutation, act part: everything)."""
+        extra = (0 if self._perm is None else int(self._perm.nbytes)) + (0 if self._act is None else 8)
+        return int(self._data.nbytes) + extra
 
     @property
     def bits_per_weight(self) -> float:
@@ -126,18 +204,48 @@ class QTensor:
         group_size: int | None,
         symmetric: bool | None,
         perm: npt.NDArray[np.uint32] | None = None,
+        act: ActQuant | None = None,
     ) -> QTensor:
-        """Wrap bytes (and a permutation) already validated by the LBF reader: no copy, and
-        empty tensors allowed."""
+        """Wrap bytes (and a permutation, an act mode) already validated by the LBF reader: no
+        copy, and empty tensors allowed."""
         qt = cls.__new__(cls)
         qt._qtype, qt._group_size, qt._symmetric, qt._shape = qtype, group_size, symmetric, shape
-        qt._perm = perm
+        qt._perm, qt._act = perm, act
         qt._data = data.reshape(shape[0], data.size // shape[0] if shape[0] else 0)
         return qt
 
     def __repr__(self) -> str:
         p = ", act-order" if self._perm is not None else ""
+        if self._act is not None:
+            p += f", act={self._act.mode}" + (f"(step={self._act.step:.6g})" if self._act.mode == "static" else "")
         return f"QTensor({self._qtype}, shape={self._shape}{p}, {self.nbytes} bytes, {self.bits_per_weight:.4g} bpw)"
+
+
+def _check_act(
+    act: ActQuant | None,
+    qtype: str,
+    group_size: int | None,
+    symmetric: bool | None,
+    cols: int,
+    perm: npt.NDArray[np.uint32] | None,
+) -> ActQuant | None:
+    """`act` if a tensor of these parameters may carry it (the rule of the core's
+    `QMatrix::with_act`), else the typed error."""
+    if act is None:
+        return None
+    if not isinstance(act, ActQuant):
+        raise TypeError(f"act must be an ActQuant or None, got {type(act).__name__}")
+    g = group_size or 0
+    if not (qtype.split("-")[0] == "int8" and symmetric and (g == 0 or g >= cols)):
+        raise ParameterError(
+            f"int8 activations need a symmetric int8 weight with one group per row (int8-row-sym), not {qtype} "
+            f"on rows of {cols}"
+        )
+    if perm is not None:
+        raise ParameterError("int8 activations cannot combine with an act-order permutation")
+    if cols > ACT_MAX_COLS:
+        raise ShapeError(f"int8 activations need rows of at most {ACT_MAX_COLS} values (int32 sums), got {cols}")
+    return act
 
 
 def _check_perm(perm: npt.ArrayLike, qtype: str, cols: int) -> npt.NDArray[np.uint32]:

@@ -32,6 +32,15 @@
 //!   activation buffers are kept in a thread-local slot between calls, taken out while in use
 //!   (a nested call on the same thread simply allocates its own).
 //!
+//! **W8A8.** A weight with an [`ActQuant`] ([`QMatrix::with_act`]: int8, symmetric, one group
+//! per row, no permutation or outliers, at most [`MAX_COLS`] columns) multiplies int8 codes by
+//! int8 activations instead (SmoothQuant's W8A8; `formats/LBF.md` §5, `act_quant`): each row
+//! of `x` is quantized once per call with one step (the static step, or `amax / 127` of the
+//! row), each output is an exact i32 sum of code products scaled by the weight row's f16 scale
+//! and the step ([`crate::simd::matmul::w8a8`]). The stored codes are used in place (no
+//! decoding); the tiles, the rayon split and the buffers are those of the other types. The
+//! result is bit-identical to [`matmul_reference`] at every ISA.
+//!
 //! Accuracy: the difference to [`matmul_reference`] is the activation quantization error
 //! (at most half a step, `amax / 254`, per value of each 32-value block) times `|w|`, plus f32
 //! rounding; `tests/matmul.rs` checks exactly that bound. Different ISAs agree within
@@ -43,9 +52,12 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::check_perm_outliers;
-use crate::qtype::{Family, QType};
+use crate::qtype::{AffineSpec, Family, QType};
 use crate::quant::Layout;
+use crate::simd::matmul::w8a8;
 use crate::simd::matmul::{self as kern, padded, QS};
+
+pub use crate::simd::matmul::w8a8::MAX_COLS;
 use crate::simd::Isa;
 
 /// Bytes of decoded weights per tile (i8 codes plus f32 scales and mins, or f32 values):
@@ -84,6 +96,103 @@ impl Outliers<'_> {
     }
 }
 
+/// How a W8A8 weight quantizes the activations it multiplies (`formats/LBF.md` §5, part
+/// `act_quant`): every activation row `x` becomes int8 codes `round_ties_even(clamp(x_j / step,
+/// −127, 127))` with one step per call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ActQuant {
+    /// One step for every row (mode 1: a static per-tensor scale chosen by a calibration
+    /// observer); finite and > 0. Values beyond ±127 · step clamp.
+    Static(f32),
+    /// One step per row (mode 2: dynamic per-token): `max_j |x_j| / 127` (0 for a zero row).
+    PerToken,
+}
+
+impl ActQuant {
+    /// Bytes of the `act_quant` part: u32 mode, f32 step.
+    pub const LEN: usize = 8;
+
+    /// The stored mode: 1 static, 2 dynamic per token.
+    pub fn mode(self) -> u32 {
+        match self {
+            ActQuant::Static(_) => 1,
+            ActQuant::PerToken => 2,
+        }
+    }
+
+    /// The stored step (0 for [`ActQuant::PerToken`]).
+    pub fn step(self) -> f32 {
+        match self {
+            ActQuant::Static(s) => s,
+            ActQuant::PerToken => 0.0,
+        }
+    }
+
+    /// Check the step: finite and > 0 for [`ActQuant::Static`].
+    pub fn validate(self) -> Result<ActQuant> {
+        match self {
+            ActQuant::Static(s) if !(s.is_finite() && s > 0.0) => {
+                Err(Error::InvalidParameter(format!("a static activation step must be finite and > 0, got {s}")))
+            }
+            a => Ok(a),
+        }
+    }
+
+    /// The part's bytes: u32 mode, f32 step, little-endian.
+    pub fn to_le_bytes(self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&self.mode().to_le_bytes());
+        b[4..].copy_from_slice(&self.step().to_le_bytes());
+        b
+    }
+
+    /// Decode and check a part: 8 bytes, mode 1 with a finite step > 0, or mode 2 with step 0
+    /// (any other bits, −0.0 included, are refused).
+    pub fn from_le_bytes(b: &[u8]) -> Result<ActQuant> {
+        let bad = |m: String| Error::InvalidParameter(format!("act_quant: {m}"));
+        let b: [u8; 8] = b.try_into().map_err(|_| bad(format!("{} bytes, expected 8", b.len())))?;
+        let mode = u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
+        let step = f32::from_le_bytes(b[4..].try_into().expect("4 bytes"));
+        match mode {
+            1 => ActQuant::Static(step).validate().map_err(|e| bad(e.to_string())),
+            2 if step.to_bits() == 0 => Ok(ActQuant::PerToken),
+            2 => Err(bad(format!("dynamic mode (2) needs step 0, got {step}"))),
+            m => Err(bad(format!("unknown mode {m} (1 = static per-tensor, 2 = dynamic per-token)"))),
+        }
+    }
+}
+
+/// Whether a weight may carry an [`ActQuant`]: int8, symmetric, one group per row, no
+/// permutation or outliers, at most [`MAX_COLS`] columns (a [`Error::Shape`]; the rest are
+/// [`Error::InvalidParameter`]). Shared by [`QMatrix::with_act`] and the LBF reader and writer.
+pub(crate) fn check_act_target(
+    qtype: QType,
+    affine: Option<AffineSpec>,
+    cols: u64,
+    perm: bool,
+    outliers: bool,
+) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidParameter(format!("int8 activations (act_quant) {m}")));
+    let name = crate::qtype::canonical_name(qtype, affine);
+    match affine {
+        Some(s) if qtype == QType::Int8 && s.symmetric => {
+            if cols > 0 && s.groups(cols as usize) != 1 {
+                return bad(format!("need one group per row (int8-row-sym), not {name} on rows of {cols}"));
+            }
+        }
+        _ => return bad(format!("need a symmetric int8 weight with one group per row (int8-row-sym), not {name}")),
+    }
+    if perm || outliers {
+        return bad("cannot combine with an act-order permutation or outliers".into());
+    }
+    if cols > MAX_COLS as u64 {
+        return Err(Error::Shape(format!(
+            "int8 activations (act_quant) need rows of at most {MAX_COLS} values (int32 sums), got {cols}"
+        )));
+    }
+    Ok(())
+}
+
 /// A borrowed weight matrix of any storage type. Build it with [`QMatrix::new`], which checks
 /// every length and the content of `perm` and the outliers.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +201,7 @@ pub struct QMatrix<'a> {
     data: &'a [u8],
     perm: Option<&'a [u8]>,
     outliers: Option<Outliers<'a>>,
+    act: Option<ActQuant>,
 }
 
 impl<'a> QMatrix<'a> {
@@ -142,7 +252,20 @@ impl<'a> QMatrix<'a> {
         let (row_ptr, ocols) = outliers.map_or((&[][..], &[][..]), |o| (o.row_ptr, o.cols));
         check_perm_outliers(rows, cols, perm.unwrap_or(&[]), row_ptr, ocols)
             .map_err(|(_, msg)| Error::InvalidParameter(msg))?;
-        Ok(QMatrix { layout, data, perm, outliers })
+        Ok(QMatrix { layout, data, perm, outliers, act: None })
+    }
+
+    /// The same weight multiplying int8 activations (`Some`: W8A8) or f32 ones (`None`). Refuses
+    /// an act mode on anything but an int8 symmetric weight with one group per row, without
+    /// permutation or outliers, of at most [`MAX_COLS`] columns, and a static step that is not
+    /// finite and > 0.
+    pub fn with_act(self, act: Option<ActQuant>) -> Result<QMatrix<'a>> {
+        if let Some(a) = act {
+            a.validate()?;
+            let l = &self.layout;
+            check_act_target(l.qtype, l.affine, l.cols as u64, self.perm.is_some(), self.outliers.is_some())?;
+        }
+        Ok(QMatrix { act, ..self })
     }
 
     /// A weight whose parts were already checked by [`QMatrix::new`] (the engine checks each
@@ -152,9 +275,10 @@ impl<'a> QMatrix<'a> {
         data: &'a [u8],
         perm: Option<&'a [u8]>,
         outliers: Option<Outliers<'a>>,
+        act: Option<ActQuant>,
     ) -> QMatrix<'a> {
         debug_assert_eq!(data.len(), layout.nbytes());
-        QMatrix { layout, data, perm, outliers }
+        QMatrix { layout, data, perm, outliers, act }
     }
 
     /// The layout (type, shape, bytes per row).
@@ -187,6 +311,18 @@ impl<'a> QMatrix<'a> {
     pub fn outliers(&self) -> Option<&Outliers<'a>> {
         self.outliers.as_ref()
     }
+
+    /// The activation quantization of a W8A8 weight.
+    pub fn act(&self) -> Option<ActQuant> {
+        self.act
+    }
+
+    /// The f16 scale of stored row `r` of a W8A8 weight (its one group), as f32.
+    #[inline]
+    fn row_scale(&self, r: usize) -> f32 {
+        let (row, cols) = (self.row(r), self.layout.cols);
+        half::f16::from_bits(u16::from_le_bytes([row[cols], row[cols + 1]])).to_f32()
+    }
 }
 
 /// Check the shapes of a matmul call: `x` is `n × cols`, `y` is `n × rows`, all finite.
@@ -213,9 +349,32 @@ pub(crate) fn check_args(w: &QMatrix<'_>, x: &[f32], n: usize, y: &[f32]) -> Res
 
 /// The reference: every stored row dequantized by the scalar kernels (plus outliers), the
 /// input gathered through the permutation, products summed in f64. `y` is `n × rows`.
+///
+/// With an [`ActQuant`] (W8A8) it is the plain statement of the semantics instead: each
+/// activation row quantized to int8 codes, `Σ q_j · (code_j − 128)` summed exactly (i64), and
+/// `y = (sum as f32 · scale) · step` with the row's f16 scale.
 pub fn matmul_reference(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
     check_args(w, x, n, y)?;
     let Layout { qtype, affine, rows, cols, .. } = w.layout;
+    if let Some(act) = w.act {
+        let mut q = vec![0i64; cols];
+        for i in 0..n {
+            let xi = &x[i * cols..(i + 1) * cols];
+            let step = match act {
+                ActQuant::Static(s) => s,
+                ActQuant::PerToken => xi.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0,
+            };
+            for (o, &v) in q.iter_mut().zip(xi) {
+                *o = if step == 0.0 { 0 } else { (v / step).round_ties_even().clamp(-127.0, 127.0) as i64 };
+            }
+            for r in 0..rows {
+                let codes = &w.row(r)[..cols];
+                let sum: i64 = codes.iter().zip(&q).map(|(&c, &qj)| (i64::from(c) - 128) * qj).sum();
+                y[i * rows + r] = (sum as f32 * w.row_scale(r)) * step;
+            }
+        }
+        return Ok(());
+    }
     let mut wrow = vec![0f32; cols];
     for r in 0..rows {
         crate::blocks::dequantize_row(Isa::Scalar, qtype, affine, w.row(r), &mut wrow);
@@ -327,7 +486,10 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Option<I
     };
     check_args(w, x, n, y)?;
     let mut acts = ACTS.with(|a| std::mem::take(&mut *a.borrow_mut()));
-    run(w, x, n, y, isa, &mut acts);
+    match w.act {
+        Some(act) => run_w8a8(w, act, x, n, y, isa, &mut acts),
+        None => run(w, x, n, y, isa, &mut acts),
+    }
     ACTS.with(|a| *a.borrow_mut() = acts);
     Ok(())
 }
@@ -441,6 +603,87 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                 }
             }
         })
+    };
+    let drive = |yt: &mut [f32]| {
+        if par {
+            yt.par_chunks_mut(tile * n).enumerate().for_each(tile_fn);
+        } else {
+            yt.chunks_mut(tile * n).enumerate().for_each(tile_fn);
+        }
+    };
+    if n == 1 {
+        drive(y);
+    } else {
+        let mut yt = vec![0f32; rows * n];
+        drive(&mut yt);
+        for (r, yr) in yt.chunks_exact(n).enumerate() {
+            for (i, &v) in yr.iter().enumerate() {
+                y[i * rows + r] = v;
+            }
+        }
+    }
+}
+
+/// The W8A8 path of [`matmul`]: every row of `x` quantized once to int8 codes with its step,
+/// then tiles of weight rows (one rayon task each) multiplied with every activation row by the
+/// exact integer dot, four weight rows per activation load, straight from the stored codes.
+fn run_w8a8(w: &QMatrix<'_>, act: ActQuant, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut Acts) {
+    let Layout { rows, cols, .. } = w.layout;
+    if n == 0 {
+        return;
+    }
+    let par = n * rows * cols >= PAR_MIN_WORK;
+    let (q, steps) = (scratch(&mut acts.q, n * cols), scratch(&mut acts.scale, n));
+    let quant = |(qi, (st, xi)): (&mut [i8], (&mut f32, &[f32]))| {
+        *st = match act {
+            ActQuant::Static(s) => s,
+            ActQuant::PerToken => w8a8::dynamic_step(isa, xi),
+        };
+        w8a8::quantize_i8(isa, xi, *st, qi);
+    };
+    let parts = q.par_chunks_mut(cols).zip(steps.par_iter_mut().zip(x.par_chunks(cols)));
+    if par && n > 1 {
+        parts.for_each(quant);
+    } else {
+        parts.with_min_len(usize::MAX).for_each(quant);
+    }
+    let (q, steps) = (&*q, &*steps);
+    let tile = (TILE_BYTES / cols).clamp(4, MAX_TILE_ROWS);
+    // Output of tile `t`: `nr` rows × n (the transpose of y's block, = y's block when n = 1).
+    let tile_fn = |(t, out): (usize, &mut [f32])| {
+        let r0 = t * tile;
+        let nr = out.len() / n;
+        let mut d = [0f32; MAX_TILE_ROWS];
+        for (r, d) in d[..nr].iter_mut().enumerate() {
+            *d = w.row_scale(r0 + r);
+        }
+        let c = |r: usize| &w.row(r0 + r)[..cols];
+        let qa = |i: usize| &q[i * cols..(i + 1) * cols];
+        let quads = nr / 4 * 4;
+        // Two activation rows (in L1) pass over the tile (in L2) at a time, four weight rows
+        // per kernel call; an odd last row and the rows after the last quad go alone.
+        for i in (0..n).step_by(2) {
+            let two = i + 1 < n;
+            for r in (0..quads).step_by(4) {
+                let wr = [c(r), c(r + 1), c(r + 2), c(r + 3)];
+                if two {
+                    let s = w8a8::dot_i8_4x2(isa, wr, [qa(i), qa(i + 1)]);
+                    for (j, [s0, s1]) in s.into_iter().enumerate() {
+                        out[(r + j) * n + i] = w8a8::finish(s0, d[r + j], steps[i]);
+                        out[(r + j) * n + i + 1] = w8a8::finish(s1, d[r + j], steps[i + 1]);
+                    }
+                } else {
+                    for (j, sj) in w8a8::dot_i8_x4(isa, wr, qa(i)).into_iter().enumerate() {
+                        out[(r + j) * n + i] = w8a8::finish(sj, d[r + j], steps[i]);
+                    }
+                }
+            }
+            for r in quads..nr {
+                for k in i..(i + 2).min(n) {
+                    out[r * n + k] = w8a8::finish(w8a8::dot_i8(isa, c(r), qa(k)), d[r], steps[k]);
+                }
+            }
+        }
     };
     let drive = |yt: &mut [f32]| {
         if par {

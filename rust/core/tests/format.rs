@@ -901,3 +901,98 @@ proptest! {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// A file with one int8-row-sym tensor "a" of 1 × 8 (10 data bytes) and the parts `extra`
+/// ((kind, bytes), after data), written by hand so the writer's checks are bypassed.
+fn int8_with_parts(qtype: QType, group: u32, flags: u32, extra: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let data = [128u8; 10];
+    let mut all = data.to_vec();
+    let mut parts = vec![(0u32, crc(&data), 64u64, 10u64)];
+    let mut pos = 64 + 10u64;
+    for (k, b) in extra {
+        let off = pos.div_ceil(64) * 64;
+        all.resize((off - 64) as usize, 0);
+        all.extend_from_slice(b);
+        parts.push((*k, crc(b), off, b.len() as u64));
+        pos = off + b.len() as u64;
+    }
+    with(|r| {
+        r.minor = 2;
+        r.data = all;
+        r.tensors = tensor(&T {
+            name: b"a",
+            qtype: qtype_id(qtype),
+            group,
+            flags,
+            n_dims: None,
+            dims: vec![1, 8],
+            n_parts: None,
+            parts,
+        });
+    })
+}
+
+#[test]
+fn act_quant_part_round_trips_and_is_checked() {
+    use lowbit_core::matmul::ActQuant;
+    let d = tmpdir("act");
+    let dest = d.join("w8a8.lbf");
+    let x: Vec<f32> = (0..4 * 16).map(|i| (i as f32 * 0.37).sin()).collect();
+    let (l, bytes) = quantize("int8-row-sym", Source::F32(&x), 4, 16, &QuantOptions::default()).unwrap();
+    let spec = |name| TensorSpec { name, qtype: l.qtype, affine: l.affine, dims: &[4, 16] };
+    let act = ActQuant::Static(0.125).to_le_bytes();
+    let mut w = LbfWriter::create(&dest, &[]).unwrap();
+    w.add_tensor(&spec("plain"), &[(PartKind::Data, &bytes)]).unwrap();
+    w.add_tensor(&spec("w8a8"), &[(PartKind::Data, &bytes), (PartKind::ActQuant, &act)]).unwrap();
+    w.finish(&Metadata::new()).unwrap();
+    let f = LbfFile::open(&dest).unwrap();
+    assert_eq!((f.header().major, f.header().minor), (1, 2), "act_quant makes a 1.2 file");
+    assert_eq!(f.tensor_parts(1).unwrap()[PartKind::ActQuant as usize], &act);
+    assert!(f.tensor_parts(0).unwrap()[PartKind::ActQuant as usize].is_empty());
+    f.verify().unwrap();
+
+    // The writer refuses act_quant where it is undefined, and bad contents; nothing is written.
+    let mut w = LbfWriter::create(d.join("bad.lbf"), &[]).unwrap();
+    let (lq, q4) = quantize("q4_0", Source::F32(&x[..32]), 1, 32, &QuantOptions::default()).unwrap();
+    let s4 = TensorSpec { name: "q4", qtype: lq.qtype, affine: None, dims: &[1, 32] };
+    let e = w.add_tensor(&s4, &[(PartKind::Data, &q4), (PartKind::ActQuant, &act)]).unwrap_err();
+    assert!(matches!(&e, Error::InvalidParameter(m) if m.contains("int8-row-sym")), "{e}");
+    let perm: Vec<u8> = (0..16u32).flat_map(|v| v.to_le_bytes()).collect();
+    let e = w
+        .add_tensor(&spec("p"), &[(PartKind::Data, &bytes), (PartKind::Perm, &perm), (PartKind::ActQuant, &act)])
+        .unwrap_err();
+    assert!(matches!(&e, Error::InvalidParameter(m) if m.contains("permutation")), "{e}");
+    let bad = [3u8, 0, 0, 0, 0, 0, 0, 0];
+    let e = w.add_tensor(&spec("m"), &[(PartKind::Data, &bytes), (PartKind::ActQuant, &bad)]).unwrap_err();
+    assert!(matches!(&e, Error::InvalidParameter(m) if m.contains("unknown mode 3")), "{e}");
+    let e = w.add_tensor(&spec("l"), &[(PartKind::Data, &bytes), (PartKind::ActQuant, &act[..4])]).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("act_quant is 4 bytes")), "{e}");
+    drop(w);
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1, "only the good file");
+    std::fs::remove_dir_all(&d).unwrap();
+
+    // The reader: structure at open, content at first read (and in verify).
+    let dynamic = ActQuant::PerToken.to_le_bytes().to_vec();
+    let f = LbfFile::from_bytes(int8_with_parts(QType::Int8, 0, 1, &[(5, dynamic.clone())])).unwrap();
+    f.tensor_parts(0).unwrap();
+    check("act on f32", extra_part(5, 8), Want::Format("int8-row-sym"));
+    check("act on asymmetric int8", int8_with_parts(QType::Int8, 0, 0, &[(5, dynamic.clone())]), Want::Format("int8"));
+    check("act of 4 bytes", int8_with_parts(QType::Int8, 0, 1, &[(5, vec![2, 0, 0, 0])]), Want::Format("act_quant"));
+    let perm = (0..8u32).flat_map(|v| v.to_le_bytes()).collect();
+    check("act with perm", int8_with_parts(QType::Int8, 0, 1, &[(1, perm), (5, dynamic)]), Want::Format("permutation"));
+    for (what, b) in [
+        ("mode 0", [0u8; 8]),
+        ("static step 0", [1, 0, 0, 0, 0, 0, 0, 0]),
+        ("dynamic step", [2, 0, 0, 0, 0, 0, 0x80, 0x3f]),
+    ] {
+        let f = LbfFile::from_bytes(int8_with_parts(QType::Int8, 0, 1, &[(5, b.to_vec())])).unwrap();
+        assert!(
+            matches!(f.tensor_parts(0), Err(Error::Format { offset: 128, msg }) if msg.contains("act_quant")),
+            "{what}"
+        );
+        assert_eq!(
+            LbfFile::from_bytes(int8_with_parts(QType::Int8, 0, 1, &[(5, b.to_vec())])).unwrap().verify_all().len(),
+            1
+        );
+    }
+}

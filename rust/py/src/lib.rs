@@ -8,6 +8,7 @@ mod format;
 mod matmul;
 mod model;
 
+use lowbit_core::matmul::ActQuant;
 use lowbit_core::quant::{self, Layout, QuantOptions, Source};
 use lowbit_core::simd::{self, Isa};
 use lowbit_core::{qtype, Error};
@@ -39,6 +40,29 @@ pub(crate) fn slice_of<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
 
 pub(crate) fn parse_isa(isa: Option<&str>) -> Result<Option<Isa>, PyLowbitError> {
     Ok(isa.map(Isa::parse).transpose()?)
+}
+
+/// An activation mode as Python passes it: `("static", step)` or `("dynamic", 0.0)`.
+pub(crate) type ActArg = (String, f32);
+
+/// The core's [`ActQuant`] of an [`ActArg`] (checked).
+pub(crate) fn parse_act(act: Option<&ActArg>) -> Result<Option<ActQuant>, PyLowbitError> {
+    let Some((mode, step)) = act else { return Ok(None) };
+    let act = match mode.as_str() {
+        "static" => ActQuant::Static(*step).validate()?,
+        "dynamic" if *step == 0.0 => ActQuant::PerToken,
+        "dynamic" => {
+            return Err(PyLowbitError(lowbit_core::Error::InvalidParameter(format!(
+                "dynamic activation quantization takes no step (0.0), got {step}"
+            ))))
+        }
+        m => {
+            return Err(PyLowbitError(lowbit_core::Error::InvalidParameter(format!(
+                "unknown activation mode {m:?}; valid: \"static\", \"dynamic\""
+            ))))
+        }
+    };
+    Ok(Some(act))
 }
 
 /// The type table: a list of dicts (name, block_size, block_bytes, bits_per_weight, ggml,

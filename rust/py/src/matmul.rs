@@ -8,7 +8,7 @@ use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods}
 use pyo3::prelude::*;
 
 use crate::errors::PyLowbitError;
-use crate::{parse_isa, slice_of};
+use crate::{parse_act, parse_isa, slice_of, ActArg};
 
 /// Little-endian bytes of a slice of integers (the byte form `QMatrix` reads).
 fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
@@ -18,10 +18,11 @@ fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u
 /// `y = x · Wᵀ` for `x` (n, cols) float32 and the weight `data` (rows × row_bytes uint8) of
 /// type `qtype`, with an optional permutation (uint32, cols) and outliers (row pointers uint64
 /// (rows + 1), columns uint32 (nnz), float16 values as uint16 bits (nnz)). Returns float32
-/// (n × rows), flat. `reference=True` runs the f64 reference instead of the fast path.
+/// (n × rows), flat. `act` (`("static", step)` or `("dynamic", 0.0)`) makes it a W8A8 product
+/// (int8 activations). `reference=True` runs the reference instead of the fast path.
 #[pyfunction]
 #[pyo3(signature = (x, data, qtype, rows, cols, group_size=None, symmetric=None, perm=None,
-                    row_ptr=None, ocols=None, ovals=None, isa=None, reference=false))]
+                    row_ptr=None, ocols=None, ovals=None, isa=None, reference=false, act=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul<'py>(
     py: Python<'py>,
@@ -38,8 +39,10 @@ pub fn matmul<'py>(
     ovals: Option<PyReadonlyArray1<'py, u16>>,
     isa: Option<&str>,
     reference: bool,
+    act: Option<ActArg>,
 ) -> Result<Bound<'py, PyArray1<f32>>, PyLowbitError> {
     let isa = parse_isa(isa)?;
+    let act = parse_act(act.as_ref())?;
     let opts = QuantOptions { group_size, symmetric, ..Default::default() };
     let (q, spec) = quant::resolve(qtype, &opts)?;
     let layout = Layout::new(q, spec, rows, cols)?;
@@ -63,7 +66,7 @@ pub fn matmul<'py>(
     let mut y = vec![0f32; n * rows];
     py.detach(|| {
         let o = outl.as_ref().map(|(p, c, v)| Outliers { row_ptr: p, cols: c, vals: v });
-        let w = QMatrix::new(layout, bytes, perm.as_deref(), o)?;
+        let w = QMatrix::new(layout, bytes, perm.as_deref(), o)?.with_act(act)?;
         if reference {
             core_mm::matmul_reference(&w, xs, n, &mut y)
         } else {

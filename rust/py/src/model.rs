@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use lowbit_core::format::LbfFile;
-use lowbit_core::matmul::QMatrix;
+use lowbit_core::matmul::{ActQuant, QMatrix};
 use lowbit_core::model::{self as core_model, Arch, Config, LayerView, Model, RopeScaling, Sampler, Session, Tap};
 use lowbit_core::quant::{self, Layout, QuantOptions};
 use lowbit_core::Error;
@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::errors::PyLowbitError;
-use crate::{parse_isa, slice_of};
+use crate::{parse_act, parse_isa, slice_of, ActArg};
 
 /// The keys every `Engine` config has.
 const REQUIRED_KEYS: [&str; 14] = [
@@ -249,9 +249,18 @@ const LAYER_MATRICES: [&str; 7] = [
 ];
 
 /// A weight as `layer_forward` receives it: `(data uint8, qtype, rows, cols, group_size,
-/// symmetric, perm uint32 | None)`.
-type MatrixArg<'py> =
-    (PyReadonlyArray1<'py, u8>, String, usize, usize, Option<usize>, Option<bool>, Option<PyReadonlyArray1<'py, u32>>);
+/// symmetric, perm uint32 | None, act)`, `act` = None or `("static", step)` / `("dynamic", 0.0)`
+/// for a W8A8 weight.
+type MatrixArg<'py> = (
+    PyReadonlyArray1<'py, u8>,
+    String,
+    usize,
+    usize,
+    Option<usize>,
+    Option<bool>,
+    Option<PyReadonlyArray1<'py, u32>>,
+    Option<ActArg>,
+);
 
 /// One decoder layer over `x` (`tokens × hidden` float32: `tokens / seq_len` independent
 /// sequences, each from position 0), returning the new hidden states and, for each tap name
@@ -277,11 +286,13 @@ pub fn layer_forward<'py>(
     let get = |k: &str| -> PyResult<Bound<'py, PyAny>> {
         tensors.get_item(k)?.ok_or_else(|| param_err(format!("layer tensor {k:?} is missing")))
     };
-    let (mut args, mut mats): (Vec<MatrixArg<'py>>, Vec<(Layout, Option<Vec<u8>>)>) = (Vec::new(), Vec::new());
+    #[allow(clippy::type_complexity)]
+    let (mut args, mut mats): (Vec<MatrixArg<'py>>, Vec<(Layout, Option<Vec<u8>>, Option<ActQuant>)>) =
+        (Vec::new(), Vec::new());
     for name in LAYER_MATRICES {
         let arg: MatrixArg<'py> = get(name)?.extract().map_err(|_| {
             param_err(format!(
-                "layer tensor {name:?} must be (data uint8, qtype, rows, cols, group_size, symmetric, perm)"
+                "layer tensor {name:?} must be (data uint8, qtype, rows, cols, group_size, symmetric, perm, act)"
             ))
         })?;
         let opts = QuantOptions { group_size: arg.4, symmetric: arg.5, ..Default::default() };
@@ -291,8 +302,9 @@ pub fn layer_forward<'py>(
             Some(p) => Some(slice_of(p, "perm")?.iter().flat_map(|v| v.to_le_bytes()).collect()),
             None => None,
         };
+        let act = parse_act(arg.7.as_ref())?;
         args.push(arg);
-        mats.push((layout, perm));
+        mats.push((layout, perm, act));
     }
     let vec_names = [
         "input_layernorm.weight",
@@ -328,8 +340,8 @@ pub fn layer_forward<'py>(
             outs.push((t, core_model::layer_buffer(&[tokens, t.width(&cfg)], "tap output")?));
         }
         let m = |i: usize| {
-            let (layout, perm) = &mats[i];
-            QMatrix::new(*layout, data[i], perm.as_deref(), None)
+            let (layout, perm, act) = &mats[i];
+            QMatrix::new(*layout, data[i], perm.as_deref(), None)?.with_act(*act)
         };
         let view = LayerView {
             attn_norm: vs[0].expect("checked"),

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use lowbit_core::format::{Array, LbfWriter, Metadata, PartKind, TensorSpec, Value};
+use lowbit_core::matmul::ActQuant;
 use lowbit_core::quant::{quantize, QuantOptions, Source};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -57,20 +58,24 @@ fn main() -> Res<()> {
     let cube = Tensor::quantized("embed.3d", "q4_0", &[2, 2, 32])?;
     let empty =
         Tensor { name: "empty".into(), qtype: "f32".into(), dims: vec![0, 8], parts: vec![(PartKind::Data, vec![])] };
-    let composite = [comp, perm_only, outl_only, cube, empty];
+    let mut w8a8 = Tensor::quantized("layers.0.mlp.up_proj.weight", "int8-row-sym", &[3, 16])?;
+    w8a8.parts.push((PartKind::ActQuant, ActQuant::Static(0.05).to_le_bytes().to_vec()));
+    let mut w8a8_dyn = Tensor::quantized("layers.0.mlp.gate_proj.weight", "int8-row-sym", &[2, 24])?;
+    w8a8_dyn.parts.push((PartKind::ActQuant, ActQuant::PerToken.to_le_bytes().to_vec()));
+    let composite = [comp, perm_only, outl_only, cube, empty, w8a8, w8a8_dyn];
     write(&dir.join("composite.lbf"), &small, &composite)?;
 
-    // The same file claiming minor version 1: unknown type ids and part kinds are then legal, so
-    // mutations reach the reader's forward-compatibility paths.
+    // The same file claiming a newer minor version: unknown type ids and part kinds are then
+    // legal, so mutations reach the reader's forward-compatibility paths.
     let mut bytes = std::fs::read(dir.join("composite.lbf"))?;
-    bytes[10..12].copy_from_slice(&1u16.to_le_bytes());
+    bytes[10..12].copy_from_slice(&(lowbit_core::format::VERSION_MINOR + 1).to_le_bytes());
     let io = u64::from_le_bytes(bytes[16..24].try_into()?) as usize;
     let mut h = crc32fast::Hasher::new();
     h.update(&bytes[..60]);
     h.update(&bytes[io..]);
     let crc = h.finalize();
     bytes[60..64].copy_from_slice(&crc.to_le_bytes());
-    std::fs::write(dir.join("composite_minor1.lbf"), &bytes)?;
+    std::fs::write(dir.join("composite_newer_minor.lbf"), &bytes)?;
     lowbit_core::format::LbfFile::from_bytes(bytes)?;
 
     for e in std::fs::read_dir(dir)? {

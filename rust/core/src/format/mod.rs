@@ -23,8 +23,9 @@ pub const MAGIC: [u8; 8] = *b"\x89LBF\r\n\x1a\n";
 /// Major version written and understood (§9).
 pub const VERSION_MAJOR: u16 = 1;
 /// Newest minor version this library reads and writes (files of a newer minor are read with the
-/// rules of §9); a writer writes the lowest minor its qtypes need ([`qtype_minor`]).
-pub const VERSION_MINOR: u16 = 1;
+/// rules of §9); a writer writes the lowest minor its qtypes and parts need ([`qtype_minor`],
+/// [`PartKind::minor`]).
+pub const VERSION_MINOR: u16 = 2;
 /// The byte-order mark, stored little-endian (§3).
 pub const BYTE_ORDER: u32 = 0x0A0B_0C0D;
 /// Size of the fixed header (§3).
@@ -80,12 +81,22 @@ pub enum PartKind {
     OutlierCols = 3,
     /// f16 value of each outlier.
     OutlierVals = 4,
+    /// u32 mode and f32 step of the int8 activations of a W8A8 weight (added in 1.2).
+    ActQuant = 5,
 }
 
 impl PartKind {
+    /// Number of kinds this version knows.
+    pub const COUNT: usize = 6;
     /// Every kind, in order.
-    pub const ALL: [PartKind; 5] =
-        [PartKind::Data, PartKind::Perm, PartKind::OutlierRows, PartKind::OutlierCols, PartKind::OutlierVals];
+    pub const ALL: [PartKind; PartKind::COUNT] = [
+        PartKind::Data,
+        PartKind::Perm,
+        PartKind::OutlierRows,
+        PartKind::OutlierCols,
+        PartKind::OutlierVals,
+        PartKind::ActQuant,
+    ];
 
     /// The kind of a stored id, if this version knows it.
     pub fn from_id(id: u32) -> Option<PartKind> {
@@ -100,6 +111,15 @@ impl PartKind {
             PartKind::OutlierRows => "outlier_rows",
             PartKind::OutlierCols => "outlier_cols",
             PartKind::OutlierVals => "outlier_vals",
+            PartKind::ActQuant => "act_quant",
+        }
+    }
+
+    /// The minor version that introduced the kind (§9): 2 for `act_quant`, 0 for the rest.
+    pub fn minor(self) -> u16 {
+        match self {
+            PartKind::ActQuant => 2,
+            _ => 0,
         }
     }
 }
@@ -218,8 +238,9 @@ pub(crate) fn rows_of(dims: &[u64]) -> Option<u64> {
     lead.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|r| r.checked_mul(*cols).is_some())
 }
 
-/// Each known part's length against §5, with the outlier parts all present or all absent and
-/// a perm part only on a group-affine type. `parts` are (kind id, length); unknown kinds (a
+/// Each known part's length against §5, with the outlier parts all present or all absent, a
+/// perm part only on a group-affine type, and an act_quant part only where
+/// [`crate::matmul::QMatrix::with_act`] accepts one. `parts` are (kind id, length); unknown kinds (a
 /// newer minor version) are skipped. Shared by the reader and the writer.
 pub(crate) fn check_part_lengths(
     qtype: QType,
@@ -235,6 +256,10 @@ pub(crate) fn check_part_lengths(
     }
     if len_of(PartKind::Perm).is_some() && affine.is_none() {
         return Err(format!("a perm part needs a group-affine type, not {}", qtype.name()));
+    }
+    if len_of(PartKind::ActQuant).is_some() {
+        let (perm, outl) = (len_of(PartKind::Perm).is_some(), outliers[0]);
+        crate::matmul::check_act_target(qtype, affine, cols, perm, outl).map_err(|e| e.to_string())?;
     }
     let vals = len_of(PartKind::OutlierVals).unwrap_or(0);
     if vals % 2 != 0 {
@@ -271,18 +296,26 @@ pub(crate) fn expected_part_len(
         PartKind::OutlierRows => rows.checked_add(1).and_then(|r| r.checked_mul(8)).ok_or_else(too_big),
         PartKind::OutlierCols => nnz.checked_mul(4).ok_or_else(too_big),
         PartKind::OutlierVals => nnz.checked_mul(2).ok_or_else(too_big),
+        PartKind::ActQuant => Ok(crate::matmul::ActQuant::LEN as u64),
     }
 }
 
-/// Check the content of a perm or outlier part (§5), which the index alone cannot vouch for.
-/// `parts[k]` is the bytes of kind `k` (empty if absent); errors name the part's offset.
-pub(crate) fn check_part_contents(t: &TensorInfo, parts: &[&[u8]; 5]) -> Result<()> {
+/// Check the content of a perm, outlier or act_quant part (§5), which the index alone cannot
+/// vouch for. `parts[k]` is the bytes of kind `k` (empty if absent); errors name the part's
+/// offset.
+pub(crate) fn check_part_contents(t: &TensorInfo, parts: &[&[u8]; PartKind::COUNT]) -> Result<()> {
     let (rows, cols) = (t.rows() as usize, t.cols() as usize);
-    let [_, perm, row_ptr, ocols, _] = *parts;
-    check_perm_outliers(rows, cols, perm, row_ptr, ocols).map_err(|(k, what)| Error::Format {
+    let [_, perm, row_ptr, ocols, _, act] = *parts;
+    let err = |k: PartKind, what: String| Error::Format {
         offset: t.part(k).map_or(0, |p| p.offset),
         msg: format!("tensor {:?}: {what}", t.name),
-    })
+    };
+    check_perm_outliers(rows, cols, perm, row_ptr, ocols).map_err(|(k, what)| err(k, what))?;
+    // Its length (8) was checked with the index: empty means absent.
+    if !act.is_empty() {
+        crate::matmul::ActQuant::from_le_bytes(act).map_err(|e| err(PartKind::ActQuant, e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// The content rules of §5 for a perm part and the outlier parts, shared by the LBF reader and

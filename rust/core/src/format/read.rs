@@ -244,9 +244,9 @@ impl LbfFile {
     }
 
     /// The parts of tensor `i` by kind (empty slices for absent kinds), after checking its
-    /// checksums (once) and the content of its perm and outlier parts. Fails for a tensor of an
+    /// checksums (once) and the content of its perm, outlier and act_quant parts. Fails for a tensor of an
     /// unknown qtype or part kind (a newer minor version).
-    pub fn tensor_parts(&self, i: usize) -> Result<[&[u8]; 5]> {
+    pub fn tensor_parts(&self, i: usize) -> Result<[&[u8]; PartKind::COUNT]> {
         let t = self.tensors.get(i).ok_or_else(|| {
             Error::InvalidParameter(format!("tensor index {i} out of range (the file has {})", self.tensors.len()))
         })?;
@@ -256,7 +256,7 @@ impl LbfFile {
                 t.name, t.qtype_id, self.header.major, self.header.minor
             )));
         }
-        let mut parts: [&[u8]; 5] = [&[]; 5];
+        let mut parts: [&[u8]; PartKind::COUNT] = [&[]; PartKind::COUNT];
         for p in &t.parts {
             let Some(kind) = PartKind::from_id(p.kind) else {
                 return Err(Error::Unsupported(format!(
@@ -310,7 +310,7 @@ impl LbfFile {
     }
 
     /// Check every tensor (in parallel) as a first read would: checksums, padding, and the
-    /// content of perm and outlier parts; the failures, by tensor index. Tensors of a newer
+    /// content of perm, outlier and act_quant parts; the failures, by tensor index. Tensors of a newer
     /// minor version's unknown qtypes or part kinds get their checksums checked only.
     pub fn verify_all(&self) -> Vec<(usize, Error)> {
         let mut bad: Vec<(usize, Error)> = (0..self.tensors.len())

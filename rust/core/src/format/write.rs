@@ -50,7 +50,7 @@ pub struct LbfWriter {
     entries: Vec<u8>,
     n_tensors: u64,
     names: HashSet<String>,
-    /// The minor version written: the lowest that has every qtype added (§9).
+    /// The minor version written: the lowest that has every qtype and part kind added (§9).
     minor: u16,
     /// An I/O error happened: the file on disk no longer matches `pos`, so nothing more may be
     /// written and the file is never published.
@@ -106,7 +106,8 @@ impl LbfWriter {
     }
 
     /// Append a tensor: its parts (at most one of each kind, `Data` required) go to disk now.
-    /// Every length, and the content of perm and outlier parts, is checked against §5 first.
+    /// Every length, and the content of perm, outlier and act_quant parts, is checked against §5
+    /// first.
     pub fn add_tensor(&mut self, spec: &TensorSpec<'_>, parts: &[(PartKind, &[u8])]) -> Result<()> {
         self.check_usable()?;
         let name = spec.name;
@@ -135,9 +136,23 @@ impl LbfWriter {
         if sorted.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err(bad("a part kind is given twice".into()));
         }
+        if sorted.iter().any(|(k, _)| *k == PartKind::ActQuant) {
+            let has = |kind: PartKind| sorted.iter().any(|(k, _)| *k == kind);
+            crate::matmul::check_act_target(
+                spec.qtype,
+                spec.affine,
+                cols,
+                has(PartKind::Perm),
+                has(PartKind::OutlierRows),
+            )
+            .map_err(|e| match e {
+                Error::InvalidParameter(m) => Error::InvalidParameter(format!("tensor {name:?}: {m}")),
+                e => bad(e.to_string()),
+            })?;
+        }
         let lens: Vec<(u32, u64)> = sorted.iter().map(|(k, b)| (*k as u32, b.len() as u64)).collect();
         check_part_lengths(spec.qtype, spec.affine, rows, cols, &lens).map_err(bad)?;
-        let mut by_kind: [&[u8]; 5] = [&[]; 5];
+        let mut by_kind: [&[u8]; PartKind::COUNT] = [&[]; PartKind::COUNT];
         for (k, b) in &sorted {
             by_kind[*k as usize] = b;
         }
@@ -178,7 +193,7 @@ impl LbfWriter {
             e.extend_from_slice(&r.len.to_le_bytes());
         }
         self.names.insert(name.to_string());
-        self.minor = self.minor.max(qtype_minor(spec.qtype));
+        self.minor = sorted.iter().fold(self.minor.max(qtype_minor(spec.qtype)), |m, (k, _)| m.max(k.minor()));
         self.n_tensors += 1;
         Ok(())
     }

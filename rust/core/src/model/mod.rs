@@ -5,8 +5,8 @@
 //! embedding lookup; per layer `x += o_proj(attn(rope(q), rope(k), v))` on `rms_norm(x)` and
 //! `x += down_proj(silu(gate_proj(h)) · up_proj(h))` on `h = rms_norm(x)`; a final norm and the
 //! output projection. Tensors are found by their HF names (see [`Model::load`]); weights of any
-//! qtype are multiplied in place by [`crate::matmul::matmul`], nothing but the norms and biases
-//! is copied.
+//! qtype are multiplied in place by [`crate::matmul::matmul`] (W8A8, int8 × int8, for those with
+//! an `act_quant` part), nothing but the norms and biases is copied.
 
 mod config;
 mod layer;
@@ -27,7 +27,7 @@ pub use session::{Session, MAX_BATCH};
 
 use crate::error::{Error, Result};
 use crate::format::{LbfFile, PartKind};
-use crate::matmul::{Outliers, QMatrix};
+use crate::matmul::{ActQuant, Outliers, QMatrix};
 use crate::quant::Layout;
 use crate::simd::Isa;
 
@@ -39,6 +39,8 @@ struct Weight {
     data: Range<usize>,
     perm: Option<Range<usize>>,
     outliers: Option<[Range<usize>; 3]>,
+    /// The activation quantization of a W8A8 weight (an `act_quant` part).
+    act: Option<ActQuant>,
 }
 
 impl Weight {
@@ -49,7 +51,8 @@ impl Weight {
             cols: &bytes[c.clone()],
             vals: &bytes[v.clone()],
         });
-        QMatrix::prechecked(self.layout, &bytes[self.data.clone()], self.perm.clone().map(|p| &bytes[p]), outliers)
+        let perm = self.perm.clone().map(|p| &bytes[p]);
+        QMatrix::prechecked(self.layout, &bytes[self.data.clone()], perm, outliers, self.act)
     }
 }
 
@@ -240,7 +243,7 @@ fn find_checked<'f>(file: &'f LbfFile, name: &str, dims: &[usize]) -> Result<(us
     Ok((i, t))
 }
 
-/// A weight matrix (`rows × cols`), checked once.
+/// A weight matrix (`rows × cols`), checked once (with its act mode, if it is a W8A8 weight).
 fn weight(file: &LbfFile, name: &str, rows: usize, cols: usize) -> Result<Weight> {
     let (i, t) = find_checked(file, name, &[rows, cols])?;
     let parts = file.tensor_parts(i)?;
@@ -252,8 +255,11 @@ fn weight(file: &LbfFile, name: &str, rows: usize, cols: usize) -> Result<Weight
         cols: parts[PartKind::OutlierCols as usize],
         vals: parts[PartKind::OutlierVals as usize],
     });
-    QMatrix::new(layout, parts[PartKind::Data as usize], part(PartKind::Perm), outliers)
-        .map_err(|e| Error::Format { offset: t.parts[0].offset, msg: format!("tensor {name:?}: {e}") })?;
+    let checked = part(PartKind::ActQuant).map(ActQuant::from_le_bytes).transpose().and_then(|act| {
+        QMatrix::new(layout, parts[PartKind::Data as usize], part(PartKind::Perm), outliers)?.with_act(act)
+    });
+    let act =
+        checked.map_err(|e| Error::Format { offset: t.parts[0].offset, msg: format!("tensor {name:?}: {e}") })?.act();
     let range = |k: PartKind| t.part(k).map(|p| p.offset as usize..(p.offset + p.len) as usize);
     Ok(Weight {
         layout,
@@ -263,6 +269,7 @@ fn weight(file: &LbfFile, name: &str, rows: usize, cols: usize) -> Result<Weight
             [Some(r), Some(c), Some(v)] => Some([r, c, v]),
             _ => None,
         },
+        act,
     })
 }
 

@@ -565,3 +565,86 @@ fn act_order_embedding_and_outliers_are_read_in_input_order() {
     w.insert(emb.0.clone(), want_emb);
     check_against_oracle(&Tiny { cfg: c, file, w }, 3e-2, "int4 act-order embedding with outliers");
 }
+
+#[test]
+fn w8a8_weights_multiply_int8_activations_as_their_act_part_says() {
+    // Every linear of the layers is int8-row-sym with an act_quant part (static steps for the
+    // attention, dynamic per token for the MLP); the session's logits must be those of the same
+    // layers run through `layer_forward` on matrices given the same modes by hand, and differ
+    // from the weight-only int8 product.
+    let c = cfg(Arch::Llama, 32, 4, 2, 8);
+    let mode = |name: &str| match name {
+        n if n.contains("self_attn") => ActQuant::Static(0.03),
+        _ => ActQuant::PerToken,
+    };
+    let path = temp_path();
+    let mut wr = LbfWriter::create(&path, &[]).unwrap();
+    for (name, dims, vals) in &random_tensors(&c, 90) {
+        let d64: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        if name.starts_with("model.layers.") && dims.len() == 2 {
+            let (l, bytes) =
+                crate::quantize("int8-row-sym", Source::F32(vals), dims[0], dims[1], &QuantOptions::default()).unwrap();
+            let spec = TensorSpec { name, qtype: l.qtype, affine: l.affine, dims: &d64 };
+            let act = mode(name).to_le_bytes();
+            wr.add_tensor(&spec, &[(PartKind::Data, &bytes), (PartKind::ActQuant, &act)]).unwrap();
+        } else {
+            let bytes: Vec<u8> = vals.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let spec = TensorSpec { name, qtype: QType::F32, affine: None, dims: &d64 };
+            wr.add_tensor(&spec, &[(PartKind::Data, &bytes)]).unwrap();
+        }
+    }
+    wr.finish(&Metadata::new()).unwrap();
+    let file = Arc::new(LbfFile::open(&path).unwrap());
+    std::fs::remove_file(&path).unwrap();
+    let model = Model::load(Arc::clone(&file), c.clone(), None).unwrap();
+    let tokens = [3u32, 1, 4, 1, 5, 9, 2];
+    let got = Session::new(&model, 16).unwrap().forward(&model, &tokens, true).unwrap();
+
+    let by_hand = |with_act: bool| -> Vec<f32> {
+        let (h, n) = (c.hidden_size, tokens.len());
+        let f = &*file;
+        let mat = |name: &str| {
+            let t = &f.tensors()[f.find(name).unwrap()];
+            let layout = Layout::new(t.qtype.unwrap(), t.affine, t.rows() as usize, t.cols() as usize).unwrap();
+            let m = QMatrix::new(layout, f.tensor_data(f.find(name).unwrap()).unwrap(), None, None).unwrap();
+            m.with_act((with_act && name.starts_with("model.layers.")).then(|| mode(name))).unwrap()
+        };
+        let vector = |name: &str| -> Vec<f32> {
+            f.tensor_data(f.find(name).unwrap())
+                .unwrap()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        };
+        let emb = vector("model.embed_tokens.weight");
+        let mut x: Vec<f32> = tokens.iter().flat_map(|&t| emb[t as usize * h..][..h].to_vec()).collect();
+        for l in 0..c.num_hidden_layers {
+            let p = |n: &str| format!("model.layers.{l}.{n}");
+            let (an, fnorm) = (vector(&p("input_layernorm.weight")), vector(&p("post_attention_layernorm.weight")));
+            let view = LayerView {
+                attn_norm: &an,
+                q: mat(&p("self_attn.q_proj.weight")),
+                k: mat(&p("self_attn.k_proj.weight")),
+                v: mat(&p("self_attn.v_proj.weight")),
+                o: mat(&p("self_attn.o_proj.weight")),
+                qkv_bias: None,
+                o_bias: None,
+                ffn_norm: &fnorm,
+                gate: mat(&p("mlp.gate_proj.weight")),
+                up: mat(&p("mlp.up_proj.weight")),
+                down: mat(&p("mlp.down_proj.weight")),
+            };
+            layer_forward(&c, Some(model.isa()), &view, &mut x, n, &mut |_, _, _| {}).unwrap();
+        }
+        let mut xn = vec![0f32; n * h];
+        ops::rms_norm(&x, &vector("model.norm.weight"), c.rms_norm_eps, &mut xn);
+        let mut logits = vec![0f32; n * c.vocab_size];
+        crate::matmul::matmul(&mat("lm_head.weight"), &xn, n, &mut logits, Some(model.isa())).unwrap();
+        logits
+    };
+    let want = by_hand(true);
+    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "engine vs layer_forward with act");
+    let weight_only = by_hand(false);
+    let diff = got.iter().zip(&weight_only).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff > 1e-4, "int8 activations must change the logits (max diff {diff:e})");
+}

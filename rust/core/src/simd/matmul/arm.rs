@@ -97,6 +97,98 @@ pub fn dot_q8_neon(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
     }
 }
 
+#[inline(always)]
+fn load_u8(s: &[u8]) -> uint8x16_t {
+    let s = &s[..16];
+    // SAFETY: `s` holds 16 bytes (checked by the slice above).
+    unsafe { vld1q_u8(s.as_ptr()) }
+}
+
+/// `acc` plus exact i32 lanes of `Σ w · x` over 16 i8 pairs: `smull`/`smlal2` (i16 pair sums,
+/// at most 2 · 128 · 127), then `sadalp` into the i32 lanes.
+#[inline]
+#[target_feature(enable = "neon")]
+fn acc16_smull(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
+    let p = vmull_s8(vget_low_s8(w), vget_low_s8(x));
+    vpadalq_s16(acc, vmlal_high_s8(p, w, x))
+}
+
+/// `acc` plus exact i32 lanes of `Σ w · x` over 16 i8 pairs, with `sdot`.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+fn acc16_sdot(mut acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
+    // SAFETY: this function is compiled with the `dotprod` feature (its callers have it, the
+    // public wrapper checked the CPU); `sdot` reads and writes registers only.
+    unsafe {
+        std::arch::asm!("sdot {0:v}.4s, {1:v}.16b, {2:v}.16b", inout(vreg) acc, in(vreg) w, in(vreg) x,
+                        options(pure, nomem, nostack));
+    }
+    acc
+}
+
+/// The W8A8 integer dot of `R` weight rows (stored u8 codes, zero 128) with one activation
+/// row: 16 values per step, one activation load for the `R` rows, a scalar tail.
+macro_rules! dot_i8_arm {
+    ($name:ident, $features:literal, $acc:ident) => {
+        #[target_feature(enable = $features)]
+        fn $name<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
+            let n = q.len();
+            let flip = vdupq_n_u8(0x80);
+            let mut acc = [vdupq_n_s32(0); R];
+            let mut i = 0;
+            while i + 16 <= n {
+                let x = load_i8(&q[i..]);
+                for r in 0..R {
+                    let c = vreinterpretq_s8_u8(veorq_u8(load_u8(&w[r][i..]), flip));
+                    acc[r] = $acc(acc[r], c, x);
+                }
+                i += 16;
+            }
+            let mut out = [0i32; R];
+            for r in 0..R {
+                out[r] = vaddvq_s32(acc[r]) + super::w8a8::dot_i8_ref(&w[r][i..], &q[i..]);
+            }
+            out
+        }
+    };
+}
+
+dot_i8_arm!(dot_i8_smull_tf, "neon", acc16_smull);
+dot_i8_arm!(dot_i8_sdot_tf, "neon,dotprod", acc16_sdot);
+
+/// [`super::w8a8::dot_i8`] with NEON `smull` (no dot-product extension needed).
+pub fn dot_i8_neon_smull(w: &[u8], q: &[i8]) -> i32 {
+    // SAFETY: NEON is part of the AArch64 base ISA.
+    unsafe { dot_i8_smull_tf([w], q)[0] }
+}
+
+/// [`super::w8a8::dot_i8`] with `sdot`. Panics without the dot-product extension.
+pub fn dot_i8_neon_sdot(w: &[u8], q: &[i8]) -> i32 {
+    assert!(super::has_dotprod(), "sdot kernel on a CPU without the dot-product extension");
+    // SAFETY: NEON and dotprod are available (checked above).
+    unsafe { dot_i8_sdot_tf([w], q)[0] }
+}
+
+/// [`super::w8a8::dot_i8_x4`] with NEON: `sdot` where the CPU has it.
+pub fn dot_i8_x4_neon(w: [&[u8]; 4], q: &[i8]) -> [i32; 4] {
+    dot_i8_neon_rows(w, q)
+}
+
+/// [`super::w8a8::dot_i8`] with NEON: `sdot` where the CPU has it.
+pub fn dot_i8_neon(w: &[u8], q: &[i8]) -> i32 {
+    dot_i8_neon_rows([w], q)[0]
+}
+
+fn dot_i8_neon_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
+    if super::has_dotprod() {
+        // SAFETY: NEON and dotprod are available (checked).
+        unsafe { dot_i8_sdot_tf(w, q) }
+    } else {
+        // SAFETY: NEON is part of the AArch64 base ISA.
+        unsafe { dot_i8_smull_tf(w, q) }
+    }
+}
+
 /// [`Bytes32`] on a pair of NEON registers.
 #[derive(Debug, Clone, Copy)]
 pub struct NeonBytes(());

@@ -41,6 +41,7 @@ use half::f16;
 #[cfg(target_arch = "aarch64")]
 mod arm;
 pub mod bytes;
+pub mod w8a8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

@@ -176,6 +176,182 @@ pub fn dot_q8_avx512(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
     }
 }
 
+/// `Σ` of the 8 i32 lanes (exact: the caller's sums cannot overflow).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load256u(s: &[u8]) -> __m256i {
+    let s = &s[..32];
+    // SAFETY: `s` holds 32 bytes (checked by the slice above); unaligned load.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+/// Exact i32 lanes of `Σ q · (code − 128)` over 32 stored int8 codes (u8) and activation codes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn isum32_codes(w: &[u8], x: __m256i) -> __m256i {
+    isum32(_mm256_xor_si256(load256u(w), _mm256_set1_epi8(i8::MIN)), x)
+}
+
+/// The W8A8 integer dot of `R` weight rows with one activation row, AVX2: 32 values per
+/// step, one activation load for the `R` rows, i32 lane accumulators, a scalar tail.
+#[target_feature(enable = "avx2,fma")]
+fn dot_i8_avx2_tf<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
+    let n = q.len();
+    let mut acc = [_mm256_setzero_si256(); R];
+    let mut i = 0;
+    while i + 32 <= n {
+        let x = load256(&q[i..]);
+        for r in 0..R {
+            acc[r] = _mm256_add_epi32(acc[r], isum32_codes(&w[r][i..], x));
+        }
+        i += 32;
+    }
+    let mut out = [0i32; R];
+    for r in 0..R {
+        out[r] = hsum_epi32(acc[r]) + super::w8a8::dot_i8_ref(&w[r][i..], &q[i..]);
+    }
+    out
+}
+
+/// [`super::w8a8::dot_i8`] with AVX2. Panics without AVX2/FMA.
+pub fn dot_i8_avx2(w: &[u8], q: &[i8]) -> i32 {
+    assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
+    // SAFETY: AVX2 and FMA are available (checked above).
+    unsafe { dot_i8_avx2_tf([w], q)[0] }
+}
+
+/// [`super::w8a8::dot_i8_x4`] with AVX2. Panics without AVX2/FMA.
+pub fn dot_i8_x4_avx2(w: [&[u8]; 4], q: &[i8]) -> [i32; 4] {
+    assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
+    // SAFETY: AVX2 and FMA are available (checked above).
+    unsafe { dot_i8_avx2_tf(w, q) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_i8_4x2_avx2_tf(w: [&[u8]; 4], q: [&[i8]; 2]) -> [[i32; 2]; 4] {
+    let n = q[0].len();
+    let (flip, ones) = (_mm256_set1_epi8(i8::MIN), _mm256_set1_epi16(1));
+    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        let x = [load256(&q[0][i..]), load256(&q[1][i..])];
+        for r in 0..4 {
+            let c = _mm256_xor_si256(load256u(&w[r][i..]), flip);
+            let ac = _mm256_sign_epi8(c, c);
+            for k in 0..2 {
+                let p = _mm256_maddubs_epi16(ac, _mm256_sign_epi8(x[k], c));
+                acc[r][k] = _mm256_add_epi32(acc[r][k], _mm256_madd_epi16(p, ones));
+            }
+        }
+        i += 32;
+    }
+    let mut out = [[0i32; 2]; 4];
+    for r in 0..4 {
+        for k in 0..2 {
+            out[r][k] = hsum_epi32(acc[r][k]) + super::w8a8::dot_i8_ref(&w[r][i..], &q[k][i..]);
+        }
+    }
+    out
+}
+
+/// [`super::w8a8::dot_i8_4x2`] with AVX2: each weight vector's |c| serves two activation rows,
+/// each activation vector four weight rows. Panics without AVX2/FMA.
+pub fn dot_i8_4x2_avx2(w: [&[u8]; 4], q: [&[i8]; 2]) -> [[i32; 2]; 4] {
+    assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
+    // SAFETY: AVX2 and FMA are available (checked above).
+    unsafe { dot_i8_4x2_avx2_tf(w, q) }
+}
+
+/// The W8A8 integer dot of `R` weight rows at the AVX-512 level, 64 values per step; `$acc`
+/// adds the 4-product sums of |c| (u8) and sign-adjusted q (i8) to 16 i32 lanes. A 32-value
+/// AVX2 step and a scalar tail finish the row.
+macro_rules! dot_i8_512 {
+    ($name:ident, $features:literal, $acc:expr) => {
+        #[target_feature(enable = $features)]
+        fn $name<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
+            let n = q.len();
+            let flip = _mm512_set1_epi8(i8::MIN);
+            let mut acc = [_mm512_setzero_si512(); R];
+            let mut i = 0;
+            while i + 64 <= n {
+                let x = &q[i..i + 64];
+                // SAFETY: `x` holds 64 bytes (sliced above); unaligned load.
+                let x = unsafe { _mm512_loadu_si512(x.as_ptr().cast()) };
+                for r in 0..R {
+                    let c = &w[r][i..i + 64];
+                    // SAFETY: `c` holds 64 bytes (sliced above); unaligned load.
+                    let c = _mm512_xor_si512(unsafe { _mm512_loadu_si512(c.as_ptr().cast()) }, flip);
+                    let sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(c), _mm512_setzero_si512(), x);
+                    acc[r] = $acc(acc[r], _mm512_abs_epi8(c), sx);
+                }
+                i += 64;
+            }
+            let mut out = [0i32; R];
+            for r in 0..R {
+                let mut t = _mm512_reduce_add_epi32(acc[r]);
+                let mut j = i;
+                if j + 32 <= n {
+                    t += hsum_epi32(isum32_codes(&w[r][j..], load256(&q[j..])));
+                    j += 32;
+                }
+                out[r] = t + super::w8a8::dot_i8_ref(&w[r][j..], &q[j..]);
+            }
+            out
+        }
+    };
+}
+
+dot_i8_512!(dot_i8_avx512_tf, "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl", |acc, aw, sx| {
+    _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(aw, sx), _mm512_set1_epi16(1)))
+});
+dot_i8_512!(dot_i8_vnni_tf, "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni", |acc, aw, sx| {
+    _mm512_dpbusd_epi32(acc, aw, sx)
+});
+
+/// [`super::w8a8::dot_i8`] with AVX-512BW (`vpmaddubsw`). Panics without AVX-512.
+pub fn dot_i8_avx512_bw(w: &[u8], q: &[i8]) -> i32 {
+    assert!(Isa::Avx512.is_available(), "AVX-512 kernel on a CPU without AVX-512");
+    // SAFETY: the AVX-512 F/BW/DQ/VL level (which includes AVX2/FMA) is available.
+    unsafe { dot_i8_avx512_tf([w], q)[0] }
+}
+
+/// [`super::w8a8::dot_i8`] with AVX-512 VNNI (`vpdpbusd`). Panics without it.
+pub fn dot_i8_avx512_vnni(w: &[u8], q: &[i8]) -> i32 {
+    assert!(super::has_avx512_vnni(), "AVX-512 VNNI kernel on a CPU without it");
+    // SAFETY: AVX-512 F/BW/DQ/VL and VNNI are available.
+    unsafe { dot_i8_vnni_tf([w], q)[0] }
+}
+
+/// [`super::w8a8::dot_i8`] at the AVX-512 level: VNNI where the CPU has it.
+pub fn dot_i8_avx512(w: &[u8], q: &[i8]) -> i32 {
+    dot_i8_avx512_rows([w], q)[0]
+}
+
+/// [`super::w8a8::dot_i8_x4`] at the AVX-512 level: VNNI where the CPU has it.
+pub fn dot_i8_x4_avx512(w: [&[u8]; 4], q: &[i8]) -> [i32; 4] {
+    dot_i8_avx512_rows(w, q)
+}
+
+fn dot_i8_avx512_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
+    assert!(Isa::Avx512.is_available(), "AVX-512 kernel on a CPU without AVX-512");
+    if super::has_avx512_vnni() {
+        // SAFETY: AVX-512 F/BW/DQ/VL and VNNI are available (checked).
+        unsafe { dot_i8_vnni_tf(w, q) }
+    } else {
+        // SAFETY: the AVX-512 F/BW/DQ/VL level is available (checked above).
+        unsafe { dot_i8_avx512_tf(w, q) }
+    }
+}
+
 /// [`Bytes32`] on one AVX2 register (also used at the AVX-512 level, which includes AVX2).
 #[derive(Debug, Clone, Copy)]
 pub struct Avx2Bytes(());
