@@ -1,5 +1,6 @@
-"""Calibrated quantization on the demo model (issue 6): round-to-nearest vs importance statistics
-(imatrix) vs GPTQ, at the same types, measured with `lowbit.evaluate` against the float32 baseline.
+"""Calibrated quantization on the demo model (issues 6, 7): round-to-nearest vs importance
+statistics (imatrix) vs GPTQ vs AWQ (and AWQ's scales + GPTQ), at the same types, measured with
+`lowbit.evaluate` against the float32 baseline.
 
 * Baseline: the de-gridded demo checkpoint of `quality_vs_llamacpp.py` (ARCHITECTURE.md §6; made
   there when missing, in the same cache directory): its weights no longer sit on q4_1's grid.
@@ -8,6 +9,8 @@
   scored; the LBF files run as they are (the engine, int8 activations).
 * GPTQ: `convert(..., method="gptq")` with act-order for the group-affine types; on a k-quant
   recipe GPTQ is fitted to the k-quant grids (`lowbit.algos.gptq_blocks`).
+* AWQ: `convert(..., method="awq")` (scales + clipping), `method="awq+gptq"` (scales, then GPTQ
+  with act-order).
 
 Files and metrics are cached in `<work>/calibrated/` (a file is re-made only when missing).
 
@@ -28,11 +31,16 @@ from quality_vs_llamacpp import CACHE, log, prepare_base
 ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("int4-g128 rtn", "int4-g128", {}),
     ("int4-g128 gptq", "int4-g128", {"method": "gptq", "act_order": True}),
+    ("int4-g128 awq", "int4-g128", {"method": "awq"}),
+    ("int4-g128 awq+gptq", "int4-g128", {"method": "awq+gptq", "act_order": True}),
     ("int3-g128 rtn", "int3-g128", {}),
     ("int3-g128 gptq", "int3-g128", {"method": "gptq", "act_order": True}),
+    ("int3-g128 awq", "int3-g128", {"method": "awq"}),
+    ("int3-g128 awq+gptq", "int3-g128", {"method": "awq+gptq", "act_order": True}),
     ("q4_k_m rtn", "q4_k_m", {}),
     ("q4_k_m imatrix", "q4_k_m", {"imatrix": "auto"}),
     ("q4_k_m gptq", "q4_k_m", {"method": "gptq"}),
+    ("q4_k_m awq", "q4_k_m", {"method": "awq"}),
 )
 
 
@@ -42,8 +50,8 @@ def make(base: Path, out: Path, recipe: str, opts: dict[str, Any], args: argpars
     from lowbit.algos import GPTQConfig
 
     kw: dict[str, Any] = {"calib_samples": args.samples, "calib_seq_len": args.seq_len, "progress": False}
-    if opts.get("method") == "gptq":
-        kw.update(method="gptq", gptq=GPTQConfig(act_order=bool(opts.get("act_order"))))
+    if "method" in opts:
+        kw.update(method=opts["method"], gptq=GPTQConfig(act_order=bool(opts.get("act_order"))))
     elif "imatrix" in opts:
         kw["imatrix"] = opts["imatrix"]
     t0 = time.perf_counter()

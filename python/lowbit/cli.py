@@ -1,7 +1,8 @@
 """The `lowbit` command line: `info` (version, ISA, type table), `inspect FILE` (an LBF file's
 header, metadata and tensor table), `verify FILE` (every checksum; exit code 1 on a mismatch),
-`convert SRC -o OUT.lbf --type TYPE [--imatrix auto|FILE] [--method gptq|awq|awq+gptq]` (HF checkpoint / GGUF / repo
-id → LBF), `imatrix MODEL -o FILE` (importance statistics on calibration text) and
+`convert SRC -o OUT.lbf --type TYPE [--imatrix auto|FILE] [--method gptq|awq|awq+gptq|smoothquant]
+[--act int8]` (HF checkpoint / GGUF / repo id → LBF), `imatrix MODEL -o FILE` (importance statistics
+on calibration text) and
 `export FILE.lbf --to hf DIR | --to gguf FILE`, `eval MODEL --text FILE [--reference REF]` (perplexity,
 KL divergence, ΔPPL, top-1 agreement) and `generate MODEL --prompt TEXT` (streamed text, tokens/s).
 
@@ -186,6 +187,9 @@ def _convert(args: argparse.Namespace) -> int:
             act_order=args.act_order, static_groups=args.static_groups, damp=args.damp, block_size=args.block_size
         ),
         awq=AWQConfig(grid=args.awq_grid, clip=not args.no_clip),
+        act=args.act,
+        observer=args.observer,
+        smooth_alpha=args.smooth_alpha,
         resume=args.resume,
     )
     if args.json:
@@ -326,10 +330,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     conv.add_argument(
         "--method",
-        choices=("rtn", "gptq", "awq", "awq+gptq"),
+        choices=("rtn", "gptq", "awq", "awq+gptq", "smoothquant"),
         default="rtn",
         help="rtn (default), or layer by layer on calibration text: gptq, awq (activation-aware scales + clipping), "
-        "awq+gptq (AWQ's scales, then GPTQ)",
+        "awq+gptq (AWQ's scales, then GPTQ), smoothquant (with --act: activation outliers moved into the weights)",
+    )
+    conv.add_argument(
+        "--act",
+        choices=("int8", "int8-dynamic"),
+        help="W8A8: the decoder linears run int8 weights (per channel) × int8 activations, with a static step per "
+        "tensor from --observer on the calibration text (int8) or one step per token (int8-dynamic)",
+    )
+    conv.add_argument(
+        "--observer",
+        choices=("minmax", "ema", "percentile", "kl", "mse"),
+        default="minmax",
+        help="--act int8: the observer of the static activation steps (default minmax)",
+    )
+    conv.add_argument(
+        "--smooth-alpha", type=float, default=0.5, help="smoothquant: migration strength α in [0, 1] (default 0.5)"
     )
     _calib_args(conv)
     conv.add_argument("--act-order", action="store_true", help="gptq: columns in decreasing Hessian diagonal order")

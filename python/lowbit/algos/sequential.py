@@ -47,7 +47,7 @@ from ..calib.capture import TAP_LINEARS, check_model, collect, embed, layer_weig
 from ..calib.data import CalibrationSet
 from ..conversion.source import Source
 from ..errors import ParameterError
-from ..qtensor import QTensor, quantize
+from ..qtensor import ActQuant, QTensor, quantize
 from .gptq import gptq_quantize, output_error
 from .gptq_blocks import gptq_blocks
 
@@ -160,7 +160,15 @@ def _pack(t: Weight) -> dict[str, npt.NDArray[Any]]:
         return {"array": np.asarray(t, np.float32)}
     out: dict[str, npt.NDArray[Any]] = {"data": t.data, "shape": np.array(t.shape, np.int64)}
     out["meta"] = np.frombuffer(
-        json.dumps({"qtype": t.qtype, "group_size": t.group_size, "symmetric": t.symmetric}).encode(), np.uint8
+        json.dumps(
+            {
+                "qtype": t.qtype,
+                "group_size": t.group_size,
+                "symmetric": t.symmetric,
+                "act": None if t.act is None else asdict(t.act),
+            }
+        ).encode(),
+        np.uint8,
     )
     if t.perm is not None:
         out["perm"] = t.perm
@@ -180,6 +188,7 @@ def _unpack(z: Mapping[str, npt.NDArray[Any]], prefix: str) -> Weight:
         group_size=meta["group_size"],
         symmetric=meta["symmetric"],
         perm=perm,
+        act=None if meta["act"] is None else ActQuant(**meta["act"]),
     )
 
 

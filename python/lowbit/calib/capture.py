@@ -30,6 +30,7 @@ from ..conversion.source import SourceTensor
 from ..errors import FormatError, ParameterError, ShapeError
 from ..model import engine_config
 from ..qtensor import QTensor
+from .observers import Observer
 
 __all__ = [
     "LAYER_VECTORS",
@@ -183,11 +184,13 @@ def collect(
     chunk_tokens: int = 4096,
     isa: str | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    observers: Mapping[str, Observer] | None = None,
 ) -> tuple[npt.NDArray[np.float32], LayerStats]:
     """Run a layer over all of `x` (float32 (tokens, hidden), sequences of `seq_len`) in chunks of
     whole sequences (about `chunk_tokens` tokens, at least one sequence) and accumulate
     `LayerStats` of `taps`. Returns the layer's output (float32 (tokens, hidden)) and the stats.
-    `on_chunk(tokens)` is called after each chunk (progress). A non-finite activation raises
+    `on_chunk(tokens)` is called after each chunk (progress); `observers` (tap → observer, taps
+    among `taps`) see every chunk of their tap's activations. A non-finite activation raises
     `InvalidValueError` (every tap is the input of a matmul, which refuses NaN and ±Inf)."""
     if seq_len <= 0 or x.ndim != 2 or x.shape[0] % seq_len:
         raise ShapeError(f"x of shape {x.shape} is not a whole number of sequences of {seq_len} tokens")
@@ -197,6 +200,8 @@ def collect(
     for start in range(0, x.shape[0], per):
         y, acts = layer_forward(config, weights, x[start : start + per], seq_len, taps, isa=isa)
         stats.add(acts, hessian)
+        for tap, obs in (observers or {}).items():
+            obs.update(acts[tap])
         out[start : start + per] = y
         if on_chunk is not None:
             on_chunk(y.shape[0])

@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ import numpy.typing as npt
 from .. import _core
 from ..algos.awq import AWQConfig, awq_method
 from ..algos.sequential import GPTQConfig, LayerFn, LinearReport, gptq_layer, load_quantized, remove_state, run_layers
+from ..algos.smooth import W8A8_QTYPE, W8A8Config, smooth_method
 from ..calib.capture import check_model
 from ..calib.data import calibration_tokens
 from ..calib.imatrix import Imatrix, compute_imatrix, load_imatrix
@@ -43,7 +45,7 @@ __all__ = ["KNOWN_ARCHITECTURES", "ConvertReport", "convert", "format_plan"]
 KNOWN_ARCHITECTURES = ("llama", "mistral", "qwen2")
 
 # Quantization methods: round-to-nearest tensor by tensor, or calibrated layer by layer.
-METHODS = ("rtn", "gptq", "awq", "awq+gptq")
+METHODS = ("rtn", "gptq", "awq", "awq+gptq", "smoothquant")
 
 # Estimated bytes of header, index and embedded metadata besides tensor data (dry-run total).
 _INDEX_BYTES_PER_TENSOR = 128
@@ -266,6 +268,9 @@ def convert(
     method: str = "rtn",
     gptq: GPTQConfig | None = None,
     awq: AWQConfig | None = None,
+    act: str | None = None,
+    observer: str = "minmax",
+    smooth_alpha: float = 0.5,
     resume: bool = False,
 ) -> ConvertReport:
     """Convert a model to an LBF file.
@@ -293,7 +298,15 @@ def convert(
             folded into the norms and linears, and clipping: `lowbit.algos.awq`), "awq+gptq"
             (AWQ's scales, then GPTQ on the scaled weights).
         gptq: GPTQ's parameters (act-order, static groups, damping, block size).
+            "smoothquant" (with `act`: activation outliers migrated into the weights:
+            `lowbit.algos.smooth`).
         awq: AWQ's parameters (grids, clipping).
+        act: "int8" (static: one step per tensor from the calibration `observer`) or
+            "int8-dynamic" (one step per token): the decoder linears become W8A8, int8 weights
+            per output channel (`int8-row-sym`) times int8 activations; with method "rtn" or
+            "smoothquant".
+        observer: the static steps' observer (minmax, ema, percentile, kl, mse).
+        smooth_alpha: SmoothQuant's migration strength α in [0, 1].
         resume: continue the checkpoint `<out>.ckpt/` of an interrupted calibrated run.
         dry_run: plan only; nothing is read beyond headers and nothing is written.
         overwrite: replace an existing `out` (the new file replaces it atomically at the end).
@@ -311,6 +324,20 @@ def convert(
         raise ParameterError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method != "rtn" and imatrix is not None:
         raise ParameterError(f"--method {method} computes its own statistics: drop --imatrix")
+    if act not in (None, "int8", "int8-dynamic"):
+        raise ParameterError(f"act must be 'int8' or 'int8-dynamic', got {act!r}")
+    if act is not None and method not in ("rtn", "smoothquant"):
+        raise ParameterError(f"int8 activations (--act) go with --method rtn or smoothquant, not {method}")
+    if method == "smoothquant" and act is None:
+        raise ParameterError("--method smoothquant smooths for int8 activations: add --act int8 (or int8-dynamic)")
+    w8 = None
+    if act is not None:
+        w8 = W8A8Config(
+            "static" if act == "int8" else "dynamic", observer, smooth_alpha if method == "smoothquant" else None
+        )
+        if imatrix is not None:
+            raise ParameterError("--act int8 quantizes the linears per channel to int8: drop --imatrix")
+        overrides = [(re.compile(r"^model\.layers\.\d+\..*_proj\.weight$"), W8A8_QTYPE), *overrides]
     if out is None and not dry_run:
         raise ParameterError("an output path is needed (or pass dry_run=True)")
     if out is not None and not dry_run and os.path.exists(out) and not overwrite:
@@ -355,15 +382,18 @@ def convert(
         meta = _metadata(source, type, tensor_types, gguf_compatible, im)
         gcfg = gptq or GPTQConfig()
         acfg = awq or AWQConfig()
-        if method != "rtn":
+        layered = method != "rtn" or w8 is not None
+        if layered:
             check_model(cfg, {t.name: t for t in source.tensors})
             if source.tokenizer_json is None:
                 raise ParameterError(f"{source.path}: no tokenizer.json, which the calibration text needs")
             cal = calibration_tokens(
                 source.tokenizer_json, files=calib, n_samples=calib_samples, seq_len=calib_seq_len, seed=seed
             )
-            meta["quantization.method"] = method
+            meta["quantization.method"] = method if w8 is None or w8.alpha is not None else "w8a8"
             params = json.loads(meta["quantization.params"])
+            if w8 is not None:
+                params["w8a8"] = asdict(w8)
             if "gptq" in method:
                 params["gptq"] = asdict(gcfg)
             if "awq" in method:
@@ -382,14 +412,17 @@ def convert(
         tensors = {t.name: t for t in source.tensors}
         state_dir = Path(f"{out}.ckpt")
         stored: set[str] = set()
-        if method != "rtn":
+        if layered:
             linears = {e.name: e.qtype for e in plan if ".layers." in e.name and e.name.endswith("_proj.weight")}
             fn: LayerFn
-            if method == "gptq":
+            if w8 is not None:
+                fn = smooth_method(cfg, w8, cal.seq_len)
+            elif method == "gptq":
                 fn = gptq_layer(cfg, linears, gcfg, cal.seq_len)
             else:
                 fn = awq_method(cfg, linears, acfg, cal.seq_len, gcfg if method == "awq+gptq" else None)
-            run_params = {"method": method, "plan": linears, "gptq": asdict(gcfg), "awq": asdict(acfg)}
+            run_params: dict[str, Any] = {"method": method, "plan": linears, "gptq": asdict(gcfg)}
+            run_params.update(awq=asdict(acfg), w8a8=None if w8 is None else asdict(w8))
             run = run_layers(source, cal, fn, run_params, state_dir, resume=resume, progress=progress, desc=method)
             report.linears, report.layers, stored = run.linears, run.layers, run.stored
             params = json.loads(meta["quantization.params"])
@@ -422,7 +455,7 @@ def convert(
                         bar.update(e.src_bytes)
         report.seconds = time.perf_counter() - t0
         report.file_bytes = os.path.getsize(out)
-        if method != "rtn":
+        if layered:
             remove_state(state_dir)
         return report
 
