@@ -61,7 +61,8 @@ bench: build
 	cargo bench -p lowbit-bench
 	$(PY) -m pytest -q benches --benchmark-enable --benchmark-only
 
-## demo: the real SmolLM2-135M, end to end: GGUF → HF checkpoint → LBF (q4_k_m ragged and GGUF-compatible, int4-g128 RTN and GPTQ, q8_0) → GGUF,
+## demo: the real SmolLM2-135M, end to end: GGUF → HF checkpoint → LBF (q4_k_m ragged and GGUF-compatible, int4-g128 RTN, GPTQ and AWQ,
+## q8_0, W8A8 with SmoothQuant) → GGUF,
 ## quality vs float32 (PPL, KLD) on Botchan, and a generated sample
 demo: build demo-data
 	$(PY) examples/demo.py --gguf $(DEMO_GGUF) --text $(EVAL_TEXT)

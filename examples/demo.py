@@ -8,8 +8,10 @@
 3. HF checkpoint → LBF with the `q4_k_m`, `int4-g128` and `q8_0` recipes: the plan table (per
    tensor: qtype, bytes, bits per weight, relative RMSE, substitutions) and the file's size.
    `q4_k_m` twice: with ragged k-types on the 576-long rows (q4_kr, q6_kr), and with
-   `--gguf-compatible` (llama.cpp's legacy fallbacks there). `int4-g128` twice: round-to-nearest,
-   and GPTQ with act-order, layer by layer on 16 × 512 tokens of the packaged calibration text.
+   `--gguf-compatible` (llama.cpp's legacy fallbacks there). `int4-g128` three times:
+   round-to-nearest, GPTQ with act-order, and AWQ, layer by layer on 16 × 512 tokens of the
+   packaged calibration text. `q8_0` twice: weight-only, and W8A8 (decoder linears as int8
+   weights × static int8 activations, the engine's int8 × int8 path) after SmoothQuant.
 4. The `--gguf-compatible` `q4_k_m` exported back to GGUF for llama.cpp.
 5. Quality: each LBF file evaluated against the float32 model on a public-domain text (Botchan, from
    PyPI's sentencepiece sdist; `make demo-data` fetches it): perplexity, ΔPPL, mean KL divergence of
@@ -33,15 +35,19 @@ from lowbit.conversion import convert, export_gguf, format_plan, gguf_to_hf
 
 # (label, recipe, convert options): q4_k_m with ragged k-types on the 576-long rows, the same
 # recipe with llama.cpp's legacy fallbacks there (the file that exports to GGUF), int4-g128 by
-# round-to-nearest and by GPTQ (act-order, calibrated on the packaged Jane Austen text, not on the
-# evaluation text), q8_0.
-GPTQ = {"method": "gptq", "gptq": GPTQConfig(act_order=True), "calib_samples": 16, "calib_seq_len": 512}
+# round-to-nearest, by GPTQ (act-order) and by AWQ (calibrated on the packaged Jane Austen text,
+# not on the evaluation text), q8_0, and W8A8 (int8 weights × static int8 activations) with
+# SmoothQuant.
+CAL = {"calib_samples": 16, "calib_seq_len": 512}
+GPTQ = {"method": "gptq", "gptq": GPTQConfig(act_order=True), **CAL}
 RECIPES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("q4_k_m", "q4_k_m", {}),
     ("q4_k_m-gguf", "q4_k_m", {"gguf_compatible": True}),
     ("int4-g128", "int4-g128", {}),
     ("int4-gptq", "int4-g128", GPTQ),
+    ("int4-awq", "int4-g128", {"method": "awq", **CAL}),
     ("q8_0", "q8_0", {}),
+    ("w8a8-sq", "q8_0", {"method": "smoothquant", "act": "int8", **CAL}),
 )
 PROMPT = "Write one sentence about the sea."
 
@@ -71,7 +77,9 @@ def main() -> int:
     for i, (label, recipe, opts) in enumerate(RECIPES, 2):
         path = out / f"SmolLM2-135M-Instruct.{label}.lbf"
         how = " --gguf-compatible" if opts.get("gguf_compatible") else ""
-        how += " --method gptq --act-order --calib-samples 16" if opts.get("method") == "gptq" else ""
+        if "method" in opts:
+            how += f" --method {opts['method']}" + (" --act-order" if opts["method"] == "gptq" else "")
+            how += (f" --act {opts['act']}" if "act" in opts else "") + " --calib-samples 16"
         print(f"\n[{i}] convert {hf.name} → {path.name} (recipe {recipe}{how})\n")
         report = convert(hf, path, recipe, overwrite=True, **opts)
         print(format_plan(report))

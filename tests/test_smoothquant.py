@@ -16,6 +16,7 @@ import synth
 from lowbit.algos.scaling import scale_groups
 from lowbit.algos.smooth import W8A8_QTYPE, W8A8Config, act_step, smooth_scale
 from lowbit.calib.observers import OBSERVER_NAMES
+from lowbit.cli import main
 from lowbit.errors import LowbitWarning, ParameterError
 
 CAL: dict[str, Any] = {"calib_samples": 4, "calib_seq_len": 32}
@@ -156,3 +157,17 @@ def test_bad_input(model: Path, tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="alpha"):
         lowbit.convert(model, out, "q8_0", method="smoothquant", act="int8", smooth_alpha=2.0, progress=False)
     assert not out.exists()
+
+
+def test_cli(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--calib-samples", "2", "--calib-seq-len", "32", "--no-progress"]
+    out = tmp_path / "c.lbf"
+    sq = ["--method", "smoothquant", "--act", "int8", "--observer", "percentile", "--smooth-alpha", "0.6"]
+    assert main(["convert", str(model), "-o", str(out), "-t", "q8_0", *sq, *args]) == 0
+    assert "smoothquant: 14 linears" in capsys.readouterr().out
+    with lowbit.load(out) as f:
+        assert json.loads(f.metadata["quantization.params"])["w8a8"]["alpha"] == 0.6
+    rc = main(["convert", str(model), "-o", str(tmp_path / "a.lbf"), "-t", "int4-g64", "--method", "awq", *args])
+    assert rc == 0 and "awq: 14 linears" in capsys.readouterr().out
+    assert main(["convert", str(model), "-o", str(tmp_path / "x.lbf"), "--act", "int8", "--method", "awq"]) == 2
+    assert "--act" in capsys.readouterr().err

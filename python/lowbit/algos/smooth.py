@@ -148,8 +148,8 @@ def smooth_method(config: Mapping[str, Any], cfg: W8A8Config, seq_len: int, isa:
         reports: dict[str, dict[str, Any]] = {}
         for tap, lins in TAP_LINEARS.items():
             act = ActQuant("static", steps[tap]) if cfg.act == "static" else ActQuant("dynamic")
-            base_act = ActQuant("static", act_step(0.0, float(np.abs(raw[tap]).max()) or 127.0))
-            base_act = base_act if cfg.act == "static" else act
+            amax = float(np.abs(raw[tap]).max())  # the baseline: unsmoothed, min-max step of the sample
+            base_act = ActQuant("static", act_step(0.0, amax) if amax > 0 else 1.0) if cfg.act == "static" else act
             for lin in lins:
                 name = f"{lin}.weight"
                 q = quantize(smoothed[name], W8A8_QTYPE).with_act(act)
