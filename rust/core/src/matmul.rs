@@ -485,6 +485,9 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Option<I
         None => crate::simd::active()?,
     };
     check_args(w, x, n, y)?;
+    if n == 0 {
+        return Ok(());
+    }
     let mut acts = ACTS.with(|a| std::mem::take(&mut *a.borrow_mut()));
     match w.act {
         Some(act) => run_w8a8(w, act, x, n, y, isa, &mut acts),
@@ -629,9 +632,6 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
 /// exact integer dot, four weight rows per activation load, straight from the stored codes.
 fn run_w8a8(w: &QMatrix<'_>, act: ActQuant, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut Acts) {
     let Layout { rows, cols, .. } = w.layout;
-    if n == 0 {
-        return;
-    }
     let par = n * rows * cols >= PAR_MIN_WORK;
     let (q, steps) = (scratch(&mut acts.q, n * cols), scratch(&mut acts.scale, n));
     let quant = |(qi, (st, xi)): (&mut [i8], (&mut f32, &[f32]))| {

@@ -535,6 +535,18 @@ fn matmul_rejects_bad_input() {
 }
 
 #[test]
+fn an_empty_batch_is_a_no_op() {
+    for name in QUANT_TYPES.iter().chain(FLOAT_TYPES) {
+        let (l, data) = weight(name, 5, 256, 2);
+        let w = QMatrix::new(l, &data, None, None).unwrap();
+        for isa in available() {
+            matmul(&w, &[], 0, &mut [], Some(isa)).unwrap_or_else(|e| panic!("{name} {isa}: {e}"));
+        }
+        matmul_reference(&w, &[], 0, &mut []).unwrap();
+    }
+}
+
+#[test]
 fn concurrent_calls_inside_rayon_tasks_and_threads_agree() {
     let (rows, cols, n) = (256, 1024, 3);
     let (l, data) = weight("q4_k", rows, cols, 31);

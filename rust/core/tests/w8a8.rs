@@ -31,7 +31,7 @@ fn acts(kind: &str, n: usize, cols: usize, seed: u64) -> Vec<f32> {
             "zeros" => 0.0,
             // Every other row all zero.
             "zero-rows" => {
-                if (i / cols) % 2 == 0 {
+                if (i / cols).is_multiple_of(2) {
                     0.0
                 } else {
                     r.normal()
