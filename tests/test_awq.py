@@ -177,6 +177,9 @@ def test_awq_convert_beats_rtn_and_records_its_choices(model: Path, tmp_path: Pa
         params = json.loads(f.metadata["quantization.params"])
         assert params["awq"]["grid"] == 20 and len(params["layers"]) == 2
         assert set(params["layers"][0]["alpha"]) == {"attn_in", "o_in", "mlp_in", "down_in"}
+        clip = params["layers"][1]["clip"]  # the mean clipping ratio per linear, not for q and k
+        assert set(clip) == {"v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        assert clip["down_proj"] == r.linears["model.layers.1.mlp.down_proj.weight"].extra["clip_mean"]
         # the folded norm is stored, not the source's
         norm = np.asarray(f["model.layers.0.input_layernorm.weight"])
     with resolve_source(model) as src:

@@ -299,6 +299,7 @@ def awq_method(
                         extra=extra,
                     )
                 )
-        return stored, reports, {"alpha": alpha, "skipped": {g.tap: g.skip for g in groups if g.skip}}
+        clip = {n.rsplit(".", 2)[-2]: r["extra"]["clip_mean"] for n, r in reports.items() if "clip_mean" in r["extra"]}
+        return stored, reports, {"alpha": alpha, "clip": clip, "skipped": {g.tap: g.skip for g in groups if g.skip}}
 
     return run
