@@ -1,4 +1,4 @@
-"""Reference reader and writer of LBF 1.1 (formats/LBF.md), pure Python, standard library only.
+"""Reference reader and writer of LBF 1.2 (formats/LBF.md), pure Python, standard library only.
 
 This is the executable form of the spec and a test oracle for lowbit's Rust implementation: it
 favours plainness over speed and checks everything §7 lists. Section numbers refer to LBF.md.
@@ -27,7 +27,7 @@ from math import prod
 from typing import BinaryIO, TypeAlias
 
 MAGIC = b"\x89LBF\r\n\x1a\n"
-MAJOR, MINOR = 1, 1
+MAJOR, MINOR = 1, 2
 BYTE_ORDER = 0x0A0B0C0D
 HEADER_SIZE = 64
 ALIGN = 64
@@ -50,7 +50,7 @@ INT_TYPES = {"u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64"}
 
 @dataclass(frozen=True)
 class UnknownValue:
-    """A metadata value of a type unknown to this 1.1 reader (newer-minor files only)."""
+    """A metadata value of a type unknown to this 1.2 reader (newer-minor files only)."""
 
     type_id: int
     raw: bytes
@@ -91,8 +91,13 @@ QTYPES: dict[int, QType] = {
 }  # fmt: skip
 QTYPE_BY_NAME = {q.name: q for q in QTYPES.values()}
 GROUP_SIZES = (0, 32, 64, 128, 256)
-PART_DATA, PART_PERM, PART_OUTLIER_ROWS, PART_OUTLIER_COLS, PART_OUTLIER_VALS = 0, 1, 2, 3, 4
-PART_NAMES = {0: "data", 1: "perm", 2: "outlier_rows", 3: "outlier_cols", 4: "outlier_vals"}
+PART_DATA, PART_PERM, PART_OUTLIER_ROWS, PART_OUTLIER_COLS, PART_OUTLIER_VALS, PART_ACT_QUANT = 0, 1, 2, 3, 4, 5
+PART_NAMES = {0: "data", 1: "perm", 2: "outlier_rows", 3: "outlier_cols", 4: "outlier_vals", 5: "act_quant"}
+PART_MINOR = {PART_ACT_QUANT: 2}  # the minor version that introduced a part kind (§9); 0 if absent
+# §5 act_quant: u32 mode (ACT_STATIC: finite f32 step > 0; ACT_DYNAMIC: step +0.0), on int8-row-sym rows ≤ 2^17
+ACT_QUANT = struct.Struct("<If")
+ACT_STATIC, ACT_DYNAMIC = 1, 2
+ACT_MAX_COLS = 1 << 17
 
 
 class LBFRefError(ValueError):
@@ -334,8 +339,9 @@ def write_lbf(
             index += PART.pack(kind, zlib.crc32(payload), offset, len(payload))
     index_offset = align64(len(data))
     data += bytes(index_offset - len(data)) + index
-    # The lowest minor version that has every qtype used (§9), so older readers open what they can.
+    # The lowest minor version that has every qtype and part kind used (§9), so older readers open what they can.
     minor = max((QTYPE_BY_NAME[t.qtype].minor for t in tensors), default=0)
+    minor = max([minor] + [PART_MINOR.get(kind, 0) for t in tensors for kind, _ in t.parts])
     fields = (MAGIC, MAJOR, minor, BYTE_ORDER, index_offset, len(index), len(metadata), len(tensors), len(data), 0)
     head = HEADER.pack(*fields, 0)[:60]
     data[:HEADER_SIZE] = head + struct.pack("<I", zlib.crc32(head + index))
@@ -466,25 +472,27 @@ def _read_tensor_entry(c: _Cursor, newer: bool) -> RefTensorEntry:
     dims = tuple(c.unpack("<Q", "dim") for _ in range(n_dims))
     nparts_at, n_parts = c.pos, c.unpack("<I", "n_parts")
     if not 1 <= n_parts <= 8:
-        raise LBFRefError(f"tensor {name!r}: n_parts {n_parts} not in 1..5", nparts_at)
+        raise LBFRefError(f"tensor {name!r}: n_parts {n_parts} not in 1..8", nparts_at)
     parts_at = c.pos
     parts = [RefPart(*PART.unpack(c.take(PART.size, "part"))) for _ in range(n_parts)]
     t = RefTensorEntry(name, qtype_id, qtype.name if qtype else None, group_size, flags, dims, parts, parts_at)
     kinds = [p.kind for p in parts]
     if kinds[0] != PART_DATA or any(a >= b for a, b in pairwise(kinds)):
         raise LBFRefError(f"tensor {name!r}: part kinds {kinds} must start with 0 and increase", parts_at)
-    if not newer and kinds[-1] > PART_OUTLIER_VALS:
+    if not newer and kinds[-1] > PART_ACT_QUANT:
         raise LBFRefError(f"tensor {name!r}: unknown part kind {kinds[-1]}", parts_at)
     if len({2, 3, 4} & set(kinds)) not in (0, 3):
         raise LBFRefError(f"tensor {name!r}: outlier parts 2, 3 and 4 must come together", parts_at)
     if PART_PERM in kinds and qtype is not None and not qtype.bits:
         raise LBFRefError(f"tensor {name!r}: perm part on non-group-affine {qtype.name}", parts_at)
+    if PART_ACT_QUANT in kinds and qtype is not None:
+        _check_act_target(t, qtype, parts_at)
     # §7.7 sizes, with 64-bit limits
     rows, cols = t.rows, t.cols
     if rows * cols > U64_MAX:
         raise LBFRefError(f"tensor {name!r}: rows × cols overflows u64", dims_at)
     by_kind = {p.kind: p for p in parts}
-    expected: dict[int, int] = {PART_PERM: 4 * cols, PART_OUTLIER_ROWS: 8 * (rows + 1)}
+    expected: dict[int, int] = {PART_PERM: 4 * cols, PART_OUTLIER_ROWS: 8 * (rows + 1), PART_ACT_QUANT: ACT_QUANT.size}
     if qtype is not None:
         try:
             expected[PART_DATA] = data_length(qtype, dims, group_size, bool(flags & 1))
@@ -499,6 +507,18 @@ def _read_tensor_entry(c: _Cursor, newer: bool) -> RefTensorEntry:
             at = parts_at + i * PART.size + 16
             raise LBFRefError(f"tensor {name!r}: {PART_NAMES[p.kind]} part is {p.length} bytes, must be {want}", at)
     return t
+
+
+def _check_act_target(t: RefTensorEntry, qtype: QType, at: int) -> None:
+    """§5: an act_quant part only on int8, symmetric, one group per row, no perm or outliers, cols ≤ 2^17."""
+    one_group = t.group_size == 0 or t.group_size >= t.cols
+    if not (qtype.name == "int8" and t.symmetric and one_group):
+        what = f"{qtype.name} group_size {t.group_size} flags 0x{t.flags:x} on rows of {t.cols}"
+        raise LBFRefError(f"tensor {t.name!r}: act_quant part needs int8, symmetric, one group per row, not {what}", at)
+    if {p.kind for p in t.parts} & {PART_PERM, PART_OUTLIER_ROWS}:
+        raise LBFRefError(f"tensor {t.name!r}: act_quant part cannot combine with perm or outlier parts", at)
+    if t.cols > ACT_MAX_COLS:
+        raise LBFRefError(f"tensor {t.name!r}: act_quant part needs cols ≤ {ACT_MAX_COLS}, has {t.cols}", at)
 
 
 def _read_header(data: bytes) -> RefFile:
@@ -576,7 +596,7 @@ def _u(fmt: str, b: bytes) -> list[int]:
 
 def read_tensor(f: RefFile, data: bytes, i: int) -> dict[int, bytes]:
     """The parts of tensor ``i`` by kind, after checking their CRCs and the content of perm and the
-    outlier parts (§5, §6). Unknown qtypes or part kinds (newer minor) fail as unsupported."""
+    outlier and act_quant parts (§5, §6). Unknown qtypes or part kinds (newer minor) fail as unsupported."""
     t = f.tensors[i]
     if t.qtype is None or any(p.kind not in PART_NAMES for p in t.parts):
         raise LBFRefError(f"tensor {t.name!r}: unsupported qtype {t.qtype_id} or part kind", t.parts_offset)
@@ -599,6 +619,15 @@ def read_tensor(f: RefFile, data: bytes, i: int) -> dict[int, bytes]:
             if any(col >= t.cols for col in row) or any(a >= b for a, b in pairwise(row)):
                 msg = f"tensor {t.name!r}: outlier columns of row {r} not increasing and < {t.cols}"
                 raise LBFRefError(msg, at[PART_OUTLIER_COLS] + 4 * ptr[r])
+    if PART_ACT_QUANT in parts:
+        act, at_step = parts[PART_ACT_QUANT], at[PART_ACT_QUANT] + 4
+        mode, step = ACT_QUANT.unpack(act)
+        if mode not in (ACT_STATIC, ACT_DYNAMIC):
+            raise LBFRefError(f"tensor {t.name!r}: act_quant mode {mode} is not 1 (static) or 2 (dynamic)", at_step - 4)
+        if mode == ACT_STATIC and not 0 < step < float("inf"):  # NaN fails too
+            raise LBFRefError(f"tensor {t.name!r}: static act_quant step {step} is not finite and > 0", at_step)
+        if mode == ACT_DYNAMIC and act[4:] != bytes(4):
+            raise LBFRefError(f"tensor {t.name!r}: dynamic act_quant step {step} is not +0.0", at_step)
     return parts
 
 

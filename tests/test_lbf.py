@@ -170,6 +170,14 @@ def test_golden_files(name: str) -> None:
                 assert isinstance(q, lowbit.QTensor) and q.perm is not None
                 assert q.perm.astype("<u4").tobytes() == parts["perm"].tobytes()
                 continue
+            if "act" in t:  # LBF 1.2 W8A8: a QTensor carrying its activation quantization
+                q = f[t["name"]]
+                step = ref.float_from_bits("f32", int(t["act"]["step"], 16))
+                act = lowbit.ActQuant({1: "static", 2: "dynamic"}[t["act"]["mode"]], step)  # type: ignore[arg-type]
+                assert isinstance(q, lowbit.QTensor) and q.act == act
+                assert (q.qtype.split("-")[0], q.symmetric, q.perm) == ("int8", True, None)
+                assert q.data.tobytes() == parts["data"].tobytes() and q.nbytes == t["parts"][0]["length"] + 8
+                continue
             if len(t["parts"]) > 1:
                 with pytest.raises(lowbit.UnsupportedError):
                     f[t["name"]]
@@ -556,3 +564,85 @@ def test_row_layout_locates_codes_scales_and_zeros(tmp_path: Path, qtype: str) -
         zeros = qt.data[:, z0:z1].astype(np.int32) if z1 > z0 else np.full(scales.shape, 128, np.int32)
         rebuilt = np.repeat(scales, group, axis=1)[:, :192] * (codes - np.repeat(zeros, group, axis=1)[:, :192])
         np.testing.assert_array_equal(rebuilt.astype(np.float32), lowbit.dequantize(qt))
+
+
+# ------------------------------------------------------------------ W8A8 (act_quant part, LBF 1.2)
+
+
+def _w8a8_tensors() -> dict[str, Any]:
+    r = _rng(5)
+    w = r.standard_normal((4, 96), dtype=np.float32)
+    return {
+        "static": lowbit.quantize(w, "int8-row-sym").with_act(lowbit.ActQuant("static", 0.0123)),
+        "dynamic": lowbit.quantize(w[:3, :64], "int8-g64-sym").with_act(lowbit.ActQuant("dynamic")),
+        "plain": lowbit.quantize(w, "int8-row-sym"),
+    }
+
+
+def test_w8a8_written_by_lowbit_is_read_by_the_reference(tmp_path: Path) -> None:
+    """lowbit writes W8A8 weights as LBF 1.2 with the act_quant bytes of §5; the independent
+    reference reads them and rewrites exactly the same bytes."""
+    p = tmp_path / "w8a8.lbf"
+    saved = _w8a8_tensors()
+    lowbit.save(p, saved)
+    data = p.read_bytes()
+    rf = ref.verify(data)
+    assert rf.minor == 2
+    for i, t in enumerate(rf.tensors):
+        parts = ref.read_tensor(rf, data, i)
+        q = saved[t.name]
+        assert parts[ref.PART_DATA] == q.data.tobytes()
+        if q.act is None:
+            assert list(parts) == [ref.PART_DATA]
+        else:
+            mode, step = ref.ACT_QUANT.unpack(parts[ref.PART_ACT_QUANT])
+            assert (mode, step) == ({"static": ref.ACT_STATIC, "dynamic": ref.ACT_DYNAMIC}[q.act.mode], q.act.step)
+    assert ref.write_lbf(None, rf.metadata, ref.extract_tensors(rf, data)) == data
+    with lowbit.load(p) as f:
+        for name, q in saved.items():
+            _same(q, f[name])
+            assert f[name].act == q.act  # type: ignore[union-attr]
+
+
+def test_golden_w8a8_rewritten_identically_by_lowbit(tmp_path: Path) -> None:
+    """lowbit's writer, given what lowbit's reader read from the reference's W8A8 golden file
+    (tensors with their parts, metadata), writes the same bytes."""
+    src = VECTORS / "w8a8.lbf"
+    dest = tmp_path / "copy.lbf"
+    with lowbit.load(src) as f:
+        w = lowbit._core.LbfWriter(str(dest), [str(src)])
+        for t in f.tensors:
+            parts = f.parts(t.name)
+            w.add_tensor(
+                t.name, t.qtype, list(t.shape), [(p.kind, parts[p.kind]) for p in t.parts], t.group_size, t.symmetric
+            )
+        w.finish([(k, f.metadata_types[k], v) for k, v in f.metadata.items()])
+    assert dest.read_bytes() == src.read_bytes()
+
+
+def test_cli_inspect_shows_act(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """inspect prints each W8A8 tensor's activation mode (and static step) and nothing for the others;
+    --json gives them as "act"."""
+    p = tmp_path / "w8a8.lbf"
+    saved = _w8a8_tensors()
+    lowbit.save(p, saved)
+    assert main(["inspect", str(p)]) == 0
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line[:6].strip().isdigit()}
+    assert lines["static"].endswith(f"data,act_quant  act static {saved['static'].act.step:.6g}")
+    assert "0.0123" in lines["static"]
+    assert lines["dynamic"].endswith("data,act_quant  act dynamic")
+    assert lines["plain"].endswith("data")
+    assert main(["inspect", "--json", str(p)]) == 0
+    acts = {t["name"]: t["act"] for t in json.loads(capsys.readouterr().out)["tensors"]}
+    assert acts == {
+        "static": {"mode": "static", "step": saved["static"].act.step},
+        "dynamic": {"mode": "dynamic"},
+        "plain": None,
+    }
+    with lowbit.load(p) as f:
+        at = next(q.offset for q in f.info("static").parts if q.kind == "act_quant")
+    b = bytearray(p.read_bytes())
+    b[at] = 3  # mode 3: the index is intact, the part is not
+    p.write_bytes(bytes(b))
+    assert main(["inspect", str(p)]) == 0  # inspect still lists the file
+    assert "act invalid" in capsys.readouterr().out

@@ -34,7 +34,7 @@ def patch(data: bytes, offset: int, new: bytes) -> bytes:
 
 
 def test_all_golden_files_present() -> None:
-    assert NAMES == ["basic.lbf", "minimal.lbf", "quantized.lbf"]
+    assert NAMES == ["basic.lbf", "minimal.lbf", "quantized.lbf", "w8a8.lbf"]
     assert sorted(p.name for p in VECTORS.glob("*.lbf")) == NAMES
 
 
@@ -44,7 +44,8 @@ def test_reader_matches_vectors(name: str) -> None:
     assert (len(data), hashlib.sha256(data).hexdigest()) == (spec["size"], spec["sha256"])
     f = lbf.verify(data)
     assert {k: getattr(f, k) for k in spec["header"]} == spec["header"]
-    assert (f.major, f.minor, f.flags, f.file_len) == (1, 0, 0, len(data))
+    minor = 2 if any("act" in t for t in spec["tensors"]) else 0  # §9: act_quant parts make a 1.2 file
+    assert (f.major, f.minor, f.flags, f.file_len) == (1, minor, 0, len(data))
 
     assert [k for k, _ in f.metadata] == [m["key"] for m in spec["metadata"]]
     for (_, value), m in zip(f.metadata, spec["metadata"], strict=True):
@@ -70,6 +71,10 @@ def test_reader_matches_vectors(name: str) -> None:
         if "values" in s:
             fmt = {"f32": "f", "f16": "e"}[s["qtype"]]
             assert list(struct.unpack(f"<{t.rows * t.cols}{fmt}", parts[0])) == s["values"]
+        assert ("act" in s) == (lbf.PART_ACT_QUANT in parts)
+        if "act" in s:
+            mode, step = lbf.ACT_QUANT.unpack(parts[lbf.PART_ACT_QUANT])
+            assert (mode, lbf.float_bits("f32", step)) == (s["act"]["mode"], int(s["act"]["step"], 16))
 
 
 def test_vectors_cover_the_brief() -> None:
@@ -84,6 +89,12 @@ def test_vectors_cover_the_brief() -> None:
     kinds = [[p["kind"] for p in t["parts"]] for t in quant["tensors"]]
     assert [0, 1] in kinds and [0, 2, 3, 4] in kinds and [0, 1, 2, 3, 4] in kinds
     assert {m["key"] for m in quant["metadata"]} >= {"model.config", "tokenizer.json", "quantization.seed"}
+    w8a8 = SPEC["w8a8.lbf"]
+    assert w8a8["header"]["minor"] == 2
+    acts = [t for t in w8a8["tensors"] if "act" in t]
+    assert {t["act"]["mode"] for t in acts} == {lbf.ACT_STATIC, lbf.ACT_DYNAMIC}
+    assert all((t["qtype"], t["symmetric"], [p["kind"] for p in t["parts"]]) == ("int8", True, [0, 5]) for t in acts)
+    assert any(t["group_size"] == 0 for t in acts) and any(t["group_size"] == t["cols"] for t in acts)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -137,7 +148,7 @@ BAD: dict[str, tuple[bytes, str]] = {
     "magic": (b"\x89LBG" + BASIC[4:], "bad magic"),
     "text-mode": (BASIC[:4] + b"\n" + BASIC[6:], "bad magic"),
     "byte-swapped": (patch(BASIC, 12, bytes([0x0A, 0x0B, 0x0C, 0x0D])), "byte-swapped"),
-    "major 2": (patch(BASIC, 8, struct.pack("<H", 2)), "LBF 2.0, this reader reads LBF 1.1"),
+    "major 2": (patch(BASIC, 8, struct.pack("<H", 2)), "LBF 2.0, this reader reads LBF 1.2"),
     "major 0": (patch(BASIC, 8, struct.pack("<H", 0)), "LBF 0.0"),
     "flags": (patch(BASIC, 56, struct.pack("<I", 1)), "header flags"),
     "truncated": (BASIC[:-1], "file_len"),
@@ -199,11 +210,33 @@ def test_nonzero_padding_fails_verify() -> None:
 
 
 def test_newer_minor_version_is_read() -> None:
-    """§9: a 1.2 file with an unknown value type and header flag bits opens; in 1.0 and 1.1 both are errors."""
-    data = patch(patch(patch(BASIC, 10, struct.pack("<H", 2)), 56, struct.pack("<I", 4)), BOOL_AT, b"\x63")
+    """§9: a 1.3 file with an unknown value type and header flag bits opens; up to 1.2 both are errors."""
+    data = patch(patch(patch(BASIC, 10, struct.pack("<H", 3)), 56, struct.pack("<I", 4)), BOOL_AT, b"\x63")
     f = lbf.read_lbf(data)
-    assert (f.minor, f.flags) == (2, 4)
+    assert (f.minor, f.flags) == (3, 4)
     assert dict(f.metadata)["bool.true"] == ("unknown", lbf.UnknownValue(99, b"\x01"))
+    as_1_2 = patch(data, 10, struct.pack("<H", 2))
+    with pytest.raises(lbf.LBFRefError, match="header flags 0x4"):
+        lbf.read_lbf(as_1_2)
+    with pytest.raises(lbf.LBFRefError, match="unknown value type 99"):
+        lbf.read_lbf(patch(as_1_2, 56, struct.pack("<I", 0)))
+
+
+def test_newer_minor_part_kind_is_listed_but_unsupported() -> None:
+    """§9: in a 1.3 file a part kind after act_quant (here 6) is listed and its tensor fails as
+    unsupported while the others read; in a 1.2 file the same kind is a format error."""
+    data = golden("w8a8.lbf")
+    t = lbf.read_lbf(data).tensors[0]
+    assert [p.kind for p in t.parts] == [lbf.PART_DATA, lbf.PART_ACT_QUANT]
+    kind6 = patch(data, t.parts_offset + lbf.PART.size, struct.pack("<I", 6))
+    with pytest.raises(lbf.LBFRefError, match="unknown part kind 6"):
+        lbf.read_lbf(kind6)
+    newer = patch(kind6, 10, struct.pack("<H", 3))
+    f = lbf.read_lbf(newer)
+    assert [p.kind for p in f.tensors[0].parts] == [0, 6]
+    with pytest.raises(lbf.LBFRefError, match="unsupported"):
+        lbf.read_tensor(f, newer, 0)
+    assert lbf.ACT_QUANT.unpack(lbf.read_tensor(f, newer, 1)[lbf.PART_ACT_QUANT]) == (lbf.ACT_DYNAMIC, 0.0)
 
 
 def test_writer_refuses_invalid_input() -> None:
@@ -218,3 +251,103 @@ def test_writer_refuses_invalid_input() -> None:
         lbf.write_lbf(None, [("k", ("u8", 256))], [])
     with pytest.raises(lbf.LBFRefError, match="duplicate"):
         lbf.write_lbf(None, [("k", ("u8", 1)), ("k", ("u8", 2))], [])
+
+
+# --------------------------------------------------------------------------- act_quant (§5, LBF 1.2)
+
+
+def w8a8(act: bytes, qtype: str = "int8", cols: int = 64, group: int = 0, sym: bool = True) -> lbf.RefTensor:
+    """A 2-row tensor with zero data and an act_quant part of bytes ``act``."""
+    n = lbf.data_length(lbf.QTYPE_BY_NAME[qtype], (2, cols), group, sym)
+    return lbf.RefTensor("w", qtype, (2, cols), [(0, bytes(n)), (lbf.PART_ACT_QUANT, act)], group, sym)
+
+
+STATIC = lbf.ACT_QUANT.pack(lbf.ACT_STATIC, 0.5)
+DYNAMIC = lbf.ACT_QUANT.pack(lbf.ACT_DYNAMIC, 0.0)
+
+
+def test_act_quant_accepted() -> None:
+    """Static steps down to the smallest subnormal, dynamic +0.0, one group per row (group 0 or
+    ≥ cols), cols up to 2^17 and empty rows are valid, and they make a 1.2 file."""
+    tiny = lbf.ACT_QUANT.pack(lbf.ACT_STATIC, lbf.float_from_bits("f32", 1))
+    one_group = [w8a8(STATIC, cols=32, group=64), w8a8(STATIC, cols=64, group=64), w8a8(DYNAMIC, cols=0, group=32)]
+    for t in [w8a8(STATIC), w8a8(DYNAMIC), w8a8(tiny), *one_group]:
+        data = lbf.write_lbf(None, [], [t])
+        f = lbf.verify(data)
+        assert f.minor == 2
+        assert lbf.read_tensor(f, data, 0)[lbf.PART_ACT_QUANT] == t.parts[1][1]
+    big = lbf.RefTensor("w", "int8", (1, lbf.ACT_MAX_COLS), [(0, bytes(lbf.ACT_MAX_COLS + 2)), (5, STATIC)], 0, True)
+    assert lbf.verify(lbf.write_lbf(None, [], [big])).tensors[0].cols == 2**17
+    without = lbf.write_lbf(None, [], [lbf.RefTensor("w", "int8", (2, 64), [(0, bytes(2 * 66))], 0, True)])
+    assert lbf.read_lbf(without).minor == 0
+
+
+# Where an act_quant part may appear and its length: checked when the file is opened (read_lbf).
+BAD_PLACE: dict[str, tuple[lbf.RefTensor, str]] = {
+    "length 7": (w8a8(STATIC[:7]), "act_quant part is 7 bytes, must be 8"),
+    "length 9": (w8a8(STATIC + b"\0"), "act_quant part is 9 bytes, must be 8"),
+    "q4_0": (w8a8(STATIC, qtype="q4_0", sym=False), "needs int8, symmetric, one group per row, not q4_0"),
+    "f32": (w8a8(STATIC, qtype="f32", sym=False), "not f32"),
+    "int4 row sym": (w8a8(STATIC, qtype="int4"), "not int4"),
+    "asymmetric": (w8a8(STATIC, sym=False), "flags 0x0"),
+    "two groups": (w8a8(STATIC, cols=64, group=32), "group_size 32 flags 0x1 on rows of 64"),
+    "cols > 2^17": (w8a8(STATIC, cols=lbf.ACT_MAX_COLS + 8), f"cols ≤ {2**17}, has {2**17 + 8}"),
+}
+
+
+def _with_perm() -> lbf.RefTensor:
+    t = w8a8(STATIC, cols=8)
+    t.parts.insert(1, (lbf.PART_PERM, struct.pack("<8I", *range(8))))
+    return t
+
+
+def _with_outliers() -> lbf.RefTensor:
+    t = w8a8(DYNAMIC, cols=8)
+    t.parts[1:1] = [(2, struct.pack("<3Q", 0, 1, 1)), (3, struct.pack("<I", 3)), (4, struct.pack("<e", 1.0))]
+    return t
+
+
+BAD_PLACE["perm"] = (_with_perm(), "cannot combine with perm or outlier")
+BAD_PLACE["outliers"] = (_with_outliers(), "cannot combine with perm or outlier")
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PLACE))
+def test_act_quant_placement_refused_at_open(case: str) -> None:
+    tensor, message = BAD_PLACE[case]
+    with pytest.raises(lbf.LBFRefError, match=message):  # the writer checks its output
+        lbf.write_lbf(None, [], [tensor])
+    data = lbf.write_lbf(None, [], [tensor], check=False)
+    with pytest.raises(lbf.LBFRefError, match=message) as e:
+        lbf.read_lbf(data)
+    parts_at = len(data) - len(tensor.parts) * lbf.PART.size  # the part records end the index
+    act_length_at = parts_at + (len(tensor.parts) - 1) * lbf.PART.size + 16
+    assert e.value.offset == (act_length_at if case.startswith("length") else parts_at)
+
+
+# The content of the 8 bytes: checked when the tensor is read (read_tensor, verify).
+BAD_CONTENT: dict[str, tuple[bytes, int, str]] = {
+    "mode 0": (lbf.ACT_QUANT.pack(0, 0.5), 0, "mode 0 is not 1"),
+    "mode 3": (lbf.ACT_QUANT.pack(3, 0.0), 0, "mode 3 is not 1"),
+    "static step 0": (lbf.ACT_QUANT.pack(lbf.ACT_STATIC, 0.0), 4, "static act_quant step 0.0 is not finite and > 0"),
+    "static step -0": (lbf.ACT_QUANT.pack(lbf.ACT_STATIC, -0.0), 4, "static act_quant step -0.0"),
+    "static step < 0": (lbf.ACT_QUANT.pack(lbf.ACT_STATIC, -0.5), 4, "static act_quant step -0.5"),
+    "static step inf": (lbf.ACT_QUANT.pack(lbf.ACT_STATIC, float("inf")), 4, "static act_quant step inf"),
+    "static step nan": (lbf.ACT_QUANT.pack(lbf.ACT_STATIC, float("nan")), 4, "static act_quant step nan"),
+    "dynamic step 0.5": (lbf.ACT_QUANT.pack(lbf.ACT_DYNAMIC, 0.5), 4, "dynamic act_quant step 0.5 is not \\+0.0"),
+    "dynamic step -0": (lbf.ACT_QUANT.pack(lbf.ACT_DYNAMIC, -0.0), 4, "dynamic act_quant step -0.0"),
+    "dynamic subnormal": (struct.pack("<II", lbf.ACT_DYNAMIC, 1), 4, "dynamic act_quant step 1.4"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONTENT))
+def test_act_quant_content_refused_when_read(case: str) -> None:
+    act, field_at, message = BAD_CONTENT[case]
+    with pytest.raises(lbf.LBFRefError, match=message):
+        lbf.write_lbf(None, [], [w8a8(act)])
+    data = lbf.write_lbf(None, [], [w8a8(act)], check=False)
+    f = lbf.read_lbf(data)  # the index is valid: the file opens
+    with pytest.raises(lbf.LBFRefError, match=message) as e:
+        lbf.read_tensor(f, data, 0)
+    assert e.value.offset == f.tensors[0].parts[1].offset + field_at
+    with pytest.raises(lbf.LBFRefError, match=message):
+        lbf.verify(data)

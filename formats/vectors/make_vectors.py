@@ -10,7 +10,8 @@ metadata (``key``, ``type``, ``value_len``, ``value_hex`` = the encoded value by
 ``lbf_reference.value_to_json`` form: f32/f64 as hex bits "0x…", arrays as {"element_type", "elements"})
 and the tensors (name, qtype, qtype_id, dims, rows, cols, group_size, symmetric, parts with kind, name,
 offset, length, crc and sha256 of the bytes; ``values`` for f32/f16 tensors; for ggml types produced by
-gguf, ``gguf_dequant_sha256`` = sha256 of ``gguf.quants.dequantize(data)`` as little-endian float32).
+gguf, ``gguf_dequant_sha256`` = sha256 of ``gguf.quants.dequantize(data)`` as little-endian float32; for
+tensors with an act_quant part, ``act`` = its ``mode`` (1 static, 2 dynamic) and ``step`` as f32 hex bits).
 """
 
 from __future__ import annotations
@@ -166,6 +167,27 @@ def quantized() -> tuple[Metadata, list[RefTensor]]:
     return meta, tensors
 
 
+def int8_row_sym(name: str, rows: int, cols: int, group: int, act: bytes, r: np.random.Generator) -> RefTensor:
+    """A W8A8 weight (int8, symmetric, one group per row) with an act_quant part: codes 1..255 (c = code - 128 in
+    -127..127) then one positive f16 scale per row, so that it is a usable weight, not just bytes."""
+    codes = r.integers(1, 256, size=(rows, cols), dtype=np.uint8)
+    scales = (0.005 + 0.01 * r.random((rows, 1))).astype("<f2")
+    data = np.concatenate([codes, scales.view(np.uint8)], axis=1).tobytes()
+    return RefTensor(name, "int8", (rows, cols), [(0, data), (lbf.PART_ACT_QUANT, act)], group, True)
+
+
+def w8a8() -> tuple[Metadata, list[RefTensor]]:
+    """LBF 1.2: W8A8 weights, one with a static activation step, one dynamic (group 32 = cols: one group per row)."""
+    meta: Metadata = [("quantization.method", ("string", "smoothquant"))]
+    r = np.random.default_rng(3)
+    step = lbf.float_from_bits("f32", 0x3C4985F0)  # ≈ 0.0123
+    return meta, [
+        int8_row_sym("w8a8.static", 4, 64, 0, lbf.ACT_QUANT.pack(lbf.ACT_STATIC, step), r),
+        int8_row_sym("w8a8.dynamic", 3, 32, 32, lbf.ACT_QUANT.pack(lbf.ACT_DYNAMIC, 0.0), r),
+        affine("int8.row.sym", "int8", (2, 16), 0, True, r),  # the same type without act_quant
+    ]
+
+
 def describe(data: bytes) -> dict[str, object]:
     f = lbf.verify(data)
     header = {k: getattr(f, k) for k in ("major", "minor", "byte_order", "index_offset", "index_len")}
@@ -184,6 +206,10 @@ def describe(data: bytes) -> dict[str, object]:
         j = {"name": t.name, "qtype": t.qtype, "qtype_id": t.qtype_id, "dims": list(t.dims), "rows": t.rows}
         j |= {"cols": t.cols, "group_size": t.group_size, "symmetric": t.symmetric, "parts": parts}
         raw = data[t.parts[0].offset : t.parts[0].offset + t.parts[0].length]
+        for p in t.parts:
+            if p.kind == lbf.PART_ACT_QUANT:
+                mode, step_bits = struct.unpack_from("<II", data, p.offset)
+                j["act"] = {"mode": mode, "step": f"0x{step_bits:08x}"}
         if t.qtype in ("f32", "f16"):
             fmt = "f" if t.qtype == "f32" else "e"
             j["values"] = list(struct.unpack(f"<{len(raw) // struct.calcsize(fmt)}{fmt}", raw))
@@ -199,14 +225,14 @@ def describe(data: bytes) -> dict[str, object]:
 
 
 def main() -> None:
-    files = {"minimal.lbf": ([], []), "basic.lbf": basic(), "quantized.lbf": quantized()}
+    files = {"minimal.lbf": ([], []), "basic.lbf": basic(), "quantized.lbf": quantized(), "w8a8.lbf": w8a8()}
     vectors: dict[str, object] = {}
     for name, (meta, tensors) in files.items():
         data = lbf.write_lbf(HERE / name, meta, tensors)
         assert len(data) < 20_000, (name, len(data))
         vectors[name] = describe(data)
         print(f"{name}: {len(data)} bytes, {len(meta)} metadata, {len(tensors)} tensors")
-    doc = {"format": "LBF 1.0", "generator": "formats/vectors/make_vectors.py", "files": vectors}
+    doc = {"format": "LBF 1.2", "generator": "formats/vectors/make_vectors.py", "files": vectors}
     (HERE / "vectors.json").write_text(json.dumps(doc, indent=1, ensure_ascii=True) + "\n")
 
 

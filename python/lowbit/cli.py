@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import struct
 import sys
 import time
+import zlib
 from collections import defaultdict
 from typing import Any
 
@@ -75,6 +78,33 @@ def _short(v: Any, width: int) -> str:
     return str(v)
 
 
+def _act_of(path: str, t: lowbit.TensorInfo) -> dict[str, Any] | None:
+    """The W8A8 activation quantization of a tensor with an `act_quant` part (`formats/LBF.md` §5):
+    `{"mode": "static", "step": float32 step}`, `{"mode": "dynamic"}`, or `{"mode": "invalid"}` when the
+    8 bytes fail their CRC or the content rules (`lowbit verify` says more); None without the part. Only
+    those 8 bytes are read, so inspect does not touch (or checksum) the weights."""
+    part = next((p for p in t.parts if p.kind == "act_quant"), None)
+    if part is None:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(part.offset)
+        raw = fh.read(part.length)
+    if len(raw) == 8 and zlib.crc32(raw) == part.crc32:
+        mode, step = struct.unpack("<If", raw)
+        if mode == 1 and math.isfinite(step) and step > 0:
+            return {"mode": "static", "step": step}
+        if mode == 2 and raw[4:] == bytes(4):
+            return {"mode": "dynamic"}
+    return {"mode": "invalid"}
+
+
+def _act_label(act: dict[str, Any] | None) -> str:
+    """`act static 0.0123`, `act dynamic`, `act invalid`, or "" (no act_quant part)."""
+    if act is None:
+        return ""
+    return f"act static {act['step']:.6g}" if act["mode"] == "static" else f"act {act['mode']}"
+
+
 def _inspect(args: argparse.Namespace) -> int:
     with lowbit.load(args.file) as f:
         tensors = f.tensors
@@ -87,6 +117,7 @@ def _inspect(args: argparse.Namespace) -> int:
             row[1] += t.numel
             row[2] += t.nbytes
         bpw = 8.0 * nbytes / numel if numel else 0.0
+        acts = {t.name: _act_of(f.path, t) for t in tensors}
         if args.json:
             payload = {
                 "path": f.path,
@@ -101,6 +132,7 @@ def _inspect(args: argparse.Namespace) -> int:
                         "bits_per_weight": t.bits_per_weight,
                         "parts": [p.__dict__ for p in t.parts],
                         "row_layout": t.row_layout,
+                        "act": acts[t.name],
                     }
                     for t in tensors
                 ],
@@ -128,7 +160,7 @@ def _inspect(args: argparse.Namespace) -> int:
                 parts = ",".join(p.kind for p in t.parts)
                 print(
                     f"  {i:>4}  {t.name:<{nw}}  {t.qtype:<{qw}}  {shape:<16} {t.nbytes:>12,} "
-                    f"{t.bits_per_weight:>8.4g}  {parts}"
+                    f"{t.bits_per_weight:>8.4g}  {parts}" + (f"  {_act_label(acts[t.name])}" if acts[t.name] else "")
                 )
         print("\nby qtype:")
         for q, (n, values, b) in sorted(by_type.items(), key=lambda kv: -kv[1][2]):
