@@ -607,11 +607,21 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
             }
         })
     };
+    drive_tiles(par, rows, n, tile, y, tile_fn);
+}
+
+/// Run `tile_fn(t, out)` over the tiles of `tile` consecutive weight rows (one rayon task each
+/// when `par`), where `out` is tile `t`'s `nr × n` outputs (the transpose of y's block, which is
+/// y's block itself when `n = 1`), then put them into `y` (`n × rows`).
+fn drive_tiles<F>(par: bool, rows: usize, n: usize, tile: usize, y: &mut [f32], tile_fn: F)
+where
+    F: Fn((usize, &mut [f32])) + Send + Sync,
+{
     let drive = |yt: &mut [f32]| {
         if par {
-            yt.par_chunks_mut(tile * n).enumerate().for_each(tile_fn);
+            yt.par_chunks_mut(tile * n).enumerate().for_each(&tile_fn);
         } else {
-            yt.chunks_mut(tile * n).enumerate().for_each(tile_fn);
+            yt.chunks_mut(tile * n).enumerate().for_each(&tile_fn);
         }
     };
     if n == 1 {
@@ -685,22 +695,5 @@ fn run_w8a8(w: &QMatrix<'_>, act: ActQuant, x: &[f32], n: usize, y: &mut [f32], 
             }
         }
     };
-    let drive = |yt: &mut [f32]| {
-        if par {
-            yt.par_chunks_mut(tile * n).enumerate().for_each(tile_fn);
-        } else {
-            yt.chunks_mut(tile * n).enumerate().for_each(tile_fn);
-        }
-    };
-    if n == 1 {
-        drive(y);
-    } else {
-        let mut yt = vec![0f32; rows * n];
-        drive(&mut yt);
-        for (r, yr) in yt.chunks_exact(n).enumerate() {
-            for (i, &v) in yr.iter().enumerate() {
-                y[i * rows + r] = v;
-            }
-        }
-    }
+    drive_tiles(par, rows, n, tile, y, tile_fn);
 }
