@@ -188,8 +188,8 @@ def format_plan(report: ConvertReport, *, width: int = 48) -> str:
             med = ratios[len(ratios) // 2]
             method = next(iter(report.linears.values())).method
             lines.append(
-                f"{method}: {len(report.linears)} linears; proxy output error / round-to-nearest's: median {med:.3f}, "
-                f"range {ratios[0]:.3f} … {ratios[-1]:.3f}"
+                f"{method}: {len(report.linears)} linears; relative output error / round-to-nearest's: "
+                f"median {med:.3f}, range {ratios[0]:.3f} … {ratios[-1]:.3f}"
             )
     if not report.dry_run:
         mb_s = report.src_bytes / 1e6 / report.seconds if report.seconds else 0.0
