@@ -103,10 +103,6 @@ class LinearReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _tap_of(lin: str) -> str:
-    return next(t for t, lins in TAP_LINEARS.items() if lin in lins)
-
-
 def _parse_affine(qtype: str, rows: int, cols: int) -> tuple[str, int, bool] | None:
     """(base "int4", group size, symmetric) of a group-affine qtype, None for the others."""
     if not qtype.startswith("int"):

@@ -46,6 +46,7 @@ KNOWN_ARCHITECTURES = ("llama", "mistral", "qwen2")
 
 # Quantization methods: round-to-nearest tensor by tensor, or calibrated layer by layer.
 METHODS = ("rtn", "gptq", "awq", "awq+gptq", "smoothquant")
+SCALING_METHODS = ("awq", "awq+gptq", "smoothquant")
 
 # Estimated bytes of header, index and embedded metadata besides tensor data (dry-run total).
 _INDEX_BYTES_PER_TENSOR = 128
@@ -66,9 +67,11 @@ class ConvertReport:
         gguf_compatible: the plan uses ggml types only (llama.cpp's fallbacks).
         other_tensor_bytes: tensor bytes of the same recipe with the other `gguf_compatible`
             setting (ragged k-types vs llama.cpp's fallbacks), for comparison.
-        linears: with a calibrated method (gptq, awq, …), per decoder linear the relative proxy
-            output error on the calibration activations by round-to-nearest and by the method used.
-        layers: with a calibrated method, what it chose per layer (AWQ: α per scale group).
+        linears: with a calibrated method (gptq, awq, …, `act`), per decoder linear the relative
+            output error on the calibration activations by round-to-nearest and by the method
+            used (`lowbit.algos.sequential.LinearReport`).
+        layers: with a calibrated method, what it chose per layer (AWQ: α per scale group and
+            clipping; SmoothQuant/W8A8: dead channels, static steps).
     """
 
     source: str
@@ -296,10 +299,9 @@ def convert(
             "gptq" (fits the group-affine types of the plan, int4-g128, …, and weights the
             others' scale search by the Hessian's diagonal), "awq" (activation-aware scales
             folded into the norms and linears, and clipping: `lowbit.algos.awq`), "awq+gptq"
-            (AWQ's scales, then GPTQ on the scaled weights).
+            (AWQ's scales, then GPTQ on the scaled weights), "smoothquant" (with `act`:
+            activation outliers migrated into the weights: `lowbit.algos.smooth`).
         gptq: GPTQ's parameters (act-order, static groups, damping, block size).
-            "smoothquant" (with `act`: activation outliers migrated into the weights:
-            `lowbit.algos.smooth`).
         awq: AWQ's parameters (grids, clipping).
         act: "int8" (static: one step per tensor from the calibration `observer`) or
             "int8-dynamic" (one step per token): the decoder linears become W8A8, int8 weights
@@ -436,7 +438,7 @@ def convert(
                         t = load_quantized(state_dir, e.name)
                         w.add(e.name, t)
                         if isinstance(t, QTensor):
-                            if method == "gptq":  # scaling methods store tensors that differ from the source
+                            if method not in SCALING_METHODS:  # these store weights scaled on purpose
                                 report.rel_rmse[e.name] = _rel_rmse(x.reshape(e.shape), dequantize(t))
                             plan[k] = dataclasses.replace(e, nbytes=t.nbytes)  # an act-order permutation counts
                     elif e.qtype == "f32":
