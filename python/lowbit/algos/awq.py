@@ -45,7 +45,7 @@ from ..errors import LowbitWarning, ParameterError
 from ..qtensor import QTensor, quantize
 from .gptq import output_error
 from .scaling import ScaleGroup, fold, scale_groups
-from .sequential import GPTQConfig, LayerFn, LayerResult, LinearReport, Weight, _quantize_linear
+from .sequential import GPTQConfig, LayerFn, LayerResult, LinearReport, Weight, quantize_linear
 
 __all__ = ["AWQConfig", "GroupReport", "awq_layer", "awq_method", "quantize_scaled", "search_clip", "search_scale"]
 
@@ -96,7 +96,8 @@ def _sq_err(delta: F32, h: F32) -> float:
 
 
 def _rtn(w: F32, qtype: str, importance: F32 | None) -> QTensor:
-    if qtype.startswith("int"):
+    """Round-to-nearest of `w` to `qtype`; block types weight their scale search by `importance`."""
+    if qtype.startswith("int") or qtype in FLOATS:
         return quantize(w, qtype)
     return quantize(w, qtype, importance=importance)
 
@@ -233,14 +234,10 @@ def quantize_scaled(w: F32, qtype: str, h: F32, clip: AWQConfig | None, lin: str
     ranges searched on `h` (float32 (cols, cols), `Σ x xᵀ / tokens` of the scaled input) for
     group-affine types when `clip` asks and `lin` is not q or k; block types use `diag(h)` as
     importance. Returns the tensor and the clip ratios (None when not searched)."""
-    if qtype in FLOATS:
-        return quantize(w, qtype), None
-    if qtype.startswith("int"):
-        if clip is not None and clip.clip and not lin.startswith(NO_CLIP):
-            lo, hi, ratio = search_clip(w, qtype, h, clip.clip_grid, clip.max_shrink)
-            return quantize(w, qtype, group_min=lo, group_max=hi), ratio
-        return quantize(w, qtype), None
-    return quantize(w, qtype, importance=np.diag(h).astype(np.float32)), None
+    if qtype.startswith("int") and clip is not None and clip.clip and not lin.startswith(NO_CLIP):
+        lo, hi, ratio = search_clip(w, qtype, h, clip.clip_grid, clip.max_shrink)
+        return quantize(w, qtype, group_min=lo, group_max=hi), ratio
+    return _rtn(w, qtype, np.diag(h).astype(np.float32)), None
 
 
 def relative_error(w: F32, q: QTensor, r: F32, c: F32, h: F32) -> float:
@@ -280,7 +277,7 @@ def awq_method(
                 h_scaled = h / np.outer(c, c)
                 extra: dict[str, Any] = {"alpha": alpha[tap]}
                 if gptq is not None:
-                    q, rep = _quantize_linear(scaled[name], h_raw / np.outer(c, c), qtypes[name], gptq)
+                    q, rep = quantize_linear(scaled[name], h_raw / np.outer(c, c), qtypes[name], gptq)
                     damp: float | None = rep.damp
                 else:
                     q, ratio = quantize_scaled(scaled[name], qtypes[name], h_scaled, cfg, lin)

@@ -111,9 +111,11 @@ def _parse_affine(qtype: str, rows: int, cols: int) -> tuple[str, int, bool] | N
     return name.split("-")[0], int(g or 0), bool(sym)
 
 
-def _quantize_linear(
+def quantize_linear(
     w: npt.NDArray[np.float32], h: npt.NDArray[np.float64], qtype: str, cfg: GPTQConfig
 ) -> tuple[QTensor, LinearReport]:
+    """GPTQ of one weight `w` (float32 (rows, cols)) with `h = Σ x xᵀ` (float64 (cols, cols)) to
+    `qtype`: on the group-affine grid, or fitted to a block type; floats are stored as they are."""
     rows, cols = w.shape
     if qtype in ("f32", "f16", "bf16"):
         q = quantize(w, qtype)
@@ -303,7 +305,7 @@ def gptq_layer(
         for tap, lins in TAP_LINEARS.items():
             for lin in lins:
                 name = f"{lin}.weight"
-                qs[name], rep = _quantize_linear(w[name], stats.hessian[tap], plan[f"model.layers.{i}.{name}"], cfg)
+                qs[name], rep = quantize_linear(w[name], stats.hessian[tap], plan[f"model.layers.{i}.{name}"], cfg)
                 reports[f"model.layers.{i}.{name}"] = asdict(rep)
         return qs, reports, {}
 

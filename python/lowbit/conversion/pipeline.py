@@ -47,6 +47,8 @@ KNOWN_ARCHITECTURES = ("llama", "mistral", "qwen2")
 # Quantization methods: round-to-nearest tensor by tensor, or calibrated layer by layer.
 METHODS = ("rtn", "gptq", "awq", "awq+gptq", "smoothquant")
 SCALING_METHODS = ("awq", "awq+gptq", "smoothquant")
+# The weights the calibrated methods quantize layer by layer (and `act` makes W8A8).
+DECODER_LINEAR = re.compile(r"^model\.layers\.\d+\.\w+\.\w+_proj\.weight$")
 
 # Estimated bytes of header, index and embedded metadata besides tensor data (dry-run total).
 _INDEX_BYTES_PER_TENSOR = 128
@@ -339,7 +341,7 @@ def convert(
         )
         if imatrix is not None:
             raise ParameterError("--act int8 quantizes the linears per channel to int8: drop --imatrix")
-        overrides = [(re.compile(r"^model\.layers\.\d+\..*_proj\.weight$"), W8A8_QTYPE), *overrides]
+        overrides = [(DECODER_LINEAR, W8A8_QTYPE), *overrides]
     if out is None and not dry_run:
         raise ParameterError("an output path is needed (or pass dry_run=True)")
     if out is not None and not dry_run and os.path.exists(out) and not overwrite:
@@ -415,7 +417,7 @@ def convert(
         state_dir = Path(f"{out}.ckpt")
         stored: set[str] = set()
         if layered:
-            linears = {e.name: e.qtype for e in plan if ".layers." in e.name and e.name.endswith("_proj.weight")}
+            linears = {e.name: e.qtype for e in plan if DECODER_LINEAR.match(e.name)}
             fn: LayerFn
             if w8 is not None:
                 fn = smooth_method(cfg, w8, cal.seq_len)
