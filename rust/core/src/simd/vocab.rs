@@ -115,3 +115,15 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// `s[..W]` as i8, sign-extended.
     fn load_i8(self, s: &[u8]) -> Self::I;
 }
+
+/// Largest |x| of a slice (exact; +0.0 when empty): `W` lanes at a time, the tail lane by lane.
+/// Every lane is +0.0 or more (`abs` clears the sign), so no −0.0 tie arises.
+#[inline(always)]
+pub fn abs_max<S: Simd>(s: S, x: &[f32]) -> f32 {
+    let full = x.len() / S::W * S::W;
+    let mut m = s.splat(0.0);
+    for c in x[..full].chunks_exact(S::W) {
+        m = s.max(m, s.abs(s.load(c)));
+    }
+    x[full..].iter().fold(s.hmax(m), |m, v| m.max(v.abs()))
+}

@@ -11,7 +11,7 @@ use half::f16;
 use super::lanes::{self, at, code, Qkx, NC};
 use crate::blocks::kquants::layout;
 use crate::blocks::kquants::Mode;
-use crate::simd::vocab::Simd;
+use crate::simd::vocab::{abs_max, Simd};
 
 const QK: usize = 256;
 /// ggml's `GROUP_MAX_EPS`.
@@ -51,16 +51,6 @@ fn f16_sat(v: f32) -> u16 {
 #[inline(always)]
 fn f16_val(b: u16) -> f32 {
     f16::from_bits(b).to_f32()
-}
-
-/// Largest |x| of a super-block (exact).
-#[inline(always)]
-fn abs_max<S: Simd>(s: S, x: &[f32]) -> f32 {
-    let mut acc = s.splat(0.0);
-    for c in x.chunks_exact(S::W) {
-        acc = s.max(acc, s.abs(s.load(c)));
-    }
-    s.hmax(acc)
 }
 
 /// Per-super-block normalisation of a chunk.

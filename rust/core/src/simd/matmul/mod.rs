@@ -34,7 +34,7 @@ use crate::blocks::kquants::{layout, ragged, scale_min_k4, scale_q3k, QK_K};
 use crate::blocks::legacy::Spec;
 use crate::pack;
 use crate::qtype::{AffineSpec, Family, QType};
-use crate::simd::vocab::Simd;
+use crate::simd::vocab::{abs_max, Simd};
 use crate::simd::{Isa, Kernel};
 use half::f16;
 
@@ -152,13 +152,7 @@ pub fn quantize_act_simd<S: Simd>(s: S, x: &[f32], q: &mut [i8], d16: &mut [f32]
     if w > MAX_W || !QA.is_multiple_of(w) {
         return quantize_act_ref(x, q, d16, s16);
     }
-    let full = x.len() / w * w;
-    let mut m = s.splat(0.0);
-    for c in x[..full].chunks_exact(w) {
-        m = s.max(m, s.abs(s.load(c)));
-    }
-    let amax = x[full..].iter().fold(s.hmax(m), |m, v| m.max(v.abs()));
-    let (s1, s2, scale) = row_scale(amax);
+    let (s1, s2, scale) = row_scale(abs_max(s, x));
     let (vs1, vs2) = (s.splat(s1), s.splat(s2));
     let mut v = [0f32; QA];
     let mut ints = [0i32; QA];

@@ -18,7 +18,7 @@
 //! The float work left is one multiply pair per output ([`finish`]), the same at every ISA, so
 //! W8A8 outputs are bit-identical across ISAs.
 
-use crate::simd::vocab::Simd;
+use crate::simd::vocab::{abs_max, Simd};
 use crate::simd::{Isa, Kernel};
 
 /// Longest row (input features) of a W8A8 weight: `|Σ_j q_j · c_j| ≤ cols · 127 · 128`, which
@@ -106,14 +106,7 @@ impl Kernel for AbsMax<'_> {
     }
     #[inline(always)]
     fn simd<S: Simd>(self, s: S) -> f32 {
-        let w = S::W;
-        let full = self.x.len() / w * w;
-        let mut m = s.splat(0.0);
-        for c in self.x[..full].chunks_exact(w) {
-            m = s.max(m, s.abs(s.load(c)));
-        }
-        // Every lane is +0.0 or more (`abs` clears the sign), so no −0.0 tie can arise.
-        self.x[full..].iter().fold(s.hmax(m), |m, v| m.max(v.abs()))
+        abs_max(s, self.x)
     }
 }
 
