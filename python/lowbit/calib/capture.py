@@ -99,7 +99,7 @@ def layer_forward(
     Args:
         config: the model's HF config.json (llama, mistral or qwen2).
         weights: the layer's tensors by their names under `model.layers.{i}.`: the seven
-            linear weights (`QTensor`s of any qtype, act-order included, or float32 arrays of
+            linear weights (`QTensor`s of any qtype, act-order and W8A8 included, or float32 arrays of
             shape (out_features, in_features)) and the `LAYER_VECTORS` (float32 1-D).
         x: float32 (tokens, hidden): `tokens / seq_len` independent sequences, each starting
             at position 0.
