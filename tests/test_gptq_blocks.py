@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 
 import lowbit
-from lowbit.algos.gptq_blocks import _FIELDS, _grid, gptq_blocks, pack_codes
+from lowbit.algos.gptq_blocks import _FIELDS, _grid, _packer, gptq_blocks, pack_codes
 from lowbit.errors import InvalidValueError, ParameterError, ShapeError
 
 
@@ -30,7 +30,7 @@ def test_packer_reproduces_the_quantizer_bytes(qtype: str) -> None:
     x = rng.standard_normal((8, 256)).astype(np.float32) * rng.uniform(0.01, 10, (8, 1)).astype(np.float32)
     x[0] = 0.0
     q = lowbit.quantize(x, qtype)
-    a, b = _grid(qtype, q.data)
+    a, b = _grid(qtype, q.data, 256, _packer(qtype, None))
     y = lowbit.dequantize(q)
     # every value is a·c + b for an integer code c in range, and packing those codes gives the bytes back
     c = np.where(a == 0, 0, np.rint((y - b) / np.where(a == 0, 1, a)))

@@ -41,9 +41,9 @@ from .errors import (
 )
 from .eval import EvalReport, evaluate
 from .lbf import LBFFile, LBFWriter, PartInfo, TensorInfo, load, save
-from .matmul import Outliers, matmul, matmul_reference
+from .matmul import matmul, matmul_reference
 from .model import Generation, Model
-from .qtensor import ActQuant, QTensor, SourceDType, dequantize, quantize
+from .qtensor import ActQuant, Outliers, QTensor, SourceDType, dequantize, quantize
 
 __version__: str = _core.__version__
 

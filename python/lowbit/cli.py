@@ -218,6 +218,8 @@ def _convert(args: argparse.Namespace) -> int:
         gptq=GPTQConfig(
             act_order=args.act_order, static_groups=args.static_groups, damp=args.damp, block_size=args.block_size
         ),
+        outliers=args.outliers,
+        outlier_method=args.outlier_method,
         awq=AWQConfig(grid=args.awq_grid, clip=not args.no_clip),
         act=args.act,
         observer=args.observer,
@@ -381,6 +383,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     conv.add_argument(
         "--smooth-alpha", type=float, default=0.5, help="smoothquant: migration strength α in [0, 1] (default 0.5)"
+    )
+    conv.add_argument(
+        "--outliers",
+        metavar="FRACTION",
+        help="keep this share of every quantized matrix's weights exactly (sparse f16 sidecar, SpQR style), e.g. "
+        "0.5%% or 0.005, at most 10%%; chosen by Hessian sensitivity inside gptq/awq+gptq, else by --outlier-method",
+    )
+    conv.add_argument(
+        "--outlier-method",
+        choices=("magnitude", "deviation"),
+        default="magnitude",
+        help="calibration-free outlier choice (rtn): largest |w| (default) or largest deviation in its 16-group",
     )
     _calib_args(conv)
     conv.add_argument("--act-order", action="store_true", help="gptq: columns in decreasing Hessian diagonal order")

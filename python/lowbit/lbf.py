@@ -31,7 +31,9 @@ from .errors import (
     ShapeError,
     UnsupportedError,
 )
-from .qtensor import ActQuant, QTensor
+from .qtensor import ActQuant, Outliers, QTensor
+
+_OUTLIER_PARTS = ("outlier_rows", "outlier_cols", "outlier_vals")
 
 __all__ = ["LBF_MAGIC", "LBFFile", "PartInfo", "TensorInfo", "load", "save"]
 
@@ -208,6 +210,11 @@ class LBFWriter:
             parts = [("data", tensor.data.reshape(-1))]
             if tensor.perm is not None:
                 parts.append(("perm", tensor.perm.astype("<u4", copy=False).view(np.uint8)))
+            if tensor.outliers is not None:
+                row_ptr, cols, vals = tensor.outliers
+                parts.append(("outlier_rows", row_ptr.astype("<u8", copy=False).view(np.uint8)))
+                parts.append(("outlier_cols", cols.astype("<u4", copy=False).view(np.uint8)))
+                parts.append(("outlier_vals", vals.astype("<f2", copy=False).view(np.uint8)))
             if tensor.act is not None:
                 parts.append(("act_quant", tensor.act._to_bytes()))
             w.add_tensor(name, tensor.qtype, list(tensor.shape), parts, tensor.group_size, tensor.symmetric)
@@ -415,7 +422,7 @@ class LBFFile(Mapping[str, "QTensor | npt.NDArray[Any]"]):
     def __getitem__(self, name: str) -> QTensor | npt.NDArray[Any]:
         info = self.info(name)
         parts = self.parts(name)
-        extra = sorted(set(parts) - {"data", "perm", "act_quant"})
+        extra = sorted(set(parts) - {"data", "perm", "act_quant", *_OUTLIER_PARTS})
         if extra:
             raise UnsupportedError(
                 f"tensor {name!r} has parts {extra}, which QTensor does not carry yet; read them with .parts()"
@@ -427,7 +434,11 @@ class LBFFile(Mapping[str, "QTensor | npt.NDArray[Any]"]):
         rows = int(np.prod(info.shape[:-1], dtype=np.int64))
         perm = parts["perm"].view("<u4").astype(np.uint32, copy=False) if "perm" in parts else None
         act = ActQuant._from_bytes(parts["act_quant"]) if "act_quant" in parts else None
-        return QTensor._view(info.qtype, (rows, cols), data, info.group_size, info.symmetric, perm, act)
+        outl = None
+        if "outlier_rows" in parts:  # the reader checked them (all three, and their content)
+            ptr, ocols, ovals = (parts[k].view(d) for k, d in zip(_OUTLIER_PARTS, ("<u8", "<u4", "<f2"), strict=True))
+            outl = Outliers(ptr.astype(np.uint64, copy=False), ocols.astype(np.uint32, copy=False), ovals)
+        return QTensor._view(info.qtype, (rows, cols), data, info.group_size, info.symmetric, perm, act, outl)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._infos)

@@ -9,13 +9,11 @@ import numpy.typing as npt
 
 from . import _core
 from .errors import ParameterError, ShapeError
-from .qtensor import QTensor
+from .qtensor import Outliers, QTensor
 
 __all__ = ["Outliers", "matmul", "matmul_reference"]
 
-Outliers = tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]
-"""Sparse outliers in CSR form: (row_ptr uint64 (rows + 1,), cols uint32 (nnz,), vals float16
-(nnz,)); `cols` index stored columns and each value is added to the dequantized weight."""
+OutliersArg = Outliers | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]
 
 
 def _weight(w: Any) -> QTensor:
@@ -40,7 +38,7 @@ def _int_array(a: npt.ArrayLike, dtype: type[np.unsignedinteger[Any]], name: str
 
 
 def _call(
-    x: Any, qt: Any, perm: npt.ArrayLike | None, outliers: Outliers | None, isa: str | None, reference: bool
+    x: Any, qt: Any, perm: npt.ArrayLike | None, outliers: OutliersArg | None, isa: str | None, reference: bool
 ) -> npt.NDArray[np.float32]:
     w = _weight(qt)
     rows, cols = w.shape
@@ -55,7 +53,12 @@ def _call(
         raise ParameterError("the QTensor carries its own permutation: do not pass perm as well")
     p = w.perm if perm is None else _int_array(perm, np.uint32, "perm")
     o: tuple[Any, Any, Any] = (None, None, None)
-    if outliers is not None:
+    if outliers is not None and w.outliers is not None:
+        raise ParameterError("the QTensor carries its own outliers: do not pass outliers as well")
+    if w.outliers is not None:
+        o = (w.outliers.row_ptr, w.outliers.cols, w.outliers.vals.view(np.uint16))
+        outliers = w.outliers
+    elif outliers is not None:
         if not isinstance(outliers, tuple) or len(outliers) != 3:
             raise TypeError("outliers must be a tuple (row_ptr, cols, vals)")
         vals = np.asarray(outliers[2])
@@ -78,7 +81,7 @@ def matmul(
     qt: QTensor | npt.NDArray[np.float32],
     *,
     perm: npt.ArrayLike | None = None,
-    outliers: Outliers | None = None,
+    outliers: OutliersArg | None = None,
     isa: str | None = None,
 ) -> npt.NDArray[np.float32]:
     """`y = x @ W.T` with the quantized weight `W` (rows, cols), without dequantizing it.
@@ -96,7 +99,8 @@ def matmul(
         perm: group-affine only: act-order permutation, uint32 (cols,): stored column j holds
             input column perm[j]. Default: the QTensor's own `perm` (giving both is an error).
         outliers: sparse outliers (row_ptr uint64 (rows + 1,), cols uint32 (nnz,), vals
-            float16 (nnz,)), added to the dequantized stored rows.
+            float16 (nnz,)), added to the dequantized stored rows. Default: the QTensor's own
+            `outliers` (giving both is an error).
         isa: force an instruction set ("scalar", "avx2", "avx512", "neon").
 
     Returns:
@@ -118,7 +122,7 @@ def matmul_reference(
     qt: QTensor | npt.NDArray[np.float32],
     *,
     perm: npt.ArrayLike | None = None,
-    outliers: Outliers | None = None,
+    outliers: OutliersArg | None = None,
     isa: str | None = None,
 ) -> npt.NDArray[np.float32]:
     """The reference of `matmul` (same arguments and result): every row dequantized by the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -13,7 +13,7 @@ import numpy.typing as npt
 from . import _core
 from .errors import ParameterError, ShapeError
 
-__all__ = ["ActQuant", "QTensor", "SourceDType", "dequantize", "quantize"]
+__all__ = ["ActQuant", "Outliers", "QTensor", "SourceDType", "dequantize", "quantize"]
 
 SourceDType = Literal["f32", "f16", "bf16"]
 
@@ -74,6 +74,64 @@ class ActQuant:
         return (self.mode, self.step)
 
 
+class Outliers(NamedTuple):
+    """A sparse outlier sidecar in CSR form (`formats/LBF.md` §5, parts 2–4): weights kept
+    exactly, as a value *added* to the dequantized stored weight (SpQR's dense-and-sparse
+    split: `W = deq(Q) + S`).
+
+    Attributes:
+        row_ptr: uint64 (rows + 1,): row `r`'s outliers are entries `row_ptr[r] : row_ptr[r+1]`;
+            non-decreasing, first 0, last nnz.
+        cols: uint32 (nnz,): the *stored* column of each outlier (with an act-order `perm`,
+            input column `perm[col]`), `< cols`, strictly increasing within a row.
+        vals: float16 (nnz,): finite; what is added to the dequantized value there.
+
+    Bytes stored: `8 · (rows + 1) + 6 · nnz`.
+    """
+
+    row_ptr: npt.NDArray[np.uint64]
+    cols: npt.NDArray[np.uint32]
+    vals: npt.NDArray[np.float16]
+
+    @property
+    def nnz(self) -> int:
+        """Number of outliers."""
+        return int(self.vals.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the three parts."""
+        return int(self.row_ptr.nbytes + self.cols.nbytes + self.vals.nbytes)
+
+    @classmethod
+    def from_coo(cls, rows: int, row: npt.ArrayLike, col: npt.ArrayLike, vals: npt.ArrayLike) -> Outliers:
+        """Build from coordinates in any order (`row`, `col` (nnz,) integers, stored columns;
+        `vals` (nnz,) rounded to float16). Duplicated positions raise ParameterError."""
+        r = np.asarray(row, dtype=np.int64).reshape(-1)
+        c = np.asarray(col, dtype=np.int64).reshape(-1)
+        v = np.asarray(vals).reshape(-1)
+        if not (r.size == c.size == v.size):
+            raise ShapeError(f"outlier rows, cols and vals differ in length: {r.size}, {c.size}, {v.size}")
+        if r.size and (r.min() < 0 or r.max() >= rows or c.min() < 0 or c.max() > np.iinfo(np.uint32).max):
+            raise ShapeError(f"outlier coordinates outside {rows} rows or the uint32 range")
+        order = np.lexsort((c, r))
+        r, c = r[order], c[order]
+        if r.size > 1 and np.any((r[1:] == r[:-1]) & (c[1:] == c[:-1])):
+            raise ParameterError("two outliers at the same position")
+        row_ptr = np.zeros(rows + 1, np.uint64)
+        np.cumsum(np.bincount(r, minlength=rows), out=row_ptr[1:])
+        with np.errstate(over="ignore"):
+            v16 = v[order].astype(np.float16)
+        return cls(row_ptr, c.astype(np.uint32), v16)
+
+    def coo(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """(row, stored column, value as float32), each (nnz,)."""
+        ptr = self.row_ptr.astype(np.int64)
+        counts = ptr[1:] - ptr[:-1]
+        row = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+        return row, self.cols.astype(np.int64), self.vals.astype(np.float32)
+
+
 class QTensor:
     """A quantized 2-D tensor: `shape = (rows, cols)` values stored as `data`, a uint8 array of
     shape `(rows, row_bytes)` holding the raw blocks row-major (exactly ggml's bytes for the
@@ -87,13 +145,17 @@ class QTensor:
     (cols,), says that stored column `j` holds input column `perm[j]`. `dequantize` returns input
     order, `matmul` and the LBF file honour it, and its bytes count in `nbytes`.
 
+    Any tensor may carry `outliers` (an `Outliers` sidecar: weights kept exactly, added to the
+    dequantized values); `dequantize`, `matmul` and the LBF file honour them, and their bytes
+    count in `nbytes`.
+
     A symmetric int8 tensor with one group per row (`int8-row-sym`, at most `ACT_MAX_COLS`
-    columns, no `perm`) may carry `act`, an `ActQuant`: `matmul` then quantizes the activations
+    columns, no `perm`, no outliers) may carry `act`, an `ActQuant`: `matmul` then quantizes the activations
     to int8 too (W8A8); `dequantize` ignores it (weights only); the LBF file stores it (8 bytes,
     counted in `nbytes`).
     """
 
-    __slots__ = ("_act", "_data", "_group_size", "_perm", "_qtype", "_shape", "_symmetric")
+    __slots__ = ("_act", "_data", "_group_size", "_outliers", "_perm", "_qtype", "_shape", "_symmetric")
 
     def __init__(
         self,
@@ -105,6 +167,7 @@ class QTensor:
         symmetric: bool | None = None,
         perm: npt.ArrayLike | None = None,
         act: ActQuant | None = None,
+        outliers: Outliers | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike] | None = None,
     ) -> None:
         rows, cols = _shape2(shape)
         name, g, s, row_bytes = _core.layout(qtype, rows, cols, group_size, symmetric)
@@ -116,7 +179,8 @@ class QTensor:
         self._shape = (rows, cols)
         self._data = np.ascontiguousarray(data).reshape(rows, row_bytes)
         self._perm = None if perm is None else _check_perm(perm, name, cols)
-        self._act = _check_act(act, name, g, s, cols, self._perm)
+        self._outliers = None if outliers is None else check_outliers(outliers, rows, cols)
+        self._act = _check_act(act, name, g, s, cols, self._perm, self._outliers)
 
     @classmethod
     def from_bytes(
@@ -173,17 +237,36 @@ class QTensor:
         """The activation quantization of a W8A8 weight; None for weight-only quantization."""
         return self._act
 
+    @property
+    def outliers(self) -> Outliers | None:
+        """The sparse outlier sidecar, or None."""
+        return self._outliers
+
     def with_act(self, act: ActQuant | None) -> QTensor:
         """The same tensor (sharing `data`) with activation quantization `act` (None: weight
         only). Raises as the constructor does for a tensor that cannot carry it."""
-        qt = QTensor._view(self._qtype, self._shape, self._data, self._group_size, self._symmetric, self._perm)
-        qt._act = _check_act(act, self._qtype, self._group_size, self._symmetric, self._shape[1], self._perm)
+        qt = QTensor._view(
+            self._qtype, self._shape, self._data, self._group_size, self._symmetric, self._perm, None, self._outliers
+        )
+        qt._act = _check_act(
+            act, self._qtype, self._group_size, self._symmetric, self._shape[1], self._perm, self._outliers
+        )
         return qt
+
+    def with_outliers(self, outliers: Outliers | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike] | None) -> QTensor:
+        """The same tensor (sharing `data`) with the sidecar `outliers` (None: without). Raises
+        as the constructor does."""
+        o = None if outliers is None else check_outliers(outliers, *self._shape)
+        _check_act(self._act, self._qtype, self._group_size, self._symmetric, self._shape[1], self._perm, o)
+        return QTensor._view(
+            self._qtype, self._shape, self._data, self._group_size, self._symmetric, self._perm, self._act, o
+        )
 
     @property
     def nbytes(self) -> int:
-        """Bytes stored (codes, scales, zeros, permutation, act part: everything)."""
+        """Bytes stored (codes, scales, zeros, permutation, outliers, act part: everything)."""
         extra = (0 if self._perm is None else int(self._perm.nbytes)) + (0 if self._act is None else 8)
+        extra += 0 if self._outliers is None else self._outliers.nbytes
         return int(self._data.nbytes) + extra
 
     @property
@@ -205,17 +288,20 @@ class QTensor:
         symmetric: bool | None,
         perm: npt.NDArray[np.uint32] | None = None,
         act: ActQuant | None = None,
+        outliers: Outliers | None = None,
     ) -> QTensor:
-        """Wrap bytes (and a permutation, an act mode) already validated by the LBF reader: no
-        copy, and empty tensors allowed."""
+        """Wrap bytes (and a permutation, an act mode, outliers) already validated (by the LBF
+        reader): no copy, and empty tensors allowed."""
         qt = cls.__new__(cls)
         qt._qtype, qt._group_size, qt._symmetric, qt._shape = qtype, group_size, symmetric, shape
-        qt._perm, qt._act = perm, act
+        qt._perm, qt._act, qt._outliers = perm, act, outliers
         qt._data = data.reshape(shape[0], data.size // shape[0] if shape[0] else 0)
         return qt
 
     def __repr__(self) -> str:
         p = ", act-order" if self._perm is not None else ""
+        if self._outliers is not None:
+            p += f", {self._outliers.nnz} outliers"
         if self._act is not None:
             p += f", act={self._act.mode}" + (f"(step={self._act.step:.6g})" if self._act.mode == "static" else "")
         return f"QTensor({self._qtype}, shape={self._shape}{p}, {self.nbytes} bytes, {self.bits_per_weight:.4g} bpw)"
@@ -228,6 +314,7 @@ def _check_act(
     symmetric: bool | None,
     cols: int,
     perm: npt.NDArray[np.uint32] | None,
+    outliers: Outliers | None = None,
 ) -> ActQuant | None:
     """`act` if a tensor of these parameters may carry it (the rule of the core's
     `QMatrix::with_act`), else the typed error."""
@@ -241,11 +328,42 @@ def _check_act(
             f"int8 activations need a symmetric int8 weight with one group per row (int8-row-sym), not {qtype} "
             f"on rows of {cols}"
         )
-    if perm is not None:
-        raise ParameterError("int8 activations cannot combine with an act-order permutation")
+    if perm is not None or outliers is not None:
+        raise ParameterError("int8 activations cannot combine with an act-order permutation or outliers")
     if cols > ACT_MAX_COLS:
         raise ShapeError(f"int8 activations need rows of at most {ACT_MAX_COLS} values (int32 sums), got {cols}")
     return act
+
+
+def check_outliers(o: Outliers | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike], rows: int, cols: int) -> Outliers:
+    """`o` as a validated `Outliers` for a tensor of shape (rows, cols): the rules of
+    `formats/LBF.md` §5 (ShapeError for lengths, ParameterError for content, TypeError for
+    dtypes)."""
+    if not isinstance(o, tuple) or len(o) != 3:
+        raise TypeError("outliers must be an Outliers (row_ptr, cols, vals)")
+    ptr, col, val = (np.asarray(a) for a in o)
+    if ptr.dtype.kind not in "iu" or col.dtype.kind not in "iu":
+        raise TypeError(f"outlier row pointers and columns must be integer arrays, got {ptr.dtype}, {col.dtype}")
+    if val.dtype != np.float16:
+        raise TypeError(f"outlier values must be float16, got {val.dtype}")
+    if ptr.shape != (rows + 1,) or col.ndim != 1 or val.shape != col.shape:
+        raise ShapeError(
+            f"outliers of a ({rows}, {cols}) tensor need row_ptr ({rows + 1},) and cols/vals of one length (nnz,), "
+            f"got {ptr.shape}, {col.shape}, {val.shape}"
+        )
+    p = ptr.astype(np.int64)
+    if p[0] != 0 or p[-1] != col.size or np.any(np.diff(p) < 0):
+        raise ParameterError(f"outlier row pointers must rise from 0 to nnz = {col.size}")
+    c = col.astype(np.int64)
+    if c.size and (c.min() < 0 or c.max() >= cols):
+        raise ParameterError(f"an outlier column is outside 0..{cols}")
+    first = np.zeros(c.size, bool)
+    first[p[:-1][p[:-1] < c.size]] = True  # the first entry of each non-empty row
+    if np.any((np.diff(c) <= 0) & ~first[1:]):
+        raise ParameterError("outlier columns must increase strictly within a row")
+    if not np.isfinite(val).all():
+        raise ParameterError("outlier values must be finite")
+    return Outliers(np.ascontiguousarray(p, np.uint64), np.ascontiguousarray(c, np.uint32), np.ascontiguousarray(val))
 
 
 def _check_perm(perm: npt.ArrayLike, qtype: str, cols: int) -> npt.NDArray[np.uint32]:
@@ -387,6 +505,9 @@ def dequantize(qt: QTensor, *, isa: str | None = None) -> npt.NDArray[np.float32
         return np.zeros((rows, cols), np.float32)
     flat = _core.dequantize(qt.data.reshape(-1), qt.qtype, rows, cols, qt.group_size, qt.symmetric, isa)
     stored = flat.reshape(rows, cols)
+    if qt.outliers is not None:
+        r, c, v = qt.outliers.coo()
+        stored[r, c] += v  # positions are unique
     if qt.perm is None:
         return stored
     out = np.empty_like(stored)

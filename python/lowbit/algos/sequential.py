@@ -50,6 +50,7 @@ from ..errors import ParameterError
 from ..qtensor import ActQuant, QTensor, quantize
 from .gptq import gptq_quantize, output_error
 from .gptq_blocks import gptq_blocks
+from .outliers import MAX_FRACTION
 
 __all__ = [
     "GPTQConfig",
@@ -79,12 +80,22 @@ class GPTQConfig:
             (with act-order the tensor is then stored in input order, no permutation).
         damp: relative damping λ / mean(diag H), raised ×10 when the Cholesky factorisation fails.
         block_size: columns per lazy-batch update.
+        outliers: fraction of each weight (0 … `MAX_FRACTION`) kept exactly as sparse outliers,
+            chosen inside the column loop by Hessian-weighted sensitivity (SpQR; fitted by
+            `gptq_blocks` for every type, without act-order).
     """
 
     act_order: bool = False
     static_groups: bool = False
     damp: float = 0.01
     block_size: int = 128
+    outliers: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.outliers, int | float) and 0.0 <= self.outliers <= MAX_FRACTION):
+            raise ParameterError(f"GPTQ outliers must be a fraction in [0, {MAX_FRACTION}], got {self.outliers!r}")
+        if self.outliers and self.act_order:
+            raise ParameterError("GPTQ with outliers does not take act-order: drop one of them")
 
 
 @dataclass
@@ -115,14 +126,15 @@ def quantize_linear(
     w: npt.NDArray[np.float32], h: npt.NDArray[np.float64], qtype: str, cfg: GPTQConfig
 ) -> tuple[QTensor, LinearReport]:
     """GPTQ of one weight `w` (float32 (rows, cols)) with `h = Σ x xᵀ` (float64 (cols, cols)) to
-    `qtype`: on the group-affine grid, or fitted to a block type; floats are stored as they are."""
+    `qtype`: on the group-affine grid, or fitted to a block type (and with `cfg.outliers`, for
+    every type); floats are stored as they are."""
     rows, cols = w.shape
     if qtype in ("f32", "f16", "bf16"):
         q = quantize(w, qtype)
         return q, LinearReport(qtype, "float", 0.0, output_error(w, q.dequantize(), h))
     affine = _parse_affine(qtype, rows, cols)
-    if affine is None:
-        b = gptq_blocks(w, h, qtype, damp=cfg.damp)
+    if affine is None or cfg.outliers:
+        b = gptq_blocks(w, h, qtype, damp=cfg.damp, outliers=cfg.outliers)
         return b.qtensor, LinearReport(b.qtensor.qtype, "gptq", b.rtn_error, b.error, b.damp, b.dead_columns)
     base, g, sym = affine
     r = gptq_quantize(
@@ -170,6 +182,8 @@ def _pack(t: Weight) -> dict[str, npt.NDArray[Any]]:
     )
     if t.perm is not None:
         out["perm"] = t.perm
+    if t.outliers is not None:
+        out["outlier_rows"], out["outlier_cols"], out["outlier_vals"] = t.outliers
     return out
 
 
@@ -179,6 +193,8 @@ def _unpack(z: Mapping[str, npt.NDArray[Any]], prefix: str) -> Weight:
     meta = json.loads(bytes(z[prefix + "meta"]).decode())
     rows, cols = (int(v) for v in z[prefix + "shape"])
     perm = z[prefix + "perm"] if prefix + "perm" in z else None
+    parts = ("outlier_rows", "outlier_cols", "outlier_vals")
+    outl = tuple(np.array(z[prefix + k]) for k in parts) if prefix + parts[0] in z else None
     return QTensor(
         meta["qtype"],
         (rows, cols),
@@ -187,6 +203,7 @@ def _unpack(z: Mapping[str, npt.NDArray[Any]], prefix: str) -> Weight:
         symmetric=meta["symmetric"],
         perm=perm,
         act=None if meta["act"] is None else ActQuant(**meta["act"]),
+        outliers=outl,  # type: ignore[arg-type]
     )
 
 

@@ -77,11 +77,13 @@ def _matrix_arg(name: str, w: Any) -> tuple[Any, ...]:
     if isinstance(w, QTensor):
         rows, cols = w.shape
         act = None if w.act is None else w.act._wire()
-        return (w.data.reshape(-1), w.qtype, rows, cols, w.group_size, w.symmetric, w.perm, act)
+        o = w.outliers
+        outl = None if o is None else (o.row_ptr, o.cols, o.vals.view(np.uint16))
+        return (w.data.reshape(-1), w.qtype, rows, cols, w.group_size, w.symmetric, w.perm, act, outl)
     if isinstance(w, np.ndarray) and w.ndim == 2 and w.dtype == np.float32:
         rows, cols = w.shape
         data = np.ascontiguousarray(w, dtype="<f4").view(np.uint8).reshape(-1)
-        return (data, "f32", rows, cols, None, None, None, None)
+        return (data, "f32", rows, cols, None, None, None, None, None)
     raise TypeError(f"layer tensor {name!r} must be a QTensor or a 2-D float32 array, got {type(w).__name__}")
 
 

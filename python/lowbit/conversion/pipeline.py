@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from .. import _core
 from ..algos.awq import AWQConfig, awq_method
+from ..algos.outliers import OUTLIER_METHODS, outlier_budget, parse_fraction, quantize_with_outliers
 from ..algos.sequential import GPTQConfig, LayerFn, LinearReport, gptq_layer, load_quantized, remove_state, run_layers
 from ..algos.smooth import W8A8_QTYPE, W8A8Config, smooth_method
 from ..calib.capture import check_model
@@ -160,7 +161,9 @@ def format_plan(report: ConvertReport, *, width: int = 48) -> str:
         if rmse:
             r = report.rel_rmse.get(e.name)
             row += f" {r:>9.2e}" if r is not None else f" {'':>9}"
-        lines.append(row + (f"  {e.fallback}" if e.fallback else ""))
+        notes = [e.fallback] if e.fallback else []
+        notes += [f"+ {e.outliers} outliers"] if e.outliers else []
+        lines.append(row + "".join(f"  {n}" for n in notes))
     lines.append("")
     by_type: dict[str, list[int]] = {}
     for e in report.plan:
@@ -276,6 +279,8 @@ def convert(
     act: str | None = None,
     observer: str = "minmax",
     smooth_alpha: float = 0.5,
+    outliers: float | str | None = None,
+    outlier_method: str = "magnitude",
     resume: bool = False,
 ) -> ConvertReport:
     """Convert a model to an LBF file.
@@ -311,6 +316,12 @@ def convert(
             "smoothquant".
         observer: the static steps' observer (minmax, ema, percentile, kl, mse).
         smooth_alpha: SmoothQuant's migration strength α in [0, 1].
+        outliers: keep this fraction of every quantized matrix's weights exactly as sparse
+            outliers (`0.005` or `"0.5%"`, at most 10%; `lowbit.algos.outliers`): chosen by
+            `outlier_method` ("magnitude" or "deviation", calibration-free) with
+            "rtn", by Hessian-weighted sensitivity inside GPTQ with "gptq" and "awq+gptq". Their
+            bytes count in the plan and in bits per weight. Not with "awq" alone, `act`, or
+            `gguf_compatible` (GGUF cannot hold them: the error lists the tensors).
         resume: continue the checkpoint `<out>.ckpt/` of an interrupted calibrated run.
         dry_run: plan only; nothing is read beyond headers and nothing is written.
         overwrite: replace an existing `out` (the new file replaces it atomically at the end).
@@ -342,6 +353,15 @@ def convert(
         if imatrix is not None:
             raise ParameterError("--act int8 quantizes the linears per channel to int8: drop --imatrix")
         overrides = [(DECODER_LINEAR, W8A8_QTYPE), *overrides]
+    frac = 0.0 if outliers is None else parse_fraction(outliers)
+    if frac:
+        if outlier_method not in OUTLIER_METHODS:
+            raise ParameterError(f"outlier method must be one of {', '.join(OUTLIER_METHODS)}, got {outlier_method!r}")
+        if method == "awq":
+            raise ParameterError("outliers are chosen inside GPTQ with AWQ's scales: use --method awq+gptq")
+        if act is not None:
+            raise ParameterError("W8A8 weights (--act) cannot carry outliers")
+        gptq = dataclasses.replace(gptq or GPTQConfig(), outliers=frac)
     if out is None and not dry_run:
         raise ParameterError("an output path is needed (or pass dry_run=True)")
     if out is not None and not dry_run and os.path.exists(out) and not overwrite:
@@ -383,7 +403,20 @@ def convert(
             for g in (gguf_compatible, not gguf_compatible)
         ]
         plan = plans[0]
+        if frac:
+            carriers = [e.name for e in plan if len(e.shape) == 2 and e.qtype not in _FLOATS]
+            if gguf_compatible:
+                raise ParameterError(
+                    f"--gguf-compatible: GGUF cannot hold outliers, which {len(carriers)} tensor(s) would carry: "
+                    + ", ".join(carriers)
+                )
+            plan = [_with_sidecar(e, frac) if e.name in carriers else e for e in plan]
         meta = _metadata(source, type, tensor_types, gguf_compatible, im)
+        if frac:
+            params = json.loads(meta["quantization.params"])
+            chooser = "gptq-hessian" if "gptq" in method else outlier_method
+            params["outliers"] = {"fraction": frac, "selection": chooser, "non-decoder tensors": outlier_method}
+            meta["quantization.params"] = json.dumps(params)
         gcfg = gptq or GPTQConfig()
         acfg = awq or AWQConfig()
         layered = method != "rtn" or w8 is not None
@@ -406,7 +439,7 @@ def convert(
             meta["quantization.params"] = json.dumps(params)
             meta.update(cal.provenance())
         report = ConvertReport(str(source.path), source.kind, type, plan, dry_run, gguf_compatible=gguf_compatible)
-        report.other_tensor_bytes = sum(e.nbytes for e in plans[1])
+        report.other_tensor_bytes = sum(e.nbytes for e in (plan if frac else plans[1]))
         estimate = sum(_align(e.nbytes) + _INDEX_BYTES_PER_TENSOR + len(e.name) for e in plan)
         report.file_bytes = estimate + sum(len(k) + len(str(v).encode()) + 16 for k, v in meta.items()) + 64
         if dry_run:
@@ -449,7 +482,13 @@ def convert(
                     else:
                         try:
                             imp = None if im is None else im.importance(e.name)
-                            q = quantize(x.reshape(e.shape), e.qtype, importance=imp)
+                            if frac:
+                                q = quantize_with_outliers(
+                                    x.reshape(e.shape), e.qtype, frac, method=outlier_method, importance=imp
+                                )
+                                plan[k] = dataclasses.replace(e, nbytes=q.nbytes)
+                            else:
+                                q = quantize(x.reshape(e.shape), e.qtype, importance=imp)
                         except InvalidValueError as err:
                             raise InvalidValueError(f"tensor {e.name}: {err}", err.index, err.row, err.col) from None
                         w.add(e.name, q)
@@ -462,6 +501,15 @@ def convert(
         if layered:
             remove_state(state_dir)
         return report
+
+
+_FLOATS = ("f32", "f16", "bf16")
+
+
+def _with_sidecar(e: PlanEntry, frac: float) -> PlanEntry:
+    """`e` with the outlier budget `frac` and its sidecar's bytes (row pointers, 6 per outlier)."""
+    n = outlier_budget(frac, e.shape[0], e.shape[1])
+    return dataclasses.replace(e, nbytes=e.nbytes + 8 * (e.shape[0] + 1) + 6 * n, outliers=n)
 
 
 def _align(n: int, a: int = 64) -> int:

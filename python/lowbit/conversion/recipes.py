@@ -231,6 +231,7 @@ class PlanEntry:
     nbytes: int
     reason: str  # which rule or override chose `requested` ("base", "1-D: f32", ...)
     fallback: str  # why `qtype` differs from `requested` ("ragged: …", "fallback: …"; "" if it does not)
+    outliers: int = 0  # the sparse outlier budget (`nbytes` counts its sidecar)
 
     @property
     def numel(self) -> int:

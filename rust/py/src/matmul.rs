@@ -11,7 +11,7 @@ use crate::errors::PyLowbitError;
 use crate::{parse_act, parse_isa, slice_of, ActArg};
 
 /// Little-endian bytes of a slice of integers (the byte form `QMatrix` reads).
-fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+pub(crate) fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
     v.iter().flat_map(|&x| f(x)).collect()
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use lowbit_core::format::LbfFile;
-use lowbit_core::matmul::{ActQuant, QMatrix};
+use lowbit_core::matmul::{ActQuant, Outliers, QMatrix};
 use lowbit_core::model::{self as core_model, Arch, Config, LayerView, Model, RopeScaling, Sampler, Session, Tap};
 use lowbit_core::quant::{self, Layout, QuantOptions};
 use lowbit_core::Error;
@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::errors::PyLowbitError;
+use crate::matmul::le_bytes;
 use crate::{parse_act, parse_isa, slice_of, ActArg};
 
 /// The keys every `Engine` config has.
@@ -260,7 +261,13 @@ type MatrixArg<'py> = (
     Option<bool>,
     Option<PyReadonlyArray1<'py, u32>>,
     Option<ActArg>,
+    Option<OutlierArg<'py>>,
 );
+
+/// Outliers as (row_ptr u64, cols u32, vals as u16 bits).
+type OutlierArg<'py> = (PyReadonlyArray1<'py, u64>, PyReadonlyArray1<'py, u32>, PyReadonlyArray1<'py, u16>);
+/// Outlier parts as little-endian bytes: row pointers, columns, values.
+type OutlierBytes = Option<[Vec<u8>; 3]>;
 
 /// One decoder layer over `x` (`tokens × hidden` float32: `tokens / seq_len` independent
 /// sequences, each from position 0), returning the new hidden states and, for each tap name
@@ -287,12 +294,14 @@ pub fn layer_forward<'py>(
         tensors.get_item(k)?.ok_or_else(|| param_err(format!("layer tensor {k:?} is missing")))
     };
     #[allow(clippy::type_complexity)]
-    let (mut args, mut mats): (Vec<MatrixArg<'py>>, Vec<(Layout, Option<Vec<u8>>, Option<ActQuant>)>) =
-        (Vec::new(), Vec::new());
+    let (mut args, mut mats): (
+        Vec<MatrixArg<'py>>,
+        Vec<(Layout, Option<Vec<u8>>, Option<ActQuant>, OutlierBytes)>,
+    ) = (Vec::new(), Vec::new());
     for name in LAYER_MATRICES {
         let arg: MatrixArg<'py> = get(name)?.extract().map_err(|_| {
             param_err(format!(
-                "layer tensor {name:?} must be (data uint8, qtype, rows, cols, group_size, symmetric, perm, act)"
+                "layer tensor {name:?} must be (data uint8, qtype, rows, cols, group_size, symmetric, perm, act, outliers)"
             ))
         })?;
         let opts = QuantOptions { group_size: arg.4, symmetric: arg.5, ..Default::default() };
@@ -303,8 +312,16 @@ pub fn layer_forward<'py>(
             None => None,
         };
         let act = parse_act(arg.7.as_ref())?;
+        let outl = match &arg.8 {
+            Some((p, c, v)) => Some([
+                le_bytes(slice_of(p, "outlier row pointers")?, u64::to_le_bytes),
+                le_bytes(slice_of(c, "outlier columns")?, u32::to_le_bytes),
+                le_bytes(slice_of(v, "outlier values")?, u16::to_le_bytes),
+            ]),
+            None => None,
+        };
         args.push(arg);
-        mats.push((layout, perm, act));
+        mats.push((layout, perm, act, outl));
     }
     let vec_names = [
         "input_layernorm.weight",
@@ -340,8 +357,9 @@ pub fn layer_forward<'py>(
             outs.push((t, core_model::layer_buffer(&[tokens, t.width(&cfg)], "tap output")?));
         }
         let m = |i: usize| {
-            let (layout, perm, act) = &mats[i];
-            QMatrix::new(*layout, data[i], perm.as_deref(), None)?.with_act(*act)
+            let (layout, perm, act, outl) = &mats[i];
+            let o = outl.as_ref().map(|[p, c, v]| Outliers { row_ptr: p, cols: c, vals: v });
+            QMatrix::new(*layout, data[i], perm.as_deref(), o)?.with_act(*act)
         };
         let view = LayerView {
             attn_norm: vs[0].expect("checked"),
