@@ -220,6 +220,9 @@ def _convert(args: argparse.Namespace) -> int:
         ),
         outliers=args.outliers,
         outlier_method=args.outlier_method,
+        target_bpw=args.target_bpw,
+        candidates=args.candidates.split(",") if args.candidates else None,
+        sensitivity=args.sensitivity,
         awq=AWQConfig(grid=args.awq_grid, clip=not args.no_clip),
         act=args.act,
         observer=args.observer,
@@ -395,6 +398,26 @@ def main(argv: list[str] | None = None) -> int:
         choices=("magnitude", "deviation"),
         default="magnitude",
         help="calibration-free outlier choice (rtn): largest |w| (default) or largest deviation in its 16-group",
+    )
+    conv.add_argument(
+        "--target-bpw",
+        type=float,
+        metavar="BPW",
+        help="mixed precision: choose each matrix's type so the whole file has at most BPW bits per weight and "
+        "the least predicted KL divergence (sensitivity measured per tensor on the calibration text); the plan "
+        "shows each choice, also with --dry-run",
+    )
+    conv.add_argument(
+        "--candidates",
+        metavar="T1,T2,...",
+        help="--target-bpw: the types to choose from (default int2-g64,q2_k,q3_k,q4_k,q5_k,q6_k,q8_0; k-types "
+        "become ragged k-types on rows that are not a multiple of 256)",
+    )
+    conv.add_argument(
+        "--sensitivity",
+        metavar="FILE.json",
+        help="--target-bpw: cache the sensitivity measurement in FILE (reused when it matches the model, "
+        "calibration text and candidates), so trying several budgets costs one measurement",
     )
     _calib_args(conv)
     conv.add_argument("--act-order", action="store_true", help="gptq: columns in decreasing Hessian diagonal order")

@@ -55,7 +55,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from .. import _core, qtypes
+from .. import _core
 from ..calib.capture import TAP_LINEARS, check_model, collect, embed, layer_forward, layer_weights
 from ..calib.data import CalibrationSet
 from ..conversion.recipes import RAGGED
@@ -65,6 +65,7 @@ from ..qtensor import QTensor, quantize
 
 __all__ = [
     "DEFAULT_CANDIDATES",
+    "GGUF_CANDIDATES",
     "PROBE_BPW",
     "Allocation",
     "Option",
@@ -79,6 +80,9 @@ F64 = npt.NDArray[np.float64]
 
 DEFAULT_CANDIDATES: tuple[str, ...] = ("int2-g64", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0")
 """The qtypes `measure_sensitivity` tries by default, cheapest first."""
+GGUF_CANDIDATES: tuple[str, ...] = ("q2_k", "q3_k", "iq4_nl", "q4_0", "q4_k", "q5_0", "q5_k", "q6_k", "q8_0")
+"""The default for a GGUF-compatible file: ggml types only, the legacy 32-value types included
+for rows that are not a multiple of 256 (k-quants there are skipped)."""
 PROBE_BPW = 4.0
 """The probe candidate of a tensor is its option with bits per weight closest to this."""
 EMBED = "model.embed_tokens.weight"
@@ -155,6 +159,16 @@ class Sensitivity:
                 for n, t in self.tensors.items()
             },
         }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Sensitivity:
+        """The inverse of `to_json`."""
+        tensors = {}
+        for n, t in d["tensors"].items():
+            shape = (int(t["shape"][0]), int(t["shape"][1]))
+            opts = [Option(**o) for o in t["options"]]
+            tensors[n] = TensorSensitivity(n, shape, t["alpha"], t["probe"], t["probe_kld"], opts, dict(t["skipped"]))
+        return cls(tensors, int(d["probe_tokens"]), float(d["reference_kld_check"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,11 +289,12 @@ def measure_sensitivity(
         raise ParameterError(f"probe_len must be at least 1, got {probe_len}")
     if not candidates or len(set(candidates)) != len(candidates):
         raise ParameterError(f"candidates must be distinct and at least one, got {list(candidates)}")
-    known = {t.name for t in qtypes()}
+    table = _core.qtypes()
+    known = {str(t["name"]) for t in table}
     for c in candidates:
         if c.split("-")[0] not in known:
             raise ParameterError(f"unknown candidate qtype {c!r}")
-    ggml = {t.name for t in qtypes() if t.gguf_type is not None}
+    ggml = {str(t["name"]) for t in table if t["gguf_type"] is not None}
     if len(set(names)) != len(names):
         raise ParameterError("names holds duplicates")
     by_layer: dict[int, list[str]] = {}

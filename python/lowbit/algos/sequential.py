@@ -161,7 +161,8 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     os.replace(tmp, path)
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
+    """`obj` as JSON in `path`, atomically (temporary file, fsync, rename)."""
     _atomic_write(path, lambda f: f.write(json.dumps(obj).encode()))
 
 
@@ -292,10 +293,10 @@ def run_layers(
             x, _ = collect(source.config, {**w, **stored}, x, cal.seq_len, taps=(), isa=isa)
             arrays = {f"{k}/{part}": v for k, t in stored.items() for part, v in _pack(t).items()}
             _atomic_write(state_dir / f"layer_{i}.npz", partial(np.savez, **arrays))  # type: ignore[arg-type]
-            _write_json(state_dir / f"report_{i}.json", {"linears": linears, "layer": layer, "stored": list(stored)})
+            write_json(state_dir / f"report_{i}.json", {"linears": linears, "layer": layer, "stored": list(stored)})
             # the next layer's input, under its own name: until state.json says so it is unused
             _atomic_write(state_dir / f"x_{i + 1}.npy", partial(np.save, arr=x))
-            _write_json(state_path, {"version": STATE_VERSION, "fingerprint": fp, "layers_done": i + 1})
+            write_json(state_path, {"version": STATE_VERSION, "fingerprint": fp, "layers_done": i + 1})
             (state_dir / f"x_{i}.npy").unlink(missing_ok=True)
             bar.update(1)
     finally:

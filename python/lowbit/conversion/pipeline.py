@@ -26,13 +26,24 @@ import numpy.typing as npt
 
 from .. import _core
 from ..algos.awq import AWQConfig, awq_method
+from ..algos.mixed import DEFAULT_CANDIDATES, GGUF_CANDIDATES, Sensitivity, allocate, measure_sensitivity
 from ..algos.outliers import OUTLIER_METHODS, outlier_budget, parse_fraction, quantize_with_outliers
-from ..algos.sequential import GPTQConfig, LayerFn, LinearReport, gptq_layer, load_quantized, remove_state, run_layers
+from ..algos.sequential import (
+    GPTQConfig,
+    LayerFn,
+    LinearReport,
+    fingerprint,
+    gptq_layer,
+    load_quantized,
+    remove_state,
+    run_layers,
+    write_json,
+)
 from ..algos.smooth import W8A8_QTYPE, W8A8Config, smooth_method
 from ..calib.capture import check_model
-from ..calib.data import calibration_tokens
+from ..calib.data import CalibrationSet, calibration_tokens
 from ..calib.imatrix import Imatrix, compute_imatrix, load_imatrix
-from ..errors import DestinationExistsError, InvalidValueError, LowbitWarning, ParameterError
+from ..errors import DestinationExistsError, FormatError, InvalidValueError, LowbitWarning, ParameterError
 from ..lbf import LBFWriter
 from ..qtensor import QTensor, dequantize, quantize
 from ._files import progress_bar
@@ -75,6 +86,8 @@ class ConvertReport:
             used (`lowbit.algos.sequential.LinearReport`).
         layers: with a calibrated method, what it chose per layer (AWQ: α per scale group and
             clipping; SmoothQuant/W8A8: dead channels, static steps).
+        mixed: with `target_bpw`, the allocation: target, candidates, predicted KLD, per tensor
+            the qtype, predicted ΔKLD and α, the candidates skipped (and why).
     """
 
     source: str
@@ -89,6 +102,7 @@ class ConvertReport:
     other_tensor_bytes: int = 0
     linears: dict[str, LinearReport] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    mixed: dict[str, Any] | None = None
 
     @property
     def src_bytes(self) -> int:
@@ -122,6 +136,7 @@ class ConvertReport:
             "seconds": self.seconds,
             "linears": {k: asdict(v) for k, v in self.linears.items()},
             "layers": self.layers,
+            "mixed": self.mixed,
             "tensors": [
                 {
                     "name": e.name,
@@ -134,6 +149,8 @@ class ConvertReport:
                     "bits_per_weight": e.bits_per_weight,
                     "reason": e.reason,
                     "fallback": e.fallback,
+                    "outliers": e.outliers,
+                    "predicted": e.predicted,
                     "rel_rmse": self.rel_rmse.get(e.name),
                 }
                 for e in self.plan
@@ -163,6 +180,7 @@ def format_plan(report: ConvertReport, *, width: int = 48) -> str:
             row += f" {r:>9.2e}" if r is not None else f" {'':>9}"
         notes = [e.fallback] if e.fallback else []
         notes += [f"+ {e.outliers} outliers"] if e.outliers else []
+        notes += [f"predicted ΔKLD {e.predicted:.2e}"] if e.predicted is not None else []
         lines.append(row + "".join(f"  {n}" for n in notes))
     lines.append("")
     by_type: dict[str, list[int]] = {}
@@ -189,6 +207,13 @@ def format_plan(report: ConvertReport, *, width: int = 48) -> str:
         lines.append(
             f"with {how}: {_mib(report.other_tensor_bytes)} MiB of tensor data ({other:.3f} bpw, "
             f"{other - report.bits_per_weight:+.3f})"
+        )
+    if report.mixed is not None:
+        m = report.mixed
+        lines.append(
+            f"--target-bpw {m['target_bpw']:g}: predicted KLD {m['predicted_kld']:.4g} (sum of per-tensor ΔKLD, "
+            f"sensitivity on {m['probe_tokens']} calibration tokens)"
+            + (f"; candidates skipped for {len(m['skipped'])} tensor(s)" if m["skipped"] else "")
         )
     if report.linears:
         ratios = sorted(r.error / r.rtn_error for r in report.linears.values() if r.rtn_error > 0)
@@ -281,6 +306,9 @@ def convert(
     smooth_alpha: float = 0.5,
     outliers: float | str | None = None,
     outlier_method: str = "magnitude",
+    target_bpw: float | None = None,
+    candidates: Sequence[str] | None = None,
+    sensitivity: str | os.PathLike[str] | None = None,
     resume: bool = False,
 ) -> ConvertReport:
     """Convert a model to an LBF file.
@@ -322,8 +350,21 @@ def convert(
             "rtn", by Hessian-weighted sensitivity inside GPTQ with "gptq" and "awq+gptq". Their
             bytes count in the plan and in bits per weight. Not with "awq" alone, `act`, or
             `gguf_compatible` (GGUF cannot hold them: the error lists the tensors).
+        target_bpw: mixed precision: choose each matrix's qtype among `candidates` (default
+            `lowbit.algos.mixed.DEFAULT_CANDIDATES`) so the whole file (every tensor, sidecars
+            included) has at most this many bits per weight and the least predicted KL
+            divergence: each tensor's sensitivity is measured on the calibration text (the
+            packaged text, with a warning, when `calib` is not given; `lowbit.algos.mixed`), also
+            in a dry run, which then prints the plan. With any `method`; the candidates are
+            quantized with the importance statistics for imatrix, GPTQ and AWQ. ParameterError
+            names the feasible range for a target outside it.
+        candidates: the qtypes `target_bpw` chooses from (GGUF-compatible: `GGUF_CANDIDATES`).
+        sensitivity: a JSON file caching `target_bpw`'s measurement: read when it was written for
+            this source, calibration tokens, candidates and method (else measured again, with a
+            warning), written otherwise — so several budgets cost one measurement.
         resume: continue the checkpoint `<out>.ckpt/` of an interrupted calibrated run.
-        dry_run: plan only; nothing is read beyond headers and nothing is written.
+        dry_run: plan only; nothing is read beyond headers (except to measure `target_bpw`'s
+            sensitivities) and nothing is written.
         overwrite: replace an existing `out` (the new file replaces it atomically at the end).
         progress: show a tqdm bar on stderr.
 
@@ -403,6 +444,37 @@ def convert(
             for g in (gguf_compatible, not gguf_compatible)
         ]
         plan = plans[0]
+        gcfg = gptq or GPTQConfig()
+        acfg = awq or AWQConfig()
+        layered = method != "rtn" or w8 is not None
+        if layered or target_bpw is not None:
+            check_model(cfg, {t.name: t for t in source.tensors})
+            if source.tokenizer_json is None:
+                raise ParameterError(f"{source.path}: no tokenizer.json, which the calibration text needs")
+            if target_bpw is not None and calib is None:
+                warnings.warn(
+                    "--target-bpw measures each tensor's sensitivity on calibration text and none was given "
+                    "(--calib): using the packaged default text",
+                    LowbitWarning,
+                    stacklevel=2,
+                )
+            cal = calibration_tokens(
+                source.tokenizer_json, files=calib, n_samples=calib_samples, seq_len=calib_seq_len, seed=seed
+            )
+        mixed: dict[str, Any] | None = None
+        if target_bpw is not None:
+            plan, mixed = _allocate(
+                plan,
+                source,
+                cal,
+                target_bpw,
+                candidates=None if candidates is None else tuple(candidates),
+                gguf_compatible=gguf_compatible,
+                importance=method != "rtn" or im is not None,
+                frac=frac,
+                cache=None if sensitivity is None else Path(sensitivity),
+                progress=progress,
+            )
         if frac:
             carriers = [e.name for e in plan if len(e.shape) == 2 and e.qtype not in _FLOATS]
             if gguf_compatible:
@@ -412,34 +484,27 @@ def convert(
                 )
             plan = [_with_sidecar(e, frac) if e.name in carriers else e for e in plan]
         meta = _metadata(source, type, tensor_types, gguf_compatible, im)
+        params = json.loads(meta["quantization.params"])
         if frac:
-            params = json.loads(meta["quantization.params"])
             chooser = "gptq-hessian" if "gptq" in method else outlier_method
             params["outliers"] = {"fraction": frac, "selection": chooser, "non-decoder tensors": outlier_method}
-            meta["quantization.params"] = json.dumps(params)
-        gcfg = gptq or GPTQConfig()
-        acfg = awq or AWQConfig()
-        layered = method != "rtn" or w8 is not None
+        if mixed is not None:
+            params["mixed"] = mixed
         if layered:
-            check_model(cfg, {t.name: t for t in source.tensors})
-            if source.tokenizer_json is None:
-                raise ParameterError(f"{source.path}: no tokenizer.json, which the calibration text needs")
-            cal = calibration_tokens(
-                source.tokenizer_json, files=calib, n_samples=calib_samples, seq_len=calib_seq_len, seed=seed
-            )
             meta["quantization.method"] = method if w8 is None or w8.alpha is not None else "w8a8"
-            params = json.loads(meta["quantization.params"])
             if w8 is not None:
                 params["w8a8"] = asdict(w8)
             if "gptq" in method:
                 params["gptq"] = asdict(gcfg)
             if "awq" in method:
                 params["awq"] = asdict(acfg)
+        if layered or mixed is not None:
             params["calibration"] = cal.to_json()
-            meta["quantization.params"] = json.dumps(params)
             meta.update(cal.provenance())
+        meta["quantization.params"] = json.dumps(params)
         report = ConvertReport(str(source.path), source.kind, type, plan, dry_run, gguf_compatible=gguf_compatible)
-        report.other_tensor_bytes = sum(e.nbytes for e in (plan if frac else plans[1]))
+        report.other_tensor_bytes = sum(e.nbytes for e in (plan if frac or mixed else plans[1]))
+        report.mixed = mixed
         estimate = sum(_align(e.nbytes) + _INDEX_BYTES_PER_TENSOR + len(e.name) for e in plan)
         report.file_bytes = estimate + sum(len(k) + len(str(v).encode()) + 16 for k, v in meta.items()) + 64
         if dry_run:
@@ -504,6 +569,72 @@ def convert(
 
 
 _FLOATS = ("f32", "f16", "bf16")
+
+
+def _allocate(
+    plan: list[PlanEntry],
+    source: Source,
+    cal: CalibrationSet,
+    target_bpw: float,
+    *,
+    candidates: tuple[str, ...] | None,
+    gguf_compatible: bool,
+    importance: bool,
+    frac: float,
+    cache: Path | None,
+    progress: bool,
+) -> tuple[list[PlanEntry], dict[str, Any]]:
+    """The plan with every matrix's qtype chosen by `lowbit.algos.mixed` for `target_bpw` over the
+    whole file (vectors and, with `frac`, outlier sidecars count as fixed bytes); and the
+    provenance for `quantization.params`. `cache`: a JSON file of the sensitivities, read when it
+    matches this source, calibration text and candidates, else measured and written."""
+    candidates = candidates or (GGUF_CANDIDATES if gguf_compatible else DEFAULT_CANDIDATES)
+    names = [e.name for e in plan if len(e.shape) == 2]
+    tensors = {t.name: t for t in source.tensors}
+    how = {"candidates": list(candidates), "gguf_compatible": gguf_compatible, "importance": importance}
+    key = fingerprint(source, cal, {"names": names, **how})
+    cached = None
+    if cache is not None and cache.exists():
+        try:
+            got = json.loads(cache.read_text())
+            cached = Sensitivity.from_json(got["sensitivity"]) if got.get("fingerprint") == key else None
+        except (ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"{cache}: not a sensitivity file written by lowbit convert ({e})") from None
+        if cached is None:
+            warnings.warn(f"{cache} holds another model's, text's or candidates' sensitivities: measuring again",
+                          LowbitWarning, stacklevel=3)  # fmt: skip
+    sens = cached or measure_sensitivity(
+        source.config, tensors, cal, names, candidates=candidates, gguf_compatible=gguf_compatible,
+        importance=importance, progress=progress,
+    )  # fmt: skip
+    if cache is not None and cached is None:
+        write_json(cache, {"fingerprint": key, **how, "sensitivity": sens.to_json()})
+    sidecars = sum(_with_sidecar(e, frac).nbytes - e.nbytes for e in plan if e.name in names) if frac else 0
+    fixed = sum(e.nbytes for e in plan if e.name not in names) + sidecars
+    alloc = allocate(sens, target_bpw, n_weights=sum(e.numel for e in plan), fixed_bytes=fixed)
+    out = []
+    for e in plan:
+        o = alloc.chosen.get(e.name)
+        if o is None:
+            out.append(e)
+            continue
+        note = f"ragged: rows of {e.shape[1]} are not a multiple of 256" if o.qtype != o.requested else ""
+        why = f"--target-bpw {target_bpw:g}"
+        out.append(dataclasses.replace(e, requested=o.requested, qtype=o.qtype, nbytes=o.nbytes, reason=why,
+                                       fallback=note, predicted=o.predicted))  # fmt: skip
+    skipped = {n: t.skipped for n, t in sens.tensors.items() if t.skipped}
+    provenance = {
+        "target_bpw": target_bpw,
+        "candidates": list(candidates),
+        "predicted_kld": alloc.predicted_kld,
+        "probe_tokens": sens.probe_tokens,
+        "tensors": {
+            n: {"qtype": alloc.choice[n], "predicted": alloc.chosen[n].predicted, "alpha": t.alpha}
+            for n, t in sens.tensors.items()
+        },
+        "skipped": skipped,
+    }
+    return out, provenance
 
 
 def _with_sidecar(e: PlanEntry, frac: float) -> PlanEntry:

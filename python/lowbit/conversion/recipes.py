@@ -232,6 +232,7 @@ class PlanEntry:
     reason: str  # which rule or override chose `requested` ("base", "1-D: f32", ...)
     fallback: str  # why `qtype` differs from `requested` ("ragged: …", "fallback: …"; "" if it does not)
     outliers: int = 0  # the sparse outlier budget (`nbytes` counts its sidecar)
+    predicted: float | None = None  # --target-bpw: the predicted ΔKLD of this choice
 
     @property
     def numel(self) -> int:
