@@ -289,12 +289,12 @@ def measure_sensitivity(
         raise ParameterError(f"probe_len must be at least 1, got {probe_len}")
     if not candidates or len(set(candidates)) != len(candidates):
         raise ParameterError(f"candidates must be distinct and at least one, got {list(candidates)}")
-    table = _core.qtypes()
-    known = {str(t["name"]) for t in table}
+    type_table = _core.qtypes()
+    known = {str(t["name"]) for t in type_table}
     for c in candidates:
         if c.split("-")[0] not in known:
             raise ParameterError(f"unknown candidate qtype {c!r}")
-    ggml = {str(t["name"]) for t in table if t["gguf_type"] is not None}
+    ggml = {str(t["name"]) for t in type_table if t["gguf_type"] is not None}
     if len(set(names)) != len(names):
         raise ParameterError("names holds duplicates")
     by_layer: dict[int, list[str]] = {}

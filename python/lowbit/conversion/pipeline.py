@@ -598,8 +598,8 @@ def _allocate(
         try:
             got = json.loads(cache.read_text())
             cached = Sensitivity.from_json(got["sensitivity"]) if got.get("fingerprint") == key else None
-        except (ValueError, KeyError, TypeError) as e:
-            raise FormatError(f"{cache}: not a sensitivity file written by lowbit convert ({e})") from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise FormatError(f"{cache}: not a sensitivity file written by lowbit convert ({err})") from None
         if cached is None:
             warnings.warn(f"{cache} holds another model's, text's or candidates' sensitivities: measuring again",
                           LowbitWarning, stacklevel=3)  # fmt: skip
