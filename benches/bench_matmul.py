@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lowbit
 
 F32 = npt.NDArray[np.float32]
-TYPES = ["q4_0", "q4_k", "q8_0", "q6_k", "q3_k", "q2_k", "q5_k", "iq4_nl", "int4-g128", "f16"]
+TYPES = ["q4_0", "q4_k", "q8_0", "q6_k", "q3_k", "q2_k", "q5_k", "iq4_nl", "int4-g128", "int3-g128", "int3-g16-dq",
+         "f16"]  # fmt: skip
 GEMV_SHAPES = [(4096, 4096), (14336, 4096)]
 GEMM_SHAPE = (4096, 4096)
 TOLERANCE = 0.02  # relative RMS error vs float64, allowed for int8-quantized activations

@@ -15,7 +15,8 @@ use lowbit_core::simd::{self, available};
 use std::hint::black_box;
 use std::time::Duration;
 
-const TYPES: &[&str] = &["q4_0", "q4_k", "q8_0", "q6_k", "q3_k", "q2_k", "int4-g128", "f16"];
+const TYPES: &[&str] =
+    &["q4_0", "q4_k", "q8_0", "q6_k", "q3_k", "q2_k", "int4-g128", "int3-g128", "int3-g16-dq", "int4-g16-dq", "f16"];
 const ROWS: usize = 4096;
 const COLS: usize = 4096;
 

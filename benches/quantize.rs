@@ -29,6 +29,9 @@ const TYPES: &[&str] = &[
     "int4-g128",
     "int3-g128",
     "int2-g64",
+    "int2-g16-dq",
+    "int3-g16-dq",
+    "int4-g16-dq",
 ];
 
 fn matrix(rows: usize, cols: usize) -> Vec<f32> {

@@ -1,4 +1,4 @@
-"""Reference reader and writer of LBF 1.2 (formats/LBF.md), pure Python, standard library only.
+"""Reference reader and writer of LBF 1.3 (formats/LBF.md), pure Python, standard library only.
 
 This is the executable form of the spec and a test oracle for lowbit's Rust implementation: it
 favours plainness over speed and checks everything §7 lists. Section numbers refer to LBF.md.
@@ -27,7 +27,7 @@ from math import prod
 from typing import BinaryIO, TypeAlias
 
 MAGIC = b"\x89LBF\r\n\x1a\n"
-MAJOR, MINOR = 1, 2
+MAJOR, MINOR = 1, 3
 BYTE_ORDER = 0x0A0B0C0D
 HEADER_SIZE = 64
 ALIGN = 64
@@ -50,7 +50,7 @@ INT_TYPES = {"u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64"}
 
 @dataclass(frozen=True)
 class UnknownValue:
-    """A metadata value of a type unknown to this 1.2 reader (newer-minor files only)."""
+    """A metadata value of a type unknown to this 1.3 reader (newer-minor files only)."""
 
     type_id: int
     raw: bytes
@@ -65,7 +65,9 @@ TypedValue: TypeAlias = tuple[str, Scalar | ArrayValue | UnknownValue]
 class QType:
     """§5 storage type: ``bits`` is set for the group-affine types (block = 8 values / bits bytes);
     ``tail`` for the ragged k-types: bytes of a final partial block of u units of 32 values =
-    ``tail[0] * u + tail[1]``; ``minor``: the minor version that introduced the type."""
+    ``tail[0] * u + tail[1]``; ``dq`` (value bits) for the ``-dq`` types: super-blocks of 256 values (16
+    groups of 16), the last holding the ``(cols mod 256) / 16`` remaining groups; ``minor``: the minor
+    version that introduced the type."""
 
     id: int
     name: str
@@ -73,6 +75,7 @@ class QType:
     block_bytes: int
     bits: int = 0
     tail: tuple[int, int] | None = None
+    dq: int = 0
     minor: int = 0
 
 
@@ -87,6 +90,8 @@ QTYPES: dict[int, QType] = {
         QType(18, "q2_kr", 256, 84, tail=(10, 4), minor=1), QType(19, "q3_kr", 256, 110, tail=(14, 2), minor=1),
         QType(20, "q4_kr", 256, 144, tail=(18, 4), minor=1), QType(21, "q5_kr", 256, 176, tail=(22, 4), minor=1),
         QType(22, "q6_kr", 256, 210, tail=(26, 2), minor=1),
+        QType(23, "int2-g16-dq", 256, 78, dq=2, minor=3), QType(24, "int3-g16-dq", 256, 112, dq=3, minor=3),
+        QType(25, "int4-g16-dq", 256, 146, dq=4, minor=3),
     ]
 }  # fmt: skip
 QTYPE_BY_NAME = {q.name: q for q in QTYPES.values()}
@@ -179,7 +184,14 @@ def align64(x: int) -> int:
 
 def row_bytes(qtype: QType, cols: int, group_size: int, symmetric: bool) -> int:
     """Bytes of one row of ``cols`` values. Group-affine: codes, f16 scales, zeros (asymmetric).
-    Ragged k-types: the full blocks, then a tail of ``ceil((cols % 256) / 32)`` units (if any)."""
+    Ragged k-types: the full blocks, then a tail of ``ceil((cols % 256) / 32)`` units (if any). ``-dq`` types:
+    super-blocks of n_g groups of 16 take ``4 + ceil(3 n_g / 8) + ceil(b n_g / 8) + 2 b n_g`` bytes."""
+    if qtype.dq:
+        if cols % 16:
+            raise LBFRefError(f"{qtype.name}: cols {cols} is not a multiple of 16")
+        b, n_g = qtype.dq, cols % 256 // 16
+        tail = 4 + -(-3 * n_g // 8) + -(-b * n_g // 8) + 2 * b * n_g if n_g else 0
+        return cols // 256 * qtype.block_bytes + tail
     if qtype.tail:
         units = -(-(cols % qtype.block_values) // 32)
         tail = qtype.tail[0] * units + qtype.tail[1] if units else 0

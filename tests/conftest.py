@@ -26,6 +26,7 @@ FLOAT_TYPES = ["f32", "f16", "bf16"]
 GGUF_QUANTIZE_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16"]
 AFFINE_TYPES = ["int2", "int3", "int4", "int8"]
 RAGGED_TYPES = ["q2_kr", "q3_kr", "q4_kr", "q5_kr", "q6_kr"]
+DQ_TYPES = ["int2-g16-dq", "int3-g16-dq", "int4-g16-dq"]
 
 
 def block_size(qtype: str) -> int:

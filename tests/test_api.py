@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lowbit
-from conftest import AFFINE_TYPES, FLOAT_TYPES, GGML_TYPES, RAGGED_TYPES
+from conftest import AFFINE_TYPES, DQ_TYPES, FLOAT_TYPES, GGML_TYPES, RAGGED_TYPES
 
 
 def test_all_exports_exist() -> None:
@@ -16,7 +16,7 @@ def test_all_exports_exist() -> None:
 
 def test_type_table() -> None:
     table = {t.name: t for t in lowbit.qtypes()}
-    assert set(GGML_TYPES + FLOAT_TYPES + AFFINE_TYPES + RAGGED_TYPES) == set(table)
+    assert set(GGML_TYPES + FLOAT_TYPES + AFFINE_TYPES + RAGGED_TYPES + DQ_TYPES) == set(table)
     # GGUF type ids and bits per weight as ggml defines them (ggml.h / ggml-common.h).
     expect = {
         "f32": (0, 32.0),

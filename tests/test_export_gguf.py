@@ -366,7 +366,7 @@ def test_tokenizer_round_trip_through_gguf_to_hf(tmp_path: Path, pre: str) -> No
 
 def test_non_ggml_types_refused_listing_every_offender(tmp_path: Path) -> None:
     lbf, out = tmp_path / "m.lbf", tmp_path / "m.gguf"
-    make_lbf(lbf, types=["q8_0", "int4-g128", "q4_k", "int3-g64"])
+    make_lbf(lbf, types=["q8_0", "int4-g128", "q4_k", "int3-g64", "int3-g16-dq"])
     with lowbit.load(lbf) as f:
         offenders = {n: f.info(n).qtype for n in f if f.info(n).qtype.startswith("int")}
     assert len(offenders) >= 6

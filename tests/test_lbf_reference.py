@@ -148,7 +148,7 @@ BAD: dict[str, tuple[bytes, str]] = {
     "magic": (b"\x89LBG" + BASIC[4:], "bad magic"),
     "text-mode": (BASIC[:4] + b"\n" + BASIC[6:], "bad magic"),
     "byte-swapped": (patch(BASIC, 12, bytes([0x0A, 0x0B, 0x0C, 0x0D])), "byte-swapped"),
-    "major 2": (patch(BASIC, 8, struct.pack("<H", 2)), "LBF 2.0, this reader reads LBF 1.2"),
+    "major 2": (patch(BASIC, 8, struct.pack("<H", 2)), "LBF 2.0, this reader reads LBF 1.3"),
     "major 0": (patch(BASIC, 8, struct.pack("<H", 0)), "LBF 0.0"),
     "flags": (patch(BASIC, 56, struct.pack("<I", 1)), "header flags"),
     "truncated": (BASIC[:-1], "file_len"),
@@ -210,28 +210,28 @@ def test_nonzero_padding_fails_verify() -> None:
 
 
 def test_newer_minor_version_is_read() -> None:
-    """§9: a 1.3 file with an unknown value type and header flag bits opens; up to 1.2 both are errors."""
-    data = patch(patch(patch(BASIC, 10, struct.pack("<H", 3)), 56, struct.pack("<I", 4)), BOOL_AT, b"\x63")
+    """§9: a 1.4 file with an unknown value type and header flag bits opens; up to 1.3 both are errors."""
+    data = patch(patch(patch(BASIC, 10, struct.pack("<H", 4)), 56, struct.pack("<I", 4)), BOOL_AT, b"\x63")
     f = lbf.read_lbf(data)
-    assert (f.minor, f.flags) == (3, 4)
+    assert (f.minor, f.flags) == (4, 4)
     assert dict(f.metadata)["bool.true"] == ("unknown", lbf.UnknownValue(99, b"\x01"))
-    as_1_2 = patch(data, 10, struct.pack("<H", 2))
+    as_1_3 = patch(data, 10, struct.pack("<H", 3))
     with pytest.raises(lbf.LBFRefError, match="header flags 0x4"):
-        lbf.read_lbf(as_1_2)
+        lbf.read_lbf(as_1_3)
     with pytest.raises(lbf.LBFRefError, match="unknown value type 99"):
-        lbf.read_lbf(patch(as_1_2, 56, struct.pack("<I", 0)))
+        lbf.read_lbf(patch(as_1_3, 56, struct.pack("<I", 0)))
 
 
 def test_newer_minor_part_kind_is_listed_but_unsupported() -> None:
-    """§9: in a 1.3 file a part kind after act_quant (here 6) is listed and its tensor fails as
-    unsupported while the others read; in a 1.2 file the same kind is a format error."""
+    """§9: in a 1.4 file a part kind after act_quant (here 6) is listed and its tensor fails as
+    unsupported while the others read; in the 1.2 file itself the same kind is a format error."""
     data = golden("w8a8.lbf")
     t = lbf.read_lbf(data).tensors[0]
     assert [p.kind for p in t.parts] == [lbf.PART_DATA, lbf.PART_ACT_QUANT]
     kind6 = patch(data, t.parts_offset + lbf.PART.size, struct.pack("<I", 6))
     with pytest.raises(lbf.LBFRefError, match="unknown part kind 6"):
         lbf.read_lbf(kind6)
-    newer = patch(kind6, 10, struct.pack("<H", 3))
+    newer = patch(kind6, 10, struct.pack("<H", 4))
     f = lbf.read_lbf(newer)
     assert [p.kind for p in f.tensors[0].parts] == [0, 6]
     with pytest.raises(lbf.LBFRefError, match="unsupported"):

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 
 import lowbit
-from conftest import FLOAT_TYPES, GGML_TYPES, RAGGED_TYPES
+from conftest import DQ_TYPES, FLOAT_TYPES, GGML_TYPES, RAGGED_TYPES
 from lowbit import InvalidValueError, IsaError, ParameterError, ShapeError
 
 QUANT_TYPES = [*GGML_TYPES, "int2-g32", "int3-row-sym", "int4-g128", "int8-g64", "int8-row-sym"]
@@ -53,6 +53,12 @@ def test_every_isa_within_the_activation_bound(qtype: str, rows: int, cols: int,
 def test_ragged_types_within_the_activation_bound(qtype: str, rows: int, cols: int, n: int) -> None:
     check_every_isa(qtype, rows, cols, n)
     assert weight(qtype, rows, cols).qtype == qtype
+
+
+@pytest.mark.parametrize("qtype", DQ_TYPES)
+@pytest.mark.parametrize(("rows", "cols", "n"), [(1, 272, 1), (17, 576, 3), (67, 256, 64), (5, 16, 2)])
+def test_dq_types_within_the_activation_bound(qtype: str, rows: int, cols: int, n: int) -> None:
+    check_every_isa(qtype, rows, cols, n)
 
 
 def check_every_isa(qtype: str, rows: int, cols: int, n: int) -> None:

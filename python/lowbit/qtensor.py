@@ -203,8 +203,8 @@ class QTensor:
 
     @property
     def base_qtype(self) -> str:
-        """The type without group-affine parameters (`"int4"`)."""
-        return self._qtype.split("-")[0]
+        """The type without group-affine parameters (`"int4"`; a `-dq` type is its own base)."""
+        return self._qtype if self._group_size is None else self._qtype.split("-")[0]
 
     @property
     def group_size(self) -> int | None:
@@ -370,7 +370,7 @@ def _check_perm(perm: npt.ArrayLike, qtype: str, cols: int) -> npt.NDArray[np.ui
     arr = np.asarray(perm)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"perm must be an integer array, got {arr.dtype}")
-    if not qtype.startswith("int"):
+    if not qtype.startswith("int") or qtype.endswith("-dq"):
         raise ParameterError(f"only group-affine tensors store a column permutation, not {qtype}")
     if arr.shape != (cols,):
         raise ShapeError(f"perm must have shape ({cols},), got {arr.shape}")

@@ -398,7 +398,7 @@ pub fn matmul_reference(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32]) -> 
 /// weights, plus one per 16 values for the types whose decoded rows carry mins (q4_1, q5_1,
 /// q2_k, q4_k, q5_k, asymmetric int8); a ragged k-type counts as its base type. ISAs differ only
 /// in the order of these additions, so their outputs agree within [`isa_tolerance`].
-pub const ISA_TERMS_PER_16: [(QType, usize); 18] = [
+pub const ISA_TERMS_PER_16: [(QType, usize); 21] = [
     (QType::F32, 16),
     (QType::F16, 16),
     (QType::BF16, 16),
@@ -417,6 +417,9 @@ pub const ISA_TERMS_PER_16: [(QType, usize); 18] = [
     (QType::Int3, 4),
     (QType::Int4, 4),
     (QType::Int8, 5),
+    (QType::Int2G16DQ, 4),
+    (QType::Int3G16DQ, 4),
+    (QType::Int4G16DQ, 4),
 ];
 
 /// The largest difference between two ISAs' [`matmul`] outputs for a weight of `qtype` with

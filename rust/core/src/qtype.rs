@@ -7,7 +7,10 @@
 //!   [`crate::blocks::kquants::ragged`]);
 //! * group-affine integers `int2`, `int3`, `int4`, `int8` (GPTQ/AWQ/RTN), parameterised by an
 //!   [`AffineSpec`] (group size, symmetric or not). Their row layout is described at
-//!   [`AffineSpec::row_bytes`].
+//!   [`AffineSpec::row_bytes`];
+//! * small-group types with quantized statistics `int2-g16-dq`, `int3-g16-dq`, `int4-g16-dq`
+//!   (SpQR-style, lowbit's own): asymmetric groups of 16 whose scales are 3-bit codes on a
+//!   per-256 grid (see [`crate::blocks::dq`]).
 
 use crate::error::{Error, Result};
 
@@ -37,6 +40,9 @@ pub enum QType {
     Q4KR,
     Q5KR,
     Q6KR,
+    Int2G16DQ,
+    Int3G16DQ,
+    Int4G16DQ,
 }
 
 /// What a family of types has in common (which code quantizes it).
@@ -55,6 +61,9 @@ pub enum Family {
     NonLinear,
     /// Group-affine integers with per-group f16 scales (and zeros).
     Affine,
+    /// Groups of 16 with 3-bit scale codes and packed zeros in 256-value super-blocks (the last
+    /// one partial): int2-g16-dq, int3-g16-dq, int4-g16-dq (`crate::blocks::dq`).
+    DoubleQuant,
 }
 
 /// One row of the type table.
@@ -67,8 +76,8 @@ pub struct TypeInfo {
     /// The family of kernels that handles it.
     pub family: Family,
     /// Values per block. For the group-affine types: the packing unit (8 values), the group
-    /// size being a parameter. For the ragged k-types: the full super-block (the last block of
-    /// a row may be partial).
+    /// size being a parameter. For the ragged k-types and the `-dq` types: the full
+    /// super-block (the last block of a row may be partial).
     pub block_size: usize,
     /// Bytes per block. For the group-affine types: the bytes of 8 packed codes (= bits).
     pub block_bytes: usize,
@@ -96,7 +105,8 @@ macro_rules! table {
 // their min as f16, so |x| <= F16_MAX. bf16: the largest f32 that rounds to a finite bf16 (bits
 // 0x7f7f7fff). Affine: scale = range / (2^bits - 1) with the range including 0. K-quants:
 // bounded so that no super-block scale saturates for any candidate of the search (derived and
-// tested in blocks/kquants).
+// tested in blocks/kquants). `-dq` types: a group's ideal scale (hi − lo) / (2^bits − 1) is at
+// most F16_MAX, so the grid's f16 min and step stay finite (tested in blocks/dq).
 table! {
     F32   "f32"    Float     1   4   Some(0),  f32::MAX;
     F16   "f16"    Float     1   2   Some(1),  F16_MAX;
@@ -121,6 +131,9 @@ table! {
     Q4KR  "q4_kr"  RaggedKQuant 256 144 None, F16_MAX * 31.5;
     Q5KR  "q5_kr"  RaggedKQuant 256 176 None, F16_MAX * 31.5;
     Q6KR  "q6_kr"  RaggedKQuant 256 210 None, F16_MAX * 1024.0;
+    Int2G16DQ "int2-g16-dq" DoubleQuant 256 78  None, F16_MAX * 1.5;
+    Int3G16DQ "int3-g16-dq" DoubleQuant 256 112 None, F16_MAX * 3.5;
+    Int4G16DQ "int4-g16-dq" DoubleQuant 256 146 None, F16_MAX * 7.5;
 }
 
 impl QType {
@@ -166,6 +179,16 @@ impl QType {
     /// The ragged k-type of a ggml k-quant (`q4_k` → `q4_kr`).
     pub fn ragged(self) -> Option<QType> {
         TYPES.iter().map(|t| t.qtype).find(|r| r.ragged_base() == Some(self))
+    }
+
+    /// Bits of one value code of a `-dq` type (`int3-g16-dq` → 3).
+    pub fn dq_bits(self) -> Option<u32> {
+        match self {
+            QType::Int2G16DQ => Some(2),
+            QType::Int3G16DQ => Some(3),
+            QType::Int4G16DQ => Some(4),
+            _ => None,
+        }
     }
 
     /// Bits of one code of a group-affine type.
@@ -275,6 +298,10 @@ pub fn canonical_name(qtype: QType, affine: Option<AffineSpec>) -> String {
 /// for `-row`) and symmetry given by the name.
 pub fn parse_qtype(name: &str) -> Result<(QType, Option<Option<usize>>, Option<bool>)> {
     let lower = name.trim().to_ascii_lowercase();
+    // Whole names first: the `-dq` types carry dashes but no parameters.
+    if let Ok(q) = QType::from_name(&lower) {
+        return Ok((q, None, None));
+    }
     let mut parts = lower.split('-');
     let base = parts.next().unwrap_or("");
     let qtype =
@@ -339,6 +366,8 @@ mod tests {
         assert!(matches!(parse_qtype("q4_k-g32"), Err(Error::UnknownQType { .. })));
         assert!(matches!(parse_qtype("q9_0"), Err(Error::UnknownQType { .. })));
         assert!(matches!(parse_qtype("int4-gx"), Err(Error::UnknownQType { .. })));
+        assert_eq!(parse_qtype("Int3-G16-DQ").unwrap(), (QType::Int3G16DQ, None, None));
+        assert!(matches!(parse_qtype("int3-g16-dq-sym"), Err(Error::UnknownQType { .. })));
     }
 
     #[test]

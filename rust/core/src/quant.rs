@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use crate::blocks::dq;
 use crate::blocks::kquants::{ragged, QK_K};
 use crate::blocks::{self, AffineRow, RowCtx};
 use crate::error::{Error, Limit, Result};
@@ -142,6 +143,15 @@ pub fn row_bytes(qtype: QType, affine: Option<AffineSpec>, cols: usize) -> Resul
             Err(Error::InvalidParameter(format!("{} needs a group size and symmetry", info.name)))
         }
         (_, Some(_)) => Err(Error::InvalidParameter(format!("{} takes no group-affine parameters", info.name))),
+        (Family::DoubleQuant, None) => {
+            if !cols.is_multiple_of(dq::GROUP) {
+                return Err(Error::Shape(format!(
+                    "row length {cols} is not a multiple of 16, which {} needs (groups of 16 values)",
+                    info.name
+                )));
+            }
+            dq::row_bytes(qtype.dq_bits().expect("dq bits"), cols).ok_or_else(too_large)
+        }
         (Family::RaggedKQuant, None) => {
             ragged::row_bytes(qtype.ragged_base().expect("ragged base"), cols).ok_or_else(too_large)
         }

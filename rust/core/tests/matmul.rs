@@ -43,6 +43,9 @@ const QUANT_TYPES: &[&str] = &[
     "q4_kr",
     "q5_kr",
     "q6_kr",
+    "int2-g16-dq",
+    "int3-g16-dq",
+    "int4-g16-dq",
 ];
 const FLOAT_TYPES: &[&str] = &["f32", "f16", "bf16"];
 
@@ -50,6 +53,7 @@ const FLOAT_TYPES: &[&str] = &["f32", "f16", "bf16"];
 fn block_of(name: &str) -> usize {
     match name {
         n if n.ends_with("_kr") => 1,
+        n if n.ends_with("-dq") => 16,
         n if n.starts_with("int") => 8,
         n if n.ends_with("_k") => 256,
         "f32" | "f16" | "bf16" => 1,
@@ -454,6 +458,8 @@ fn matmul_matches_the_reference_on_odd_shapes() {
         let mut col_list = vec![bs, 2 * bs, 3 * bs];
         if bs == 8 {
             col_list.extend([40, 72, 136, 264]);
+        } else if bs == 16 {
+            col_list.extend([272, 528]);
         } else if bs == 32 {
             col_list.extend([160, 224]);
         } else if name.ends_with("_kr") {

@@ -4,11 +4,12 @@
 //! Contract of every row kernel (scalar and SIMD alike):
 //! * `x` is one row of finite values, each `|v| <= info.max_abs` (the driver checks this), its
 //!   length a multiple of the type's block size (checked too; any length for the ragged
-//!   k-types);
+//!   k-types, a multiple of 16 for the `-dq` types);
 //! * `dst` is exactly the row's byte length; every byte of it is written;
 //! * the output bytes are a pure function of the inputs: bit-identical on every ISA.
 
 pub mod affine;
+pub mod dq;
 pub mod float;
 pub mod iq4nl;
 pub mod kquants;
@@ -47,6 +48,7 @@ pub fn quantize_row(isa: Isa, qtype: QType, x: &[f32], dst: &mut [u8], ctx: &Row
         Family::KQuant => crate::simd::kquants::quantize_row(isa, qtype, x, dst, ctx.importance),
         Family::RaggedKQuant => kquants::ragged::quantize_row(isa, qtype, x, dst, ctx.importance),
         Family::NonLinear => crate::simd::iq4nl::quantize_row(isa, x, dst, ctx.importance),
+        Family::DoubleQuant => crate::simd::dq::quantize_row(isa, dq_bits(qtype), x, dst, ctx.importance),
         Family::Affine => {
             let a = ctx.affine.as_ref().expect("group-affine row without AffineRow");
             crate::simd::affine::quantize_row(isa, x, dst, a, ctx.importance)
@@ -62,8 +64,13 @@ pub fn dequantize_row(isa: Isa, qtype: QType, spec: Option<AffineSpec>, src: &[u
         Family::KQuant => crate::simd::kquants::dequantize_row(isa, qtype, src, y),
         Family::RaggedKQuant => kquants::ragged::dequantize_row(isa, qtype, src, y),
         Family::NonLinear => crate::simd::iq4nl::dequantize_row(isa, src, y),
+        Family::DoubleQuant => crate::simd::dq::dequantize_row(isa, dq_bits(qtype), src, y),
         Family::Affine => {
             crate::simd::affine::dequantize_row(isa, &spec.expect("group-affine row without spec"), src, y)
         }
     }
+}
+
+fn dq_bits(qtype: QType) -> u32 {
+    qtype.dq_bits().expect("a -dq type")
 }

@@ -25,7 +25,7 @@ pub const VERSION_MAJOR: u16 = 1;
 /// Newest minor version this library reads and writes (files of a newer minor are read with the
 /// rules of §9); a writer writes the lowest minor its qtypes and parts need ([`qtype_minor`],
 /// [`PartKind::minor`]).
-pub const VERSION_MINOR: u16 = 2;
+pub const VERSION_MINOR: u16 = 3;
 /// The byte-order mark, stored little-endian (§3).
 pub const BYTE_ORDER: u32 = 0x0A0B_0C0D;
 /// Size of the fixed header (§3).
@@ -56,10 +56,15 @@ pub fn qtype_id(q: QType) -> u32 {
     crate::qtype::TYPES.iter().position(|t| t.qtype == q).expect("every QType is in the table") as u32
 }
 
-/// The minor version that introduced a storage type (§9): 1 for the ragged k-types, 0 for the
-/// rest. A writer writes the largest of its tensors' (so files without new types stay 1.0).
+/// The minor version that introduced a storage type (§9): 1 for the ragged k-types, 3 for the
+/// `-dq` types, 0 for the rest. A writer writes the largest of its tensors' (so files without
+/// new types stay 1.0).
 pub fn qtype_minor(q: QType) -> u16 {
-    u16::from(q.ragged_base().is_some())
+    if q.dq_bits().is_some() {
+        3
+    } else {
+        u16::from(q.ragged_base().is_some())
+    }
 }
 
 /// The storage type of an LBF qtype id, if this version knows it.

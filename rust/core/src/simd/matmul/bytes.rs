@@ -4,6 +4,7 @@
 //! `mod.rs` are the reference; the tests check these bit for bit against them.
 
 use super::{padded, QS};
+use crate::blocks::dq;
 use crate::blocks::iq4nl::KVALUES;
 use crate::blocks::kquants::{layout, scale_min_k4, scale_q3k, QK_K};
 use crate::blocks::legacy::Spec;
@@ -82,6 +83,7 @@ pub fn decode<B: Bytes32>(
             super::ragged_tail(base, cols, src, codes, sw, mw);
         }
         Family::Affine => affine(b, &spec.expect("group-affine spec"), cols, src, codes, sw, mw),
+        Family::DoubleQuant => dq_row(b, qtype.dq_bits().expect("dq bits"), cols, src, codes, sw),
         Family::Float => unreachable!("float weights are not decoded to codes"),
     }
 }
@@ -243,5 +245,74 @@ fn affine<B: Bytes32>(
             mw[lo / QS..hi.div_ceil(QS)].fill(d * (128 - i32::from(zero_of(gi))) as f32);
         }
         sw[lo / QS..hi.div_ceil(QS)].fill(d);
+    }
+}
+
+/// `c − z` of 8 codes `c` (one per byte of `u`, each < 16) as i8 bytes, with no borrow between
+/// bytes (SWAR): `(c | 0x80) − z` stays in 0x71..=0x8F, and flipping bit 7 gives `c − z` in
+/// two's complement.
+#[inline(always)]
+fn minus_zero(u: u64, z: u8) -> u64 {
+    const HI: u64 = 0x8080_8080_8080_8080;
+    ((u | HI) - u64::from(z) * 0x0101_0101_0101_0101) ^ HI
+}
+
+/// Decode a `-dq` row (`crate::blocks::dq`), same output as the scalar `decode_dq`: int4 two
+/// groups (32 codes) per vector, the zero points added as one 32-byte vector; int2/int3 (and
+/// an odd last int4 group) one group at a time from one u64 load (its 16 codes take 2 B ≤ 8
+/// bytes), [`pack::unpack_unit`] and [`minus_zero`].
+#[inline(always)]
+fn dq_row<B: Bytes32>(b: B, bits: u32, cols: usize, src: &[u8], codes: &mut [i8], sw: &mut [f32]) {
+    match bits {
+        2 => dq_bits::<B, 2>(b, cols, src, codes, sw),
+        3 => dq_bits::<B, 3>(b, cols, src, codes, sw),
+        _ => dq_bits::<B, 4>(b, cols, src, codes, sw),
+    }
+}
+
+/// The little-endian u64 at `s[at..at + 8]`, zero-extended past the end of `s`.
+#[inline(always)]
+fn u64_at(s: &[u8], at: usize) -> u64 {
+    match s.get(at..at + 8) {
+        Some(w) => u64::from_le_bytes(w.try_into().expect("8 bytes")),
+        None => {
+            let mut le = [0u8; 8];
+            le[..s.len() - at].copy_from_slice(&s[at..]);
+            u64::from_le_bytes(le)
+        }
+    }
+}
+
+#[inline(always)]
+fn dq_bits<B: Bytes32, const BITS: u32>(b: B, cols: usize, src: &[u8], codes: &mut [i8], sw: &mut [f32]) {
+    let nb = BITS as usize;
+    for (vals, bytes) in dq::super_blocks(BITS, cols) {
+        let at = bytes.start;
+        let x = &src[bytes];
+        let ng = vals.len() / dq::GROUP;
+        let (so, zo, co) = dq::offsets(BITS, ng);
+        let (d, m) = (half(b, x, 0), half(b, x, 2));
+        let (g0, cb) = (vals.start / QS, &mut codes[vals]);
+        let z = |g: usize| pack::get_code(BITS, &x[zo..co], g);
+        for (g, s) in sw[g0..g0 + ng].iter_mut().enumerate() {
+            *s = dq::scale_of(d, m, u32::from(pack::get_code(dq::SCALE_BITS, &x[so..zo], g)));
+        }
+        let pairs = if BITS == 4 { ng / 2 } else { 0 };
+        for p in 0..pairs {
+            let mut nz = [0u8; 32];
+            nz[..16].fill(z(2 * p).wrapping_neg());
+            nz[16..].fill(z(2 * p + 1).wrapping_neg());
+            b.store(b.add(b.nibbles_interleaved(&x[co + 16 * p..]), b.load(&nz)), &mut cb[32 * p..]);
+        }
+        for g in 2 * pairs..ng {
+            // Both 8-code units of the group in one load (from the row, so that a read past
+            // the super-block's end stays inside the row where it can).
+            let w = u64_at(src, at + co + 2 * nb * g);
+            let zg = z(g);
+            let lo = minus_zero(pack::unpack_unit(BITS, w), zg);
+            let hi = minus_zero(pack::unpack_unit(BITS, w >> (8 * nb)), zg);
+            let v = (u128::from(hi) << 64 | u128::from(lo)).to_le_bytes().map(|c| c as i8);
+            cb[16 * g..16 * g + 16].copy_from_slice(&v);
+        }
     }
 }

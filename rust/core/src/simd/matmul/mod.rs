@@ -29,6 +29,7 @@
 //! Integer outputs (quantized activations, codes) are bit-identical across ISAs. Float
 //! outputs differ only by the order of f32 additions; [`dot_tolerance`] bounds the difference.
 
+use crate::blocks::dq;
 use crate::blocks::iq4nl::KVALUES;
 use crate::blocks::kquants::{layout, ragged, scale_min_k4, scale_q3k, QK_K};
 use crate::blocks::legacy::Spec;
@@ -419,6 +420,29 @@ fn decode_affine(spec: &AffineSpec, cols: usize, src: &[u8], codes: &mut [i8], s
     }
 }
 
+/// Decode a `-dq` row (`crate::blocks::dq`): `code = c − z_g` (in −15..=15), `sw[g] = m + d · k_g`
+/// for each group `g` of 16 values, no min.
+#[inline(always)]
+fn decode_dq(bits: u32, cols: usize, src: &[u8], codes: &mut [i8], sw: &mut [f32]) {
+    let (mut ks, mut zs, mut cs) = ([0u8; dq::GROUPS], [0u8; dq::GROUPS], [0u8; dq::SUPER]);
+    for (vals, bytes) in dq::super_blocks(bits, cols) {
+        let b = &src[bytes];
+        let ng = vals.len() / dq::GROUP;
+        let (so, zo, co) = dq::offsets(bits, ng);
+        let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+        pack::unpack_codes(dq::SCALE_BITS, &b[so..zo], &mut ks[..ng]);
+        pack::unpack_codes(bits, &b[zo..co], &mut zs[..ng]);
+        pack::unpack_codes(bits, &b[co..], &mut cs[..vals.len()]);
+        let g0 = vals.start / QS;
+        for g in 0..ng {
+            sw[g0 + g] = dq::scale_of(d, m, u32::from(ks[g]));
+            for j in g * QS..(g + 1) * QS {
+                codes[vals.start + j] = cs[j] as i8 - zs[g] as i8;
+            }
+        }
+    }
+}
+
 /// Whether decoded rows of a type carry per-16 mins (`mw`).
 pub fn has_mins(qtype: QType, spec: Option<AffineSpec>) -> bool {
     match qtype.ragged_base().unwrap_or(qtype) {
@@ -454,6 +478,7 @@ fn decode_impl(
             ragged_tail(base, cols, src, codes, sw, mw);
         }
         Family::Affine => decode_affine(&spec.expect("group-affine spec"), cols, src, codes, sw, mw),
+        Family::DoubleQuant => decode_dq(qtype.dq_bits().expect("dq bits"), cols, src, codes, sw),
         Family::Float => unreachable!("float weights are not decoded to codes"),
     }
     debug_assert_eq!(codes.len(), cb);
