@@ -86,3 +86,26 @@ def test_dead_columns_and_bad_input() -> None:
     bad[1, 2] = np.nan
     with pytest.raises(InvalidValueError):
         gptq_blocks(bad, h, "q4_k")
+
+
+@pytest.mark.parametrize("qtype", ["int2-g16-dq", "int3-g16-dq", "int4-g16-dq"])
+@pytest.mark.parametrize("cols", [256, 96])
+def test_dq_packer_reproduces_the_quantizer_bytes(qtype: str, cols: int) -> None:
+    # a full super-block and a partial one (6 groups): every value is a·c + b on the block's grid
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, cols)).astype(np.float32) * rng.uniform(0.01, 10, (8, 1)).astype(np.float32)
+    x[0] = 0.0
+    q = lowbit.quantize(x, qtype)
+    pack = _packer(qtype, None)
+    a, b = _grid(qtype, q.data, cols, pack)
+    y = lowbit.dequantize(q)
+    c = np.where(a == 0, 0, np.rint((y - b) / np.where(a == 0, 1, a)))
+    assert c.min() >= 0 and c.max() < 2 ** int(qtype[3])
+    np.testing.assert_allclose(a * c + b, y, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(pack(q.data, c.astype(np.int64)), q.data)
+
+
+def test_gptq_fits_dq_types() -> None:
+    w, h = _layer(48, 320)
+    r = gptq_blocks(w, h, "int3-g16-dq")
+    assert r.qtensor.qtype == "int3-g16-dq" and r.error < 0.9 * r.rtn_error

@@ -366,11 +366,17 @@ def check_outliers(o: Outliers | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLi
     return Outliers(np.ascontiguousarray(p, np.uint64), np.ascontiguousarray(c, np.uint32), np.ascontiguousarray(val))
 
 
+def is_group_affine(qtype: str) -> bool:
+    """Whether `qtype` (a canonical or parametrised name) is a group-affine integer type
+    (`int4-g128`, `int3-row-sym`, …): not a ggml block type, float, ragged k-type or dq type."""
+    return qtype.startswith("int") and not qtype.endswith("-dq")
+
+
 def _check_perm(perm: npt.ArrayLike, qtype: str, cols: int) -> npt.NDArray[np.uint32]:
     arr = np.asarray(perm)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"perm must be an integer array, got {arr.dtype}")
-    if not qtype.startswith("int") or qtype.endswith("-dq"):
+    if not is_group_affine(qtype):
         raise ParameterError(f"only group-affine tensors store a column permutation, not {qtype}")
     if arr.shape != (cols,):
         raise ShapeError(f"perm must have shape ({cols},), got {arr.shape}")

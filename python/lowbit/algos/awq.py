@@ -42,7 +42,7 @@ import numpy.typing as npt
 from .. import _core
 from ..calib.capture import TAP_LINEARS, collect, linear_names
 from ..errors import LowbitWarning, ParameterError
-from ..qtensor import QTensor, quantize
+from ..qtensor import QTensor, is_group_affine, quantize
 from .gptq import output_error
 from .scaling import ScaleGroup, fold, scale_groups
 from .sequential import GPTQConfig, LayerFn, LayerResult, LinearReport, Weight, quantize_linear
@@ -97,7 +97,7 @@ def _sq_err(delta: F32, h: F32) -> float:
 
 def _rtn(w: F32, qtype: str, importance: F32 | None) -> QTensor:
     """Round-to-nearest of `w` to `qtype`; block types weight their scale search by `importance`."""
-    if qtype.startswith("int") or qtype in FLOATS:
+    if is_group_affine(qtype) or qtype in FLOATS:
         return quantize(w, qtype)
     return quantize(w, qtype, importance=importance)
 
@@ -234,7 +234,7 @@ def quantize_scaled(w: F32, qtype: str, h: F32, clip: AWQConfig | None, lin: str
     ranges searched on `h` (float32 (cols, cols), `Σ x xᵀ / tokens` of the scaled input) for
     group-affine types when `clip` asks and `lin` is not q or k; block types use `diag(h)` as
     importance. Returns the tensor and the clip ratios (None when not searched)."""
-    if qtype.startswith("int") and clip is not None and clip.clip and not lin.startswith(NO_CLIP):
+    if is_group_affine(qtype) and clip is not None and clip.clip and not lin.startswith(NO_CLIP):
         lo, hi, ratio = search_clip(w, qtype, h, clip.clip_grid, clip.max_shrink)
         return quantize(w, qtype, group_min=lo, group_max=hi), ratio
     return _rtn(w, qtype, np.diag(h).astype(np.float32)), None

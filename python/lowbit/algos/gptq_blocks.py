@@ -1,8 +1,10 @@
 """GPTQ fitted to block quantizers: the ggml k-quants (q2_k … q6_k), their ragged k-types
-(q2_kr … q6_kr), the legacy ggml types and iq4_nl — so a GPTQ result still exports to GGUF
-(beyond AutoGPTQ and llama.cpp, which fit GPTQ to group-affine integers only).
+(q2_kr … q6_kr), the legacy ggml types, iq4_nl and the SpQR-style dq types (int2/3/4-g16-dq) —
+so a GPTQ result still exports to GGUF where the type can (beyond AutoGPTQ and llama.cpp, which
+fit GPTQ to group-affine integers only).
 
-A row is cut into the type's blocks (256-value super-blocks for k-quants, then a ragged tail;
+A row is cut into the type's blocks (256-value super-blocks for k-quants and dq types, then a
+ragged or partial tail;
 32-value blocks for the legacy types). Columns are visited in order with GPTQ's error feedback
 (Frantar et al. 2022, the OBS update with the upper Cholesky factor U of H⁻¹):
 
@@ -45,7 +47,7 @@ import numpy.typing as npt
 
 from .. import _core
 from ..errors import InvalidValueError, ParameterError, ShapeError
-from ..qtensor import Outliers, QTensor, dequantize, quantize
+from ..qtensor import Outliers, QTensor, dequantize, is_group_affine, quantize
 from .gptq import _damped_ul_factor, output_error
 from .outliers import fill_group_mean, outlier_budget
 
@@ -132,11 +134,26 @@ class _Affine:
 
 
 def _affine(qtype: str, rows: int, cols: int) -> _Affine | None:
-    if not qtype.startswith("int"):
+    if not is_group_affine(qtype):
         return None
     name, g, sym, _ = _core.layout(qtype, rows, cols, None, None)
     base = name.split("-")[0]
     return _Affine(base, int(base[3:]), int(g or cols), bool(sym))
+
+
+def _dq_pack(bits: int, block: npt.NDArray[np.uint8], codes: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.uint8]:
+    """A dq super-block (`formats/QUANT_TYPES.md`: f16 d, f16 m, 3-bit scale codes, zero codes,
+    then the value codes as a bit stream) of `codes.shape[1]` values with the codes replaced."""
+    n = codes.shape[1] // 16
+    at = 4 + (3 * n + 7) // 8 + (bits * n + 7) // 8
+    out: npt.NDArray[np.uint8] = block.copy()
+    out[:, at:] = _pack_bits(codes, bits)
+    return out
+
+
+def _dq_bits(qtype: str) -> int | None:
+    """The code bits of a dq type (`int3-g16-dq` → 3), None for the others."""
+    return int(qtype[3]) if qtype.startswith("int") and qtype.endswith("-dq") else None
 
 
 def _packer(t: str, affine: _Affine | None) -> Any:
@@ -146,6 +163,9 @@ def _packer(t: str, affine: _Affine | None) -> Any:
         return affine.pack
     if t in _FIELDS:
         return lambda blk, codes: pack_codes(t, blk, codes)
+    bits = _dq_bits(t)
+    if bits is not None:
+        return lambda blk, codes: _dq_pack(bits, blk, codes)
     return None
 
 
@@ -178,7 +198,7 @@ def _segments(qtype: str, cols: int, affine: _Affine | None) -> list[tuple[int, 
         return [(c, min(c + affine.group, cols), t) for c in range(0, cols, affine.group)]
     info = {t["name"]: t for t in _core.qtypes()}[qtype]
     base = info["ragged_base"]
-    if base is not None or qtype in _FIELDS:
+    if base is not None or qtype in _FIELDS or _dq_bits(qtype) is not None:
         full = cols // 256 * 256
         segs = [(c, c + 256, base or qtype) for c in range(0, full, 256)]
         return segs + ([(full, cols, qtype)] if full < cols else [])
@@ -191,6 +211,9 @@ def _loo_shape(qtype: str, affine: _Affine | None) -> tuple[int, int]:
     outliers: the group-affine group, a k-quant's sub-block, a legacy block."""
     if affine is not None:
         return affine.bits, affine.group
+    dq = _dq_bits(qtype)
+    if dq is not None:
+        return dq, 16
     base = qtype.removesuffix("r")
     bits = 4 if base == "iq4_nl" else int(base[1])
     return bits, 32 if base in ("q4_k", "q5_k") or not base.endswith("_k") else 16
@@ -254,7 +277,7 @@ def gptq_blocks(
     h = np.array(hessian, dtype=np.float64)
     if h.shape != (cols, cols):
         raise ShapeError(f"the Hessian must have shape ({cols}, {cols}), got {h.shape}")
-    if qtype in ("f32", "f16", "bf16") or (qtype.startswith("int") and not outliers):
+    if qtype in ("f32", "f16", "bf16") or (is_group_affine(qtype) and not outliers):
         raise ParameterError(
             f"gptq_blocks fits ggml block types and ragged k-types (group-affine ones with outliers), not {qtype}"
         )
@@ -304,7 +327,7 @@ def gptq_blocks(
         own = pack is not None
         if own:
             a, b = _grid(t, blk.data, c1 - c0, pack)
-            cmax = (1 << (affine.bits if affine is not None else _FIELDS[t][0])) - 1
+            cmax = (1 << (affine.bits if affine is not None else _dq_bits(t) or _FIELDS[t][0])) - 1
             codes = np.zeros((rows, c1 - c0), np.int64)
         else:
             fixed = dequantize(blk).astype(np.float64)

@@ -47,7 +47,7 @@ from ..calib.capture import TAP_LINEARS, check_model, collect, embed, layer_weig
 from ..calib.data import CalibrationSet
 from ..conversion.source import Source
 from ..errors import ParameterError
-from ..qtensor import ActQuant, QTensor, quantize
+from ..qtensor import ActQuant, QTensor, is_group_affine, quantize
 from .gptq import gptq_quantize, output_error
 from .gptq_blocks import gptq_blocks
 from .outliers import MAX_FRACTION
@@ -116,7 +116,7 @@ class LinearReport:
 
 def _parse_affine(qtype: str, rows: int, cols: int) -> tuple[str, int, bool] | None:
     """(base "int4", group size, symmetric) of a group-affine qtype, None for the others."""
-    if not qtype.startswith("int"):
+    if not is_group_affine(qtype):
         return None
     name, g, sym, _ = _core.layout(qtype, rows, cols, None, None)
     return name.split("-")[0], int(g or 0), bool(sym)

@@ -344,7 +344,7 @@ def convert(
             "smoothquant".
         observer: the static steps' observer (minmax, ema, percentile, kl, mse).
         smooth_alpha: SmoothQuant's migration strength α in [0, 1].
-        outliers: keep this fraction of every quantized matrix's weights exactly as sparse
+        outliers: keep this fraction of every quantized decoder linear's weights exactly as sparse
             outliers (`0.005` or `"0.5%"`, at most 10%; `lowbit.algos.outliers`): chosen by
             `outlier_method` ("magnitude" or "deviation", calibration-free) with
             "rtn", by Hessian-weighted sensitivity inside GPTQ with "gptq" and "awq+gptq". Their
@@ -476,7 +476,7 @@ def convert(
                 progress=progress,
             )
         if frac:
-            carriers = [e.name for e in plan if len(e.shape) == 2 and e.qtype not in _FLOATS]
+            carriers = [e.name for e in plan if DECODER_LINEAR.match(e.name) and e.qtype not in _FLOATS]
             if gguf_compatible:
                 raise ParameterError(
                     f"--gguf-compatible: GGUF cannot hold outliers, which {len(carriers)} tensor(s) would carry: "
@@ -487,7 +487,7 @@ def convert(
         params = json.loads(meta["quantization.params"])
         if frac:
             chooser = "gptq-hessian" if "gptq" in method else outlier_method
-            params["outliers"] = {"fraction": frac, "selection": chooser, "non-decoder tensors": outlier_method}
+            params["outliers"] = {"fraction": frac, "selection": chooser, "tensors": "decoder linears"}
         if mixed is not None:
             params["mixed"] = mixed
         if layered:
@@ -547,7 +547,7 @@ def convert(
                     else:
                         try:
                             imp = None if im is None else im.importance(e.name)
-                            if frac:
+                            if e.outliers:
                                 q = quantize_with_outliers(
                                     x.reshape(e.shape), e.qtype, frac, method=outlier_method, importance=imp
                                 )
@@ -609,7 +609,8 @@ def _allocate(
     )  # fmt: skip
     if cache is not None and cached is None:
         write_json(cache, {"fingerprint": key, **how, "sensitivity": sens.to_json()})
-    sidecars = sum(_with_sidecar(e, frac).nbytes - e.nbytes for e in plan if e.name in names) if frac else 0
+    carriers = [e for e in plan if DECODER_LINEAR.match(e.name)] if frac else []
+    sidecars = sum(_with_sidecar(e, frac).nbytes - e.nbytes for e in carriers)
     fixed = sum(e.nbytes for e in plan if e.name not in names) + sidecars
     alloc = allocate(sens, target_bpw, n_weights=sum(e.numel for e in plan), fixed_bytes=fixed)
     out = []
