@@ -166,7 +166,8 @@ def main() -> int:
             rows.append({"label": label, "seconds": got["seconds"], "linear_bpw": got["linear_bpw"], **got[key]})
     if not rows:
         return 0
-    print(f"| row | bpw (file) | bpw (decoder linears) | PPL (f32 {rows[0]['ref_ppl']:.3f}) | mean KLD | top-1 | convert s |")
+    ref_ppl = rows[0]["ref_ppl"]
+    print(f"| row | bpw (file) | bpw (decoder linears) | PPL (f32 {ref_ppl:.3f}) | mean KLD | top-1 | convert s |")
     print("|---|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         print(f"| {r['label']} | {r['bpw']:.3f} | {r['linear_bpw']:.3f} | {r['ppl']:.3f} | {r['kld']:.5f} "
