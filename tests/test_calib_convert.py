@@ -158,7 +158,7 @@ def test_gptq_killed_between_the_next_input_and_the_commit_resumes_exactly(
 ) -> None:
     kw: dict[str, Any] = dict(method="gptq", gptq=GPTQConfig(), progress=False, **CAL)
     lowbit.convert(model, tmp_path / "whole.lbf", "q4_k", **kw)
-    real = sequential._write_json
+    real = sequential.write_json
     states = {"n": 0}
 
     def crash(path: Path, obj: Any) -> None:
@@ -168,12 +168,12 @@ def test_gptq_killed_between_the_next_input_and_the_commit_resumes_exactly(
                 raise KeyboardInterrupt
         real(path, obj)
 
-    monkeypatch.setattr(sequential, "_write_json", crash)
+    monkeypatch.setattr(sequential, "write_json", crash)
     out = tmp_path / "r.lbf"
     with pytest.raises(KeyboardInterrupt):
         lowbit.convert(model, out, "q4_k", **kw)
     assert (tmp_path / "r.lbf.ckpt" / "x_2.npy").exists()
-    monkeypatch.setattr(sequential, "_write_json", real)
+    monkeypatch.setattr(sequential, "write_json", real)
     lowbit.convert(model, out, "q4_k", resume=True, **kw)
     assert _tensors(out) == _tensors(tmp_path / "whole.lbf")
 
