@@ -226,17 +226,24 @@ fn affine<B: Bytes32>(
         };
         b.store(v, &mut codes[32 * c..]);
     }
-    let done = vec_chunks * 32;
-    let units = src[done * nb / 8..code_bytes].chunks_exact(nb).zip(codes[done..cols].chunks_exact_mut(8));
-    for (i, (u, out)) in units.enumerate() {
-        let mut le = [0u8; 8];
-        le[..nb].copy_from_slice(u);
-        let c = pack::unpack_unit(bits, u64::from_le_bytes(le)).to_le_bytes();
-        // int8: c − 128; narrower: c − zero of the unit's group (groups hold whole units).
-        let sub = if bits == 8 { 0x80 } else { zero_of((done + 8 * i) / g) };
-        for (o, &v) in out.iter_mut().zip(&c) {
-            *o = v.wrapping_sub(sub) as i8;
+    // The rest group by group (groups hold whole 8-code units), the zero read once per group.
+    let mut start = vec_chunks * 32;
+    while start < cols {
+        let end = ((start / g + 1) * g).min(cols);
+        // int8: c − 128; narrower: c − zero of the group.
+        let sub = if bits == 8 { 0x80 } else { zero_of(start / g) };
+        let (packed, out) = (&src[start * nb / 8..end * nb / 8], &mut codes[start..end]);
+        match bits {
+            2 => units::<2>(packed, out, sub),
+            3 => units::<3>(packed, out, sub),
+            4 => units::<4>(packed, out, sub),
+            _ => {
+                for (o, &v) in out.iter_mut().zip(packed) {
+                    *o = v.wrapping_sub(sub) as i8;
+                }
+            }
         }
+        start = end;
     }
     for gi in 0..ngroups {
         let d = half(b, src, scale_off + 2 * gi);
@@ -245,6 +252,19 @@ fn affine<B: Bytes32>(
             mw[lo / QS..hi.div_ceil(QS)].fill(d * (128 - i32::from(zero_of(gi))) as f32);
         }
         sw[lo / QS..hi.div_ceil(QS)].fill(d);
+    }
+}
+
+/// `c − sub` of the `BITS`-bit codes of `packed` (8 per `BITS` bytes) into `out` (i8), one
+/// 8-code unit at a time with the SWAR unpacking and subtraction.
+#[inline(always)]
+fn units<const BITS: u32>(packed: &[u8], out: &mut [i8], sub: u8) {
+    for (u, o) in packed.chunks_exact(BITS as usize).zip(out.chunks_exact_mut(8)) {
+        let word = u.iter().rev().fold(0u64, |acc, &b| acc << 8 | u64::from(b));
+        let v = minus_zero(pack::unpack_unit(BITS, word), sub).to_le_bytes();
+        for (d, s) in o.iter_mut().zip(v) {
+            *d = s as i8;
+        }
     }
 }
 
