@@ -36,8 +36,9 @@
 //!   the same bits, so a token's outputs still do not depend on the batch it is in. Measured
 //!   (4096 × 4096 q4_0, 0.5 % outliers, one thread, same run, loaded machine): the gather costs
 //!   ×1.07 at n = 1, ×1.12 at 16, ×1.36 at 64 (before this change, decoding every entry per
-//!   activation row, ×5.7 at n = 512); the axpy ×1.03 at 16, ×1.06 at 64, ×1.02–1.13 at 512;
-//!   below 8 the two are within noise (`benches/outliers.rs` gives the full table).
+//!   activation row, ×5.7 at n = 512); the axpy ×1.03 at 16, ×1.06 at 64, ×1.00–1.16 at
+//!   512 (five types, two threads); below 8 the two are within noise (`benches/outliers.rs`
+//!   gives the full table).
 //! * No allocation happens per row or tile after warm-up: the tile buffers are thread-local and
 //!   only borrowed inside a leaf task (which never waits on rayon), so calls are re-entrant and
 //!   may run concurrently from any thread, inside or outside rayon tasks. The per-call
