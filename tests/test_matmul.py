@@ -90,27 +90,51 @@ def test_one_dimensional_input_and_float_weight_array() -> None:
     np.testing.assert_array_equal(lowbit.matmul(xs, w), y)
 
 
-def test_permutation_and_outliers_match_the_dense_equivalent() -> None:
-    rows, cols = 9, 256
-    qt = weight("int4-g64", rows, cols, seed=3)
-    rng = np.random.default_rng(4)
-    perm = rng.permutation(cols).astype(np.uint32)
-    mask = rng.random((rows, cols)) < 0.05
+def outlier_mask(rows: int, cols: int, rng: np.random.Generator) -> npt.NDArray[np.bool_]:
+    """Where a (rows, cols) weight keeps outliers: 2% uniform, 4 hot columns in half the rows,
+    none in row 0, every third column of row 1, and the last two (tail) columns of row 2."""
+    mask = rng.random((rows, cols)) < 0.02
+    hot = rng.choice(cols, 4, replace=False)
+    mask[:, hot] |= rng.random((rows, 1)) < 0.5
+    mask[0] = False
+    mask[1, ::3] = True
+    mask[2, -2:] = True
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("qtype", "cols", "act_order"),
+    [("q4_0", 288, False), ("q4_k", 512, False), ("q8_0", 288, False), ("int4-g128", 264, True),
+     ("int3-g128", 264, True), ("int4-g64", 256, False), ("f32", 263, False), ("f16", 263, False)],
+)  # fmt: skip
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 64])
+def test_outliers_match_the_dense_equivalent(qtype: str, cols: int, act_order: bool, n: int) -> None:
+    rows = 70  # two tiles of rows
+    qt = weight(qtype, rows, cols, seed=3)
+    rng = np.random.default_rng(cols + n)
+    perm = rng.permutation(cols).astype(np.uint32) if act_order else None
+    mask = outlier_mask(rows, cols, rng)
     row_ptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.uint64)
     ocols = np.nonzero(mask)[1].astype(np.uint32)
-    vals = rng.standard_normal(ocols.size).astype(np.float16)
-    x = rng.standard_normal((4, cols)).astype(np.float32)
+    vals = (rng.standard_normal(ocols.size) * 0.5).astype(np.float16)
+    outliers = (row_ptr, ocols, vals)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
     # Dense stored-order weight with the outliers, then columns put back in input order.
     stored = qt.dequantize().astype(np.float64)
     stored[np.nonzero(mask)] += vals.astype(np.float64)
     dense = np.zeros_like(stored)
-    dense[:, perm] = stored
-    y_ref = lowbit.matmul_reference(x, qt, perm=perm, outliers=(row_ptr, ocols, vals))
+    dense[:, np.arange(cols) if perm is None else perm] = stored
+    y_ref = lowbit.matmul_reference(x, qt, perm=perm, outliers=outliers)
     np.testing.assert_allclose(y_ref, x.astype(np.float64) @ dense.T, rtol=1e-5, atol=1e-5)
     b = bound(qt, x, dense, y_ref)
     for isa in lowbit.available_isas():
-        y = lowbit.matmul(x, qt, perm=perm, outliers=(row_ptr, ocols, vals), isa=isa)
-        assert (np.abs(y - y_ref.astype(np.float64)) <= b).all(), isa
+        y = lowbit.matmul(x, qt, perm=perm, outliers=outliers, isa=isa)
+        err = np.abs(y - y_ref.astype(np.float64))
+        assert (err <= b).all(), f"{isa} at {np.unravel_index(np.argmax(err - b), err.shape)}"
+        # A token's outputs do not depend on the batch it is in (small batches gather the
+        # outliers' activations, large ones run axpys over the transposed batch: same bits).
+        for i in {0, n // 2, n - 1}:
+            np.testing.assert_array_equal(lowbit.matmul(x[i], qt, perm=perm, outliers=outliers, isa=isa), y[i])
 
 
 @pytest.mark.parametrize(

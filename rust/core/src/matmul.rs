@@ -25,7 +25,20 @@
 //!   (the per-type work) costs once per weight row, not once per product: decoding is the
 //!   repacking, done on the fly. Float weights (f32/f16/bf16) are converted per tile to f32
 //!   and multiplied with FMA dots, without activation quantization.
-//! * **Outliers** add `Σ x[perm(c)] · v` per row in the same pass.
+//! * **Outliers** are added in the same pass, tile by tile, once the tile's dense outputs are
+//!   done: the tile's CSR entries are decoded once (u32 columns, f16 values to f32 by the ISA's
+//!   converter) into thread-local buffers, then each output gets `Σ_k x[c_k] · v_k` over its
+//!   row's entries, in CSR order, from 0, every product and sum rounded to f32 (not fused). Up
+//!   to 7 activation rows (`AXPY_MIN_N` − 1) gather `x[c_k]` from the row-major activations; from
+//!   8 on, the activations are transposed once per call (`cols × n`) and each
+//!   outlier is an axpy of length `n` in SIMD lanes (`out[r, :] += v · xᵀ[c, :]`), which reads
+//!   one contiguous `n`-vector per outlier instead of touching `n` activation rows. Both give
+//!   the same bits, so a token's outputs still do not depend on the batch it is in. Measured
+//!   (4096 × 4096 q4_0, 0.5 % outliers, one thread, same run, loaded machine): the gather costs
+//!   ×1.07 at n = 1, ×1.12 at 16, ×1.36 at 64 (before this change, decoding every entry per
+//!   activation row, ×5.7 at n = 512); the axpy ×1.03 at 16, ×1.06 at 64, ×1.00–1.16 at
+//!   512 (five types, two threads); below 8 the two are within noise (`benches/outliers.rs`
+//!   gives the full table).
 //! * No allocation happens per row or tile after warm-up: the tile buffers are thread-local and
 //!   only borrowed inside a leaf task (which never waits on rayon), so calls are re-entrant and
 //!   may run concurrently from any thread, inside or outside rayon tasks. The per-call
@@ -58,13 +71,17 @@ use crate::simd::matmul::w8a8;
 use crate::simd::matmul::{self as kern, padded, QS};
 
 pub use crate::simd::matmul::w8a8::MAX_COLS;
-use crate::simd::Isa;
+use crate::simd::vocab::Simd;
+use crate::simd::{Isa, Kernel};
 
 /// Bytes of decoded weights per tile (i8 codes plus f32 scales and mins, or f32 values):
 /// small enough to stay in L2 while every activation row passes over it.
 pub const TILE_BYTES: usize = 48 * 1024;
 /// Most weight rows per tile.
 const MAX_TILE_ROWS: usize = 64;
+/// Batch sizes from which the outliers are added as axpys over the transposed activations
+/// instead of gathered per (row, activation row) (measured crossover: see the module doc).
+const AXPY_MIN_N: usize = 8;
 /// Multiply-adds below which a call runs on the calling thread only (rayon's overhead is a
 /// few microseconds).
 const PAR_MIN_WORK: usize = 1 << 18;
@@ -432,13 +449,15 @@ pub fn isa_tolerance(qtype: QType, cols: usize) -> f64 {
     kern::dot_tolerance(cols.div_ceil(QS) * per16)
 }
 
-/// Thread-local buffers of one tile of decoded weight rows.
+/// Thread-local buffers of one tile of decoded weight rows (and of its decoded outliers).
 #[derive(Debug, Default)]
 struct Tile {
     codes: Vec<i8>,
     sw: Vec<f32>,
     mw: Vec<f32>,
     wf: Vec<f32>,
+    ocols: Vec<u32>,
+    ovals: Vec<f32>,
 }
 
 thread_local! {
@@ -446,10 +465,12 @@ thread_local! {
     static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
 }
 
-/// Per-call activation buffers: gathered rows, and their int8 quantization.
+/// Per-call activation buffers: gathered rows, their transpose (for the outliers), and their
+/// int8 quantization.
 #[derive(Debug, Default)]
 struct Acts {
     xg: Vec<f32>,
+    xt: Vec<f32>,
     q: Vec<i8>,
     d16: Vec<f32>,
     s16: Vec<f32>,
@@ -465,15 +486,147 @@ fn scratch<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut v[..len]
 }
 
-/// Σ x[c] · v over the outliers of stored row `r` (`x` in stored column order).
-#[inline]
-fn outlier_sum(w: &QMatrix<'_>, r: usize, x: &[f32]) -> f32 {
-    w.outliers.map_or(0.0, |o| {
-        (o.ptr(r)..o.ptr(r + 1)).fold(0.0, |acc, k| {
-            let (c, v) = o.entry(k);
-            acc + x[c] * v
-        })
-    })
+/// The outliers of one tile of `nr` rows, decoded once per tile: row `r`'s entries are
+/// `ptr[r]..ptr[r + 1]` of `cols` (stored columns) and `vals` (f32).
+struct TileOutliers<'a> {
+    ptr: [usize; MAX_TILE_ROWS + 1],
+    cols: &'a [u32],
+    vals: &'a [f32],
+}
+
+impl<'a> TileOutliers<'a> {
+    /// Decode the outliers of stored rows `r0..r0 + nr` into `cols` and `vals` (grown as needed).
+    fn decode(
+        isa: Isa,
+        o: &Outliers<'_>,
+        r0: usize,
+        nr: usize,
+        cols: &'a mut Vec<u32>,
+        vals: &'a mut Vec<f32>,
+    ) -> TileOutliers<'a> {
+        let k0 = o.ptr(r0);
+        let mut ptr = [0; MAX_TILE_ROWS + 1];
+        for (r, p) in ptr[..=nr].iter_mut().enumerate() {
+            *p = o.ptr(r0 + r) - k0;
+        }
+        let (k0, k1) = (k0, k0 + ptr[nr]);
+        let cols = scratch(cols, k1 - k0);
+        for (c, b) in cols.iter_mut().zip(o.cols[k0 * 4..k1 * 4].chunks_exact(4)) {
+            *c = u32::from_le_bytes(b.try_into().expect("4 bytes"));
+        }
+        let vals = scratch(vals, k1 - k0);
+        crate::blocks::dequantize_row(isa, QType::F16, None, &o.vals[k0 * 2..k1 * 2], vals);
+        TileOutliers { ptr, cols, vals }
+    }
+
+    /// `out[r·n + i] += Σ_k x_i[cols[k]] · vals[k]` over the entries `k` of each row `r` (in
+    /// order, from 0, each product and sum rounded to f32; rows without outliers are left as
+    /// they are), reading `x_i[c]` at `xs[i·cols + c]` (row-major activations: the gather).
+    fn add_gather(&self, xs: &[f32], cols: usize, n: usize, out: &mut [f32]) {
+        for (r, o) in out.chunks_exact_mut(n).enumerate() {
+            let (cs, vs) = (&self.cols[self.ptr[r]..self.ptr[r + 1]], &self.vals[self.ptr[r]..self.ptr[r + 1]]);
+            if cs.is_empty() {
+                continue;
+            }
+            for (o, xi) in o.iter_mut().zip(xs.chunks_exact(cols)) {
+                *o += cs.iter().zip(vs).fold(0.0, |acc, (&c, &v)| acc + xi[c as usize] * v);
+            }
+        }
+    }
+
+    /// The same sums as [`TileOutliers::add_gather`] (the same bits: same order, same
+    /// roundings), reading `x_i[c]` at `xt[c·n + i]` (the transposed activations): per
+    /// outlier, an axpy of length `n` in SIMD lanes.
+    fn add_axpy(&self, isa: Isa, xt: &[f32], n: usize, out: &mut [f32]) {
+        crate::simd::run(isa, OutlierAxpy { o: self, xt, n, out });
+    }
+}
+
+/// The kernel of [`TileOutliers::add_axpy`].
+struct OutlierAxpy<'a, 'b> {
+    o: &'a TileOutliers<'b>,
+    xt: &'a [f32],
+    n: usize,
+    out: &'a mut [f32],
+}
+
+impl OutlierAxpy<'_, '_> {
+    /// Row `r`'s sums for activation rows `i0..n`, one at a time.
+    fn rest(&self, r: usize, i0: usize, out: &mut [f32]) {
+        let (o, n) = (self.o, self.n);
+        let (cs, vs) = (&o.cols[o.ptr[r]..o.ptr[r + 1]], &o.vals[o.ptr[r]..o.ptr[r + 1]]);
+        for (i, y) in out.iter_mut().enumerate().skip(i0) {
+            *y += cs.iter().zip(vs).fold(0.0, |acc, (&c, &v)| acc + self.xt[c as usize * n + i] * v);
+        }
+    }
+}
+
+impl Kernel for OutlierAxpy<'_, '_> {
+    type Output = ();
+    fn scalar(mut self) {
+        let out = std::mem::take(&mut self.out);
+        for (r, o) in out.chunks_exact_mut(self.n).enumerate() {
+            if self.o.ptr[r] < self.o.ptr[r + 1] {
+                self.rest(r, 0, o);
+            }
+        }
+    }
+    #[inline(always)]
+    fn simd<S: Simd>(mut self, s: S) {
+        let (n, w) = (self.n, S::W);
+        let out = std::mem::take(&mut self.out);
+        for (r, y) in out.chunks_exact_mut(n).enumerate() {
+            let (a, b) = (self.o.ptr[r], self.o.ptr[r + 1]);
+            if a == b {
+                continue;
+            }
+            let (cs, vs) = (&self.o.cols[a..b], &self.o.vals[a..b]);
+            // Two vectors of activation rows per pass over the row's outliers; mul then add
+            // (not fused), as the gather rounds.
+            let mut i = 0;
+            while i + 2 * w <= n {
+                let mut acc = [s.splat(0.0); 2];
+                for (&c, &v) in cs.iter().zip(vs) {
+                    let (xc, vv) = (&self.xt[c as usize * n + i..], s.splat(v));
+                    acc[0] = s.add(acc[0], s.mul(s.load(xc), vv));
+                    acc[1] = s.add(acc[1], s.mul(s.load(&xc[w..]), vv));
+                }
+                let (y0, y1) = (s.add(s.load(&y[i..]), acc[0]), s.add(s.load(&y[i + w..]), acc[1]));
+                s.store(&mut y[i..], y0);
+                s.store(&mut y[i + w..], y1);
+                i += 2 * w;
+            }
+            while i + w <= n {
+                let mut acc = s.splat(0.0);
+                for (&c, &v) in cs.iter().zip(vs) {
+                    acc = s.add(acc, s.mul(s.load(&self.xt[c as usize * n + i..]), s.splat(v)));
+                }
+                let yi = s.add(s.load(&y[i..]), acc);
+                s.store(&mut y[i..], yi);
+                i += w;
+            }
+            self.rest(r, i, y);
+        }
+    }
+}
+
+/// `xt = xsᵀ`: `xs` is `n × cols`, `xt` is `cols × n` (in column blocks, one task each when `par`).
+fn transpose(xs: &[f32], n: usize, cols: usize, xt: &mut [f32], par: bool) {
+    const BLOCK: usize = 64;
+    let block = |(b, t): (usize, &mut [f32])| {
+        let c0 = b * BLOCK;
+        let nc = t.len() / n;
+        for (i, xi) in xs.chunks_exact(cols).enumerate() {
+            for (j, &v) in xi[c0..c0 + nc].iter().enumerate() {
+                t[j * n + i] = v;
+            }
+        }
+    };
+    if par {
+        xt.par_chunks_mut(BLOCK * n).enumerate().for_each(block);
+    } else {
+        xt.chunks_mut(BLOCK * n).enumerate().for_each(block);
+    }
 }
 
 /// `y = x · Wᵀ`: `x` is `n × cols` f32 (row-major), `y` is `n × rows`. Float weights
@@ -502,7 +655,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Option<I
 
 fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut Acts) {
     let Layout { qtype, affine, rows, cols, .. } = w.layout;
-    let Acts { xg, q, d16, s16, scale } = acts;
+    let Acts { xg, xt, q, d16, s16, scale } = acts;
     let xs: &[f32] = if w.has_perm() {
         let xg = scratch(xg, n * cols);
         for (g, xi) in xg.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
@@ -540,6 +693,18 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
         }
     }
     let (q, d16, s16, scale) = (&*q, &*d16, &*s16, &*scale);
+    // The outliers (when there are any) are added to each tile's outputs once the dense part is
+    // done: from the activations gathered per (row, activation row), or for larger batches as
+    // axpys over the transposed activations (the same sums, bit for bit).
+    let outliers = w.outliers.filter(|o| o.ptr(rows) > 0);
+    let xt: Option<&[f32]> = match outliers {
+        Some(_) if n >= AXPY_MIN_N => {
+            let xt = scratch(xt, n * cols);
+            transpose(xs, n, cols, xt, par);
+            Some(xt)
+        }
+        _ => None,
+    };
     let mins = kern::has_mins(qtype, affine);
     let row_bytes = if float { 4 * cols } else { cp + cp / 2 };
     let tile = (TILE_BYTES / row_bytes).clamp(1, MAX_TILE_ROWS);
@@ -549,9 +714,9 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
         let nr = out.len() / n;
         TILE.with(|cell| {
             let mut guard = cell.borrow_mut();
-            let tb = &mut *guard;
+            let Tile { codes, sw, mw, wf, ocols, ovals } = &mut *guard;
             if float {
-                let wf = scratch(&mut tb.wf, nr * cols);
+                let wf = scratch(wf, nr * cols);
                 for (r, wr) in wf.chunks_exact_mut(cols).enumerate() {
                     crate::blocks::dequantize_row(isa, qtype, affine, w.row(r0 + r), wr);
                 }
@@ -566,46 +731,51 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                         let v = kern::dot_f32_4x2(isa, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], [x(i), x(i + 1)]);
                         for (j, vj) in v.iter().enumerate().take(nr - r) {
                             for (k, &vk) in vj.iter().enumerate().take(n - i) {
-                                out[(r + j) * n + i + k] = vk + outlier_sum(w, r0 + r + j, x(i + k));
+                                out[(r + j) * n + i + k] = vk;
                             }
                         }
                     }
                 }
-                return;
-            }
-            let (codes, sw, mw) =
-                (scratch(&mut tb.codes, nr * cp), scratch(&mut tb.sw, nr * nsub), scratch(&mut tb.mw, nr * nsub));
-            for (r, ((c, s), m)) in
-                codes.chunks_exact_mut(cp).zip(sw.chunks_exact_mut(nsub)).zip(mw.chunks_exact_mut(nsub)).enumerate()
-            {
-                kern::decode_row(isa, qtype, affine, cols, w.row(r0 + r), c, s, m);
-            }
-            for i in 0..n {
-                let (q, d16) = (&q[i * cp..(i + 1) * cp], &d16[i * nsub..(i + 1) * nsub]);
-                let s16 = &s16[i * nsub..(i + 1) * nsub];
-                let xi = &xs[i * cols..(i + 1) * cols];
-                let c = |r: usize| &codes[r * cp..(r + 1) * cp];
-                let s = |r: usize| &sw[r * nsub..(r + 1) * nsub];
-                let finish = |r: usize, v: f32| {
-                    let v = if mins { v + kern::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], s16) } else { v };
-                    v * scale[i] + outlier_sum(w, r0 + r, xi)
-                };
-                // Four rows at a time share each activation load.
-                let quads = nr / 4 * 4;
-                for r in (0..quads).step_by(4) {
-                    let v = kern::dot_q8_x4(
-                        isa,
-                        [c(r), c(r + 1), c(r + 2), c(r + 3)],
-                        [s(r), s(r + 1), s(r + 2), s(r + 3)],
-                        q,
-                        d16,
-                    );
-                    for (j, vj) in v.into_iter().enumerate() {
-                        out[(r + j) * n + i] = finish(r + j, vj);
+            } else {
+                let (codes, sw, mw) = (scratch(codes, nr * cp), scratch(sw, nr * nsub), scratch(mw, nr * nsub));
+                for (r, ((c, s), m)) in
+                    codes.chunks_exact_mut(cp).zip(sw.chunks_exact_mut(nsub)).zip(mw.chunks_exact_mut(nsub)).enumerate()
+                {
+                    kern::decode_row(isa, qtype, affine, cols, w.row(r0 + r), c, s, m);
+                }
+                for i in 0..n {
+                    let (q, d16) = (&q[i * cp..(i + 1) * cp], &d16[i * nsub..(i + 1) * nsub]);
+                    let s16 = &s16[i * nsub..(i + 1) * nsub];
+                    let c = |r: usize| &codes[r * cp..(r + 1) * cp];
+                    let s = |r: usize| &sw[r * nsub..(r + 1) * nsub];
+                    let finish = |r: usize, v: f32| {
+                        let v = if mins { v + kern::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], s16) } else { v };
+                        v * scale[i]
+                    };
+                    // Four rows at a time share each activation load.
+                    let quads = nr / 4 * 4;
+                    for r in (0..quads).step_by(4) {
+                        let v = kern::dot_q8_x4(
+                            isa,
+                            [c(r), c(r + 1), c(r + 2), c(r + 3)],
+                            [s(r), s(r + 1), s(r + 2), s(r + 3)],
+                            q,
+                            d16,
+                        );
+                        for (j, vj) in v.into_iter().enumerate() {
+                            out[(r + j) * n + i] = finish(r + j, vj);
+                        }
+                    }
+                    for r in quads..nr {
+                        out[r * n + i] = finish(r, kern::dot_q8(isa, c(r), s(r), q, d16));
                     }
                 }
-                for r in quads..nr {
-                    out[r * n + i] = finish(r, kern::dot_q8(isa, c(r), s(r), q, d16));
+            }
+            if let Some(o) = &outliers {
+                let to = TileOutliers::decode(isa, o, r0, nr, ocols, ovals);
+                match xt {
+                    Some(xt) => to.add_axpy(isa, xt, n, out),
+                    None => to.add_gather(xs, cols, n, out),
                 }
             }
         })

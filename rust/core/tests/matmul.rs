@@ -518,6 +518,98 @@ fn matmul_with_permutation_and_outliers() {
     }
 }
 
+/// Structured CSR outliers: none in row 0, every third column of row 1, the last two (tail)
+/// columns of row 2, 4 hot columns in about half of the other rows, and 2 % uniform.
+fn structured_outliers(rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut r = Rng::new(seed);
+    let hot: Vec<usize> = (0..4).map(|_| r.below(cols)).collect();
+    let (mut ptr, mut cs, mut vs) = (vec![0u64], vec![], vec![]);
+    for row in 0..rows {
+        let in_hot = r.below(2) == 0;
+        for c in 0..cols {
+            let keep = match row {
+                0 => false,
+                1 => c % 3 == 0,
+                2 => c + 2 >= cols,
+                _ => (in_hot && hot.contains(&c)) || r.below(50) == 0,
+            };
+            if keep {
+                cs.push(c as u32);
+                vs.push(half::f16::from_f32(r.normal() * 0.5).to_bits());
+            }
+        }
+        ptr.push(cs.len() as u64);
+    }
+    (
+        ptr.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        cs.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        vs.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
+}
+
+#[test]
+fn outliers_at_every_isa_and_every_batch_size() {
+    // Rows: two tiles. Columns: with a tail past the last full 32-value block where the type allows.
+    let rows = 70;
+    for (name, cols, act_order) in [
+        ("q4_0", 288, false),
+        ("q4_k", 512, false),
+        ("q8_0", 288, false),
+        ("int4-g128", 264, true),
+        ("int3-g128", 264, true),
+        ("f32", 263, false),
+        ("f16", 263, false),
+    ] {
+        let (l, data) = weight(name, rows, cols, 41);
+        let perm = act_order.then(|| perm_bytes(cols, 42));
+        let (rp, oc, ov) = structured_outliers(rows, cols, 43);
+        let o = Outliers { row_ptr: &rp, cols: &oc, vals: &ov };
+        let w = QMatrix::new(l, &data, perm.as_deref(), Some(o)).unwrap();
+        // The dense equivalent, independently: dequantize(W) + outliers, input column order.
+        let mut dense: Vec<f64> =
+            dequantize(&l, &data, Some(Isa::Scalar)).unwrap().into_iter().map(f64::from).collect();
+        for r in 0..rows {
+            for kk in o.ptr(r)..o.ptr(r + 1) {
+                let (c, v) = o.entry(kk);
+                dense[r * cols + c] += f64::from(v);
+            }
+        }
+        let x = acts("normal", 64, cols, 44);
+        for n in [1, 2, 3, 5, 64] {
+            let tag = format!("{rows}x{cols} n={n}");
+            let x = &x[..n * cols];
+            let mut y_ref = vec![0f32; n * rows];
+            matmul_reference(&w, x, n, &mut y_ref).unwrap();
+            for (idx, &yr) in y_ref.iter().enumerate() {
+                let (i, r) = (idx / rows, idx % rows);
+                let (mut exact, mut mag) = (0f64, 0f64);
+                for j in 0..cols {
+                    let p = dense[r * cols + j] * f64::from(x[i * cols + w.perm_at(j)]);
+                    exact += p;
+                    mag += p.abs();
+                }
+                // The reference rounds the result to f32 and each weight plus outlier to f32.
+                let tol = f64::from(yr).abs() * 2f64.powi(-24)
+                    + mag * (2f64.powi(-24) + cols as f64 * 2f64.powi(-52))
+                    + 2f64.powi(-149);
+                assert!((f64::from(yr) - exact).abs() <= tol, "{name} {tag} [{i}, {r}]: {yr:e} vs {exact:e}");
+            }
+            check(name, &w, x, n, &tag);
+        }
+        // A token's outputs do not depend on the batch it is in: small batches gather the
+        // outliers' activations, large ones run axpys over the transposed batch, same bits.
+        for isa in available() {
+            let mut batch = vec![0f32; 64 * rows];
+            matmul(&w, &x, 64, &mut batch, Some(isa)).unwrap();
+            for i in [0, 5, 31, 63] {
+                let mut one = vec![0f32; rows];
+                matmul(&w, &x[i * cols..(i + 1) * cols], 1, &mut one, Some(isa)).unwrap();
+                assert_f32_bits_eq(&format!("{name} {isa} token {i}"), &one, &batch[i * rows..(i + 1) * rows]);
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_rejects_bad_input() {
     let (l, data) = weight("q4_0", 4, 64, 1);
