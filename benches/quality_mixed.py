@@ -81,10 +81,10 @@ def make(base: Path, out: Path, recipe: str, opts: dict[str, Any], args: argpars
 
 def plot(rows: list[dict[str, Any]], png: Path) -> None:
     """The bpw/KLD curves (log KLD) of the fixed recipes and of --target-bpw, and the points."""
-    import matplotlib
+    import matplotlib  # type: ignore[import-not-found]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found]
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for kind, style in (("fixed", "o-"), ("mixed rtn", "s-")):
@@ -169,9 +169,9 @@ def main() -> int:
     ref_ppl = rows[0]["ref_ppl"]
     print(f"| row | bpw (file) | bpw (decoder linears) | PPL (f32 {ref_ppl:.3f}) | mean KLD | top-1 | convert s |")
     print("|---|--:|--:|--:|--:|--:|--:|")
-    for r in rows:
-        print(f"| {r['label']} | {r['bpw']:.3f} | {r['linear_bpw']:.3f} | {r['ppl']:.3f} | {r['kld']:.5f} "
-              f"| {100 * r['top1']:.1f} % | {r['seconds']:.0f} |")  # fmt: skip
+    for row in rows:
+        print(f"| {row['label']} | {row['bpw']:.3f} | {row['linear_bpw']:.3f} | {row['ppl']:.3f} | {row['kld']:.5f} "
+              f"| {100 * row['top1']:.1f} % | {row['seconds']:.0f} |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.png:
