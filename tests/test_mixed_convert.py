@@ -61,16 +61,22 @@ def test_target_bpw_with_calibrated_methods(model: Path, tmp_path: Path, method:
 def test_target_bpw_with_outliers_keeps_the_budget(model: Path, tmp_path: Path) -> None:
     with DEFAULT_TEXT:
         r = lowbit.convert(model, tmp_path / "m.lbf", "q4_k_m", target_bpw=4.2, outliers="0.5%", **CAL)
-    assert r.bits_per_weight <= 4.2 and all(bool(e.outliers) == (".layers." in e.name) for e in r.plan if e.numel > 1)
+    assert r.bits_per_weight <= 4.2 and all(
+        bool(e.outliers) == (".layers." in e.name and len(e.shape) == 2) for e in r.plan
+    )
 
 
 def test_target_bpw_bad_input(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.lbf"
-    for bad in (1.0, 20.0):
+    for bad in (1.0, 20.0, float("nan")):
         with DEFAULT_TEXT, pytest.raises(ParameterError, match=r"outside the feasible \d+\.\d+ … \d+\.\d+ bpw"):
             lowbit.convert(model, out, "q4_k_m", target_bpw=bad, **CAL)
+    # checked before the (long) measurement: a sensitivity run that raised here would be wrong
+    with DEFAULT_TEXT, pytest.raises(ParameterError, match="feasible"):
+        lowbit.convert(model, out, "q4_k_m", target_bpw=1.0, sensitivity=tmp_path / "s.json", **CAL)
+    assert not (tmp_path / "s.json").exists()
     assert not out.exists()
-    with DEFAULT_TEXT, pytest.raises(ParameterError):
+    with DEFAULT_TEXT, pytest.raises(lowbit.QTypeError, match="no-such-type"):
         lowbit.convert(model, out, "q4_k_m", target_bpw=4.0, candidates=["q4_k", "no-such-type"], **CAL)
 
 

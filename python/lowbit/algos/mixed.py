@@ -72,6 +72,7 @@ __all__ = [
     "Sensitivity",
     "TensorSensitivity",
     "allocate",
+    "check_target",
     "measure_sensitivity",
 ]
 
@@ -477,6 +478,34 @@ def _hull(options: Sequence[Option]) -> list[Option]:
                 break
         hull.append(o)
     return hull
+
+
+def check_target(
+    shapes: Mapping[str, tuple[int, int]],
+    candidates: Sequence[str],
+    target_bpw: float,
+    *,
+    gguf_compatible: bool = False,
+    n_weights: int,
+    fixed_bytes: int,
+) -> None:
+    """Before measuring: ParameterError when `target_bpw` lies outside what the candidates can
+    store for tensors of these `shapes` (every tensor at its smallest … at its largest fitting
+    candidate; `allocate` checks the exact range, whose top is every tensor's least-loss option),
+    or when no candidate fits a tensor."""
+    ggml = {str(t["name"]) for t in _core.qtypes() if t["gguf_type"] is not None}
+    low = high = 0
+    for name, shape in shapes.items():
+        sizes = [r[1] for c in candidates if not isinstance(r := _fit(c, shape, gguf_compatible, ggml), str)]
+        if not sizes:
+            raise ParameterError(f"no candidate of {', '.join(candidates)} fits {name} {shape}")
+        low, high = low + min(sizes), high + max(sizes)
+    budget = _target_bytes(target_bpw, n_weights) - fixed_bytes if math.isfinite(target_bpw) else -1
+    if not low <= budget <= high:
+        lo, hi = (8 * (b + fixed_bytes) / n_weights for b in (low, high))
+        raise ParameterError(
+            f"target {target_bpw:g} bpw is outside the feasible {lo:.4f} … {hi:.4f} bpw for these candidates"
+        )
 
 
 def _target_bytes(target_bpw: float, n_weights: int) -> int:

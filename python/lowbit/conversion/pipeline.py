@@ -26,7 +26,14 @@ import numpy.typing as npt
 
 from .. import _core
 from ..algos.awq import AWQConfig, awq_method
-from ..algos.mixed import DEFAULT_CANDIDATES, GGUF_CANDIDATES, Sensitivity, allocate, measure_sensitivity
+from ..algos.mixed import (
+    DEFAULT_CANDIDATES,
+    GGUF_CANDIDATES,
+    Sensitivity,
+    allocate,
+    check_target,
+    measure_sensitivity,
+)
 from ..algos.outliers import OUTLIER_METHODS, outlier_budget, parse_fraction, quantize_with_outliers
 from ..algos.sequential import (
     GPTQConfig,
@@ -461,6 +468,12 @@ def convert(
             cal = calibration_tokens(
                 source.tokenizer_json, files=calib, n_samples=calib_samples, seq_len=calib_seq_len, seed=seed
             )
+        if frac and gguf_compatible:
+            carriers = [e.name for e in plan if DECODER_LINEAR.match(e.name) and e.qtype not in _FLOATS]
+            raise ParameterError(
+                f"--gguf-compatible: GGUF cannot hold outliers, which {len(carriers)} tensor(s) would carry: "
+                + ", ".join(carriers)
+            )
         mixed: dict[str, Any] | None = None
         if target_bpw is not None:
             plan, mixed = _allocate(
@@ -477,11 +490,6 @@ def convert(
             )
         if frac:
             carriers = [e.name for e in plan if DECODER_LINEAR.match(e.name) and e.qtype not in _FLOATS]
-            if gguf_compatible:
-                raise ParameterError(
-                    f"--gguf-compatible: GGUF cannot hold outliers, which {len(carriers)} tensor(s) would carry: "
-                    + ", ".join(carriers)
-                )
             plan = [_with_sidecar(e, frac) if e.name in carriers else e for e in plan]
         meta = _metadata(source, type, tensor_types, gguf_compatible, im)
         params = json.loads(meta["quantization.params"])
@@ -590,6 +598,14 @@ def _allocate(
     matches this source, calibration text and candidates, else measured and written."""
     candidates = candidates or (GGUF_CANDIDATES if gguf_compatible else DEFAULT_CANDIDATES)
     names = [e.name for e in plan if len(e.shape) == 2]
+    carriers = [e for e in plan if DECODER_LINEAR.match(e.name)] if frac else []
+    sidecars = sum(_with_sidecar(e, frac).nbytes - e.nbytes for e in carriers)
+    fixed = sum(e.nbytes for e in plan if e.name not in names) + sidecars
+    n_weights = sum(e.numel for e in plan)
+    shapes = {e.name: (e.shape[0], e.shape[1]) for e in plan if e.name in names}
+    check_target(
+        shapes, candidates, target_bpw, gguf_compatible=gguf_compatible, n_weights=n_weights, fixed_bytes=fixed
+    )
     tensors = {t.name: t for t in source.tensors}
     how = {"candidates": list(candidates), "gguf_compatible": gguf_compatible, "importance": importance}
     key = fingerprint(source, cal, {"names": names, **how})
@@ -609,10 +625,7 @@ def _allocate(
     )  # fmt: skip
     if cache is not None and cached is None:
         write_json(cache, {"fingerprint": key, **how, "sensitivity": sens.to_json()})
-    carriers = [e for e in plan if DECODER_LINEAR.match(e.name)] if frac else []
-    sidecars = sum(_with_sidecar(e, frac).nbytes - e.nbytes for e in carriers)
-    fixed = sum(e.nbytes for e in plan if e.name not in names) + sidecars
-    alloc = allocate(sens, target_bpw, n_weights=sum(e.numel for e in plan), fixed_bytes=fixed)
+    alloc = allocate(sens, target_bpw, n_weights=n_weights, fixed_bytes=fixed)
     out = []
     for e in plan:
         o = alloc.chosen.get(e.name)
