@@ -30,7 +30,9 @@ def test_packer_reproduces_the_quantizer_bytes(qtype: str) -> None:
     x = rng.standard_normal((8, 256)).astype(np.float32) * rng.uniform(0.01, 10, (8, 1)).astype(np.float32)
     x[0] = 0.0
     q = lowbit.quantize(x, qtype)
-    a, b = _grid(qtype, q.data, 256, _packer(qtype, None))
+    packer = _packer(qtype, None)
+    assert packer is not None
+    a, b = _grid(qtype, q.data, 256, packer[0])
     y = lowbit.dequantize(q)
     # every value is a·c + b for an integer code c in range, and packing those codes gives the bytes back
     c = np.where(a == 0, 0, np.rint((y - b) / np.where(a == 0, 1, a)))
@@ -96,7 +98,9 @@ def test_dq_packer_reproduces_the_quantizer_bytes(qtype: str, cols: int) -> None
     x = rng.standard_normal((8, cols)).astype(np.float32) * rng.uniform(0.01, 10, (8, 1)).astype(np.float32)
     x[0] = 0.0
     q = lowbit.quantize(x, qtype)
-    pack = _packer(qtype, None)
+    packer = _packer(qtype, None)
+    assert packer is not None
+    pack = packer[0]
     a, b = _grid(qtype, q.data, cols, pack)
     y = lowbit.dequantize(q)
     c = np.where(a == 0, 0, np.rint((y - b) / np.where(a == 0, 1, a)))

@@ -52,25 +52,15 @@ def _call(
     if perm is not None and w.perm is not None:
         raise ParameterError("the QTensor carries its own permutation: do not pass perm as well")
     p = w.perm if perm is None else _int_array(perm, np.uint32, "perm")
-    o: tuple[Any, Any, Any] = (None, None, None)
-    if outliers is not None and w.outliers is not None:
-        raise ParameterError("the QTensor carries its own outliers: do not pass outliers as well")
-    if w.outliers is not None:
-        o = (w.outliers.row_ptr, w.outliers.cols, w.outliers.vals.view(np.uint16))
-        outliers = w.outliers
-    elif outliers is not None:
-        if not isinstance(outliers, tuple) or len(outliers) != 3:
-            raise TypeError("outliers must be a tuple (row_ptr, cols, vals)")
-        vals = np.asarray(outliers[2])
-        if vals.dtype != np.float16 or vals.ndim != 1:
-            raise TypeError(f"outlier values must be a 1-D float16 array, got {vals.dtype} of shape {vals.shape}")
-        o = (
-            _int_array(outliers[0], np.uint64, "outlier row_ptr"),
-            _int_array(outliers[1], np.uint32, "outlier cols"),
-            np.ascontiguousarray(vals).view(np.uint16),
-        )
     if w.act is not None and (p is not None or outliers is not None):
         raise ParameterError("a W8A8 weight (act) cannot take a permutation or outliers")
+    if outliers is not None:
+        if w.outliers is not None:
+            raise ParameterError("the QTensor carries its own outliers: do not pass outliers as well")
+        w = w.with_outliers(outliers)  # checked as the tensor's own
+    o: tuple[Any, Any, Any] = (None, None, None)
+    if w.outliers is not None:
+        o = (w.outliers.row_ptr, w.outliers.cols, w.outliers.vals.view(np.uint16))
     act = None if w.act is None else w.act._wire()
     y = _core.matmul(x2, w.data.reshape(-1), w.qtype, rows, cols, w.group_size, w.symmetric, p, *o, isa, reference, act)
     return y.reshape(rows) if x.ndim == 1 else y.reshape(x2.shape[0], rows)

@@ -340,7 +340,7 @@ def check_outliers(o: Outliers | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLi
     `formats/LBF.md` §5 (ShapeError for lengths, ParameterError for content, TypeError for
     dtypes)."""
     if not isinstance(o, tuple) or len(o) != 3:
-        raise TypeError("outliers must be an Outliers (row_ptr, cols, vals)")
+        raise TypeError("outliers must be an Outliers or a tuple (row_ptr, cols, vals)")
     ptr, col, val = (np.asarray(a) for a in o)
     if ptr.dtype.kind not in "iu" or col.dtype.kind not in "iu":
         raise TypeError(f"outlier row pointers and columns must be integer arrays, got {ptr.dtype}, {col.dtype}")
@@ -348,28 +348,41 @@ def check_outliers(o: Outliers | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLi
         raise TypeError(f"outlier values must be float16, got {val.dtype}")
     if ptr.shape != (rows + 1,) or col.ndim != 1 or val.shape != col.shape:
         raise ShapeError(
-            f"outliers of a ({rows}, {cols}) tensor need row_ptr ({rows + 1},) and cols/vals of one length (nnz,), "
-            f"got {ptr.shape}, {col.shape}, {val.shape}"
+            f"outliers of a ({rows}, {cols}) tensor need {rows + 1} row pointers and columns/values of one length "
+            f"(nnz,), got shapes {ptr.shape}, {col.shape}, {val.shape}"
         )
     p = ptr.astype(np.int64)
     if p[0] != 0 or p[-1] != col.size or np.any(np.diff(p) < 0):
-        raise ParameterError(f"outlier row pointers must rise from 0 to nnz = {col.size}")
+        raise ParameterError(f"outlier row pointers must rise from 0 to nnz = {col.size} and never decrease")
     c = col.astype(np.int64)
     if c.size and (c.min() < 0 or c.max() >= cols):
-        raise ParameterError(f"an outlier column is outside 0..{cols}")
+        raise ParameterError(f"an outlier column is out of range: outside 0..{cols}")
     first = np.zeros(c.size, bool)
     first[p[:-1][p[:-1] < c.size]] = True  # the first entry of each non-empty row
     if np.any((np.diff(c) <= 0) & ~first[1:]):
         raise ParameterError("outlier columns must increase strictly within a row")
     if not np.isfinite(val).all():
-        raise ParameterError("outlier values must be finite")
+        raise ParameterError("an outlier value is not finite")
     return Outliers(np.ascontiguousarray(p, np.uint64), np.ascontiguousarray(c, np.uint32), np.ascontiguousarray(val))
+
+
+FLOAT_QTYPES = ("f32", "f16", "bf16")
+"""The float storage types (no quantization grid)."""
 
 
 def is_group_affine(qtype: str) -> bool:
     """Whether `qtype` (a canonical or parametrised name) is a group-affine integer type
     (`int4-g128`, `int3-row-sym`, …): not a ggml block type, float, ragged k-type or dq type."""
     return qtype.startswith("int") and not qtype.endswith("-dq")
+
+
+def affine_params(qtype: str, rows: int, cols: int) -> tuple[str, int, bool] | None:
+    """(base "int4", group size (0: the whole row), symmetric) of a group-affine `qtype` on a
+    (rows, cols) tensor; None for the other types."""
+    if not is_group_affine(qtype):
+        return None
+    name, g, sym, _ = _core.layout(qtype, rows, cols, None, None)
+    return name.split("-")[0], int(g or 0), bool(sym)
 
 
 def _check_perm(perm: npt.ArrayLike, qtype: str, cols: int) -> npt.NDArray[np.uint32]:

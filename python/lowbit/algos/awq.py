@@ -42,8 +42,8 @@ import numpy.typing as npt
 from .. import _core
 from ..calib.capture import TAP_LINEARS, collect, linear_names
 from ..errors import LowbitWarning, ParameterError
-from ..qtensor import QTensor, is_group_affine, quantize
-from .gptq import output_error
+from ..qtensor import FLOAT_QTYPES, QTensor, is_group_affine, quantize
+from .gptq import output_error, quad_error
 from .scaling import ScaleGroup, fold, scale_groups
 from .sequential import GPTQConfig, LayerFn, LayerResult, LinearReport, Weight, quantize_linear
 
@@ -53,7 +53,6 @@ log = logging.getLogger("lowbit.awq")
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
-FLOATS = ("f32", "f16", "bf16")
 NO_CLIP = ("self_attn.q_proj", "self_attn.k_proj")
 
 
@@ -90,14 +89,9 @@ class GroupReport:
     skip: str = ""
 
 
-def _sq_err(delta: F32, h: F32) -> float:
-    """tr(Δ H Δᵀ) for Δ (rows, cols), H (cols, cols): float32 products, float64 sum."""
-    return float(np.einsum("ij,ij->", delta @ h, delta, dtype=np.float64))
-
-
 def _rtn(w: F32, qtype: str, importance: F32 | None) -> QTensor:
     """Round-to-nearest of `w` to `qtype`; block types weight their scale search by `importance`."""
-    if is_group_affine(qtype) or qtype in FLOATS:
+    if is_group_affine(qtype) or qtype in FLOAT_QTYPES:
         return quantize(w, qtype)
     return quantize(w, qtype, importance=importance)
 
@@ -133,7 +127,7 @@ def search_scale(
         loss = 0.0
         for lin, w in readers.items():
             q = _rtn(w * c[None, :], qtypes[lin], diag / (c * c))
-            loss += _sq_err(q.dequantize() / c[None, :] - w, h)
+            loss += quad_error(q.dequantize() / c[None, :] - w, h)
         losses.append(loss)
         if loss < best[0]:
             best = (loss, alpha, s)
@@ -206,7 +200,7 @@ def awq_layer(
     for g in scale_groups(config, weights):
         names = [f"{lin}.weight" for lin in g.linears]
         skip = g.skip
-        if not skip and all(qtypes[n] in FLOATS for n in names):
+        if not skip and all(qtypes[n] in FLOAT_QTYPES for n in names):
             skip = "its readers are stored as floats"
         if skip:
             msg = f"AWQ leaves {g.tap} unscaled: {skip}"
@@ -216,7 +210,7 @@ def awq_layer(
             continue
         h = (hessian[g.tap] / max(tokens, 1)).astype(np.float32)
         mean_abs = g.reduce(sum_abs[g.tap] / max(tokens, 1))
-        quantized = {n: np.asarray(w[n], np.float32) for n in names if qtypes[n] not in FLOATS}
+        quantized = {n: np.asarray(w[n], np.float32) for n in names if qtypes[n] not in FLOAT_QTYPES}
         alpha, s, losses = search_scale(quantized, qtypes, h, mean_abs, g, cfg.grid)
         w.update(fold(w, g, s))
         for n in names:
@@ -285,7 +279,7 @@ def awq_method(
                     if ratio is not None:
                         extra.update(clip_mean=float(ratio.mean()), clipped=float((ratio < 1).mean()))
                 stored[name] = q
-                base = _rtn(w[name], qtypes[name], np.diag(h).astype(np.float32)) if q.qtype not in FLOATS else q
+                base = _rtn(w[name], qtypes[name], np.diag(h).astype(np.float32)) if q.qtype not in FLOAT_QTYPES else q
                 reports[f"model.layers.{i}.{name}"] = asdict(
                     LinearReport(
                         q.qtype,

@@ -43,7 +43,7 @@ import numpy.typing as npt
 from ..errors import InvalidValueError, ParameterError, ShapeError
 from ..qtensor import QTensor, dequantize, quantize
 
-__all__ = ["GPTQResult", "gptq_quantize", "output_error"]
+__all__ = ["GPTQResult", "gptq_quantize", "output_error", "quad_error"]
 
 log = logging.getLogger("lowbit.gptq")
 
@@ -210,6 +210,12 @@ def output_error(
     if w.ndim != 2 or w_hat.shape != w.shape or h.shape != (w.shape[1], w.shape[1]):
         raise ShapeError(f"w {w.shape}, w_hat {w_hat.shape} and hessian {h.shape} do not match")
     return _ratio(_quad(w_hat - w, h), _quad(w, h))
+
+
+def quad_error(delta: npt.NDArray[np.float32], h: npt.NDArray[Any]) -> float:
+    """tr(Δ H Δᵀ) for Δ (rows, cols), H (cols, cols): float32 products, float64 sum (the
+    output error of a weight change Δ over inputs with Σ x xᵀ = H)."""
+    return float(np.einsum("ij,ij->", delta @ h, delta, dtype=np.float64))
 
 
 def _quad(a: npt.NDArray[np.float32], h: npt.NDArray[Any]) -> float:

@@ -47,7 +47,7 @@ import numpy.typing as npt
 
 from .. import _core
 from ..errors import InvalidValueError, ParameterError, ShapeError
-from ..qtensor import Outliers, QTensor, dequantize, is_group_affine, quantize
+from ..qtensor import FLOAT_QTYPES, Outliers, QTensor, affine_params, dequantize, is_group_affine, quantize
 from .gptq import _damped_ul_factor, output_error
 from .outliers import fill_group_mean, outlier_budget
 
@@ -134,11 +134,8 @@ class _Affine:
 
 
 def _affine(qtype: str, rows: int, cols: int) -> _Affine | None:
-    if not is_group_affine(qtype):
-        return None
-    name, g, sym, _ = _core.layout(qtype, rows, cols, None, None)
-    base = name.split("-")[0]
-    return _Affine(base, int(base[3:]), int(g or cols), bool(sym))
+    p = affine_params(qtype, rows, cols)
+    return None if p is None else _Affine(p[0], int(p[0][3:]), p[1] or cols, p[2])
 
 
 def _dq_pack(bits: int, block: npt.NDArray[np.uint8], codes: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.uint8]:
@@ -156,16 +153,16 @@ def _dq_bits(qtype: str) -> int | None:
     return int(qtype[3]) if qtype.startswith("int") and qtype.endswith("-dq") else None
 
 
-def _packer(t: str, affine: _Affine | None) -> Any:
-    """`pack(block bytes, codes)` for a block of type `t` whose codes the loop rounds itself,
-    or None (the block keeps the quantizer's codes)."""
+def _packer(t: str, affine: _Affine | None) -> tuple[Any, int] | None:
+    """(`pack(block bytes, codes)`, code bits) for a block of type `t` whose codes the loop
+    rounds itself, or None (the block keeps the quantizer's codes)."""
     if affine is not None:
-        return affine.pack
+        return affine.pack, affine.bits
     if t in _FIELDS:
-        return lambda blk, codes: pack_codes(t, blk, codes)
+        return (lambda blk, codes: pack_codes(t, blk, codes)), _FIELDS[t][0]
     bits = _dq_bits(t)
     if bits is not None:
-        return lambda blk, codes: _dq_pack(bits, blk, codes)
+        return (lambda blk, codes: _dq_pack(bits, blk, codes)), bits
     return None
 
 
@@ -277,7 +274,7 @@ def gptq_blocks(
     h = np.array(hessian, dtype=np.float64)
     if h.shape != (cols, cols):
         raise ShapeError(f"the Hessian must have shape ({cols}, {cols}), got {h.shape}")
-    if qtype in ("f32", "f16", "bf16") or (is_group_affine(qtype) and not outliers):
+    if qtype in FLOAT_QTYPES or (is_group_affine(qtype) and not outliers):
         raise ParameterError(
             f"gptq_blocks fits ggml block types and ragged k-types (group-affine ones with outliers), not {qtype}"
         )
@@ -323,11 +320,12 @@ def gptq_blocks(
             if cand.size:
                 seg = fill_group_mean(seg, keep)
         blk = quantize(seg, t, importance=imp[c0:c1])
-        pack = _packer(t, affine)
-        own = pack is not None
-        if own:
+        packer = _packer(t, affine)
+        own = packer is not None
+        if packer is not None:
+            pack, code_bits = packer
             a, b = _grid(t, blk.data, c1 - c0, pack)
-            cmax = (1 << (affine.bits if affine is not None else _dq_bits(t) or _FIELDS[t][0])) - 1
+            cmax = (1 << code_bits) - 1
             codes = np.zeros((rows, c1 - c0), np.int64)
         else:
             fixed = dequantize(blk).astype(np.float64)

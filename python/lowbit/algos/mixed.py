@@ -56,12 +56,14 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from .. import _core
-from ..calib.capture import TAP_LINEARS, check_model, collect, embed, layer_forward, layer_weights
+from ..calib.capture import TAP_LINEARS, check_model, collect, embed, layer_forward, layer_weights, rms_norm
 from ..calib.data import CalibrationSet
 from ..conversion.recipes import RAGGED
 from ..conversion.source import SourceTensor
 from ..errors import ParameterError, ShapeError
+from ..eval import log_softmax
 from ..qtensor import QTensor, quantize
+from .gptq import quad_error
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -193,16 +195,7 @@ def _fit(requested: str, shape: tuple[int, int], gguf_compatible: bool, ggml: se
 
 def _normed(x: F32, norm: F64, eps: float) -> F32:
     """The final RMSNorm of hidden states `x` (tokens, hidden), computed in float64."""
-    x64 = x.astype(np.float64)
-    out: F32 = (x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + eps) * norm).astype(np.float32)
-    return out
-
-
-def _log_softmax(z: F32) -> F64:
-    z64 = z.astype(np.float64)
-    z64 -= z64.max(-1, keepdims=True)
-    z64 -= np.log(np.exp(z64).sum(-1, keepdims=True))
-    return z64
+    return rms_norm(x, norm, eps).astype(np.float32)
 
 
 def _klds(ref: F32, head: F32, states: Sequence[F32], state_head: F32, norm: F64, eps: float) -> list[float]:
@@ -213,17 +206,12 @@ def _klds(ref: F32, head: F32, states: Sequence[F32], state_head: F32, norm: F64
     chunk = max(1, LOGIT_CHUNK_VALUES // head.shape[0])
     sums = [0.0] * len(states)
     for s in range(0, n, chunk):
-        lp = _log_softmax(_normed(ref[s : s + chunk], norm, eps) @ head.T)
+        lp = log_softmax(_normed(ref[s : s + chunk], norm, eps) @ head.T)
         p = np.exp(lp)
         for k, x in enumerate(states):
-            lq = _log_softmax(_normed(x[s : s + chunk], norm, eps) @ state_head.T)
+            lq = log_softmax(_normed(x[s : s + chunk], norm, eps) @ state_head.T)
             sums[k] += float(np.einsum("ij,ij->", p, lp - lq))
     return [v / n for v in sums]
-
-
-def _out_error(dw: F32, h: F32) -> float:
-    """tr(ΔW H ΔWᵀ): float32 product, float64 sum."""
-    return float(np.einsum("ij,ij->", dw @ h, dw, dtype=np.float64))
 
 
 @dataclass
@@ -246,7 +234,7 @@ def _quantized(w: F32, qtype: str, imp: F32 | None, h: F32 | None) -> tuple[QTen
     without `h`)."""
     q = quantize(w, qtype, importance=imp)
     deq = q.dequantize()
-    return q, deq, _out_error(deq - w, h) if h is not None else 0.0
+    return q, deq, quad_error(deq - w, h) if h is not None else 0.0
 
 
 def measure_sensitivity(

@@ -42,12 +42,13 @@ from ..qtensor import Outliers, QTensor, dequantize, quantize
 __all__ = [
     "MAX_FRACTION",
     "OUTLIER_METHODS",
+    "check_method",
     "fill_group_mean",
     "outlier_budget",
     "parse_fraction",
     "quantize_with_outliers",
     "select_outliers",
-    "sidecar",
+    "sidecar_bytes",
 ]
 
 OUTLIER_METHODS = ("magnitude", "deviation")
@@ -100,11 +101,23 @@ def _top(score: npt.NDArray[Any], k: int) -> npt.NDArray[np.bool_]:
     return mask
 
 
+def check_method(method: str) -> None:
+    """ParameterError unless `method` is one of `OUTLIER_METHODS`."""
+    if method not in OUTLIER_METHODS:
+        raise ParameterError(f"outlier method must be one of {', '.join(OUTLIER_METHODS)}, got {method!r}")
+
+
+def sidecar_bytes(fraction: float, rows: int, cols: int) -> tuple[int, int]:
+    """(outliers, bytes) of the sidecar of a (rows, cols) tensor with budget `fraction`: the row
+    pointers and 6 bytes per outlier (`Outliers`)."""
+    n = outlier_budget(fraction, rows, cols)
+    return n, 8 * (rows + 1) + 6 * n
+
+
 def select_outliers(w: npt.NDArray[np.float32], count: int, method: str = "magnitude") -> npt.NDArray[np.bool_]:
     """Mask (rows, cols) of the `count` weights of `w` (float32 (rows, cols)) that `method`
     (`OUTLIER_METHODS`, see the module doc) ranks first."""
-    if method not in OUTLIER_METHODS:
-        raise ParameterError(f"outlier method must be one of {', '.join(OUTLIER_METHODS)}, got {method!r}")
+    check_method(method)
     rows, cols = w.shape
     if method == "magnitude":
         score = np.abs(w)
@@ -128,18 +141,6 @@ def fill_group_mean(w: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_]) -> 
     return np.where(mask, fill, w).astype(np.float32)
 
 
-def sidecar(
-    w: npt.NDArray[np.float32], q: QTensor, mask: npt.NDArray[np.bool_]
-) -> tuple[QTensor, npt.NDArray[np.float32]]:
-    """`q` (input column order, no permutation) with the residuals `w − deq(q)` at `mask` as
-    its outliers, and the dequantized result (float32 (rows, cols), outliers included)."""
-    deq = dequantize(q)
-    r, c = np.nonzero(mask)
-    out = q.with_outliers(Outliers.from_coo(q.shape[0], r, c, (w - deq)[r, c]))
-    deq[r, c] += out.outliers.vals.astype(np.float32)  # type: ignore[union-attr]
-    return out, deq
-
-
 def quantize_with_outliers(
     w: npt.NDArray[np.float32],
     qtype: str,
@@ -154,4 +155,5 @@ def quantize_with_outliers(
     w = np.ascontiguousarray(w, dtype=np.float32)
     mask = select_outliers(w, outlier_budget(fraction, *w.shape), method)
     q = quantize(fill_group_mean(w, mask), qtype, importance=importance)
-    return sidecar(w, q, mask)[0]
+    r, c = np.nonzero(mask)
+    return q.with_outliers(Outliers.from_coo(q.shape[0], r, c, (w - dequantize(q))[r, c]))

@@ -42,12 +42,11 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from .. import _core
 from ..calib.capture import TAP_LINEARS, check_model, collect, embed, layer_weights
 from ..calib.data import CalibrationSet
 from ..conversion.source import Source
 from ..errors import ParameterError
-from ..qtensor import ActQuant, QTensor, is_group_affine, quantize
+from ..qtensor import FLOAT_QTYPES, ActQuant, QTensor, affine_params, quantize
 from .gptq import gptq_quantize, output_error
 from .gptq_blocks import gptq_blocks
 from .outliers import MAX_FRACTION
@@ -114,14 +113,6 @@ class LinearReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _parse_affine(qtype: str, rows: int, cols: int) -> tuple[str, int, bool] | None:
-    """(base "int4", group size, symmetric) of a group-affine qtype, None for the others."""
-    if not is_group_affine(qtype):
-        return None
-    name, g, sym, _ = _core.layout(qtype, rows, cols, None, None)
-    return name.split("-")[0], int(g or 0), bool(sym)
-
-
 def quantize_linear(
     w: npt.NDArray[np.float32], h: npt.NDArray[np.float64], qtype: str, cfg: GPTQConfig
 ) -> tuple[QTensor, LinearReport]:
@@ -129,10 +120,10 @@ def quantize_linear(
     `qtype`: on the group-affine grid, or fitted to a block type (and with `cfg.outliers`, for
     every type); floats are stored as they are."""
     rows, cols = w.shape
-    if qtype in ("f32", "f16", "bf16"):
+    if qtype in FLOAT_QTYPES:
         q = quantize(w, qtype)
         return q, LinearReport(qtype, "float", 0.0, output_error(w, q.dequantize(), h))
-    affine = _parse_affine(qtype, rows, cols)
+    affine = affine_params(qtype, rows, cols)
     if affine is None or cfg.outliers:
         b = gptq_blocks(w, h, qtype, damp=cfg.damp, outliers=cfg.outliers)
         return b.qtensor, LinearReport(b.qtensor.qtype, "gptq", b.rtn_error, b.error, b.damp, b.dead_columns)

@@ -210,6 +210,14 @@ def collect(
     return out, stats
 
 
+def rms_norm(x: npt.NDArray[np.floating[Any]], weight: npt.NDArray[Any], eps: float) -> npt.NDArray[np.float64]:
+    """RMSNorm of `x` (tokens, hidden) with `weight` (hidden,), in float64 (the model's final norm
+    where the engine is not used)."""
+    x64 = x.astype(np.float64)
+    out: npt.NDArray[np.float64] = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + eps) * weight
+    return out
+
+
 def layer_weights(tensors: Mapping[str, SourceTensor], i: int) -> dict[str, npt.NDArray[np.float32]]:
     """Decoder layer `i`'s tensors from a conversion source, as float32 arrays by their names
     under `model.layers.{i}.` (the matrices (out_features, in_features), the vectors 1-D)."""

@@ -30,7 +30,7 @@ from ..conversion._files import publish_file
 from ..conversion.gguf_source import GGUF_BLOCK_NAMES
 from ..conversion.hf_source import resolve_source
 from ..errors import DestinationExistsError, FormatError, ParameterError
-from .capture import TAP_LINEARS, check_model, collect, embed, layer_weights
+from .capture import TAP_LINEARS, check_model, collect, embed, layer_weights, rms_norm
 from .data import calibration_tokens
 
 __all__ = ["Imatrix", "compute_imatrix", "load_imatrix", "save_imatrix"]
@@ -98,8 +98,7 @@ def compute_imatrix(
             norm = tensors["model.norm.weight"].load().astype(np.float64)
             acc = np.zeros(x.shape[1])
             for c in range(0, x.shape[0], 4096):
-                xc = x[c : c + 4096].astype(np.float64)
-                xn = xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + eps) * norm
+                xn = rms_norm(x[c : c + 4096], norm, eps)
                 acc += (xn * xn).sum(0)
             out.sum_sq["lm_head.weight"] = acc
             out.tokens["lm_head.weight"] = x.shape[0]

@@ -34,7 +34,7 @@ from ..algos.mixed import (
     check_target,
     measure_sensitivity,
 )
-from ..algos.outliers import OUTLIER_METHODS, outlier_budget, parse_fraction, quantize_with_outliers
+from ..algos.outliers import check_method, parse_fraction, quantize_with_outliers, sidecar_bytes
 from ..algos.sequential import (
     GPTQConfig,
     LayerFn,
@@ -52,7 +52,7 @@ from ..calib.data import CalibrationSet, calibration_tokens
 from ..calib.imatrix import Imatrix, compute_imatrix, load_imatrix
 from ..errors import DestinationExistsError, FormatError, InvalidValueError, LowbitWarning, ParameterError
 from ..lbf import LBFWriter
-from ..qtensor import QTensor, dequantize, quantize
+from ..qtensor import FLOAT_QTYPES, QTensor, dequantize, quantize
 from ._files import progress_bar
 from .hf_source import resolve_source
 from .recipes import PlanEntry, make_plan, parse_tensor_types, recipe_for
@@ -403,8 +403,7 @@ def convert(
         overrides = [(DECODER_LINEAR, W8A8_QTYPE), *overrides]
     frac = 0.0 if outliers is None else parse_fraction(outliers)
     if frac:
-        if outlier_method not in OUTLIER_METHODS:
-            raise ParameterError(f"outlier method must be one of {', '.join(OUTLIER_METHODS)}, got {outlier_method!r}")
+        check_method(outlier_method)
         if method == "awq":
             raise ParameterError("outliers are chosen inside GPTQ with AWQ's scales: use --method awq+gptq")
         if act is not None:
@@ -469,7 +468,7 @@ def convert(
                 source.tokenizer_json, files=calib, n_samples=calib_samples, seq_len=calib_seq_len, seed=seed
             )
         if frac and gguf_compatible:
-            carriers = [e.name for e in plan if DECODER_LINEAR.match(e.name) and e.qtype not in _FLOATS]
+            carriers = [e.name for e in plan if _carries_outliers(e)]
             raise ParameterError(
                 f"--gguf-compatible: GGUF cannot hold outliers, which {len(carriers)} tensor(s) would carry: "
                 + ", ".join(carriers)
@@ -489,8 +488,7 @@ def convert(
                 progress=progress,
             )
         if frac:
-            carriers = [e.name for e in plan if DECODER_LINEAR.match(e.name) and e.qtype not in _FLOATS]
-            plan = [_with_sidecar(e, frac) if e.name in carriers else e for e in plan]
+            plan = [_with_sidecar(e, frac) if _carries_outliers(e) else e for e in plan]
         meta = _metadata(source, type, tensor_types, gguf_compatible, im)
         params = json.loads(meta["quantization.params"])
         if frac:
@@ -576,9 +574,6 @@ def convert(
         return report
 
 
-_FLOATS = ("f32", "f16", "bf16")
-
-
 def _allocate(
     plan: list[PlanEntry],
     source: Source,
@@ -598,8 +593,8 @@ def _allocate(
     matches this source, calibration text and candidates, else measured and written."""
     candidates = candidates or (GGUF_CANDIDATES if gguf_compatible else DEFAULT_CANDIDATES)
     names = [e.name for e in plan if len(e.shape) == 2]
-    carriers = [e for e in plan if DECODER_LINEAR.match(e.name)] if frac else []
-    sidecars = sum(_with_sidecar(e, frac).nbytes - e.nbytes for e in carriers)
+    # every decoder linear gets a candidate type, so each carries a sidecar after the allocation
+    sidecars = sum(sidecar_bytes(frac, *e.shape)[1] for e in plan if frac and DECODER_LINEAR.match(e.name))
     fixed = sum(e.nbytes for e in plan if e.name not in names) + sidecars
     n_weights = sum(e.numel for e in plan)
     shapes = {e.name: (e.shape[0], e.shape[1]) for e in plan if e.name in names}
@@ -651,10 +646,15 @@ def _allocate(
     return out, provenance
 
 
+def _carries_outliers(e: PlanEntry) -> bool:
+    """Whether `--outliers` gives `e` a sidecar: the quantized decoder linears."""
+    return bool(DECODER_LINEAR.match(e.name)) and e.qtype not in FLOAT_QTYPES
+
+
 def _with_sidecar(e: PlanEntry, frac: float) -> PlanEntry:
-    """`e` with the outlier budget `frac` and its sidecar's bytes (row pointers, 6 per outlier)."""
-    n = outlier_budget(frac, e.shape[0], e.shape[1])
-    return dataclasses.replace(e, nbytes=e.nbytes + 8 * (e.shape[0] + 1) + 6 * n, outliers=n)
+    """`e` with the outlier budget `frac` and its sidecar's bytes."""
+    n, nbytes = sidecar_bytes(frac, e.shape[0], e.shape[1])
+    return dataclasses.replace(e, nbytes=e.nbytes + nbytes, outliers=n)
 
 
 def _align(n: int, a: int = 64) -> int:

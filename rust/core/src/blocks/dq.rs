@@ -91,8 +91,48 @@ pub fn super_blocks(bits: u32, cols: usize) -> impl Iterator<Item = (std::ops::R
     })
 }
 
+/// The scale grid of one super-block, shared by the reference and SIMD quantizers: each
+/// group's range low end, and `d`, `m` as stored (f16 bits) and as f32.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockGrid {
+    /// `min(x_min, 0)` of each group (the first `n_g` are set).
+    pub lows: [f32; GROUPS],
+    /// f16 bits of `d`.
+    pub dh: u16,
+    /// f16 bits of `m`.
+    pub mh: u16,
+    /// `d` as f32.
+    pub d: f32,
+    /// `m` as f32.
+    pub m: f32,
+}
+
+/// The grid of the super-block `xs` (16 n_g values) for `maxq = 2^bits − 1`.
+pub fn block_grid(xs: &[f32], maxq: f32) -> BlockGrid {
+    let ng = xs.len() / GROUP;
+    let mut ideal = [0f32; GROUPS];
+    let mut lows = [0f32; GROUPS];
+    for (g, gx) in xs.chunks_exact(GROUP).enumerate() {
+        let (lo, hi) = data_range(gx);
+        (lows[g], ideal[g]) = (lo, ideal_scale(lo, hi, maxq));
+    }
+    let (dh, mh) = grid(&ideal[..ng]);
+    BlockGrid { lows, dh, mh, d: f16::from_bits(dh).to_f32(), m: f16::from_bits(mh).to_f32() }
+}
+
+/// Write a super-block's header: `d`, `m`, the `n_g` scale codes `ks` and zeros `zs` of
+/// `bits` bits; returns the offset of its value codes.
+pub fn write_header(bits: u32, g: &BlockGrid, ks: &[u8], zs: &[u8], dst: &mut [u8]) -> usize {
+    let (sc, zo, co) = offsets(bits, ks.len());
+    dst[0..2].copy_from_slice(&g.dh.to_le_bytes());
+    dst[2..4].copy_from_slice(&g.mh.to_le_bytes());
+    pack::pack_codes(SCALE_BITS, ks, &mut dst[sc..zo]);
+    pack::pack_codes(bits, zs, &mut dst[zo..co]);
+    co
+}
+
 /// The grid `(d, m)` of a super-block whose groups have ideal scales `ideal` (f16 bits each).
-pub fn grid(ideal: &[f32]) -> (u16, u16) {
+fn grid(ideal: &[f32]) -> (u16, u16) {
     let (mut lo, mut hi) = (f32::INFINITY, 0f32);
     for &s in ideal.iter().filter(|&&s| s > 0.0) {
         lo = lo.min(s);
@@ -184,19 +224,12 @@ pub fn pick(errors: &[f32]) -> usize {
 fn quantize_block_ref(bits: u32, xs: &[f32], ws: Option<&[f32]>, dst: &mut [u8]) {
     let ng = xs.len() / GROUP;
     let maxq = ((1u32 << bits) - 1) as f32;
-    let mut ideal = [0f32; GROUPS];
-    let mut lows = [0f32; GROUPS];
-    for (g, gx) in xs.chunks_exact(GROUP).enumerate() {
-        let (lo, hi) = data_range(gx);
-        (lows[g], ideal[g]) = (lo, ideal_scale(lo, hi, maxq));
-    }
-    let (dh, mh) = grid(&ideal[..ng]);
-    let (d, m) = (f16::from_bits(dh).to_f32(), f16::from_bits(mh).to_f32());
+    let grid = block_grid(xs, maxq);
     let mut ks = [0u8; GROUPS];
     let mut zs = [0u8; GROUPS];
     let mut codes = [0u8; SUPER];
     for (g, gx) in xs.chunks_exact(GROUP).enumerate() {
-        let c = candidates(d, m, lows[g], maxq);
+        let c = candidates(grid.d, grid.m, grid.lows[g], maxq);
         let mut errors = [0f32; CANDIDATES];
         for (i, e) in errors.iter_mut().enumerate() {
             for (j, &x) in gx.iter().enumerate() {
@@ -212,11 +245,7 @@ fn quantize_block_ref(bits: u32, xs: &[f32], ws: Option<&[f32]>, dst: &mut [u8])
             *q = code_of(x, c.div[best], c.zero[best], maxq) as u8;
         }
     }
-    let (sc, zo, co) = offsets(bits, ng);
-    dst[0..2].copy_from_slice(&dh.to_le_bytes());
-    dst[2..4].copy_from_slice(&mh.to_le_bytes());
-    pack::pack_codes(SCALE_BITS, &ks[..ng], &mut dst[sc..zo]);
-    pack::pack_codes(bits, &zs[..ng], &mut dst[zo..co]);
+    let co = write_header(bits, &grid, &ks[..ng], &zs[..ng], dst);
     pack::pack_codes(bits, &codes[..GROUP * ng], &mut dst[co..]);
 }
 

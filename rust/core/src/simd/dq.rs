@@ -12,9 +12,8 @@
 
 use half::f16;
 
-use crate::blocks::affine::data_range;
 use crate::blocks::dq::{
-    candidates, dequantize_row_ref, grid, ideal_scale, offsets, pick, quantize_row_ref, scale_of, super_blocks,
+    block_grid, candidates, dequantize_row_ref, offsets, pick, quantize_row_ref, scale_of, super_blocks, write_header,
     CANDIDATES, GROUP, GROUPS, SCALE_BITS, SUPER, ZERO_TRIES,
 };
 use crate::pack;
@@ -54,21 +53,14 @@ fn quantize_block<S: Simd, const B: u32>(s: S, xs: &[f32], ws: Option<&[f32]>, d
     let w = S::W;
     let ng = xs.len() / GROUP;
     let maxq = ((1u32 << B) - 1) as f32;
-    let mut ideal = [0f32; GROUPS];
-    let mut lows = [0f32; GROUPS];
-    for (g, gx) in xs.chunks_exact(GROUP).enumerate() {
-        let (lo, hi) = data_range(gx);
-        (lows[g], ideal[g]) = (lo, ideal_scale(lo, hi, maxq));
-    }
-    let (dh, mh) = grid(&ideal[..ng]);
-    let (d, m) = (f16::from_bits(dh).to_f32(), f16::from_bits(mh).to_f32());
+    let grid = block_grid(xs, maxq);
     let (zero, top, one) = (s.splat(0.0), s.splat(maxq), s.splat(1.0));
     let nvec = CANDIDATES.div_ceil(w);
     let mut ks = [0u8; GROUPS];
     let mut zs = [0u8; GROUPS];
     let mut codes = [0u8; SUPER];
     for (g, gx) in xs.chunks_exact(GROUP).enumerate() {
-        let c = candidates(d, m, lows[g], maxq);
+        let c = candidates(grid.d, grid.m, grid.lows[g], maxq);
         // Candidate `v W + l` in lane `l` of vector `v`; lanes past the last repeat it.
         let lane = |a: &[f32; CANDIDATES], v: usize| {
             let mut l = [0f32; MAX_W];
@@ -105,12 +97,8 @@ fn quantize_block<S: Simd, const B: u32>(s: S, xs: &[f32], ws: Option<&[f32]>, d
             s.store_u8(out, s.to_i32(s.min(s.max(q, zero), top)));
         }
     }
-    let (so, zo, co) = offsets(B, ng);
-    dst[0..2].copy_from_slice(&dh.to_le_bytes());
-    dst[2..4].copy_from_slice(&mh.to_le_bytes());
-    // Scale codes and zeros: n_g of them, not always a multiple of 8: the reference packer.
-    pack::pack_codes(SCALE_BITS, &ks[..ng], &mut dst[so..zo]);
-    pack::pack_codes(B, &zs[..ng], &mut dst[zo..co]);
+    // Scale codes and zeros (n_g of them, not always a multiple of 8) by the reference packer.
+    let co = write_header(B, &grid, &ks[..ng], &zs[..ng], dst);
     pack_all::<B>(&codes[..GROUP * ng], &mut dst[co..]);
 }
 
