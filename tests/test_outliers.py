@@ -115,6 +115,19 @@ def test_lbf_round_trip_and_the_layer_forward_use_the_sidecar(tmp_path: Path) ->
         np.testing.assert_array_equal(lowbit.dequantize(got), lowbit.dequantize(qt))
 
 
+def test_a_float_weight_with_outliers_reads_back_as_a_qtensor(tmp_path: Path) -> None:
+    w = np.random.default_rng(4).standard_normal((8, 32)).astype(np.float32)
+    qt = lowbit.QTensor("f32", (8, 32), w.view(np.uint8).reshape(8, -1), outliers=_sidecar(8, 32, 5))
+    lowbit.save(tmp_path / "f.lbf", {"w": qt, "plain": w})
+    with lowbit.load(tmp_path / "f.lbf") as f:
+        got, plain = f["w"], f["plain"]
+        assert isinstance(got, lowbit.QTensor) and got.outliers is not None and isinstance(plain, np.ndarray)
+        want = w.copy()
+        r, c, v = got.outliers.coo()
+        want[r, c] += v
+        np.testing.assert_array_equal(lowbit.dequantize(got), want)
+
+
 def test_layer_forward_with_outliers_matches_the_dequantized_layer(tmp_path: Path) -> None:
     vals = synth.make_checkpoint(tmp_path / "m", n_layers=1, hidden=64, ffn=128, heads=4, kv_heads=2)
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())

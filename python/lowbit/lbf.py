@@ -29,7 +29,6 @@ from .errors import (
     NotFoundError,
     ParameterError,
     ShapeError,
-    UnsupportedError,
 )
 from .qtensor import ActQuant, Outliers, QTensor
 
@@ -421,14 +420,9 @@ class LBFFile(Mapping[str, "QTensor | npt.NDArray[Any]"]):
 
     def __getitem__(self, name: str) -> QTensor | npt.NDArray[Any]:
         info = self.info(name)
-        parts = self.parts(name)
-        extra = sorted(set(parts) - {"data", "perm", "act_quant", *_OUTLIER_PARTS})
-        if extra:
-            raise UnsupportedError(
-                f"tensor {name!r} has parts {extra}, which QTensor does not carry yet; read them with .parts()"
-            )
+        parts = self.parts(name)  # parts of a kind this version does not know are refused here
         data = parts["data"]
-        if info.qtype in _FLOAT_QTYPES:
+        if info.qtype in _FLOAT_QTYPES and len(parts) == 1:  # a float tensor with a sidecar is a QTensor
             return data.view(_FLOAT_QTYPES[info.qtype]).reshape(info.shape)
         cols = info.shape[-1]
         rows = int(np.prod(info.shape[:-1], dtype=np.int64))
