@@ -82,6 +82,10 @@ const MAX_TILE_ROWS: usize = 64;
 /// Batch sizes from which the outliers are added as axpys over the transposed activations
 /// instead of gathered per (row, activation row) (measured crossover: see the module doc).
 const AXPY_MIN_N: usize = 8;
+/// Most activation rows for which a type with a fused kernel uses it
+/// ([`crate::simd::matmul::dot_fused`]); from here on the decoded tile is reused by enough rows
+/// to pay for decoding it.
+const FUSED_MAX_N: usize = 4;
 /// Multiply-adds below which a call runs on the calling thread only (rayon's overhead is a
 /// few microseconds).
 const PAR_MIN_WORK: usize = 1 << 18;
@@ -706,6 +710,8 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
         _ => None,
     };
     let mins = kern::has_mins(qtype, affine);
+    // Few activation rows: the fused kernels (no decoded tile), where the type has one.
+    let fused = n <= FUSED_MAX_N && kern::has_fused(isa, qtype);
     let row_bytes = if float { 4 * cols } else { cp + cp / 2 };
     let tile = (TILE_BYTES / row_bytes).clamp(1, MAX_TILE_ROWS);
     // Output of tile `t`: `yt` rows × n (the transpose of y's block, = y's block when n = 1).
@@ -736,6 +742,26 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                         }
                     }
                 }
+            } else if fused {
+                let mw = scratch(mw, 4 * nsub);
+                for r in (0..nr).step_by(4) {
+                    // Edge quads repeat their last row (every output from the same kernel).
+                    let rows = [0, 1, 2, 3].map(|j| w.row(r0 + (r + j).min(nr - 1)));
+                    for i in 0..n {
+                        let act = kern::ActRow {
+                            q: &q[i * cp..(i + 1) * cp],
+                            d16: &d16[i * nsub..(i + 1) * nsub],
+                            s16: &s16[i * nsub..(i + 1) * nsub],
+                            scale: scale[i],
+                        };
+                        let v = kern::dot_fused(isa, qtype, cols, rows, act, mw);
+                        for (j, &vj) in v.iter().enumerate().take(nr - r) {
+                            let vj =
+                                if mins { vj + kern::dot_f32(isa, &mw[j * nsub..(j + 1) * nsub], act.s16) } else { vj };
+                            out[(r + j) * n + i] = vj * scale[i];
+                        }
+                    }
+                }
             } else {
                 let (codes, sw, mw) = (scratch(codes, nr * cp), scratch(sw, nr * nsub), scratch(mw, nr * nsub));
                 for (r, ((c, s), m)) in
@@ -752,22 +778,15 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                         let v = if mins { v + kern::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], s16) } else { v };
                         v * scale[i]
                     };
-                    // Four rows at a time share each activation load.
-                    let quads = nr / 4 * 4;
-                    for r in (0..quads).step_by(4) {
-                        let v = kern::dot_q8_x4(
-                            isa,
-                            [c(r), c(r + 1), c(r + 2), c(r + 3)],
-                            [s(r), s(r + 1), s(r + 2), s(r + 3)],
-                            q,
-                            d16,
-                        );
-                        for (j, vj) in v.into_iter().enumerate() {
+                    // Four rows at a time share each activation load; edge quads repeat
+                    // their last row, so every output comes from the same kernel (and the
+                    // fused kernels give the same bits).
+                    for r in (0..nr).step_by(4) {
+                        let rr = [0, 1, 2, 3].map(|j| (r + j).min(nr - 1));
+                        let v = kern::dot_q8_x4(isa, rr.map(c), rr.map(s), q, d16);
+                        for (j, &vj) in v.iter().enumerate().take(nr - r) {
                             out[(r + j) * n + i] = finish(r + j, vj);
                         }
-                    }
-                    for r in quads..nr {
-                        out[r * n + i] = finish(r, kern::dot_q8(isa, c(r), s(r), q, d16));
                     }
                 }
             }

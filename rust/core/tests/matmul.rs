@@ -272,6 +272,88 @@ fn four_row_int8_dot_agrees_with_the_reference() {
     }
 }
 
+/// The types with fused GEMV kernels (`has_fused` at AVX2 / AVX-512).
+const FUSED_TYPES: &[&str] = &["q4_0", "q8_0", "q4_k", "q6_k", "q4_kr", "q6_kr"];
+
+#[test]
+fn fused_kernels_give_the_bits_of_decode_then_dot() {
+    // The fused kernels' contract: the bits of decode_row + dot_q8_x4 at the same ISA (and the
+    // same mins), so batches of any size agree; and within the ISA tolerance of the reference.
+    let mut ran = 0;
+    for (ti, &name) in FUSED_TYPES.iter().enumerate() {
+        let cols_list: &[usize] = match name {
+            "q4_0" | "q8_0" => &[32, 96, 160, 4096],
+            "q4_k" | "q6_k" => &[256, 768, 4096],
+            // Tails of 1 to 7 units, one not a multiple of 32, and none.
+            _ => &[40, 288, 576, 600, 1000, 4096 + 224, 512],
+        };
+        for &cols in cols_list {
+            let (l, data) = weight(name, 4, cols, (ti * 1000 + cols) as u64);
+            let rows: [&[u8]; 4] = std::array::from_fn(|r| &data[r * l.row_bytes..(r + 1) * l.row_bytes]);
+            let (cp, nsub) = (padded(cols), padded(cols) / QS);
+            for kind in ["normal", "zeros", "huge", "tiny", "mixed"] {
+                let x = acts(kind, 1, cols, cols as u64 + 5);
+                for isa in available().into_iter().filter(|&i| k::has_fused(i, l.qtype)) {
+                    let (mut q, mut d16, mut s16) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub]);
+                    let scale = k::quantize_act(isa, &x, &mut q, &mut d16, &mut s16);
+                    let act = k::ActRow { q: &q, d16: &d16, s16: &s16, scale };
+                    let mut mw = vec![f32::NAN; 4 * nsub];
+                    let got = k::dot_fused(isa, l.qtype, cols, rows, act, &mut mw);
+                    let dec: Vec<_> = rows
+                        .iter()
+                        .map(|src| {
+                            let (mut c, mut s, mut m) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub]);
+                            k::decode_row(isa, l.qtype, l.affine, cols, src, &mut c, &mut s, &mut m);
+                            (c, s, m)
+                        })
+                        .collect();
+                    let want = k::dot_q8_x4(
+                        isa,
+                        std::array::from_fn(|r| &dec[r].0[..]),
+                        std::array::from_fn(|r| &dec[r].1[..]),
+                        &q,
+                        &d16,
+                    );
+                    let tag = format!("{name} cols={cols} {kind} {isa}");
+                    assert_f32_bits_eq(&tag, &want, &got);
+                    if k::has_mins(l.qtype, None) {
+                        for (r, d) in dec.iter().enumerate() {
+                            assert_f32_bits_eq(&format!("{tag} mins row {r}"), &d.2, &mw[r * nsub..(r + 1) * nsub]);
+                        }
+                    }
+                    for (r, src) in rows.iter().enumerate() {
+                        let reference = k::dot_row_ref(l.qtype, None, cols, src, act);
+                        let total = if k::has_mins(l.qtype, None) {
+                            got[r] + k::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], &s16)
+                        } else {
+                            got[r]
+                        };
+                        // Relative to the products' magnitudes (codes, mins and steps as decoded).
+                        let (c, sw, mw) = &dec[r];
+                        let mag: f64 = (0..cp)
+                            .map(|j| {
+                                let a = f64::from(d16[j / QS]) * f64::from(q[j]).abs();
+                                (f64::from(sw[j / QS]) * f64::from(c[j])).abs() * a + f64::from(mw[j / QS].abs()) * a
+                            })
+                            .sum();
+                        let tol = isa_tolerance(l.qtype, cols) * mag + 2f64.powi(-149);
+                        assert!(
+                            (f64::from(total) - f64::from(reference)).abs() <= tol,
+                            "{tag} row {r}: {total:e} vs reference {reference:e} (tol {tol:e})"
+                        );
+                    }
+                    ran += 1;
+                }
+            }
+        }
+    }
+    if Isa::Avx2.is_available() {
+        assert!(ran > 0, "no fused kernel ran on an AVX2 host");
+    } else {
+        eprintln!("skipped: fused kernels (no AVX2 on this CPU)");
+    }
+}
+
 #[test]
 fn f32_dots_agree_with_the_reference() {
     let mut r = Rng::new(4);

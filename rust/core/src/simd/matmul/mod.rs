@@ -42,6 +42,8 @@ use half::f16;
 #[cfg(target_arch = "aarch64")]
 mod arm;
 pub mod bytes;
+#[cfg(target_arch = "x86_64")]
+mod fused;
 pub mod w8a8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -659,6 +661,77 @@ pub fn dot_q8_x4(isa: Isa, wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f3
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => x86::dot_q8_x4_avx2(wq, sw, xq, d16),
         _ => std::array::from_fn(|r| dot_q8(isa, wq[r], sw[r], xq, d16)),
+    }
+}
+
+/// Whether `qtype` has a fused GEMV kernel at `isa` ([`dot_fused`]): q4_0, q8_0, q4_k, q6_k
+/// and the ragged q4_kr, q6_kr, at the AVX2 and AVX-512 levels (the AVX2 kernels).
+pub fn has_fused(isa: Isa, qtype: QType) -> bool {
+    cfg!(target_arch = "x86_64")
+        && matches!(isa, Isa::Avx2 | Isa::Avx512)
+        && matches!(qtype.ragged_base().unwrap_or(qtype), QType::Q4_0 | QType::Q8_0 | QType::Q4K | QType::Q6K)
+}
+
+/// The code dots of four stored weight rows of `qtype` (`cols` values each, consecutive rows
+/// of a matrix, a type with [`has_fused`]) with one quantized activation row, decoded in
+/// registers: the same bits as [`decode_row`] of each row followed by [`dot_q8_x4`] at the same
+/// ISA (see `fused.rs`), without the decoded rows in memory. For types with mins the rows' mins
+/// are written to `mw` (row `r` at `r · padded(cols) / 16`, as [`decode_row`] writes them), for
+/// the caller's `dot_f32` with the activation's `s16`. A ragged type's tail is decoded by the
+/// tail decoder and continues in the same accumulators.
+pub fn dot_fused(isa: Isa, qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>, mw: &mut [f32]) -> [f32; 4] {
+    assert!(has_fused(isa, qtype) && isa.is_available(), "no fused kernel for {} at {isa:?}", qtype.name());
+    let (cp, nsub) = (padded(cols), padded(cols) / QS);
+    assert!(act.q.len() == cp && act.d16.len() == nsub && act.s16.len() == nsub);
+    let base = qtype.ragged_base().unwrap_or(qtype);
+    let mins = has_mins(base, None);
+    assert!(!mins || mw.len() >= 4 * nsub, "mw holds {} values, 4 rows need {}", mw.len(), 4 * nsub);
+    let kq = base.info().family == Family::KQuant;
+    let units = if kq { cols / QK_K } else { cols / QA };
+    let u = if base == qtype { 0 } else { ragged::tail_units(cols) };
+    let (mut tc, mut ts) = ([[0i8; QK_K]; 4], [[0f32; QK_K / QS]; 4]);
+    let full = cols / QK_K * QK_K;
+    let (n, real) = (cp - full, cols - full);
+    if u > 0 {
+        let at = full / QK_K * base.info().block_bytes;
+        for r in 0..4 {
+            let mut tm = [0f32; QK_K / QS];
+            decode_tail(base, u, &w[r][at..], &mut tc[r], &mut ts[r], &mut tm);
+            tc[r][real..n].fill(0);
+            ts[r][real.div_ceil(QS)..].fill(0.0);
+            tm[real.div_ceil(QS)..].fill(0.0);
+            if mins {
+                mw[r * nsub + full / QS..(r + 1) * nsub].copy_from_slice(&tm[..n / QS]);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tail = (u > 0).then(|| fused::Tail {
+            start: full,
+            codes: [&tc[0][..n], &tc[1][..n], &tc[2][..n], &tc[3][..n]],
+            sw: [&ts[0][..n / QS], &ts[1][..n / QS], &ts[2][..n / QS], &ts[3][..n / QS]],
+        });
+        // SAFETY: the AVX2 level (AVX2, FMA, F16C) is available (asserted above); the kernels
+        // check the lengths of the rows, the activation and `mw`.
+        unsafe { fused::rows(base, w, act, units, 4 * w[0].len(), mw, nsub, tail) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no fused kernels on this architecture ({units} units, {} tail values)", tc.len() + ts.len())
+}
+
+/// The reference of [`dot_fused`] (and of the decode-then-dot path) for any quantized type:
+/// the row decoded by the scalar decoder, [`dot_q8_ref`], plus [`dot_f32_ref`] of the mins
+/// with `act.s16`; `act.scale` not applied.
+pub fn dot_row_ref(qtype: QType, spec: Option<AffineSpec>, cols: usize, src: &[u8], act: ActRow<'_>) -> f32 {
+    let cp = padded(cols);
+    let (mut c, mut sw, mut mw) = (vec![0i8; cp], vec![0f32; cp / QS], vec![0f32; cp / QS]);
+    decode_impl(qtype, spec, cols, src, &mut c, &mut sw, &mut mw);
+    let v = dot_q8_ref(&c, &sw, act.q, act.d16);
+    if has_mins(qtype, spec) {
+        v + dot_f32_ref(&mw, act.s16)
+    } else {
+        v
     }
 }
 

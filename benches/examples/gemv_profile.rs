@@ -1,0 +1,42 @@
+//! A GEMV loop for profiling (`perf record`): `cargo run --release -p lowbit-bench --example
+//! gemv_profile -- TYPE [SECONDS] [THREADS] [COLS] [N]`; prints weight GB/s
+//! (weight bytes per second, whatever the number `N` of activation rows).
+
+use lowbit_core::matmul::{matmul, QMatrix};
+use lowbit_core::quant::{self, QuantOptions, Source};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let t = args.get(1).map_or("q4_0", String::as_str);
+    let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let threads: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let cols: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(4096);
+    let n: usize = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let rows = 4096;
+    let mut s = 0x1234_5678_9abc_def1u64;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let w: Vec<f32> = (0..rows * cols).map(|_| next() * 0.1).collect();
+    let x: Vec<f32> = (0..n * cols).map(|_| next()).collect();
+    let (layout, bytes) = quant::quantize(t, Source::F32(&w), rows, cols, &QuantOptions::default()).unwrap();
+    let mb: usize = std::env::var("GEMV_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
+    let copies = (mb << 20).div_ceil(bytes.len());
+    let all: Vec<u8> = bytes.iter().copied().cycle().take(copies * bytes.len()).collect();
+    let mats: Vec<QMatrix<'_>> =
+        all.chunks_exact(bytes.len()).map(|d| QMatrix::new(layout, d, None, None).unwrap()).collect();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let mut y = vec![0f32; n * rows];
+    let start = Instant::now();
+    let mut calls = 0usize;
+    while start.elapsed().as_secs_f64() < secs {
+        pool.install(|| matmul(&mats[calls % copies], &x, n, &mut y, None).unwrap());
+        calls += 1;
+    }
+    let gbs = (calls * bytes.len()) as f64 / start.elapsed().as_secs_f64() / 1e9;
+    println!("{t} {threads}t cols {cols} n {n}: {gbs:.2} GB/s ({calls} calls), y[0] = {}", y[0]);
+}

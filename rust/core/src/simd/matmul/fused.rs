@@ -1,0 +1,353 @@
+//! Fused AVX2 GEMV kernels: weight bytes decoded in registers and multiplied with the quantized
+//! activation row at once, with no decoded row in memory (the path of [`super::dot_fused`] for
+//! few activation rows; the decode-then-dot path of [`super::decode_row`] and
+//! [`super::dot_q8_x4`] serves larger batches and the other types).
+//!
+//! They do the decode-then-dot path's arithmetic in its order, so the results are the same bits
+//! and a token's outputs do not depend on the batch it is in: four weight rows share every
+//! activation load; per 32 values each row gives 8 exact i32 lane sums of 4 products; per 64
+//! values the scales are `(weight scale) · (activation step)` rounded as the decoder and
+//! [`super::dot_q8_x4`] round them, and the lane sums are added in order by FMA into one
+//! accumulator per row; the min terms (q4_k) are written as the decoder writes them, for the
+//! caller's f32 dot. Codes that are unsigned in the block (q4_0 0..16, q4_k 0..16, q6_k 0..64)
+//! go into `vpmaddubsw` as they are and their offset (8 for q4_0, 32 for q6_k) is taken off the
+//! integer lane sums with the activation's own (`8 · Σ x`), which is exact. A ragged row's tail
+//! is decoded by the scalar tail decoder and continues in the same accumulators.
+//!
+//! Only reached through [`super::dot_fused`], which checks the CPU and every length.
+
+use std::arch::x86_64::*;
+
+use super::ActRow;
+use crate::blocks::kquants::{layout, QK_K};
+
+use super::x86::dot_q8_x4_acc;
+use crate::simd::avx2::hsum256;
+
+/// Bytes of a q4_0 / q8_0 block.
+const Q4_0_BYTES: usize = 18;
+const Q8_0_BYTES: usize = 34;
+/// Rows per kernel call.
+const R: usize = 4;
+
+#[inline(always)]
+unsafe fn load256(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 32 readable bytes at `p`.
+    unsafe { _mm256_loadu_si256(p.cast()) }
+}
+
+#[inline(always)]
+unsafe fn load128(p: *const u8) -> __m128i {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`.
+    unsafe { _mm_loadu_si128(p.cast()) }
+}
+
+/// Prefetch the cache lines of `bytes` bytes from `ahead` bytes past `p` (a hint: never
+/// faults, so it may point past the row or the matrix). The kernels prefetch the same bytes of
+/// the next [`R`] rows (`ahead` = `R` rows) while they multiply these: the rows are short
+/// separate streams that the hardware prefetchers pick up too late (each block's first use, its
+/// scale, is a dependent load), while the matrix as a whole is read in order.
+#[inline(always)]
+fn prefetch(p: *const u8, ahead: usize, bytes: usize) {
+    let mut o = 0;
+    while o < bytes {
+        // SAFETY: a prefetch is a hint that does not access memory architecturally.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + o).cast()) };
+        o += 64;
+    }
+}
+
+/// The little-endian f16 at `p` as f32 (F16C).
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees 2 readable bytes at `p`; F16C is enabled by the caller.
+    unsafe {
+        let h = u16::from_le_bytes([*p, *p.add(1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+    }
+}
+
+/// `Σ` of pairs of `u · s` products (u8 × i8) widened to 8 i32 lanes of 4 products each.
+#[inline(always)]
+unsafe fn usum(u: __m256i, s: __m256i) -> __m256i {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
+}
+
+/// The activation steps of the 8 blocks of 32 values of a super-block (even lanes of its 16
+/// `d16`).
+#[inline(always)]
+unsafe fn steps8(d16: *const f32) -> __m256 {
+    // SAFETY: the caller guarantees 16 readable f32 at `d16`; AVX2 is enabled.
+    unsafe {
+        let even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        let lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(d16), even);
+        let hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(d16.add(8)), even);
+        _mm256_permute2f128_ps::<0x20>(lo, hi)
+    }
+}
+
+/// Lane `j` of `v` in every lane.
+#[inline(always)]
+unsafe fn lane(v: __m256, j: i32) -> __m256 {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe { _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j)) }
+}
+
+/// Eight bytes (a little-endian u64) as 8 f32 lanes.
+#[inline(always)]
+unsafe fn u8x8_ps(v: u64) -> __m256 {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64))) }
+}
+
+/// Check that every row holds `bytes` and the activation `values` (with their steps).
+fn check(w: &[&[u8]; R], a: &ActRow<'_>, bytes: usize, values: usize) {
+    assert!(a.q.len() >= values && a.d16.len() >= values / 16 && a.s16.len() >= values / 16);
+    for wr in w {
+        assert!(wr.len() >= bytes);
+    }
+}
+
+/// q4_0 over `nb` blocks of 32: accumulators per row.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0(w: [&[u8]; R], a: ActRow<'_>, nb: usize, ahead: usize) -> [__m256; R] {
+    check(&w, &a, nb * Q4_0_BYTES, nb * 32);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let eight = _mm256_set1_epi8(8);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        // SAFETY: every access of this loop body is in bounds: block `b` lies inside every row and the
+        // activation (checked above).
+        unsafe {
+            let x = load256(a.q.as_ptr().add(32 * b).cast());
+            let dx = *a.d16.get_unchecked(2 * b);
+            // 8 · (lane sums of x): the codes' offset, taken off the unsigned products.
+            let off = usum(eight, x);
+            for r in 0..R {
+                let blk = w[r].as_ptr().add(Q4_0_BYTES * b);
+                if b % 4 == 0 {
+                    prefetch(blk, ahead, 4 * Q4_0_BYTES);
+                }
+                let raw = load128(blk.add(2));
+                let c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
+                let p = _mm256_sub_epi32(usum(c, x), off);
+                let s = _mm256_set1_ps(f16_at(blk) * dx);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
+            }
+        }
+    }
+    acc
+}
+
+/// q8_0 over `nb` blocks of 32: accumulators per row.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0(w: [&[u8]; R], a: ActRow<'_>, nb: usize, ahead: usize) -> [__m256; R] {
+    check(&w, &a, nb * Q8_0_BYTES, nb * 32);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        // SAFETY: every access of this loop body is in bounds: block `b` lies inside every row and the
+        // activation (checked above).
+        unsafe {
+            let x = load256(a.q.as_ptr().add(32 * b).cast());
+            let dx = *a.d16.get_unchecked(2 * b);
+            for r in 0..R {
+                let blk = w[r].as_ptr().add(Q8_0_BYTES * b);
+                if b % 4 == 0 {
+                    prefetch(blk, ahead, 4 * Q8_0_BYTES);
+                }
+                let c = load256(blk.add(2));
+                let p = usum(_mm256_sign_epi8(c, c), _mm256_sign_epi8(x, c));
+                let s = _mm256_set1_ps(f16_at(blk) * dx);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
+            }
+        }
+    }
+    acc
+}
+
+/// The eight 6-bit scales and eight 6-bit mins of a q4_k/q5_k super-block (`get_scale_min_k4`
+/// packing) as two little-endian u64 of bytes.
+#[inline(always)]
+fn scales_mins_k4(s: &[u8; 12]) -> (u64, u64) {
+    let u = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let (a, b, c) = (u(0), u(4), u(8));
+    let sc_hi = (c & 0x0F0F_0F0F) | ((a >> 6) & 0x0303_0303) << 4;
+    let m_hi = ((c >> 4) & 0x0F0F_0F0F) | ((b >> 6) & 0x0303_0303) << 4;
+    let sc = u64::from(a & 0x3F3F_3F3F) | u64::from(sc_hi) << 32;
+    let m = u64::from(b & 0x3F3F_3F3F) | u64::from(m_hi) << 32;
+    (sc, m)
+}
+
+/// q4_k over `nsb` super-blocks: accumulators per row; row `r`'s mins (`−dmin · m` per 16
+/// values, as the decoder writes them) go to `mw[r · nsub..]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mw: &mut [f32], nsub: usize) -> [__m256; R] {
+    use layout::q4k::{BYTES, D, DMIN, QS, SCALES};
+    check(&w, &a, nsb * BYTES, nsb * QK_K);
+    assert!(nsub >= 16 * nsb && mw.len() >= (R - 1) * nsub + 16 * nsb);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let (dup_lo, dup_hi) = (_mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
+    let mut acc = [_mm256_setzero_ps(); R];
+    for sb in 0..nsb {
+        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every row, the
+        // activation and each row's part of `mw` (checked above).
+        unsafe {
+            let dx = steps8(a.d16.as_ptr().add(16 * sb));
+            let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
+            for r in 0..R {
+                let blk = w[r].as_ptr().add(BYTES * sb);
+                prefetch(blk, ahead, BYTES);
+                let (sc, m) = scales_mins_k4(&*blk.add(SCALES).cast::<[u8; 12]>());
+                // (d · scale) · step, as the decoder's scale times the dot's step.
+                let scv = _mm256_mul_ps(_mm256_mul_ps(u8x8_ps(sc), _mm256_set1_ps(f16_at(blk.add(D)))), dx);
+                // −(dmin · m), negated by the sign bit as the decoder's `-` (−0 for m = 0).
+                let neg = _mm256_xor_ps(
+                    _mm256_mul_ps(u8x8_ps(m), _mm256_set1_ps(f16_at(blk.add(DMIN)))),
+                    _mm256_set1_ps(-0.0),
+                );
+                let out = mw.as_mut_ptr().add(r * nsub + 16 * sb);
+                _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(neg, dup_lo));
+                _mm256_storeu_ps(out.add(8), _mm256_permutevar8x32_ps(neg, dup_hi));
+                for p in 0..4 {
+                    let raw = load256(blk.add(QS + 32 * p));
+                    let lo = _mm256_and_si256(raw, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4);
+                    let (p0, p1) = (usum(lo, load256(xq.add(64 * p))), usum(hi, load256(xq.add(64 * p + 32))));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), lane(scv, 2 * p as i32), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), lane(scv, 2 * p as i32 + 1), acc[r]);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// q6_k over `nsb` super-blocks: accumulators per row.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize) -> [__m256; R] {
+    use layout::q6k::{BYTES, D, QH, QL, SCALES};
+    check(&w, &a, nsb * BYTES, nsb * QK_K);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    let thirty_two = _mm256_set1_epi8(32);
+    // Lanes 0–3 take sub-block 2u's scale, lanes 4–7 sub-block 2u + 1's.
+    let idx = |u: i32| _mm256_setr_epi32(2 * u, 2 * u, 2 * u, 2 * u, 2 * u + 1, 2 * u + 1, 2 * u + 1, 2 * u + 1);
+    let sel = [idx(0), idx(1), idx(2), idx(3)];
+    let mut acc = [_mm256_setzero_ps(); R];
+    for sb in 0..nsb {
+        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every row and
+        // the activation (checked above).
+        unsafe {
+            let d16 = a.d16.as_ptr().add(16 * sb);
+            let (dx0, dx1) = (_mm256_loadu_ps(d16), _mm256_loadu_ps(d16.add(8)));
+            let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
+            // 32 · (lane sums of x) per 32 values: the codes' offset, shared by the rows.
+            let mut off = [_mm256_setzero_si256(); 8];
+            for (t, o) in off.iter_mut().enumerate() {
+                *o = usum(thirty_two, load256(xq.add(32 * t)));
+            }
+            for r in 0..R {
+                let blk = w[r].as_ptr().add(BYTES * sb);
+                prefetch(blk, ahead, BYTES);
+                // (d · scale) · step per 16 values, as the decoder's scale times the dot's step.
+                let d = _mm256_set1_ps(f16_at(blk.add(D)));
+                let sc = load128(blk.add(SCALES));
+                let sc0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)), d);
+                let sc1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc))), d);
+                let scv = [_mm256_mul_ps(sc0, dx0), _mm256_mul_ps(sc1, dx1)];
+                for (h, &scv_h) in scv.iter().enumerate() {
+                    let qh = load256(blk.add(QH + 32 * h));
+                    let ql = [load256(blk.add(QL + 64 * h)), load256(blk.add(QL + 64 * h + 32))];
+                    for c in 0..4 {
+                        let t = 4 * h + c;
+                        let lo = if c < 2 { ql[c] } else { _mm256_srli_epi16::<4>(ql[c - 2]) };
+                        // Bits 2c, 2c + 1 of each qh byte to bits 4, 5 (masked below, so the
+                        // bits a 16-bit shift brings in from the other byte are dropped).
+                        let hi = match c {
+                            0 => _mm256_slli_epi16::<4>(qh),
+                            1 => _mm256_slli_epi16::<2>(qh),
+                            2 => qh,
+                            _ => _mm256_srli_epi16::<2>(qh),
+                        };
+                        let code = _mm256_or_si256(_mm256_and_si256(lo, m4), _mm256_and_si256(hi, m30));
+                        let p = _mm256_sub_epi32(usum(code, load256(xq.add(32 * t))), off[t]);
+                        let s = _mm256_permutevar8x32_ps(scv_h, sel[c]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// A ragged row's tail as the decoder writes it: `codes` and `sw` of each row (a multiple of 32
+/// values, zero past the row), starting at value `start` of the row.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tail<'a> {
+    pub start: usize,
+    pub codes: [&'a [i8]; R],
+    pub sw: [&'a [f32]; R],
+}
+
+/// The code dots of `base` (q4_0, q8_0, q4_k or q6_k) over the first `units` blocks (legacy)
+/// or super-blocks (k-quants) of four rows, then over their `tail`, prefetching `ahead` bytes
+/// past each (see [`prefetch`]); q4_k's mins go to `mw` (row `r` at `r · nsub`). The caller
+/// checks that the CPU has AVX2/FMA/F16C.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn rows(
+    base: crate::qtype::QType,
+    w: [&[u8]; R],
+    a: ActRow<'_>,
+    units: usize,
+    ahead: usize,
+    mw: &mut [f32],
+    nsub: usize,
+    tail: Option<Tail<'_>>,
+) -> [f32; R] {
+    use crate::qtype::QType;
+    let mut acc = match base {
+        QType::Q4_0 => q4_0(w, a, units, ahead),
+        QType::Q8_0 => q8_0(w, a, units, ahead),
+        QType::Q4K => q4_k(w, a, units, ahead, mw, nsub),
+        QType::Q6K => q6_k(w, a, units, ahead),
+        other => unreachable!("no fused kernel for {}", other.name()),
+    };
+    if let Some(t) = tail {
+        let n = t.codes[0].len();
+        acc = dot_q8_x4_acc(acc, t.codes, t.sw, &a.q[t.start..t.start + n], &a.d16[t.start / 16..(t.start + n) / 16]);
+    }
+    [hsum256(acc[0]), hsum256(acc[1]), hsum256(acc[2]), hsum256(acc[3])]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scales_mins_k4;
+    use crate::blocks::kquants::scale_min_k4;
+
+    #[test]
+    fn scales_and_mins_unpack_like_the_reference() {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..200 {
+            let mut b = [0u8; 12];
+            for v in &mut b {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                *v = s as u8;
+            }
+            let (sc, m) = scales_mins_k4(&b);
+            for j in 0..8 {
+                let (rs, rm) = scale_min_k4(j, &b);
+                assert_eq!(((sc >> (8 * j)) & 0xFF) as u8, rs, "scale {j} of {b:?}");
+                assert_eq!(((m >> (8 * j)) & 0xFF) as u8, rm, "min {j} of {b:?}");
+            }
+        }
+    }
+}
