@@ -273,7 +273,7 @@ fn four_row_int8_dot_agrees_with_the_reference() {
 }
 
 /// The types with fused GEMV kernels (`has_fused` at AVX2 / AVX-512).
-const FUSED_TYPES: &[&str] = &["q4_0", "q8_0", "q4_k", "q6_k", "q4_kr", "q6_kr"];
+const FUSED_TYPES: &[&str] = &["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q6_k", "q4_kr", "q6_kr"];
 
 #[test]
 fn fused_kernels_give_the_bits_of_decode_then_dot() {
@@ -282,7 +282,7 @@ fn fused_kernels_give_the_bits_of_decode_then_dot() {
     let mut ran = 0;
     for (ti, &name) in FUSED_TYPES.iter().enumerate() {
         let cols_list: &[usize] = match name {
-            "q4_0" | "q8_0" => &[32, 96, 160, 4096],
+            "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" => &[32, 96, 160, 4096],
             "q4_k" | "q6_k" => &[256, 768, 4096],
             // Tails of 1 to 7 units, one not a multiple of 32, and none.
             _ => &[40, 288, 576, 600, 1000, 4096 + 224, 512],

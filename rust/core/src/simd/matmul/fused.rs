@@ -20,12 +20,12 @@ use std::arch::x86_64::*;
 
 use super::ActRow;
 use crate::blocks::kquants::{layout, QK_K};
+use crate::blocks::legacy::Spec;
 
 use super::x86::dot_q8_x4_acc;
 use crate::simd::avx2::hsum256;
 
-/// Bytes of a q4_0 / q8_0 block.
-const Q4_0_BYTES: usize = 18;
+/// Bytes of a q8_0 block.
 const Q8_0_BYTES: usize = 34;
 /// Rows per kernel call.
 const R: usize = 4;
@@ -109,32 +109,71 @@ fn check(w: &[&[u8]; R], a: &ActRow<'_>, bytes: usize, values: usize) {
     }
 }
 
-/// q4_0 over `nb` blocks of 32: accumulators per row.
+/// Byte `j` of the result is 16 if bit `j` of `qh` is set, else 0 (the fifth bit of q5 codes).
+#[inline(always)]
+unsafe fn fifth_bits(qh: u32) -> __m256i {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe {
+        // Byte j gets byte j / 8 of qh, then its bit j % 8 is tested.
+        let v = _mm256_set1_epi32(qh as i32);
+        let idx = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        );
+        let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let x = _mm256_and_si256(_mm256_shuffle_epi8(v, idx), sel);
+        _mm256_and_si256(_mm256_cmpeq_epi8(x, sel), _mm256_set1_epi8(16))
+    }
+}
+
+/// The 4- and 5-bit legacy types (q4_0, q4_1, q5_0, q5_1: `spec`) over `nb` blocks of 32:
+/// accumulators per row; the mins of q4_1 and q5_1 (`m` per 16 values, as the decoder writes
+/// them) go to `mw[r · nsub..]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0(w: [&[u8]; R], a: ActRow<'_>, nb: usize, ahead: usize) -> [__m256; R] {
-    check(&w, &a, nb * Q4_0_BYTES, nb * 32);
+#[allow(clippy::too_many_arguments)]
+fn legacy(
+    spec: &Spec,
+    w: [&[u8]; R],
+    a: ActRow<'_>,
+    nb: usize,
+    ahead: usize,
+    mw: &mut [f32],
+    nsub: usize,
+) -> [__m256; R] {
+    let bb = spec.block_bytes;
+    check(&w, &a, nb * bb, nb * 32);
+    assert!(!spec.has_min || (nsub >= 2 * nb && mw.len() >= (R - 1) * nsub + 2 * nb));
     let m4 = _mm256_set1_epi8(0x0F);
-    let eight = _mm256_set1_epi8(8);
+    let zero = _mm256_set1_epi8(spec.zero as i8);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
-        // SAFETY: every access of this loop body is in bounds: block `b` lies inside every row and the
-        // activation (checked above).
+        // SAFETY: every access of this loop body is in bounds: block `b` lies inside every row,
+        // the activation and each row's part of `mw` (checked above).
         unsafe {
             let x = load256(a.q.as_ptr().add(32 * b).cast());
             let dx = *a.d16.get_unchecked(2 * b);
-            // 8 · (lane sums of x): the codes' offset, taken off the unsigned products.
-            let off = usum(eight, x);
+            // zero · (lane sums of x): the codes' offset, taken off the unsigned products.
+            let off = usum(zero, x);
             for r in 0..R {
-                let blk = w[r].as_ptr().add(Q4_0_BYTES * b);
+                let blk = w[r].as_ptr().add(bb * b);
                 if b % 4 == 0 {
-                    prefetch(blk, ahead, 4 * Q4_0_BYTES);
+                    prefetch(blk, ahead, 4 * bb);
                 }
-                let raw = load128(blk.add(2));
-                let c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
+                let raw = load128(blk.add(spec.off_qs));
+                let mut c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
+                if let Some(o) = spec.off_qh {
+                    c = _mm256_or_si256(c, fifth_bits(blk.add(o).cast::<u32>().read_unaligned().to_le()));
+                }
                 let p = _mm256_sub_epi32(usum(c, x), off);
                 let s = _mm256_set1_ps(f16_at(blk) * dx);
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
+                if spec.has_min {
+                    let m = f16_at(blk.add(2));
+                    let out = mw.as_mut_ptr().add(r * nsub + 2 * b);
+                    *out = m;
+                    *out.add(1) = m;
+                }
             }
         }
     }
@@ -295,9 +334,9 @@ pub(super) struct Tail<'a> {
     pub sw: [&'a [f32]; R],
 }
 
-/// The code dots of `base` (q4_0, q8_0, q4_k or q6_k) over the first `units` blocks (legacy)
+/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k or q6_k) over the first `units` blocks (legacy)
 /// or super-blocks (k-quants) of four rows, then over their `tail`, prefetching `ahead` bytes
-/// past each (see [`prefetch`]); q4_k's mins go to `mw` (row `r` at `r · nsub`). The caller
+/// past each (see [`prefetch`]); the mins (q4_1, q5_1, q4_k) go to `mw` (row `r` at `r · nsub`). The caller
 /// checks that the CPU has AVX2/FMA/F16C.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -313,7 +352,9 @@ pub(super) fn rows(
 ) -> [f32; R] {
     use crate::qtype::QType;
     let mut acc = match base {
-        QType::Q4_0 => q4_0(w, a, units, ahead),
+        QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 => {
+            legacy(&Spec::of(base).expect("legacy type"), w, a, units, ahead, mw, nsub)
+        }
         QType::Q8_0 => q8_0(w, a, units, ahead),
         QType::Q4K => q4_k(w, a, units, ahead, mw, nsub),
         QType::Q6K => q6_k(w, a, units, ahead),

@@ -664,12 +664,16 @@ pub fn dot_q8_x4(isa: Isa, wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f3
     }
 }
 
-/// Whether `qtype` has a fused GEMV kernel at `isa` ([`dot_fused`]): q4_0, q8_0, q4_k, q6_k
-/// and the ragged q4_kr, q6_kr, at the AVX2 and AVX-512 levels (the AVX2 kernels).
+/// Whether `qtype` has a fused GEMV kernel at `isa` ([`dot_fused`]): the legacy types (q4_0,
+/// q4_1, q5_0, q5_1, q8_0), q4_k, q6_k and the ragged q4_kr, q6_kr, at the AVX2 and AVX-512
+/// levels (the AVX2 kernels).
 pub fn has_fused(isa: Isa, qtype: QType) -> bool {
     cfg!(target_arch = "x86_64")
         && matches!(isa, Isa::Avx2 | Isa::Avx512)
-        && matches!(qtype.ragged_base().unwrap_or(qtype), QType::Q4_0 | QType::Q8_0 | QType::Q4K | QType::Q6K)
+        && matches!(
+            qtype.ragged_base().unwrap_or(qtype),
+            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 | QType::Q4K | QType::Q6K
+        )
 }
 
 /// The code dots of four stored weight rows of `qtype` (`cols` values each, consecutive rows
