@@ -9,10 +9,10 @@
 //! values the scales are `(weight scale) · (activation step)` rounded as the decoder and
 //! [`super::dot_q8_x4`] round them, and the lane sums are added in order by FMA into one
 //! accumulator per row; the min terms (q4_k) are written as the decoder writes them, for the
-//! caller's f32 dot. Codes that are unsigned in the block (q4_0 0..16, q4_k 0..16, q6_k 0..64)
-//! go into `vpmaddubsw` as they are and their offset (8 for q4_0, 32 for q6_k) is taken off the
-//! integer lane sums with the activation's own (`8 · Σ x`), which is exact. A ragged row's tail
-//! is decoded by the scalar tail decoder and continues in the same accumulators.
+//! caller's f32 dot. Codes that are unsigned in the block (4- and 5-bit legacy, q4_k, q6_k) go
+//! into `vpmaddubsw` as they are and their offset (8 for q4_0, 16 for q5_0, 32 for q6_k) is
+//! taken off the integer lane sums with the activation's own (`zero · Σ x`), which is exact. A
+//! ragged row's tail (q4_kr, q6_kr) continues in the same accumulators, unit by unit.
 //!
 //! Only reached through [`super::dot_fused`], which checks the CPU and every length.
 
@@ -20,9 +20,7 @@ use std::arch::x86_64::*;
 
 use super::ActRow;
 use crate::blocks::kquants::{layout, QK_K};
-use crate::blocks::legacy::Spec;
 
-use super::x86::dot_q8_x4_acc;
 use crate::simd::avx2::hsum256;
 
 /// Bytes of a q8_0 block.
@@ -126,14 +124,13 @@ unsafe fn fifth_bits(qh: u32) -> __m256i {
     }
 }
 
-/// The 4- and 5-bit legacy types (q4_0, q4_1, q5_0, q5_1: `spec`) over `nb` blocks of 32:
-/// accumulators per row; the mins of q4_1 and q5_1 (`m` per 16 values, as the decoder writes
-/// them) go to `mw[r · nsub..]`.
+/// The 4- and 5-bit legacy types over `nb` blocks of 32 (the layout as const parameters, from
+/// [`Spec`]: block bytes, offset of the codes, offset of the fifth bits (0: none), whether a min
+/// follows `d`, the zero code): accumulators per row; the mins of q4_1 and q5_1 (`m` per 16
+/// values, as the decoder writes them) go to `mw[r · nsub..]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-fn legacy(
-    spec: &Spec,
+fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: bool, const ZERO: i8>(
     w: [&[u8]; R],
     a: ActRow<'_>,
     nb: usize,
@@ -141,11 +138,10 @@ fn legacy(
     mw: &mut [f32],
     nsub: usize,
 ) -> [__m256; R] {
-    let bb = spec.block_bytes;
-    check(&w, &a, nb * bb, nb * 32);
-    assert!(!spec.has_min || (nsub >= 2 * nb && mw.len() >= (R - 1) * nsub + 2 * nb));
+    check(&w, &a, nb * BB, nb * 32);
+    assert!(!MIN || (nsub >= 2 * nb && mw.len() >= (R - 1) * nsub + 2 * nb));
     let m4 = _mm256_set1_epi8(0x0F);
-    let zero = _mm256_set1_epi8(spec.zero as i8);
+    let zero = _mm256_set1_epi8(ZERO);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
         // SAFETY: every access of this loop body is in bounds: block `b` lies inside every row,
@@ -156,19 +152,19 @@ fn legacy(
             // zero · (lane sums of x): the codes' offset, taken off the unsigned products.
             let off = usum(zero, x);
             for r in 0..R {
-                let blk = w[r].as_ptr().add(bb * b);
+                let blk = w[r].as_ptr().add(BB * b);
                 if b % 4 == 0 {
-                    prefetch(blk, ahead, 4 * bb);
+                    prefetch(blk, ahead, 4 * BB);
                 }
-                let raw = load128(blk.add(spec.off_qs));
+                let raw = load128(blk.add(OFF_QS));
                 let mut c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
-                if let Some(o) = spec.off_qh {
-                    c = _mm256_or_si256(c, fifth_bits(blk.add(o).cast::<u32>().read_unaligned().to_le()));
+                if OFF_QH > 0 {
+                    c = _mm256_or_si256(c, fifth_bits(blk.add(OFF_QH).cast::<u32>().read_unaligned().to_le()));
                 }
                 let p = _mm256_sub_epi32(usum(c, x), off);
                 let s = _mm256_set1_ps(f16_at(blk) * dx);
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
-                if spec.has_min {
+                if MIN {
                     let m = f16_at(blk.add(2));
                     let out = mw.as_mut_ptr().add(r * nsub + 2 * b);
                     *out = m;
@@ -325,18 +321,96 @@ fn q6_k(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize) -> [__m256; R] {
     acc
 }
 
-/// A ragged row's tail as the decoder writes it: `codes` and `sw` of each row (a multiple of 32
-/// values, zero past the row), starting at value `start` of the row.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Tail<'a> {
-    pub start: usize,
-    pub codes: [&'a [i8]; R],
-    pub sw: [&'a [f32]; R],
+/// The tail of four ragged q4_kr rows (layout in [`crate::blocks::kquants::ragged`]): its
+/// `real` values after `nsb` super-blocks, continuing `acc` unit by unit (as the decode path's
+/// dot continues after the full super-blocks), the mins written as the tail decoder writes them
+/// (0 for sub-blocks past `real`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn q4_k_tail(
+    w: [&[u8]; R],
+    a: ActRow<'_>,
+    nsb: usize,
+    real: usize,
+    ahead: usize,
+    mw: &mut [f32],
+    nsub: usize,
+    mut acc: [__m256; R],
+) -> [__m256; R] {
+    let (u, at, v0) = (real.div_ceil(32), nsb * layout::q4k::BYTES, nsb * QK_K);
+    let tb = 18 * u + 4;
+    check(&w, &a, at + tb, v0 + 32 * u);
+    let (s0, live) = (v0 / 16, real.div_ceil(16));
+    assert!(nsub >= s0 + 2 * u && mw.len() >= (R - 1) * nsub + s0 + 2 * u);
+    let m4 = _mm256_set1_epi8(0x0F);
+    for r in 0..R {
+        // SAFETY: every access of this loop body is in bounds: the tail lies inside every row,
+        // its units inside the activation and each row's part of `mw` (checked above).
+        unsafe {
+            let t = w[r].as_ptr().add(at);
+            prefetch(t, ahead, tb);
+            let (d, dmin) = (f16_at(t), f16_at(t.add(2)));
+            for k in 0..u {
+                let (sc, m) = (*t.add(4 + k) & 63, *t.add(4 + u + k) & 63);
+                let raw = load128(t.add(4 + 2 * u + 16 * k));
+                let c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
+                let p = usum(c, load256(a.q.as_ptr().add(v0 + 32 * k).cast()));
+                let s = _mm256_set1_ps((d * f32::from(sc)) * *a.d16.get_unchecked(s0 + 2 * k));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
+                let mv = -(dmin * f32::from(m));
+                for h in 2 * k..2 * k + 2 {
+                    *mw.get_unchecked_mut(r * nsub + s0 + h) = if h < live { mv } else { 0.0 };
+                }
+            }
+        }
+    }
+    acc
 }
 
-/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k or q6_k) over the first `units` blocks (legacy)
-/// or super-blocks (k-quants) of four rows, then over their `tail`, prefetching `ahead` bytes
-/// past each (see [`prefetch`]); the mins (q4_1, q5_1, q4_k) go to `mw` (row `r` at `r · nsub`). The caller
+/// The tail of four ragged q6_kr rows (layout in [`crate::blocks::kquants::ragged`]): its
+/// `real` values after `nsb` super-blocks, continuing `acc` unit by unit.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_tail(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, real: usize, ahead: usize, mut acc: [__m256; R]) -> [__m256; R] {
+    let (u, at, v0) = (real.div_ceil(32), nsb * layout::q6k::BYTES, nsb * QK_K);
+    let tb = 26 * u + 2;
+    check(&w, &a, at + tb, v0 + 32 * u);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m3 = _mm256_set1_epi8(3);
+    let thirty_two = _mm256_set1_epi8(32);
+    // The 2-bit fields of value j sit at bits 2 (j / 8) of byte j % 8: the unit's 8 bytes in
+    // each 64-bit lane g, shifted right by 2g.
+    let shifts = _mm256_setr_epi64x(0, 2, 4, 6);
+    for r in 0..R {
+        // SAFETY: every access of this loop body is in bounds: the tail lies inside every row
+        // and its units inside the activation (checked above).
+        unsafe {
+            let t = w[r].as_ptr().add(at);
+            prefetch(t, ahead, tb);
+            let d = f16_at(t.add(26 * u));
+            for k in 0..u {
+                let raw = load128(t.add(16 * k));
+                let lo = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
+                let qh = t.add(16 * u + 8 * k).cast::<u64>().read_unaligned().to_le();
+                let hi = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(qh as i64), shifts), m3);
+                let code = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                let x = load256(a.q.as_ptr().add(v0 + 32 * k).cast());
+                let p = _mm256_sub_epi32(usum(code, x), usum(thirty_two, x));
+                let dx = *a.d16.get_unchecked(v0 / 16 + 2 * k);
+                let sc = |h: usize| (d * f32::from(*t.add(24 * u + 2 * k + h) as i8)) * dx;
+                let s = _mm256_set_m128(_mm_set1_ps(sc(1)), _mm_set1_ps(sc(0)));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
+            }
+        }
+    }
+    acc
+}
+
+/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k or q6_k) over the first `units`
+/// blocks (legacy) or super-blocks (k-quants) of four rows, then over the `tail` values of a
+/// ragged row (q4_kr, q6_kr; 0 otherwise), prefetching `ahead` bytes past each (see
+/// [`prefetch`]); the mins (q4_1, q5_1, q4_k) go to `mw` (row `r` at `r · nsub`). The caller
 /// checks that the CPU has AVX2/FMA/F16C.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -348,22 +422,33 @@ pub(super) fn rows(
     ahead: usize,
     mw: &mut [f32],
     nsub: usize,
-    tail: Option<Tail<'_>>,
+    tail: usize,
 ) -> [f32; R] {
     use crate::qtype::QType;
-    let mut acc = match base {
-        QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 => {
-            legacy(&Spec::of(base).expect("legacy type"), w, a, units, ahead, mw, nsub)
-        }
+    let acc = match base {
+        QType::Q4_0 => legacy::<18, 2, 0, false, 8>(w, a, units, ahead, mw, nsub),
+        QType::Q4_1 => legacy::<20, 4, 0, true, 0>(w, a, units, ahead, mw, nsub),
+        QType::Q5_0 => legacy::<22, 6, 2, false, 16>(w, a, units, ahead, mw, nsub),
+        QType::Q5_1 => legacy::<24, 8, 4, true, 0>(w, a, units, ahead, mw, nsub),
         QType::Q8_0 => q8_0(w, a, units, ahead),
-        QType::Q4K => q4_k(w, a, units, ahead, mw, nsub),
-        QType::Q6K => q6_k(w, a, units, ahead),
+        QType::Q4K => {
+            let acc = q4_k(w, a, units, ahead, mw, nsub);
+            if tail > 0 {
+                q4_k_tail(w, a, units, tail, ahead, mw, nsub, acc)
+            } else {
+                acc
+            }
+        }
+        QType::Q6K => {
+            let acc = q6_k(w, a, units, ahead);
+            if tail > 0 {
+                q6_k_tail(w, a, units, tail, ahead, acc)
+            } else {
+                acc
+            }
+        }
         other => unreachable!("no fused kernel for {}", other.name()),
     };
-    if let Some(t) = tail {
-        let n = t.codes[0].len();
-        acc = dot_q8_x4_acc(acc, t.codes, t.sw, &a.q[t.start..t.start + n], &a.d16[t.start / 16..(t.start + n) / 16]);
-    }
     [hsum256(acc[0]), hsum256(acc[1]), hsum256(acc[2]), hsum256(acc[3])]
 }
 
@@ -371,6 +456,23 @@ pub(super) fn rows(
 mod tests {
     use super::scales_mins_k4;
     use crate::blocks::kquants::scale_min_k4;
+
+    #[test]
+    fn legacy_layouts_match_the_specs() {
+        use crate::blocks::legacy::Spec;
+        use crate::qtype::QType;
+        // The const parameters `rows` passes to `legacy`: (block bytes, qs, qh or 0, min, zero).
+        for (q, l) in [
+            (QType::Q4_0, (18, 2, 0, false, 8.0)),
+            (QType::Q4_1, (20, 4, 0, true, 0.0)),
+            (QType::Q5_0, (22, 6, 2, false, 16.0)),
+            (QType::Q5_1, (24, 8, 4, true, 0.0)),
+        ] {
+            let s = Spec::of(q).unwrap();
+            assert_eq!((s.block_bytes, s.off_qs, s.off_qh.unwrap_or(0), s.has_min, s.zero), l, "{}", q.name());
+        }
+        assert_eq!(Spec::of(QType::Q8_0).unwrap().block_bytes, super::Q8_0_BYTES);
+    }
 
     #[test]
     fn scales_and_mins_unpack_like_the_reference() {

@@ -681,8 +681,8 @@ pub fn has_fused(isa: Isa, qtype: QType) -> bool {
 /// registers: the same bits as [`decode_row`] of each row followed by [`dot_q8_x4`] at the same
 /// ISA (see `fused.rs`), without the decoded rows in memory. For types with mins the rows' mins
 /// are written to `mw` (row `r` at `r · padded(cols) / 16`, as [`decode_row`] writes them), for
-/// the caller's `dot_f32` with the activation's `s16`. A ragged type's tail is decoded by the
-/// tail decoder and continues in the same accumulators.
+/// the caller's `dot_f32` with the activation's `s16`. A ragged type's tail continues in the
+/// same accumulators.
 pub fn dot_fused(isa: Isa, qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>, mw: &mut [f32]) -> [f32; 4] {
     assert!(has_fused(isa, qtype) && isa.is_available(), "no fused kernel for {} at {isa:?}", qtype.name());
     let (cp, nsub) = (padded(cols), padded(cols) / QS);
@@ -692,36 +692,15 @@ pub fn dot_fused(isa: Isa, qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow
     assert!(!mins || mw.len() >= 4 * nsub, "mw holds {} values, 4 rows need {}", mw.len(), 4 * nsub);
     let kq = base.info().family == Family::KQuant;
     let units = if kq { cols / QK_K } else { cols / QA };
-    let u = if base == qtype { 0 } else { ragged::tail_units(cols) };
-    let (mut tc, mut ts) = ([[0i8; QK_K]; 4], [[0f32; QK_K / QS]; 4]);
-    let full = cols / QK_K * QK_K;
-    let (n, real) = (cp - full, cols - full);
-    if u > 0 {
-        let at = full / QK_K * base.info().block_bytes;
-        for r in 0..4 {
-            let mut tm = [0f32; QK_K / QS];
-            decode_tail(base, u, &w[r][at..], &mut tc[r], &mut ts[r], &mut tm);
-            tc[r][real..n].fill(0);
-            ts[r][real.div_ceil(QS)..].fill(0.0);
-            tm[real.div_ceil(QS)..].fill(0.0);
-            if mins {
-                mw[r * nsub + full / QS..(r + 1) * nsub].copy_from_slice(&tm[..n / QS]);
-            }
-        }
-    }
+    let tail = if base == qtype { 0 } else { cols % QK_K };
     #[cfg(target_arch = "x86_64")]
     {
-        let tail = (u > 0).then(|| fused::Tail {
-            start: full,
-            codes: [&tc[0][..n], &tc[1][..n], &tc[2][..n], &tc[3][..n]],
-            sw: [&ts[0][..n / QS], &ts[1][..n / QS], &ts[2][..n / QS], &ts[3][..n / QS]],
-        });
         // SAFETY: the AVX2 level (AVX2, FMA, F16C) is available (asserted above); the kernels
         // check the lengths of the rows, the activation and `mw`.
         unsafe { fused::rows(base, w, act, units, 4 * w[0].len(), mw, nsub, tail) }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("no fused kernels on this architecture ({units} units, {} tail values)", tc.len() + ts.len())
+    unreachable!("no fused kernels on this architecture ({units} units, {tail} tail values)")
 }
 
 /// The reference of [`dot_fused`] (and of the decode-then-dot path) for any quantized type:

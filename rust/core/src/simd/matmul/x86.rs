@@ -78,16 +78,10 @@ pub fn dot_q8_avx2(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
 
 /// The loop of [`dot_q8_x4_avx2`] from the accumulators `acc` (one per row): every 64 values,
 /// each row's two i32 lane vectors converted and added by FMA with its scales × steps; an odd
-/// last 32 values through [`tail32`]. The fused kernels continue a ragged row's tail with it.
+/// last 32 values through [`tail32`].
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn dot_q8_x4_acc(
-    mut acc: [__m256; 4],
-    wq: [&[i8]; 4],
-    sw: [&[f32]; 4],
-    xq: &[i8],
-    d16: &[f32],
-) -> [__m256; 4] {
+fn dot_q8_x4_acc(mut acc: [__m256; 4], wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f32]) -> [__m256; 4] {
     let n = xq.len();
     let lo = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     let hi = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
