@@ -711,7 +711,7 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     };
     let mins = kern::has_mins(qtype, affine);
     // Few activation rows: the fused kernels (no decoded tile), where the type has one.
-    let fused = n <= FUSED_MAX_N && kern::has_fused(isa, qtype);
+    let fused = n <= FUSED_MAX_N && kern::has_fused(isa, qtype, affine, cols);
     let row_bytes = if float { 4 * cols } else { cp + cp / 2 };
     let tile = (TILE_BYTES / row_bytes).clamp(1, MAX_TILE_ROWS);
     // Output of tile `t`: `yt` rows × n (the transpose of y's block, = y's block when n = 1).
@@ -754,7 +754,7 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                             s16: &s16[i * nsub..(i + 1) * nsub],
                             scale: scale[i],
                         };
-                        let v = kern::dot_fused(isa, qtype, cols, rows, act, mw);
+                        let v = kern::dot_fused(isa, qtype, affine, cols, rows, act, mw);
                         for (j, &vj) in v.iter().enumerate().take(nr - r) {
                             let vj =
                                 if mins { vj + kern::dot_f32(isa, &mw[j * nsub..(j + 1) * nsub], act.s16) } else { vj };

@@ -273,7 +273,21 @@ fn four_row_int8_dot_agrees_with_the_reference() {
 }
 
 /// The types with fused GEMV kernels (`has_fused` at AVX2 / AVX-512).
-const FUSED_TYPES: &[&str] = &["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q6_k", "q4_kr", "q6_kr"];
+const FUSED_TYPES: &[&str] = &[
+    "q4_0",
+    "q4_1",
+    "q5_0",
+    "q5_1",
+    "q8_0",
+    "q4_k",
+    "q6_k",
+    "q4_kr",
+    "q6_kr",
+    "int4-g128",
+    "int4-g32-sym",
+    "int4-g64",
+    "int4-row",
+];
 
 #[test]
 fn fused_kernels_give_the_bits_of_decode_then_dot() {
@@ -283,6 +297,8 @@ fn fused_kernels_give_the_bits_of_decode_then_dot() {
     for (ti, &name) in FUSED_TYPES.iter().enumerate() {
         let cols_list: &[usize] = match name {
             "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" => &[32, 96, 160, 4096],
+            // Whole groups, a shorter last group; 40 has no fused kernel (not a multiple of 32).
+            n if n.starts_with("int4") => &[32, 128, 160, 4096, 4160, 40],
             "q4_k" | "q6_k" => &[256, 768, 4096],
             // Tails of 1 to 7 units, one not a multiple of 32, and none.
             _ => &[40, 288, 576, 600, 1000, 4096 + 224, 512],
@@ -293,12 +309,12 @@ fn fused_kernels_give_the_bits_of_decode_then_dot() {
             let (cp, nsub) = (padded(cols), padded(cols) / QS);
             for kind in ["normal", "zeros", "huge", "tiny", "mixed"] {
                 let x = acts(kind, 1, cols, cols as u64 + 5);
-                for isa in available().into_iter().filter(|&i| k::has_fused(i, l.qtype)) {
+                for isa in available().into_iter().filter(|&i| k::has_fused(i, l.qtype, l.affine, cols)) {
                     let (mut q, mut d16, mut s16) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub]);
                     let scale = k::quantize_act(isa, &x, &mut q, &mut d16, &mut s16);
                     let act = k::ActRow { q: &q, d16: &d16, s16: &s16, scale };
                     let mut mw = vec![f32::NAN; 4 * nsub];
-                    let got = k::dot_fused(isa, l.qtype, cols, rows, act, &mut mw);
+                    let got = k::dot_fused(isa, l.qtype, l.affine, cols, rows, act, &mut mw);
                     let dec: Vec<_> = rows
                         .iter()
                         .map(|src| {
@@ -322,7 +338,7 @@ fn fused_kernels_give_the_bits_of_decode_then_dot() {
                         }
                     }
                     for (r, src) in rows.iter().enumerate() {
-                        let reference = k::dot_row_ref(l.qtype, None, cols, src, act);
+                        let reference = k::dot_row_ref(l.qtype, l.affine, cols, src, act);
                         let total = if k::has_mins(l.qtype, None) {
                             got[r] + k::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], &s16)
                         } else {

@@ -20,6 +20,7 @@ use std::arch::x86_64::*;
 
 use super::ActRow;
 use crate::blocks::kquants::{layout, QK_K};
+use crate::qtype::AffineSpec;
 
 use crate::simd::avx2::hsum256;
 
@@ -321,6 +322,64 @@ fn q6_k(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize) -> [__m256; R] {
     acc
 }
 
+/// Group-affine int4 (`spec`, rows of `cols` values, a multiple of 32, as every group but the
+/// last): accumulators per row. Codes are stored in stream order (low nibble first), then one
+/// f16 scale per group, then the 4-bit zeros (asymmetric; symmetric: 8); `w = d · (c − z)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn int4(spec: AffineSpec, w: [&[u8]; R], a: ActRow<'_>, cols: usize, ahead: usize) -> [__m256; R] {
+    let (g, ngroups) = (spec.group_cols(cols), spec.groups(cols));
+    let (scale_off, zero_off) = (cols / 2, cols / 2 + 2 * ngroups);
+    let row_bytes = zero_off + if spec.symmetric { 0 } else { ngroups.div_ceil(2) };
+    check(&w, &a, row_bytes, cols);
+    assert!(cols.is_multiple_of(32) && g.is_multiple_of(32));
+    let (lo4, hi4) = (_mm256_set1_epi16(0x000F), _mm256_set1_epi16(0x0F00));
+    let mut acc = [_mm256_setzero_ps(); R];
+    // The current group's zero (as a byte vector) and scale, per row.
+    let (mut zero, mut d) = ([_mm256_set1_epi8(8); R], [0f32; R]);
+    // Blocks per group, and the first block of the next group (no division per block).
+    let (per_group, mut next) = (g / 32, 0);
+    for b in 0..cols / 32 {
+        // SAFETY: every access of this loop body is in bounds: block `b`, its group's scale
+        // and zero lie inside every row, the block inside the activation (checked above).
+        unsafe {
+            if b == next {
+                let gi = b / per_group;
+                next += per_group;
+                for r in 0..R {
+                    let row = w[r].as_ptr();
+                    if b == 0 {
+                        prefetch(row.add(scale_off), ahead, row_bytes - scale_off);
+                    }
+                    d[r] = f16_at(row.add(scale_off + 2 * gi));
+                    if !spec.symmetric {
+                        let z = (*row.add(zero_off + gi / 2) >> (4 * (gi % 2))) & 0x0F;
+                        zero[r] = _mm256_set1_epi8(z as i8);
+                    }
+                }
+            }
+            let x = load256(a.q.as_ptr().add(32 * b).cast());
+            let dx = *a.d16.get_unchecked(2 * b);
+            // The zero's share of the sums, once per block when every row has zero 8.
+            let sym_off = usum(_mm256_set1_epi8(8), x);
+            for r in 0..R {
+                let codes = w[r].as_ptr().add(16 * b);
+                if b % 4 == 0 {
+                    prefetch(codes, ahead, 64);
+                }
+                // Byte k to 16-bit lane k, its low nibble in the lane's low byte and its high
+                // nibble in the high byte: the 32 codes in stream order.
+                let v = _mm256_cvtepu8_epi16(load128(codes));
+                let c = _mm256_or_si256(_mm256_and_si256(v, lo4), _mm256_and_si256(_mm256_slli_epi16::<4>(v), hi4));
+                let off = if spec.symmetric { sym_off } else { usum(zero[r], x) };
+                let p = _mm256_sub_epi32(usum(c, x), off);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d[r] * dx), acc[r]);
+            }
+        }
+    }
+    acc
+}
+
 /// The tail of four ragged q4_kr rows (layout in [`crate::blocks::kquants::ragged`]): its
 /// `real` values after `nsb` super-blocks, continuing `acc` unit by unit (as the decode path's
 /// dot continues after the full super-blocks), the mins written as the tail decoder writes them
@@ -407,8 +466,8 @@ fn q6_k_tail(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, real: usize, ahead: usize
     acc
 }
 
-/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k or q6_k) over the first `units`
-/// blocks (legacy) or super-blocks (k-quants) of four rows, then over the `tail` values of a
+/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, or int4 with `spec` over
+/// rows of `cols`) over the first `units` blocks (legacy) or super-blocks (k-quants) of four rows, then over the `tail` values of a
 /// ragged row (q4_kr, q6_kr; 0 otherwise), prefetching `ahead` bytes past each (see
 /// [`prefetch`]); the mins (q4_1, q5_1, q4_k) go to `mw` (row `r` at `r · nsub`). The caller
 /// checks that the CPU has AVX2/FMA/F16C.
@@ -423,9 +482,12 @@ pub(super) fn rows(
     mw: &mut [f32],
     nsub: usize,
     tail: usize,
+    spec: Option<AffineSpec>,
+    cols: usize,
 ) -> [f32; R] {
     use crate::qtype::QType;
     let acc = match base {
+        QType::Int4 => int4(spec.expect("group-affine spec"), w, a, cols, ahead),
         QType::Q4_0 => legacy::<18, 2, 0, false, 8>(w, a, units, ahead, mw, nsub),
         QType::Q4_1 => legacy::<20, 4, 0, true, 0>(w, a, units, ahead, mw, nsub),
         QType::Q5_0 => legacy::<22, 6, 2, false, 16>(w, a, units, ahead, mw, nsub),

@@ -664,27 +664,37 @@ pub fn dot_q8_x4(isa: Isa, wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f3
     }
 }
 
-/// Whether `qtype` has a fused GEMV kernel at `isa` ([`dot_fused`]): the legacy types (q4_0,
-/// q4_1, q5_0, q5_1, q8_0), q4_k, q6_k and the ragged q4_kr, q6_kr, at the AVX2 and AVX-512
-/// levels (the AVX2 kernels).
-pub fn has_fused(isa: Isa, qtype: QType) -> bool {
-    cfg!(target_arch = "x86_64")
-        && matches!(isa, Isa::Avx2 | Isa::Avx512)
-        && matches!(
-            qtype.ragged_base().unwrap_or(qtype),
-            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 | QType::Q4K | QType::Q6K
-        )
+/// Whether a weight of `qtype` (with `spec` for group-affine types) on rows of `cols` values
+/// has a fused GEMV kernel at `isa` ([`dot_fused`]): the legacy types (q4_0, q4_1, q5_0, q5_1,
+/// q8_0), q4_k, q6_k, the ragged q4_kr, q6_kr, and group-affine int4 on rows that are a
+/// multiple of 32, at the AVX2 and AVX-512 levels (the AVX2 kernels).
+pub fn has_fused(isa: Isa, qtype: QType, spec: Option<AffineSpec>, cols: usize) -> bool {
+    let kind = match qtype.ragged_base().unwrap_or(qtype) {
+        QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 | QType::Q4K | QType::Q6K => true,
+        QType::Int4 => spec.is_some_and(|s| s.bits == 4) && cols.is_multiple_of(QA),
+        _ => false,
+    };
+    cfg!(target_arch = "x86_64") && matches!(isa, Isa::Avx2 | Isa::Avx512) && kind
 }
 
-/// The code dots of four stored weight rows of `qtype` (`cols` values each, consecutive rows
-/// of a matrix, a type with [`has_fused`]) with one quantized activation row, decoded in
+/// The code dots of four stored weight rows of `qtype` (with `spec`; `cols` values each,
+/// consecutive rows of a matrix, a weight with [`has_fused`]) with one quantized activation row, decoded in
 /// registers: the same bits as [`decode_row`] of each row followed by [`dot_q8_x4`] at the same
 /// ISA (see `fused.rs`), without the decoded rows in memory. For types with mins the rows' mins
 /// are written to `mw` (row `r` at `r · padded(cols) / 16`, as [`decode_row`] writes them), for
 /// the caller's `dot_f32` with the activation's `s16`. A ragged type's tail continues in the
 /// same accumulators.
-pub fn dot_fused(isa: Isa, qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>, mw: &mut [f32]) -> [f32; 4] {
-    assert!(has_fused(isa, qtype) && isa.is_available(), "no fused kernel for {} at {isa:?}", qtype.name());
+pub fn dot_fused(
+    isa: Isa,
+    qtype: QType,
+    spec: Option<AffineSpec>,
+    cols: usize,
+    w: [&[u8]; 4],
+    act: ActRow<'_>,
+    mw: &mut [f32],
+) -> [f32; 4] {
+    let name = crate::qtype::canonical_name(qtype, spec);
+    assert!(has_fused(isa, qtype, spec, cols) && isa.is_available(), "no fused kernel for {name} at {isa:?}");
     let (cp, nsub) = (padded(cols), padded(cols) / QS);
     assert!(act.q.len() == cp && act.d16.len() == nsub && act.s16.len() == nsub);
     let base = qtype.ragged_base().unwrap_or(qtype);
@@ -697,7 +707,7 @@ pub fn dot_fused(isa: Isa, qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow
     {
         // SAFETY: the AVX2 level (AVX2, FMA, F16C) is available (asserted above); the kernels
         // check the lengths of the rows, the activation and `mw`.
-        unsafe { fused::rows(base, w, act, units, 4 * w[0].len(), mw, nsub, tail) }
+        unsafe { fused::rows(base, w, act, units, 4 * w[0].len(), mw, nsub, tail, spec, cols) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("no fused kernels on this architecture ({units} units, {tail} tail values)")
