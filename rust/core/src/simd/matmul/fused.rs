@@ -12,7 +12,7 @@
 //! caller's f32 dot. Codes that are unsigned in the block (4- and 5-bit legacy, q4_k, q6_k) go
 //! into `vpmaddubsw` as they are and their offset (8 for q4_0, 16 for q5_0, 32 for q6_k) is
 //! taken off the integer lane sums with the activation's own (`zero · Σ x`), which is exact. A
-//! ragged row's tail (q4_kr, q6_kr) continues in the same accumulators, unit by unit.
+//! ragged row's tail (q4_kr, q5_kr, q6_kr) continues in the same accumulators, unit by unit.
 //!
 //! Only reached through [`super::dot_fused`], which checks the CPU and every length.
 
@@ -217,26 +217,55 @@ fn scales_mins_k4(s: &[u8; 12]) -> (u64, u64) {
     (sc, m)
 }
 
-/// q4_k over `nsb` super-blocks: accumulators per row; row `r`'s mins (`−dmin · m` per 16
-/// values, as the decoder writes them) go to `mw[r · nsub..]`.
+/// The fifth bit of q5 codes at bit `j` of each byte of `qh`, moved to bit 4 (16 or 0).
+#[inline(always)]
+unsafe fn fifth(qh: __m256i, j: usize) -> __m256i {
+    // SAFETY: AVX2 is enabled by the caller. The 16-bit shifts bring bits over from the other
+    // byte only outside bit 4, which is all that is kept.
+    unsafe {
+        let v = match j {
+            0 => _mm256_slli_epi16::<4>(qh),
+            1 => _mm256_slli_epi16::<3>(qh),
+            2 => _mm256_slli_epi16::<2>(qh),
+            3 => _mm256_slli_epi16::<1>(qh),
+            4 => qh,
+            5 => _mm256_srli_epi16::<1>(qh),
+            6 => _mm256_srli_epi16::<2>(qh),
+            _ => _mm256_srli_epi16::<3>(qh),
+        };
+        _mm256_and_si256(v, _mm256_set1_epi8(0x10))
+    }
+}
+
+/// q4_k (`FIVE` false) or q5_k (`FIVE` true) over `nsb` super-blocks: accumulators per row;
+/// row `r`'s mins (`−dmin · m` per 16 values, as the decoder writes them) go to
+/// `mw[r · nsub..]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_k(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mw: &mut [f32], nsub: usize) -> [__m256; R] {
-    use layout::q4k::{BYTES, D, DMIN, QS, SCALES};
-    check(&w, &a, nsb * BYTES, nsb * QK_K);
+fn q45_k<const FIVE: bool>(
+    w: [&[u8]; R],
+    a: ActRow<'_>,
+    nsb: usize,
+    ahead: usize,
+    mw: &mut [f32],
+    nsub: usize,
+) -> [__m256; R] {
+    use layout::q4k::{D, DMIN, SCALES};
+    let (bytes, qs) = if FIVE { (layout::q5k::BYTES, layout::q5k::QS) } else { (layout::q4k::BYTES, layout::q4k::QS) };
+    check(&w, &a, nsb * bytes, nsb * QK_K);
     assert!(nsub >= 16 * nsb && mw.len() >= (R - 1) * nsub + 16 * nsb);
     let m4 = _mm256_set1_epi8(0x0F);
     let (dup_lo, dup_hi) = (_mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
     let mut acc = [_mm256_setzero_ps(); R];
     for sb in 0..nsb {
-        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every row, the
-        // activation and each row's part of `mw` (checked above).
+        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
+        // row, the activation and each row's part of `mw` (checked above).
         unsafe {
             let dx = steps8(a.d16.as_ptr().add(16 * sb));
             let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
             for r in 0..R {
-                let blk = w[r].as_ptr().add(BYTES * sb);
-                prefetch(blk, ahead, BYTES);
+                let blk = w[r].as_ptr().add(bytes * sb);
+                prefetch(blk, ahead, bytes);
                 let (sc, m) = scales_mins_k4(&*blk.add(SCALES).cast::<[u8; 12]>());
                 // (d · scale) · step, as the decoder's scale times the dot's step.
                 let scv = _mm256_mul_ps(_mm256_mul_ps(u8x8_ps(sc), _mm256_set1_ps(f16_at(blk.add(D)))), dx);
@@ -248,10 +277,15 @@ fn q4_k(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mw: &mut [f32], 
                 let out = mw.as_mut_ptr().add(r * nsub + 16 * sb);
                 _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(neg, dup_lo));
                 _mm256_storeu_ps(out.add(8), _mm256_permutevar8x32_ps(neg, dup_hi));
+                let qh = if FIVE { load256(blk.add(layout::q5k::QH)) } else { _mm256_setzero_si256() };
                 for p in 0..4 {
-                    let raw = load256(blk.add(QS + 32 * p));
-                    let lo = _mm256_and_si256(raw, m4);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4);
+                    let raw = load256(blk.add(qs + 32 * p));
+                    let mut lo = _mm256_and_si256(raw, m4);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4);
+                    if FIVE {
+                        lo = _mm256_or_si256(lo, fifth(qh, 2 * p));
+                        hi = _mm256_or_si256(hi, fifth(qh, 2 * p + 1));
+                    }
                     let (p0, p1) = (usum(lo, load256(xq.add(64 * p))), usum(hi, load256(xq.add(64 * p + 32))));
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), lane(scv, 2 * p as i32), acc[r]);
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), lane(scv, 2 * p as i32 + 1), acc[r]);
@@ -380,14 +414,14 @@ fn int4(spec: AffineSpec, w: [&[u8]; R], a: ActRow<'_>, cols: usize, ahead: usiz
     acc
 }
 
-/// The tail of four ragged q4_kr rows (layout in [`crate::blocks::kquants::ragged`]): its
-/// `real` values after `nsb` super-blocks, continuing `acc` unit by unit (as the decode path's
-/// dot continues after the full super-blocks), the mins written as the tail decoder writes them
-/// (0 for sub-blocks past `real`).
+/// The tail of four ragged q4_kr (`FIVE` false) or q5_kr rows (layout in
+/// [`crate::blocks::kquants::ragged`]): its `real` values after `nsb` super-blocks, continuing
+/// `acc` unit by unit (as the decode path's dot continues after the full super-blocks), the mins
+/// written as the tail decoder writes them (0 for sub-blocks past `real`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-fn q4_k_tail(
+fn q45_k_tail<const FIVE: bool>(
     w: [&[u8]; R],
     a: ActRow<'_>,
     nsb: usize,
@@ -397,8 +431,10 @@ fn q4_k_tail(
     nsub: usize,
     mut acc: [__m256; R],
 ) -> [__m256; R] {
-    let (u, at, v0) = (real.div_ceil(32), nsb * layout::q4k::BYTES, nsb * QK_K);
-    let tb = 18 * u + 4;
+    let u = real.div_ceil(32);
+    let (at, v0) = (nsb * if FIVE { layout::q5k::BYTES } else { layout::q4k::BYTES }, nsb * QK_K);
+    // d, dmin, scales[u], mins[u], (q5: high bits[4u],) codes[16u].
+    let (tb, qs) = if FIVE { (22 * u + 4, 4 + 6 * u) } else { (18 * u + 4, 4 + 2 * u) };
     check(&w, &a, at + tb, v0 + 32 * u);
     let (s0, live) = (v0 / 16, real.div_ceil(16));
     assert!(nsub >= s0 + 2 * u && mw.len() >= (R - 1) * nsub + s0 + 2 * u);
@@ -412,8 +448,12 @@ fn q4_k_tail(
             let (d, dmin) = (f16_at(t), f16_at(t.add(2)));
             for k in 0..u {
                 let (sc, m) = (*t.add(4 + k) & 63, *t.add(4 + u + k) & 63);
-                let raw = load128(t.add(4 + 2 * u + 16 * k));
-                let c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
+                let raw = load128(t.add(qs + 16 * k));
+                let mut c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
+                if FIVE {
+                    // Bit j of the unit's little-endian u32 is value j's fifth bit.
+                    c = _mm256_or_si256(c, fifth_bits(t.add(4 + 2 * u + 4 * k).cast::<u32>().read_unaligned().to_le()));
+                }
                 let p = usum(c, load256(a.q.as_ptr().add(v0 + 32 * k).cast()));
                 let s = _mm256_set1_ps((d * f32::from(sc)) * *a.d16.get_unchecked(s0 + 2 * k));
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
@@ -466,10 +506,10 @@ fn q6_k_tail(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, real: usize, ahead: usize
     acc
 }
 
-/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, or int4 with `spec` over
+/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, or int4 with `spec` over
 /// rows of `cols`) over the first `units` blocks (legacy) or super-blocks (k-quants) of four rows, then over the `tail` values of a
-/// ragged row (q4_kr, q6_kr; 0 otherwise), prefetching `ahead` bytes past each (see
-/// [`prefetch`]); the mins (q4_1, q5_1, q4_k) go to `mw` (row `r` at `r · nsub`). The caller
+/// ragged row (q4_kr, q5_kr, q6_kr; 0 otherwise), prefetching `ahead` bytes past each (see
+/// [`prefetch`]); the mins (q4_1, q5_1, q4_k, q5_k) go to `mw` (row `r` at `r · nsub`). The caller
 /// checks that the CPU has AVX2/FMA/F16C.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -494,9 +534,17 @@ pub(super) fn rows(
         QType::Q5_1 => legacy::<24, 8, 4, true, 0>(w, a, units, ahead, mw, nsub),
         QType::Q8_0 => q8_0(w, a, units, ahead),
         QType::Q4K => {
-            let acc = q4_k(w, a, units, ahead, mw, nsub);
+            let acc = q45_k::<false>(w, a, units, ahead, mw, nsub);
             if tail > 0 {
-                q4_k_tail(w, a, units, tail, ahead, mw, nsub, acc)
+                q45_k_tail::<false>(w, a, units, tail, ahead, mw, nsub, acc)
+            } else {
+                acc
+            }
+        }
+        QType::Q5K => {
+            let acc = q45_k::<true>(w, a, units, ahead, mw, nsub);
+            if tail > 0 {
+                q45_k_tail::<true>(w, a, units, tail, ahead, mw, nsub, acc)
             } else {
                 acc
             }
