@@ -279,9 +279,13 @@ const FUSED_TYPES: &[&str] = &[
     "q5_0",
     "q5_1",
     "q8_0",
+    "q2_k",
+    "q3_k",
     "q4_k",
     "q5_k",
     "q6_k",
+    "q2_kr",
+    "q3_kr",
     "q4_kr",
     "q5_kr",
     "q6_kr",
@@ -301,7 +305,7 @@ fn fused_kernels_give_the_bits_of_decode_then_dot() {
             "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" => &[32, 96, 160, 4096],
             // Whole groups, a shorter last group; 40 has no fused kernel (not a multiple of 32).
             n if n.starts_with("int4") => &[32, 128, 160, 4096, 4160, 40],
-            "q4_k" | "q5_k" | "q6_k" => &[256, 768, 4096],
+            "q2_k" | "q3_k" | "q4_k" | "q5_k" | "q6_k" => &[256, 768, 4096],
             // Tails of 1 to 7 units, one not a multiple of 32, and none.
             _ => &[40, 288, 576, 600, 1000, 4096 + 224, 512],
         };

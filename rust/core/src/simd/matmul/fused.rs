@@ -108,21 +108,263 @@ fn check(w: &[&[u8]; R], a: &ActRow<'_>, bytes: usize, values: usize) {
     }
 }
 
-/// Byte `j` of the result is 16 if bit `j` of `qh` is set, else 0 (the fifth bit of q5 codes).
+/// Byte `j` of the result is `val` if bit `j` of `m` is set, else 0 (the high bit of q5 and q3
+/// codes, stored one per bit).
 #[inline(always)]
-unsafe fn fifth_bits(qh: u32) -> __m256i {
+unsafe fn bit_bytes(m: u32, val: i8) -> __m256i {
     // SAFETY: AVX2 is enabled by the caller.
     unsafe {
-        // Byte j gets byte j / 8 of qh, then its bit j % 8 is tested.
-        let v = _mm256_set1_epi32(qh as i32);
+        // Byte j gets byte j / 8 of m, then its bit j % 8 is tested.
+        let v = _mm256_set1_epi32(m as i32);
         let idx = _mm256_setr_epi8(
             0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
             2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
         );
         let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         let x = _mm256_and_si256(_mm256_shuffle_epi8(v, idx), sel);
-        _mm256_and_si256(_mm256_cmpeq_epi8(x, sel), _mm256_set1_epi8(16))
+        _mm256_and_si256(_mm256_cmpeq_epi8(x, sel), _mm256_set1_epi8(val))
     }
+}
+
+/// The 2-bit fields of a ragged tail unit (value `j` at bits `2 (j / 8)` of byte `j % 8` of
+/// the little-endian `q`) as 32 bytes in value order: the unit's 8 bytes in each 64-bit lane
+/// `g`, shifted right by `2g`, masked.
+#[inline(always)]
+unsafe fn two_bit_unit(q: u64) -> __m256i {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe {
+        let v = _mm256_srlv_epi64(_mm256_set1_epi64x(q as i64), _mm256_setr_epi64x(0, 2, 4, 6));
+        _mm256_and_si256(v, _mm256_set1_epi8(3))
+    }
+}
+
+/// Bit `j` of each byte of `v` moved to bit `to` (`j`, `to` < 8) and masked; 16-bit shifts, so
+/// bits brought over from the other byte are dropped by the mask.
+#[inline(always)]
+unsafe fn bit_to(v: __m256i, j: usize, to: usize) -> __m256i {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe {
+        let moved = match to as i32 - j as i32 {
+            7 => _mm256_slli_epi16::<7>(v),
+            6 => _mm256_slli_epi16::<6>(v),
+            5 => _mm256_slli_epi16::<5>(v),
+            4 => _mm256_slli_epi16::<4>(v),
+            3 => _mm256_slli_epi16::<3>(v),
+            2 => _mm256_slli_epi16::<2>(v),
+            1 => _mm256_slli_epi16::<1>(v),
+            0 => v,
+            -1 => _mm256_srli_epi16::<1>(v),
+            -2 => _mm256_srli_epi16::<2>(v),
+            -3 => _mm256_srli_epi16::<3>(v),
+            -4 => _mm256_srli_epi16::<4>(v),
+            -5 => _mm256_srli_epi16::<5>(v),
+            -6 => _mm256_srli_epi16::<6>(v),
+            _ => _mm256_srli_epi16::<7>(v),
+        };
+        _mm256_and_si256(moved, _mm256_set1_epi8(1 << to))
+    }
+}
+
+/// The 2-bit field at bits `2s` of each byte of `v`.
+#[inline(always)]
+unsafe fn two_bits(v: __m256i, s: usize) -> __m256i {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe {
+        let moved = match s {
+            0 => v,
+            1 => _mm256_srli_epi16::<2>(v),
+            2 => _mm256_srli_epi16::<4>(v),
+            _ => _mm256_srli_epi16::<6>(v),
+        };
+        _mm256_and_si256(moved, _mm256_set1_epi8(3))
+    }
+}
+
+/// The sixteen 6-bit scales of a q3_k super-block (offset 32 removed) as i8 bytes.
+#[inline(always)]
+fn scales_q3k(s: &[u8; 12]) -> [u32; 4] {
+    let u = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let (a, b, c) = (u(0), u(4), u(8));
+    let (lo4, lo2) = (0x0F0F_0F0F, 0x0303_0303);
+    let words = [
+        (a & lo4) | (c & lo2) << 4,
+        (b & lo4) | ((c >> 2) & lo2) << 4,
+        ((a >> 4) & lo4) | ((c >> 4) & lo2) << 4,
+        ((b >> 4) & lo4) | ((c >> 6) & lo2) << 4,
+    ];
+    // Bytes 0..64 minus 32, without borrows between bytes: (v | 0x80) − 32, then flip bit 7.
+    words.map(|w| ((w | 0x8080_8080) - 0x2020_2020) ^ 0x8080_8080)
+}
+
+/// Per-16 scales × steps of a super-block from its 16 scales as f32 (`lo`: sub-blocks 0–7,
+/// `hi`: 8–15) times `d`: `(d · scale) · step`, as the decoder's scale times the dot's step.
+#[inline(always)]
+unsafe fn scales16(lo: __m256, hi: __m256, d: f32, d16: *const f32) -> [__m256; 2] {
+    // SAFETY: AVX is enabled by the caller, who guarantees 16 readable f32 at `d16`.
+    unsafe {
+        let d = _mm256_set1_ps(d);
+        [
+            _mm256_mul_ps(_mm256_mul_ps(lo, d), _mm256_loadu_ps(d16)),
+            _mm256_mul_ps(_mm256_mul_ps(hi, d), _mm256_loadu_ps(d16.add(8))),
+        ]
+    }
+}
+
+/// Lanes 0–3 take sub-block `2u`'s value of `v`, lanes 4–7 sub-block `2u + 1`'s (`u` < 4): the
+/// scale of each half of a 32-value chunk.
+#[inline(always)]
+unsafe fn pair(v: __m256, u: usize) -> __m256 {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe {
+        let u = u as i32;
+        _mm256_permutevar8x32_ps(
+            v,
+            _mm256_setr_epi32(2 * u, 2 * u, 2 * u, 2 * u, 2 * u + 1, 2 * u + 1, 2 * u + 1, 2 * u + 1),
+        )
+    }
+}
+
+/// q2_k (`THREE` false) or q3_k (`THREE` true) over `nsb` super-blocks: accumulators per row;
+/// q2_k's mins (`−dmin · m` per 16 values, as the decoder writes them) go to `mw[r · nsub..]`.
+/// Codes are unsigned in the block (q3_k's offset 4 is taken off the integer sums).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q23_k<const THREE: bool>(
+    w: [&[u8]; R],
+    a: ActRow<'_>,
+    nsb: usize,
+    ahead: usize,
+    mw: &mut [f32],
+    nsub: usize,
+) -> [__m256; R] {
+    let (bytes, qs) = if THREE { (layout::q3k::BYTES, layout::q3k::QS) } else { (layout::q2k::BYTES, layout::q2k::QS) };
+    check(&w, &a, nsb * bytes, nsb * QK_K);
+    assert!(THREE || (nsub >= 16 * nsb && mw.len() >= (R - 1) * nsub + 16 * nsb));
+    let mut acc = [_mm256_setzero_ps(); R];
+    let four = _mm256_set1_epi8(4);
+    for sb in 0..nsb {
+        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
+        // row, the activation and each row's part of `mw` (checked above).
+        unsafe {
+            let d16 = a.d16.as_ptr().add(16 * sb);
+            let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
+            // q3_k: 4 · (lane sums of x) per 32 values, the codes' offset, shared by the rows.
+            let mut off = [_mm256_setzero_si256(); 8];
+            if THREE {
+                for (t, o) in off.iter_mut().enumerate() {
+                    *o = usum(four, load256(xq.add(32 * t)));
+                }
+            }
+            for r in 0..R {
+                let blk = w[r].as_ptr().add(bytes * sb);
+                prefetch(blk, ahead, bytes);
+                let scv = if THREE {
+                    let words = scales_q3k(&*blk.add(layout::q3k::SCALES).cast::<[u8; 12]>());
+                    let sc = _mm_setr_epi32(words[0] as i32, words[1] as i32, words[2] as i32, words[3] as i32);
+                    let (lo, hi) = (_mm256_cvtepi8_epi32(sc), _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc)));
+                    scales16(_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi), f16_at(blk.add(layout::q3k::D)), d16)
+                } else {
+                    use layout::q2k::{D, DMIN, SCALES};
+                    let sc = load128(blk.add(SCALES));
+                    let m4 = _mm_set1_epi8(0x0F);
+                    let (s, m) = (_mm_and_si128(sc, m4), _mm_and_si128(_mm_srli_epi16::<4>(sc), m4));
+                    let f = |v: __m128i| {
+                        [
+                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)),
+                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v))),
+                        ]
+                    };
+                    // −(dmin · m), negated by the sign bit as the decoder's `-`.
+                    let (dmin, neg) = (_mm256_set1_ps(f16_at(blk.add(DMIN))), _mm256_set1_ps(-0.0));
+                    let out = mw.as_mut_ptr().add(r * nsub + 16 * sb);
+                    for (h, mv) in f(m).into_iter().enumerate() {
+                        _mm256_storeu_ps(out.add(8 * h), _mm256_xor_ps(_mm256_mul_ps(mv, dmin), neg));
+                    }
+                    let [lo, hi] = f(s);
+                    scales16(lo, hi, f16_at(blk.add(D)), d16)
+                };
+                let hm = if THREE { load256(blk.add(layout::q3k::HMASK)) } else { _mm256_setzero_si256() };
+                for (h, &scv_h) in scv.iter().enumerate() {
+                    let q = load256(blk.add(qs + 32 * h));
+                    for s in 0..4 {
+                        let t = 4 * h + s;
+                        let mut c = two_bits(q, s);
+                        if THREE {
+                            c = _mm256_or_si256(c, bit_to(hm, t, 2));
+                        }
+                        let mut p = usum(c, load256(xq.add(32 * t)));
+                        if THREE {
+                            p = _mm256_sub_epi32(p, off[t]);
+                        }
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), pair(scv_h, s), acc[r]);
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// The tail of four ragged q2_kr (`THREE` false) or q3_kr rows (layout in
+/// [`crate::blocks::kquants::ragged`]): its `real` values after `nsb` super-blocks, continuing
+/// `acc` unit by unit; q2_kr's mins written as the tail decoder writes them (0 past `real`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn q23_k_tail<const THREE: bool>(
+    w: [&[u8]; R],
+    a: ActRow<'_>,
+    nsb: usize,
+    real: usize,
+    ahead: usize,
+    mw: &mut [f32],
+    nsub: usize,
+    mut acc: [__m256; R],
+) -> [__m256; R] {
+    let u = real.div_ceil(32);
+    let (at, v0) = (nsb * if THREE { layout::q3k::BYTES } else { layout::q2k::BYTES }, nsb * QK_K);
+    // q2: scales[2u], qs[8u], d, dmin. q3: hmask[4u], qs[8u], scales[2u], d.
+    let (tb, qs, scales, d_at) =
+        if THREE { (14 * u + 2, 4 * u, 12 * u, 14 * u) } else { (10 * u + 4, 2 * u, 0, 10 * u) };
+    check(&w, &a, at + tb, v0 + 32 * u);
+    let (s0, live) = (v0 / 16, real.div_ceil(16));
+    assert!(THREE || (nsub >= s0 + 2 * u && mw.len() >= (R - 1) * nsub + s0 + 2 * u));
+    let four = _mm256_set1_epi8(4);
+    for r in 0..R {
+        // SAFETY: every access of this loop body is in bounds: the tail lies inside every row,
+        // its units inside the activation and each row's part of `mw` (checked above).
+        unsafe {
+            let t = w[r].as_ptr().add(at);
+            prefetch(t, ahead, tb);
+            let d = f16_at(t.add(d_at));
+            let dmin = if THREE { 0.0 } else { f16_at(t.add(d_at + 2)) };
+            for k in 0..u {
+                let mut c = two_bit_unit(t.add(qs + 8 * k).cast::<u64>().read_unaligned().to_le());
+                let x = load256(a.q.as_ptr().add(v0 + 32 * k).cast());
+                let p = if THREE {
+                    c = _mm256_or_si256(c, bit_bytes(t.add(4 * k).cast::<u32>().read_unaligned().to_le(), 4));
+                    _mm256_sub_epi32(usum(c, x), usum(four, x))
+                } else {
+                    usum(c, x)
+                };
+                let dx = *a.d16.get_unchecked(s0 + 2 * k);
+                let sc = |h: usize| {
+                    let b = *t.add(scales + 2 * k + h);
+                    let v = if THREE { (i32::from(b & 63) - 32) as f32 } else { f32::from(b & 0xF) };
+                    (d * v) * dx
+                };
+                let s = _mm256_set_m128(_mm_set1_ps(sc(1)), _mm_set1_ps(sc(0)));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
+                if !THREE {
+                    for h in 2 * k..2 * k + 2 {
+                        let mv = -(dmin * f32::from(*t.add(h) >> 4));
+                        *mw.get_unchecked_mut(r * nsub + s0 + h) = if h < live { mv } else { 0.0 };
+                    }
+                }
+            }
+        }
+    }
+    acc
 }
 
 /// The 4- and 5-bit legacy types over `nb` blocks of 32 (the layout as const parameters, from
@@ -160,7 +402,7 @@ fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: 
                 let raw = load128(blk.add(OFF_QS));
                 let mut c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
                 if OFF_QH > 0 {
-                    c = _mm256_or_si256(c, fifth_bits(blk.add(OFF_QH).cast::<u32>().read_unaligned().to_le()));
+                    c = _mm256_or_si256(c, bit_bytes(blk.add(OFF_QH).cast::<u32>().read_unaligned().to_le(), 16));
                 }
                 let p = _mm256_sub_epi32(usum(c, x), off);
                 let s = _mm256_set1_ps(f16_at(blk) * dx);
@@ -303,18 +545,13 @@ fn q6_k(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize) -> [__m256; R] {
     use layout::q6k::{BYTES, D, QH, QL, SCALES};
     check(&w, &a, nsb * BYTES, nsb * QK_K);
     let m4 = _mm256_set1_epi8(0x0F);
-    let m30 = _mm256_set1_epi8(0x30);
     let thirty_two = _mm256_set1_epi8(32);
-    // Lanes 0–3 take sub-block 2u's scale, lanes 4–7 sub-block 2u + 1's.
-    let idx = |u: i32| _mm256_setr_epi32(2 * u, 2 * u, 2 * u, 2 * u, 2 * u + 1, 2 * u + 1, 2 * u + 1, 2 * u + 1);
-    let sel = [idx(0), idx(1), idx(2), idx(3)];
     let mut acc = [_mm256_setzero_ps(); R];
     for sb in 0..nsb {
-        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every row and
-        // the activation (checked above).
+        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
+        // row and the activation (checked above).
         unsafe {
             let d16 = a.d16.as_ptr().add(16 * sb);
-            let (dx0, dx1) = (_mm256_loadu_ps(d16), _mm256_loadu_ps(d16.add(8)));
             let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
             // 32 · (lane sums of x) per 32 values: the codes' offset, shared by the rows.
             let mut off = [_mm256_setzero_si256(); 8];
@@ -324,30 +561,20 @@ fn q6_k(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize) -> [__m256; R] {
             for r in 0..R {
                 let blk = w[r].as_ptr().add(BYTES * sb);
                 prefetch(blk, ahead, BYTES);
-                // (d · scale) · step per 16 values, as the decoder's scale times the dot's step.
-                let d = _mm256_set1_ps(f16_at(blk.add(D)));
                 let sc = load128(blk.add(SCALES));
-                let sc0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)), d);
-                let sc1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc))), d);
-                let scv = [_mm256_mul_ps(sc0, dx0), _mm256_mul_ps(sc1, dx1)];
+                let (lo, hi) = (_mm256_cvtepi8_epi32(sc), _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc)));
+                let scv = scales16(_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi), f16_at(blk.add(D)), d16);
                 for (h, &scv_h) in scv.iter().enumerate() {
                     let qh = load256(blk.add(QH + 32 * h));
                     let ql = [load256(blk.add(QL + 64 * h)), load256(blk.add(QL + 64 * h + 32))];
                     for c in 0..4 {
                         let t = 4 * h + c;
                         let lo = if c < 2 { ql[c] } else { _mm256_srli_epi16::<4>(ql[c - 2]) };
-                        // Bits 2c, 2c + 1 of each qh byte to bits 4, 5 (masked below, so the
-                        // bits a 16-bit shift brings in from the other byte are dropped).
-                        let hi = match c {
-                            0 => _mm256_slli_epi16::<4>(qh),
-                            1 => _mm256_slli_epi16::<2>(qh),
-                            2 => qh,
-                            _ => _mm256_srli_epi16::<2>(qh),
-                        };
-                        let code = _mm256_or_si256(_mm256_and_si256(lo, m4), _mm256_and_si256(hi, m30));
+                        // Bits 2c, 2c + 1 of each qh byte to bits 4, 5.
+                        let hi = _mm256_or_si256(bit_to(qh, 2 * c, 4), bit_to(qh, 2 * c + 1, 5));
+                        let code = _mm256_or_si256(_mm256_and_si256(lo, m4), hi);
                         let p = _mm256_sub_epi32(usum(code, load256(xq.add(32 * t))), off[t]);
-                        let s = _mm256_permutevar8x32_ps(scv_h, sel[c]);
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), pair(scv_h, c), acc[r]);
                     }
                 }
             }
@@ -452,7 +679,10 @@ fn q45_k_tail<const FIVE: bool>(
                 let mut c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
                 if FIVE {
                     // Bit j of the unit's little-endian u32 is value j's fifth bit.
-                    c = _mm256_or_si256(c, fifth_bits(t.add(4 + 2 * u + 4 * k).cast::<u32>().read_unaligned().to_le()));
+                    c = _mm256_or_si256(
+                        c,
+                        bit_bytes(t.add(4 + 2 * u + 4 * k).cast::<u32>().read_unaligned().to_le(), 16),
+                    );
                 }
                 let p = usum(c, load256(a.q.as_ptr().add(v0 + 32 * k).cast()));
                 let s = _mm256_set1_ps((d * f32::from(sc)) * *a.d16.get_unchecked(s0 + 2 * k));
@@ -476,11 +706,7 @@ fn q6_k_tail(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, real: usize, ahead: usize
     let tb = 26 * u + 2;
     check(&w, &a, at + tb, v0 + 32 * u);
     let m4 = _mm256_set1_epi8(0x0F);
-    let m3 = _mm256_set1_epi8(3);
     let thirty_two = _mm256_set1_epi8(32);
-    // The 2-bit fields of value j sit at bits 2 (j / 8) of byte j % 8: the unit's 8 bytes in
-    // each 64-bit lane g, shifted right by 2g.
-    let shifts = _mm256_setr_epi64x(0, 2, 4, 6);
     for r in 0..R {
         // SAFETY: every access of this loop body is in bounds: the tail lies inside every row
         // and its units inside the activation (checked above).
@@ -491,8 +717,7 @@ fn q6_k_tail(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, real: usize, ahead: usize
             for k in 0..u {
                 let raw = load128(t.add(16 * k));
                 let lo = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
-                let qh = t.add(16 * u + 8 * k).cast::<u64>().read_unaligned().to_le();
-                let hi = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(qh as i64), shifts), m3);
+                let hi = two_bit_unit(t.add(16 * u + 8 * k).cast::<u64>().read_unaligned().to_le());
                 let code = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
                 let x = load256(a.q.as_ptr().add(v0 + 32 * k).cast());
                 let p = _mm256_sub_epi32(usum(code, x), usum(thirty_two, x));
@@ -533,6 +758,22 @@ pub(super) fn rows(
         QType::Q5_0 => legacy::<22, 6, 2, false, 16>(w, a, units, ahead, mw, nsub),
         QType::Q5_1 => legacy::<24, 8, 4, true, 0>(w, a, units, ahead, mw, nsub),
         QType::Q8_0 => q8_0(w, a, units, ahead),
+        QType::Q2K => {
+            let acc = q23_k::<false>(w, a, units, ahead, mw, nsub);
+            if tail > 0 {
+                q23_k_tail::<false>(w, a, units, tail, ahead, mw, nsub, acc)
+            } else {
+                acc
+            }
+        }
+        QType::Q3K => {
+            let acc = q23_k::<true>(w, a, units, ahead, mw, nsub);
+            if tail > 0 {
+                q23_k_tail::<true>(w, a, units, tail, ahead, mw, nsub, acc)
+            } else {
+                acc
+            }
+        }
         QType::Q4K => {
             let acc = q45_k::<false>(w, a, units, ahead, mw, nsub);
             if tail > 0 {
@@ -582,6 +823,25 @@ mod tests {
             assert_eq!((s.block_bytes, s.off_qs, s.off_qh.unwrap_or(0), s.has_min, s.zero), l, "{}", q.name());
         }
         assert_eq!(Spec::of(QType::Q8_0).unwrap().block_bytes, super::Q8_0_BYTES);
+    }
+
+    #[test]
+    fn q3k_scales_unpack_like_the_reference() {
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..200 {
+            let mut b = [0u8; 12];
+            for v in &mut b {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                *v = s as u8;
+            }
+            let words = super::scales_q3k(&b);
+            for j in 0..16 {
+                let got = (words[j / 4] >> (8 * (j % 4))) as u8 as i8;
+                assert_eq!(i32::from(got), crate::blocks::kquants::scale_q3k(j, &b), "scale {j} of {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -666,12 +666,12 @@ pub fn dot_q8_x4(isa: Isa, wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f3
 
 /// Whether a weight of `qtype` (with `spec` for group-affine types) on rows of `cols` values
 /// has a fused GEMV kernel at `isa` ([`dot_fused`]): the legacy types (q4_0, q4_1, q5_0, q5_1,
-/// q8_0), q4_k, q5_k, q6_k, the ragged q4_kr, q5_kr, q6_kr, and group-affine int4 on rows that are a
+/// q8_0), the k-quants and their ragged types, and group-affine int4 on rows that are a
 /// multiple of 32, at the AVX2 and AVX-512 levels (the AVX2 kernels).
 pub fn has_fused(isa: Isa, qtype: QType, spec: Option<AffineSpec>, cols: usize) -> bool {
     let kind = match qtype.ragged_base().unwrap_or(qtype) {
         QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => true,
-        QType::Q4K | QType::Q5K | QType::Q6K => true,
+        QType::Q2K | QType::Q3K | QType::Q4K | QType::Q5K | QType::Q6K => true,
         QType::Int4 => spec.is_some_and(|s| s.bits == 4) && cols.is_multiple_of(QA),
         _ => false,
     };
