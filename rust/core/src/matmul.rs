@@ -25,6 +25,13 @@
 //!   (the per-type work) costs once per weight row, not once per product: decoding is the
 //!   repacking, done on the fly. Float weights (f32/f16/bf16) are converted per tile to f32
 //!   and multiplied with FMA dots, without activation quantization.
+//! * **Few activation rows** (at most 4, `FUSED_MAX_N`) of the common types (legacy, k-quants
+//!   and their ragged types, group-affine int4) skip the decoded tile: four weight rows at a
+//!   time are decoded in registers and multiplied at once
+//!   ([`crate::simd::matmul::dot_fused`], AVX2, the next four rows prefetched), with the same
+//!   bits as decoding then multiplying, so the GEMV is no longer two passes over L1 per weight.
+//!   Edge groups of fewer than four rows repeat their last row in both paths, so every output
+//!   comes from the four-row kernel.
 //! * **Outliers** are added in the same pass, tile by tile, once the tile's dense outputs are
 //!   done: the tile's CSR entries are decoded once (u32 columns, f16 values to f32 by the ISA's
 //!   converter) into thread-local buffers, then each output gets `Σ_k x[c_k] · v_k` over its

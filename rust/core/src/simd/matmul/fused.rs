@@ -1,18 +1,27 @@
 //! Fused AVX2 GEMV kernels: weight bytes decoded in registers and multiplied with the quantized
-//! activation row at once, with no decoded row in memory (the path of [`super::dot_fused`] for
-//! few activation rows; the decode-then-dot path of [`super::decode_row`] and
-//! [`super::dot_q8_x4`] serves larger batches and the other types).
+//! activation row at once, with no decoded row in memory. They serve few activation rows
+//! ([`super::dot_fused`]) for the legacy types, the k-quants and their ragged types, and
+//! group-affine int4; the decode-then-dot path ([`super::decode_row`], [`super::dot_q8_x4`])
+//! serves larger batches and the other types, and is their specification:
 //!
-//! They do the decode-then-dot path's arithmetic in its order, so the results are the same bits
-//! and a token's outputs do not depend on the batch it is in: four weight rows share every
-//! activation load; per 32 values each row gives 8 exact i32 lane sums of 4 products; per 64
-//! values the scales are `(weight scale) · (activation step)` rounded as the decoder and
-//! [`super::dot_q8_x4`] round them, and the lane sums are added in order by FMA into one
-//! accumulator per row; the min terms (q4_k) are written as the decoder writes them, for the
-//! caller's f32 dot. Codes that are unsigned in the block (4- and 5-bit legacy, q4_k, q6_k) go
-//! into `vpmaddubsw` as they are and their offset (8 for q4_0, 16 for q5_0, 32 for q6_k) is
-//! taken off the integer lane sums with the activation's own (`zero · Σ x`), which is exact. A
-//! ragged row's tail (q4_kr, q5_kr, q6_kr) continues in the same accumulators, unit by unit.
+//! * **Same bits.** The kernels do that path's arithmetic in its order, so the results are the
+//!   same bits and a token's outputs do not depend on the batch it is in: four weight rows share
+//!   every activation load; per 32 values each row gives 8 exact i32 lane sums of 4 products;
+//!   the scales are `(weight scale) · (activation step)` rounded as the decoder and the dot
+//!   round them, and the lane sums are added in order by FMA into one accumulator per row. The
+//!   min terms (q4_1, q5_1, q2_k, q4_k, q5_k) are written as the decoder writes them, for the
+//!   caller's f32 dot. A ragged row's tail continues in the same accumulators, unit by unit
+//!   (in the decode path the tail's 32-value chunks follow the full super-blocks the same way;
+//!   sub-blocks past the row have scale 0 there and any scale here, times products that are 0
+//!   because the activation is zero-padded, which adds +0 or −0 to an accumulator that starts
+//!   at +0 and so is never −0: the same bits).
+//! * **Unsigned codes.** Codes that are unsigned in the block (all but q8_0's) go into
+//!   `vpmaddubsw` as they are, and their offset (8 for q4_0, 16 for q5_0, 4 for q3_k, 32 for
+//!   q6_k, the group's zero for int4) is taken off the integer lane sums with the activation's
+//!   own (`zero · Σ x`), which is exact.
+//! * **Prefetch.** The next four rows are prefetched while these are multiplied ([`prefetch`]).
+//! * **One function per kernel** (`#[inline(never)]`, called once per four rows): inlined into
+//!   one dispatcher they shared its register allocation, and q4_0 ran 15–20 % slower.
 //!
 //! Only reached through [`super::dot_fused`], which checks the CPU and every length.
 
@@ -21,7 +30,6 @@ use std::arch::x86_64::*;
 use super::ActRow;
 use crate::blocks::kquants::{layout, QK_K};
 use crate::qtype::AffineSpec;
-
 use crate::simd::avx2::hsum256;
 
 /// Bytes of a q8_0 block.
@@ -227,7 +235,7 @@ unsafe fn pair(v: __m256, u: usize) -> __m256 {
 /// q2_k (`THREE` false) or q3_k (`THREE` true) over `nsb` super-blocks: accumulators per row;
 /// q2_k's mins (`−dmin · m` per 16 values, as the decoder writes them) go to `mw[r · nsub..]`.
 /// Codes are unsigned in the block (q3_k's offset 4 is taken off the integer sums).
-#[inline]
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q23_k<const THREE: bool>(
     w: [&[u8]; R],
@@ -308,7 +316,7 @@ fn q23_k<const THREE: bool>(
 /// The tail of four ragged q2_kr (`THREE` false) or q3_kr rows (layout in
 /// [`crate::blocks::kquants::ragged`]): its `real` values after `nsb` super-blocks, continuing
 /// `acc` unit by unit; q2_kr's mins written as the tail decoder writes them (0 past `real`).
-#[inline]
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 fn q23_k_tail<const THREE: bool>(
@@ -371,7 +379,7 @@ fn q23_k_tail<const THREE: bool>(
 /// [`Spec`]: block bytes, offset of the codes, offset of the fifth bits (0: none), whether a min
 /// follows `d`, the zero code): accumulators per row; the mins of q4_1 and q5_1 (`m` per 16
 /// values, as the decoder writes them) go to `mw[r · nsub..]`.
-#[inline]
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: bool, const ZERO: i8>(
     w: [&[u8]; R],
@@ -420,7 +428,7 @@ fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: 
 }
 
 /// q8_0 over `nb` blocks of 32: accumulators per row.
-#[inline]
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q8_0(w: [&[u8]; R], a: ActRow<'_>, nb: usize, ahead: usize) -> [__m256; R] {
     check(&w, &a, nb * Q8_0_BYTES, nb * 32);
@@ -482,7 +490,7 @@ unsafe fn fifth(qh: __m256i, j: usize) -> __m256i {
 /// q4_k (`FIVE` false) or q5_k (`FIVE` true) over `nsb` super-blocks: accumulators per row;
 /// row `r`'s mins (`−dmin · m` per 16 values, as the decoder writes them) go to
 /// `mw[r · nsub..]`.
-#[inline]
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q45_k<const FIVE: bool>(
     w: [&[u8]; R],
@@ -539,7 +547,7 @@ fn q45_k<const FIVE: bool>(
 }
 
 /// q6_k over `nsb` super-blocks: accumulators per row.
-#[inline]
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize) -> [__m256; R] {
     use layout::q6k::{BYTES, D, QH, QL, SCALES};
@@ -586,7 +594,7 @@ fn q6_k(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize) -> [__m256; R] {
 /// Group-affine int4 (`spec`, rows of `cols` values, a multiple of 32, as every group but the
 /// last): accumulators per row. Codes are stored in stream order (low nibble first), then one
 /// f16 scale per group, then the 4-bit zeros (asymmetric; symmetric: 8); `w = d · (c − z)`.
-#[inline]
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn int4(spec: AffineSpec, w: [&[u8]; R], a: ActRow<'_>, cols: usize, ahead: usize) -> [__m256; R] {
     let (g, ngroups) = (spec.group_cols(cols), spec.groups(cols));
@@ -645,7 +653,7 @@ fn int4(spec: AffineSpec, w: [&[u8]; R], a: ActRow<'_>, cols: usize, ahead: usiz
 /// [`crate::blocks::kquants::ragged`]): its `real` values after `nsb` super-blocks, continuing
 /// `acc` unit by unit (as the decode path's dot continues after the full super-blocks), the mins
 /// written as the tail decoder writes them (0 for sub-blocks past `real`).
-#[inline]
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 fn q45_k_tail<const FIVE: bool>(
@@ -699,7 +707,7 @@ fn q45_k_tail<const FIVE: bool>(
 
 /// The tail of four ragged q6_kr rows (layout in [`crate::blocks::kquants::ragged`]): its
 /// `real` values after `nsb` super-blocks, continuing `acc` unit by unit.
-#[inline]
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_tail(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, real: usize, ahead: usize, mut acc: [__m256; R]) -> [__m256; R] {
     let (u, at, v0) = (real.div_ceil(32), nsb * layout::q6k::BYTES, nsb * QK_K);

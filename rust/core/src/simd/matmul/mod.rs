@@ -26,6 +26,9 @@
 //!    variant (AVX2) the driver uses to share activation loads. The min terms are an f32 dot
 //!    ([`dot_f32`], FMA) of `mw` with `s16`, as is the whole product for float weights.
 //!
+//! For few activation rows, [`dot_fused`] does steps 2 and 3 at once for the common types
+//! (AVX2 kernels in `fused.rs`), with the same bits as [`decode_row`] + [`dot_q8_x4`].
+//!
 //! Integer outputs (quantized activations, codes) are bit-identical across ISAs. Float
 //! outputs differ only by the order of f32 additions; [`dot_tolerance`] bounds the difference.
 
@@ -679,8 +682,8 @@ pub fn has_fused(isa: Isa, qtype: QType, spec: Option<AffineSpec>, cols: usize) 
 }
 
 /// The code dots of four stored weight rows of `qtype` (with `spec`; `cols` values each,
-/// consecutive rows of a matrix, a weight with [`has_fused`]) with one quantized activation row, decoded in
-/// registers: the same bits as [`decode_row`] of each row followed by [`dot_q8_x4`] at the same
+/// consecutive rows of a matrix, a weight with [`has_fused`]) with one quantized activation
+/// row, decoded in registers: the same bits as [`decode_row`] of each row followed by [`dot_q8_x4`] at the same
 /// ISA (see `fused.rs`), without the decoded rows in memory. For types with mins the rows' mins
 /// are written to `mw` (row `r` at `r · padded(cols) / 16`, as [`decode_row`] writes them), for
 /// the caller's `dot_f32` with the activation's `s16`. A ragged type's tail continues in the

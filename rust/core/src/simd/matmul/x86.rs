@@ -76,15 +76,12 @@ pub fn dot_q8_avx2(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
     unsafe { dot_q8_avx2_tf(wq, sw, xq, d16) }
 }
 
-/// The loop of [`dot_q8_x4_avx2`] from the accumulators `acc` (one per row): every 64 values,
-/// each row's two i32 lane vectors converted and added by FMA with its scales × steps; an odd
-/// last 32 values through [`tail32`].
-#[inline]
 #[target_feature(enable = "avx2,fma")]
-fn dot_q8_x4_acc(mut acc: [__m256; 4], wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f32]) -> [__m256; 4] {
+fn dot_q8_x4_avx2_tf(wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f32]) -> [f32; 4] {
     let n = xq.len();
     let lo = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     let hi = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    let mut acc = [_mm256_setzero_ps(); 4];
     let (mut i, mut k) = (0, 0);
     while i + 64 <= n {
         let (x0, x1) = (load256(&xq[i..]), load256(&xq[i + 32..]));
@@ -99,18 +96,14 @@ fn dot_q8_x4_acc(mut acc: [__m256; 4], wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8
         i += 64;
         k += 64 / QS;
     }
-    if i < n {
-        for r in 0..4 {
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        if i < n {
             acc[r] = tail32(wq[r], sw[r], xq, d16, i, k, acc[r]);
         }
+        out[r] = hsum256(acc[r]);
     }
-    acc
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn dot_q8_x4_avx2_tf(wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f32]) -> [f32; 4] {
-    let acc = dot_q8_x4_acc([_mm256_setzero_ps(); 4], wq, sw, xq, d16);
-    [hsum256(acc[0]), hsum256(acc[1]), hsum256(acc[2]), hsum256(acc[3])]
+    out
 }
 
 /// [`super::dot_q8_x4`] with AVX2: one activation row against four weight rows, each
