@@ -27,6 +27,7 @@
 
 use std::arch::x86_64::*;
 
+use super::x86::bit_bytes;
 use super::ActRow;
 use crate::blocks::kquants::{layout, QK_K};
 use crate::qtype::AffineSpec;
@@ -113,24 +114,6 @@ fn check(w: &[&[u8]; R], a: &ActRow<'_>, bytes: usize, values: usize) {
     assert!(a.q.len() >= values && a.d16.len() >= values / 16 && a.s16.len() >= values / 16);
     for wr in w {
         assert!(wr.len() >= bytes);
-    }
-}
-
-/// Byte `j` of the result is `val` if bit `j` of `m` is set, else 0 (the high bit of q5 and q3
-/// codes, stored one per bit).
-#[inline(always)]
-unsafe fn bit_bytes(m: u32, val: i8) -> __m256i {
-    // SAFETY: AVX2 is enabled by the caller.
-    unsafe {
-        // Byte j gets byte j / 8 of m, then its bit j % 8 is tested.
-        let v = _mm256_set1_epi32(m as i32);
-        let idx = _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
-            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
-        );
-        let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let x = _mm256_and_si256(_mm256_shuffle_epi8(v, idx), sel);
-        _mm256_and_si256(_mm256_cmpeq_epi8(x, sel), _mm256_set1_epi8(val))
     }
 }
 
@@ -766,47 +749,21 @@ pub(super) fn rows(
         QType::Q5_0 => legacy::<22, 6, 2, false, 16>(w, a, units, ahead, mw, nsub),
         QType::Q5_1 => legacy::<24, 8, 4, true, 0>(w, a, units, ahead, mw, nsub),
         QType::Q8_0 => q8_0(w, a, units, ahead),
-        QType::Q2K => {
-            let acc = q23_k::<false>(w, a, units, ahead, mw, nsub);
-            if tail > 0 {
-                q23_k_tail::<false>(w, a, units, tail, ahead, mw, nsub, acc)
-            } else {
-                acc
-            }
-        }
-        QType::Q3K => {
-            let acc = q23_k::<true>(w, a, units, ahead, mw, nsub);
-            if tail > 0 {
-                q23_k_tail::<true>(w, a, units, tail, ahead, mw, nsub, acc)
-            } else {
-                acc
-            }
-        }
-        QType::Q4K => {
-            let acc = q45_k::<false>(w, a, units, ahead, mw, nsub);
-            if tail > 0 {
-                q45_k_tail::<false>(w, a, units, tail, ahead, mw, nsub, acc)
-            } else {
-                acc
-            }
-        }
-        QType::Q5K => {
-            let acc = q45_k::<true>(w, a, units, ahead, mw, nsub);
-            if tail > 0 {
-                q45_k_tail::<true>(w, a, units, tail, ahead, mw, nsub, acc)
-            } else {
-                acc
-            }
-        }
-        QType::Q6K => {
-            let acc = q6_k(w, a, units, ahead);
-            if tail > 0 {
-                q6_k_tail(w, a, units, tail, ahead, acc)
-            } else {
-                acc
-            }
-        }
+        QType::Q2K => q23_k::<false>(w, a, units, ahead, mw, nsub),
+        QType::Q3K => q23_k::<true>(w, a, units, ahead, mw, nsub),
+        QType::Q4K => q45_k::<false>(w, a, units, ahead, mw, nsub),
+        QType::Q5K => q45_k::<true>(w, a, units, ahead, mw, nsub),
+        QType::Q6K => q6_k(w, a, units, ahead),
         other => unreachable!("no fused kernel for {}", other.name()),
+    };
+    let acc = match base {
+        _ if tail == 0 => acc,
+        QType::Q2K => q23_k_tail::<false>(w, a, units, tail, ahead, mw, nsub, acc),
+        QType::Q3K => q23_k_tail::<true>(w, a, units, tail, ahead, mw, nsub, acc),
+        QType::Q4K => q45_k_tail::<false>(w, a, units, tail, ahead, mw, nsub, acc),
+        QType::Q5K => q45_k_tail::<true>(w, a, units, tail, ahead, mw, nsub, acc),
+        QType::Q6K => q6_k_tail(w, a, units, tail, ahead, acc),
+        other => unreachable!("{} has no ragged tail", other.name()),
     };
     [hsum256(acc[0]), hsum256(acc[1]), hsum256(acc[2]), hsum256(acc[3])]
 }

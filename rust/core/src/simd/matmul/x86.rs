@@ -352,6 +352,24 @@ fn dot_i8_avx512_rows<const R: usize>(w: [&[u8]; R], q: &[i8]) -> [i32; R] {
     }
 }
 
+/// Byte `j` of the result is `val` if bit `j` of `m` is set, else 0 (high bits stored one per
+/// bit: q5 and q3 codes). The caller has AVX2.
+#[inline(always)]
+pub(super) unsafe fn bit_bytes(m: u32, val: i8) -> __m256i {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe {
+        // Byte j gets byte j / 8 of m, then its bit j % 8 is tested.
+        let v = _mm256_set1_epi32(m as i32);
+        let idx = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        );
+        let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let x = _mm256_and_si256(_mm256_shuffle_epi8(v, idx), sel);
+        _mm256_and_si256(_mm256_cmpeq_epi8(x, sel), _mm256_set1_epi8(val))
+    }
+}
+
 /// [`Bytes32`] on one AVX2 register (also used at the AVX-512 level, which includes AVX2).
 #[derive(Debug, Clone, Copy)]
 pub struct Avx2Bytes(());
@@ -389,17 +407,7 @@ impl Bytes32 for Avx2Bytes {
     }
     #[inline(always)]
     fn bits(self, m: u32) -> __m256i {
-        unsafe {
-            // Byte j gets byte j / 8 of m, then its bit j % 8 is tested.
-            let v = _mm256_set1_epi32(m as i32);
-            let idx = _mm256_setr_epi8(
-                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
-                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
-            );
-            let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-            let x = _mm256_and_si256(_mm256_shuffle_epi8(v, idx), sel);
-            _mm256_and_si256(_mm256_cmpeq_epi8(x, sel), _mm256_set1_epi8(1))
-        }
+        unsafe { bit_bytes(m, 1) }
     }
     #[inline(always)]
     fn shr_and(self, v: __m256i, n: u32, mask: u8) -> __m256i {
