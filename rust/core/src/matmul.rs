@@ -424,8 +424,10 @@ pub fn matmul_reference(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32]) -> 
 /// The f32 products one output of [`matmul`] adds per 16 values of a row, by type: one per
 /// value for float weights (FMA dot); one per i32 lane of 4 int8 products for quantized
 /// weights, plus one per 16 values for the types whose decoded rows carry mins (q4_1, q5_1,
-/// q2_k, q4_k, q5_k, asymmetric int8); a ragged k-type counts as its base type. ISAs differ only
-/// in the order of these additions, so their outputs agree within [`isa_tolerance`].
+/// asymmetric int8). ISAs differ only in the order of these additions, so their outputs agree
+/// within [`isa_tolerance`]. The k-quants (and their ragged types, which count as their base
+/// type) have 0: their sums are exact integers per super-block and the few f32 operations
+/// after them are done in one order everywhere, so every ISA gives the same bits.
 pub const ISA_TERMS_PER_16: [(QType, usize); 21] = [
     (QType::F32, 16),
     (QType::F16, 16),
@@ -435,11 +437,11 @@ pub const ISA_TERMS_PER_16: [(QType, usize); 21] = [
     (QType::Q4_1, 5),
     (QType::Q5_0, 4),
     (QType::Q5_1, 5),
-    (QType::Q2K, 5),
-    (QType::Q3K, 4),
-    (QType::Q4K, 5),
-    (QType::Q5K, 5),
-    (QType::Q6K, 4),
+    (QType::Q2K, 0),
+    (QType::Q3K, 0),
+    (QType::Q4K, 0),
+    (QType::Q5K, 0),
+    (QType::Q6K, 0),
     (QType::IQ4NL, 4),
     (QType::Int2, 4),
     (QType::Int3, 4),
@@ -456,8 +458,10 @@ pub const ISA_TERMS_PER_16: [(QType, usize); 21] = [
 /// [`kern::dot_tolerance`] of the number of f32 products in [`ISA_TERMS_PER_16`].
 pub fn isa_tolerance(qtype: QType, cols: usize) -> f64 {
     let qtype = qtype.ragged_base().unwrap_or(qtype);
-    let per16 = ISA_TERMS_PER_16.iter().find(|(q, _)| *q == qtype).map_or(16, |&(_, t)| t);
-    kern::dot_tolerance(cols.div_ceil(QS) * per16)
+    match ISA_TERMS_PER_16.iter().find(|(q, _)| *q == qtype).map_or(16, |&(_, t)| t) {
+        0 => 0.0,
+        per16 => kern::dot_tolerance(cols.div_ceil(QS) * per16),
+    }
 }
 
 /// Thread-local buffers of one tile of decoded weight rows (and of its decoded outliers).
@@ -467,6 +471,11 @@ struct Tile {
     sw: Vec<f32>,
     mw: Vec<f32>,
     wf: Vec<f32>,
+    kw: Vec<u8>,
+    ksv: Vec<i16>,
+    kzs: Vec<i16>,
+    kmn: Vec<i16>,
+    kdd: Vec<f32>,
     ocols: Vec<u32>,
     ovals: Vec<f32>,
 }
@@ -485,6 +494,7 @@ struct Acts {
     q: Vec<i8>,
     d16: Vec<f32>,
     s16: Vec<f32>,
+    b16: Vec<i16>,
     scale: Vec<f32>,
 }
 
@@ -666,7 +676,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Option<I
 
 fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut Acts) {
     let Layout { qtype, affine, rows, cols, .. } = w.layout;
-    let Acts { xg, xt, q, d16, s16, scale } = acts;
+    let Acts { xg, xt, q, d16, s16, b16, scale } = acts;
     let xs: &[f32] = if w.has_perm() {
         let xg = scratch(xg, n * cols);
         for (g, xi) in xg.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
@@ -684,18 +694,25 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     let nsub = cp / QS;
     // Float weights need no quantized activations.
     let nq = if float { 0 } else { n };
-    let (q, d16, s16, scale) =
-        (scratch(q, nq * cp), scratch(d16, nq * nsub), scratch(s16, nq * nsub), scratch(scale, nq));
+    let (q, d16, s16, b16, scale) = (
+        scratch(q, nq * cp),
+        scratch(d16, nq * nsub),
+        scratch(s16, nq * nsub),
+        scratch(b16, nq * nsub),
+        scratch(scale, nq),
+    );
+    let block = kern::act_block(qtype);
     if !float {
         let parts = q
             .par_chunks_mut(cp)
             .zip(d16.par_chunks_mut(nsub))
             .zip(s16.par_chunks_mut(nsub))
+            .zip(b16.par_chunks_mut(nsub))
             .zip(scale.par_iter_mut())
             .zip(xs.par_chunks(cols));
-        type Parts<'a> = ((((&'a mut [i8], &'a mut [f32]), &'a mut [f32]), &'a mut f32), &'a [f32]);
-        let quant = |((((q, d), s), sc), xi): Parts<'_>| {
-            *sc = kern::quantize_act(isa, xi, q, d, s);
+        type Parts<'a> = (((((&'a mut [i8], &'a mut [f32]), &'a mut [f32]), &'a mut [i16]), &'a mut f32), &'a [f32]);
+        let quant = |(((((q, d), s), b), sc), xi): Parts<'_>| {
+            *sc = kern::quantize_act(isa, xi, block, q, d, s, b);
         };
         if par && n > 1 {
             parts.for_each(quant);
@@ -703,7 +720,14 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
             parts.with_min_len(usize::MAX).for_each(quant);
         }
     }
-    let (q, d16, s16, scale) = (&*q, &*d16, &*s16, &*scale);
+    let (q, d16, s16, b16, scale) = (&*q, &*d16, &*s16, &*b16, &*scale);
+    let act = |i: usize| kern::ActRow {
+        q: &q[i * cp..(i + 1) * cp],
+        d16: &d16[i * nsub..(i + 1) * nsub],
+        s16: &s16[i * nsub..(i + 1) * nsub],
+        b16: &b16[i * nsub..(i + 1) * nsub],
+        scale: scale[i],
+    };
     // The outliers (when there are any) are added to each tile's outputs once the dense part is
     // done: from the activations gathered per (row, activation row), or for larger batches as
     // axpys over the transposed activations (the same sums, bit for bit).
@@ -717,17 +741,29 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
         _ => None,
     };
     let mins = kern::has_mins(qtype, affine);
-    // Few activation rows: the fused kernels (no decoded tile), where the type has one.
+    // The k-quants: their own kernels at every batch size (no decoded tile); few activation
+    // rows of other common types: the fused kernels.
+    let kq = kern::is_kquant(qtype);
     let fused = n <= FUSED_MAX_N && kern::has_fused(isa, qtype, affine, cols);
-    let row_bytes = if float { 4 * cols } else { cp + cp / 2 };
-    let tile = (TILE_BYTES / row_bytes).clamp(1, MAX_TILE_ROWS);
+    let row_bytes = if float {
+        4 * cols
+    } else if kq {
+        cp + cp / 4
+    } else {
+        cp + cp / 2
+    };
+    // Whole quads of rows where a tile holds more than one (the kernels take four rows).
+    let tile = match (TILE_BYTES / row_bytes).clamp(1, MAX_TILE_ROWS) {
+        t if t >= 4 => t / 4 * 4,
+        t => t,
+    };
     // Output of tile `t`: `yt` rows × n (the transpose of y's block, = y's block when n = 1).
     let tile_fn = |(t, out): (usize, &mut [f32])| {
         let r0 = t * tile;
         let nr = out.len() / n;
         TILE.with(|cell| {
             let mut guard = cell.borrow_mut();
-            let Tile { codes, sw, mw, wf, ocols, ovals } = &mut *guard;
+            let Tile { codes, sw, mw, wf, kw, ksv, kzs, kmn, kdd, ocols, ovals } = &mut *guard;
             if float {
                 let wf = scratch(wf, nr * cols);
                 for (r, wr) in wf.chunks_exact_mut(cols).enumerate() {
@@ -749,18 +785,66 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                         }
                     }
                 }
+            } else if kq && n <= FUSED_MAX_N {
+                // Few activation rows: the k-quant kernels on the stored rows. Edge quads repeat
+                // their last row (every output from the same kernel, whatever the batch).
+                for r in (0..nr).step_by(4) {
+                    let rows = [0, 1, 2, 3].map(|j| w.row(r0 + (r + j).min(nr - 1)));
+                    for i in 0..n {
+                        let v = kern::dot_k(isa, qtype, cols, rows, act(i));
+                        for (j, &vj) in v.iter().enumerate().take(nr - r) {
+                            out[(r + j) * n + i] = vj * scale[i];
+                        }
+                    }
+                }
+            } else if kq {
+                // Larger batches: each row decoded once to unsigned codes and integer scales
+                // and mins, then every activation row multiplied with it (the same bits).
+                let nb = kern::k_blocks(cols);
+                let (ku, ksv) = (scratch(kw, nr * cp), scratch(ksv, nr * 16 * nb));
+                let (kzs, kmn, kdd) =
+                    (scratch(kzs, nr * 16 * nb), scratch(kmn, nr * 16 * nb), scratch(kdd, nr * 2 * nb));
+                let (ub, sb, gb, db) = (cp, 16 * nb, 16 * nb, 2 * nb);
+                for r in 0..nr {
+                    kern::decode_k_row(
+                        qtype,
+                        cols,
+                        w.row(r0 + r),
+                        &mut ku[r * ub..(r + 1) * ub],
+                        &mut ksv[r * sb..(r + 1) * sb],
+                        &mut kzs[r * gb..(r + 1) * gb],
+                        &mut kmn[r * gb..(r + 1) * gb],
+                        &mut kdd[r * db..(r + 1) * db],
+                    );
+                }
+                let krow = |r: usize| kern::KRow {
+                    u: &ku[r * ub..(r + 1) * ub],
+                    sv: &ksv[r * sb..(r + 1) * sb],
+                    zs: &kzs[r * gb..(r + 1) * gb],
+                    mn: &kmn[r * gb..(r + 1) * gb],
+                    dd: &kdd[r * db..(r + 1) * db],
+                };
+                let base = qtype.ragged_base().unwrap_or(qtype);
+                // Two activation rows per call (an odd last one is repeated: the same bits).
+                for i in (0..n).step_by(2) {
+                    let acts = [act(i), act((i + 1).min(n - 1))];
+                    for r in (0..nr).step_by(4) {
+                        let rows = [0, 1, 2, 3].map(|j| krow((r + j).min(nr - 1)));
+                        let v = kern::dot_k_decoded(isa, base, rows, acts);
+                        for (k, vk) in v.iter().enumerate().take(n - i) {
+                            for (j, &vj) in vk.iter().enumerate().take(nr - r) {
+                                out[(r + j) * n + i + k] = vj * scale[i + k];
+                            }
+                        }
+                    }
+                }
             } else if fused {
                 let mw = scratch(mw, 4 * nsub);
                 for r in (0..nr).step_by(4) {
                     // Edge quads repeat their last row (every output from the same kernel).
                     let rows = [0, 1, 2, 3].map(|j| w.row(r0 + (r + j).min(nr - 1)));
                     for i in 0..n {
-                        let act = kern::ActRow {
-                            q: &q[i * cp..(i + 1) * cp],
-                            d16: &d16[i * nsub..(i + 1) * nsub],
-                            s16: &s16[i * nsub..(i + 1) * nsub],
-                            scale: scale[i],
-                        };
+                        let act = act(i);
                         let v = kern::dot_fused(isa, qtype, affine, cols, rows, act, mw);
                         for (j, &vj) in v.iter().enumerate().take(nr - r) {
                             let vj =

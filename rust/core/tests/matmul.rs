@@ -84,59 +84,66 @@ fn acts(kind: &str, n: usize, cols: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-type ActFn<'a> = dyn Fn(&mut [i8], &mut [f32], &mut [f32]) -> f32 + 'a;
+type ActFn<'a> = dyn Fn(&mut [i8], &mut [f32], &mut [f32], &mut [i16]) -> f32 + 'a;
 
 #[test]
 fn activation_quantization_is_identical_everywhere_and_within_half_a_step() {
     let mut cols_list: Vec<usize> = (1..=70).collect();
-    cols_list.extend([96, 255, 4096]);
-    for &cols in &cols_list {
-        for (case, x) in common::cases(cols, 3.0e38, cols as u64) {
-            let cp = padded(cols);
-            let run = |f: &ActFn<'_>| {
-                let (mut q, mut d, mut s) = (vec![0i8; cp], vec![0f32; cp / QS], vec![0f32; cp / QS]);
-                let sc = f(&mut q, &mut d, &mut s);
-                (q, d, s, sc)
-            };
-            let want = run(&|q, d, s| k::quantize_act_ref(&x, q, d, s));
-            let mut got = vec![];
-            for isa in available() {
-                got.push((isa.name(), run(&|q, d, s| k::quantize_act(isa, &x, q, d, s))));
-            }
-            got.push(("emu4", run(&|q, d, s| k::quantize_act_simd(Emu::<4>, &x, q, d, s))));
-            got.push(("emu8", run(&|q, d, s| k::quantize_act_simd(Emu::<8>, &x, q, d, s))));
-            got.push(("emu16", run(&|q, d, s| k::quantize_act_simd(Emu::<16>, &x, q, d, s))));
-            for (name, g) in &got {
-                let tag = format!("{name} cols={cols} {case}");
-                let qb: Vec<u8> = g.0.iter().map(|&v| v as u8).collect();
-                let wb: Vec<u8> = want.0.iter().map(|&v| v as u8).collect();
-                common::assert_bytes_eq(&tag, QA, &wb, &qb);
-                assert_f32_bits_eq(&format!("{tag} d16"), &want.1, &g.1);
-                assert_f32_bits_eq(&format!("{tag} s16"), &want.2, &g.2);
-                assert_eq!(want.3.to_bits(), g.3.to_bits(), "{tag} scale");
-            }
-            // The error bound, from the step of each block (amax / 127): half a step (plus a
-            // margin for the f32 rounding of the step and of x / step), or for a block flushed
-            // as negligible (amax < 2^-119 of the row's largest value) its whole amax.
-            let (q, d16, s16, scale) = &want;
-            let amax_row = x.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
-            let floor = if amax_row > 0.0 { 2f64.powi(amax_row.log2().floor() as i32 - 118) } else { 0.0 };
-            assert!(q.iter().all(|&v| v != -128), "cols={cols} {case}: code -128");
-            for (b, xb) in x.chunks(QA).enumerate() {
-                let amax = xb.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
-                let tol = amax / 127.0 * (0.5 + 2f64.powi(-10)) + floor;
-                for (j, &v) in xb.iter().enumerate() {
-                    let idx = b * QA + j;
-                    let deq = f64::from(*scale) * f64::from(d16[idx / QS]) * f64::from(q[idx]);
-                    assert!(
-                        (deq - f64::from(v)).abs() <= tol,
-                        "cols={cols} {case} [{idx}]: {v:e} -> {deq:e}, tol {tol:e}"
-                    );
+    cols_list.extend([96, 255, 300, 4096]);
+    for block in [QA, 256] {
+        for &cols in &cols_list {
+            for (case, x) in common::cases(cols, 3.0e38, cols as u64) {
+                let cp = padded(cols);
+                let run = |f: &ActFn<'_>| {
+                    let (mut q, mut d, mut s) = (vec![0i8; cp], vec![0f32; cp / QS], vec![0f32; cp / QS]);
+                    let mut b = vec![0i16; cp / QS];
+                    let sc = f(&mut q, &mut d, &mut s, &mut b);
+                    (q, d, s, b, sc)
+                };
+                let want = run(&|q, d, s, b| k::quantize_act_ref(&x, block, q, d, s, b));
+                let mut got = vec![];
+                for isa in available() {
+                    got.push((isa.name(), run(&|q, d, s, b| k::quantize_act(isa, &x, block, q, d, s, b))));
                 }
-            }
-            for (kk, (qs, &s)) in q.chunks_exact(QS).zip(s16).enumerate() {
-                let sum: i32 = qs.iter().map(|&v| i32::from(v)).sum();
-                assert_eq!(s, d16[kk] * sum as f32, "cols={cols} {case}: s16[{kk}]");
+                got.push(("emu4", run(&|q, d, s, b| k::quantize_act_simd(Emu::<4>, &x, block, q, d, s, b))));
+                got.push(("emu8", run(&|q, d, s, b| k::quantize_act_simd(Emu::<8>, &x, block, q, d, s, b))));
+                got.push(("emu16", run(&|q, d, s, b| k::quantize_act_simd(Emu::<16>, &x, block, q, d, s, b))));
+                for (name, g) in &got {
+                    let tag = format!("{name} block={block} cols={cols} {case}");
+                    let qb: Vec<u8> = g.0.iter().map(|&v| v as u8).collect();
+                    let wb: Vec<u8> = want.0.iter().map(|&v| v as u8).collect();
+                    common::assert_bytes_eq(&tag, QA, &wb, &qb);
+                    assert_f32_bits_eq(&format!("{tag} d16"), &want.1, &g.1);
+                    assert_f32_bits_eq(&format!("{tag} s16"), &want.2, &g.2);
+                    assert_eq!(want.3, g.3, "{tag} b16");
+                    assert_eq!(want.4.to_bits(), g.4.to_bits(), "{tag} scale");
+                }
+                // The error bound, from the step of each block (amax / 127): half a step (plus a
+                // margin for the f32 rounding of the step and of x / step), or for a block flushed
+                // as negligible (amax < 2^-119 of the row's largest value) its whole amax.
+                let (q, d16, s16, b16, scale) = &want;
+                let amax_row = x.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+                let floor = if amax_row > 0.0 { 2f64.powi(amax_row.log2().floor() as i32 - 118) } else { 0.0 };
+                assert!(q.iter().all(|&v| v != -128), "cols={cols} {case}: code -128");
+                for (b, xb) in x.chunks(block).enumerate() {
+                    let amax = xb.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+                    let tol = amax / 127.0 * (0.5 + 2f64.powi(-10)) + floor;
+                    for (j, &v) in xb.iter().enumerate() {
+                        let idx = b * block + j;
+                        // One step per block.
+                        assert_eq!(d16[idx / QS].to_bits(), d16[b * block / QS].to_bits(), "block={block} [{idx}]");
+                        let deq = f64::from(*scale) * f64::from(d16[idx / QS]) * f64::from(q[idx]);
+                        assert!(
+                            (deq - f64::from(v)).abs() <= tol,
+                            "block={block} cols={cols} {case} [{idx}]: {v:e} -> {deq:e}, tol {tol:e}"
+                        );
+                    }
+                }
+                for (kk, ((qs, &s), &bs)) in q.chunks_exact(QS).zip(s16).zip(b16).enumerate() {
+                    let sum: i32 = qs.iter().map(|&v| i32::from(v)).sum();
+                    assert_eq!(i32::from(bs), sum, "cols={cols} {case}: b16[{kk}]");
+                    assert_eq!(s, d16[kk] * sum as f32, "cols={cols} {case}: s16[{kk}]");
+                }
             }
         }
     }
@@ -273,27 +280,110 @@ fn four_row_int8_dot_agrees_with_the_reference() {
 }
 
 /// The types with fused GEMV kernels (`has_fused` at AVX2 / AVX-512).
-const FUSED_TYPES: &[&str] = &[
-    "q4_0",
-    "q4_1",
-    "q5_0",
-    "q5_1",
-    "q8_0",
-    "q2_k",
-    "q3_k",
-    "q4_k",
-    "q5_k",
-    "q6_k",
-    "q2_kr",
-    "q3_kr",
-    "q4_kr",
-    "q5_kr",
-    "q6_kr",
-    "int4-g128",
-    "int4-g32-sym",
-    "int4-g64",
-    "int4-row",
-];
+const FUSED_TYPES: &[&str] =
+    &["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "int4-g128", "int4-g32-sym", "int4-g64", "int4-row"];
+
+/// The k-quants and their ragged types (`dot_k`).
+const K_TYPES: &[&str] = &["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q2_kr", "q3_kr", "q4_kr", "q5_kr", "q6_kr"];
+
+#[test]
+fn k_quant_dots_are_the_reference_bits_at_every_isa() {
+    // dot_k's contract: the bits of dot_k_ref at every ISA (integer sums per super-block, then
+    // the same f32 operations), and dot_k_ref within f32 rounding of the f64 dot of the
+    // dequantized weights with the dequantized activations.
+    let mut ran = 0;
+    for (ti, &name) in K_TYPES.iter().enumerate() {
+        let cols_list: &[usize] = if name.ends_with("_kr") {
+            // Tails of 1 to 7 units, one not a multiple of 32, none, and no full super-block.
+            &[40, 288, 576, 600, 1000, 4096 + 224, 512, 224]
+        } else {
+            &[256, 768, 4096]
+        };
+        for &cols in cols_list {
+            let (l, data) = weight(name, 4, cols, (ti * 1000 + cols) as u64);
+            assert!(k::is_kquant(l.qtype) && k::act_block(l.qtype) == 256);
+            let deq = dequantize(&l, &data, Some(Isa::Scalar)).unwrap();
+            let rows: [&[u8]; 4] = std::array::from_fn(|r| &data[r * l.row_bytes..(r + 1) * l.row_bytes]);
+            let (cp, nsub) = (padded(cols), padded(cols) / QS);
+            for kind in ["normal", "zeros", "huge", "tiny", "mixed"] {
+                let x = acts(kind, 1, cols, cols as u64 + 5);
+                let (mut q, mut d16, mut s16) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub]);
+                let mut b16 = vec![0i16; nsub];
+                let scale = k::quantize_act(Isa::Scalar, &x, 256, &mut q, &mut d16, &mut s16, &mut b16);
+                let act = k::ActRow { q: &q, d16: &d16, s16: &s16, b16: &b16, scale };
+                let want: Vec<f32> = rows.iter().map(|src| k::dot_k_ref(l.qtype, cols, src, act)).collect();
+                // The GEMM's form: rows decoded once, then the decoded kernel.
+                let nb = k::k_blocks(cols);
+                let dec: Vec<_> = rows
+                    .iter()
+                    .map(|src| {
+                        let (mut u, mut sv) = (vec![0u8; cp], vec![0i16; 16 * nb]);
+                        let (mut zs, mut mn, mut dd) = (vec![0i16; 16 * nb], vec![0i16; 16 * nb], vec![0f32; 2 * nb]);
+                        k::decode_k_row(l.qtype, cols, src, &mut u, &mut sv, &mut zs, &mut mn, &mut dd);
+                        (u, sv, zs, mn, dd)
+                    })
+                    .collect();
+                let krows: [k::KRow<'_>; 4] = std::array::from_fn(|r| k::KRow {
+                    u: &dec[r].0,
+                    sv: &dec[r].1,
+                    zs: &dec[r].2,
+                    mn: &dec[r].3,
+                    dd: &dec[r].4,
+                });
+                let base = l.qtype.ragged_base().unwrap_or(l.qtype);
+                for isa in available() {
+                    let tag = format!("{name} cols={cols} {kind} {isa}");
+                    assert_f32_bits_eq(&tag, &want, &k::dot_k(isa, l.qtype, cols, rows, act));
+                    // Two activation rows: this one and a scaled copy (its own dots).
+                    let x2: Vec<f32> = x.iter().map(|v| -0.5 * v).collect();
+                    let (mut q2, mut d2, mut s2) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub]);
+                    let mut b2 = vec![0i16; nsub];
+                    let sc2 = k::quantize_act(Isa::Scalar, &x2, 256, &mut q2, &mut d2, &mut s2, &mut b2);
+                    let act2 = k::ActRow { q: &q2, d16: &d2, s16: &s2, b16: &b2, scale: sc2 };
+                    let want2: Vec<f32> = rows.iter().map(|src| k::dot_k_ref(l.qtype, cols, src, act2)).collect();
+                    let [g1, g2] = k::dot_k_decoded(isa, base, krows, [act, act2]);
+                    assert_f32_bits_eq(&format!("{tag} decoded"), &want, &g1);
+                    assert_f32_bits_eq(&format!("{tag} decoded, second activation"), &want2, &g2);
+                    ran += 1;
+                }
+                for (r, &v) in want.iter().enumerate() {
+                    let wr = &deq[r * cols..(r + 1) * cols];
+                    let m = 2.0 * wr.iter().fold(0f64, |a, v| a.max(f64::from(v.abs())));
+                    let a = |j: usize| f64::from(d16[j / QS]) * f64::from(q[j]);
+                    let exact: f64 = (0..cols).map(|j| f64::from(wr[j]) * a(j)).sum();
+                    let mag: f64 = (0..cols).map(|j| (f64::from(wr[j].abs()) + m) * a(j).abs()).sum();
+                    let tol = (cols as f64 / 128.0 + 8.0) * f64::from(f32::EPSILON) * mag + 2f64.powi(-140);
+                    assert!(
+                        (f64::from(v) - exact).abs() <= tol,
+                        "{name} cols={cols} {kind} row {r}: {v:e} vs {exact:e} (tol {tol:e})"
+                    );
+                }
+            }
+        }
+    }
+    assert!(ran > 0);
+}
+
+#[test]
+fn k_quant_outputs_do_not_depend_on_the_batch() {
+    // Few activation rows run the k-kernels on the stored rows, more run the decoded tile:
+    // every token's outputs must be the same bits either way.
+    for (ti, &name) in K_TYPES.iter().enumerate() {
+        let (rows, cols) = (9, if name.ends_with("_kr") { 600 } else { 512 });
+        let (l, data) = weight(name, rows, cols, 77 + ti as u64);
+        let w = QMatrix::new(l, &data, None, None).unwrap();
+        let x = acts("mixed", 7, cols, 5 + ti as u64);
+        for isa in available() {
+            let mut batch = vec![0f32; 7 * rows];
+            matmul(&w, &x, 7, &mut batch, Some(isa)).unwrap();
+            for i in 0..7 {
+                let mut one = vec![0f32; rows];
+                matmul(&w, &x[i * cols..(i + 1) * cols], 1, &mut one, Some(isa)).unwrap();
+                assert_f32_bits_eq(&format!("{name} {isa} token {i}"), &one, &batch[i * rows..(i + 1) * rows]);
+            }
+        }
+    }
+}
 
 #[test]
 fn fused_kernels_give_the_bits_of_decode_then_dot() {
@@ -305,9 +395,7 @@ fn fused_kernels_give_the_bits_of_decode_then_dot() {
             "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" => &[32, 96, 160, 4096],
             // Whole groups, a shorter last group; 40 has no fused kernel (not a multiple of 32).
             n if n.starts_with("int4") => &[32, 128, 160, 4096, 4160, 40],
-            "q2_k" | "q3_k" | "q4_k" | "q5_k" | "q6_k" => &[256, 768, 4096],
-            // Tails of 1 to 7 units, one not a multiple of 32, and none.
-            _ => &[40, 288, 576, 600, 1000, 4096 + 224, 512],
+            _ => unreachable!(),
         };
         for &cols in cols_list {
             let (l, data) = weight(name, 4, cols, (ti * 1000 + cols) as u64);
@@ -317,8 +405,9 @@ fn fused_kernels_give_the_bits_of_decode_then_dot() {
                 let x = acts(kind, 1, cols, cols as u64 + 5);
                 for isa in available().into_iter().filter(|&i| k::has_fused(i, l.qtype, l.affine, cols)) {
                     let (mut q, mut d16, mut s16) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub]);
-                    let scale = k::quantize_act(isa, &x, &mut q, &mut d16, &mut s16);
-                    let act = k::ActRow { q: &q, d16: &d16, s16: &s16, scale };
+                    let mut b16 = vec![0i16; nsub];
+                    let scale = k::quantize_act(isa, &x, QA, &mut q, &mut d16, &mut s16, &mut b16);
+                    let act = k::ActRow { q: &q, d16: &d16, s16: &s16, b16: &b16, scale };
                     let mut mw = vec![f32::NAN; 4 * nsub];
                     let got = k::dot_fused(isa, l.qtype, l.affine, cols, rows, act, &mut mw);
                     let dec: Vec<_> = rows
@@ -494,8 +583,9 @@ fn bounds(w: &QMatrix<'_>, x: &[f32], n: usize, y_ref: &[f32]) -> (Vec<f64>, Vec
                 if !quantized {
                     return 0.0;
                 }
-                let b = j / QA;
-                let blk = &xg[b * QA..((b + 1) * QA).min(cols)];
+                let bs = k::act_block(l.qtype);
+                let b = j / bs;
+                let blk = &xg[b * bs..((b + 1) * bs).min(cols)];
                 let amax = blk.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
                 amax / 127.0 * (0.5 + 2f64.powi(-10)) + floor
             })
@@ -545,6 +635,10 @@ fn check(name: &str, w: &QMatrix<'_>, x: &[f32], n: usize, tag: &str) {
             let tol =
                 isa_tolerance(w.layout().qtype, w.layout().cols) * mag[idx] + y_abs * 2f64.powi(-23) + 2f64.powi(-148);
             let diff = (f64::from(y[idx]) - f64::from(y_scalar[idx])).abs();
+            if isa_tolerance(w.layout().qtype, w.layout().cols) == 0.0 {
+                // The k-quants: the same bits at every ISA.
+                assert_eq!(y[idx].to_bits(), y_scalar[idx].to_bits(), "{name} {tag} {isa} vs scalar [{idx}]");
+            }
             assert!(
                 diff <= tol,
                 "{name} {tag} {isa} vs scalar [{idx}]: {:e} vs {:e} (tol {tol:e})",

@@ -1,36 +1,39 @@
-//! Fused AVX2 GEMV kernels: weight bytes decoded in registers and multiplied with the quantized
-//! activation row at once, with no decoded row in memory. They serve few activation rows
-//! ([`super::dot_fused`]) for the legacy types, the k-quants and their ragged types, and
-//! group-affine int4; the decode-then-dot path ([`super::decode_row`], [`super::dot_q8_x4`])
-//! serves larger batches and the other types, and is their specification:
+//! Fused AVX2 kernels: weight bytes decoded in registers and multiplied with the quantized
+//! activation row at once, with no decoded row in memory, four weight rows per call sharing
+//! every activation load. Two families:
 //!
-//! * **Same bits.** The kernels do that path's arithmetic in its order, so the results are the
-//!   same bits and a token's outputs do not depend on the batch it is in: four weight rows share
-//!   every activation load; per 32 values each row gives 8 exact i32 lane sums of 4 products;
-//!   the scales are `(weight scale) · (activation step)` rounded as the decoder and the dot
-//!   round them, and the lane sums are added in order by FMA into one accumulator per row. The
-//!   min terms (q4_1, q5_1, q2_k, q4_k, q5_k) are written as the decoder writes them, for the
-//!   caller's f32 dot. A ragged row's tail continues in the same accumulators, unit by unit
-//!   (in the decode path the tail's 32-value chunks follow the full super-blocks the same way;
-//!   sub-blocks past the row have scale 0 there and any scale here, times products that are 0
-//!   because the activation is zero-padded, which adds +0 or −0 to an accumulator that starts
-//!   at +0 and so is never −0: the same bits).
+//! * **Legacy types and int4** ([`rows`], through [`super::dot_fused`]), for few activation
+//!   rows; the decode-then-dot path ([`super::decode_row`], [`super::dot_q8_x4`]) serves larger
+//!   batches and is their specification. **Same bits**: the kernels do that path's arithmetic
+//!   in its order (per 32 values each row gives 8 exact i32 lane sums of 4 products; the scale
+//!   is `(weight scale) · (activation step)` rounded as the decoder and the dot round it; the
+//!   lane sums are added in order by FMA into one accumulator per row; the mins of q4_1 and
+//!   q5_1 are written as the decoder writes them, for the caller's f32 dot), so a token's
+//!   outputs do not depend on the batch it is in.
+//! * **k-quants and their ragged types** ([`k_rows`], through [`super::dot_k`]), at every batch
+//!   size, with activations quantized in blocks of 256 (one step per super-block, ggml's
+//!   `q8_K` idea): each sub-block's products are summed in i32 and multiplied by its integer
+//!   scale in i32 (`vpmaddubsw`, then `vpmaddwd` by the scales), the mins and the codes'
+//!   offsets come from the activation's exact per-16 sums (`b16`), and only the super-block's
+//!   total goes to f32, in [`super::dot_k_ref`]'s order: the same bits as the scalar
+//!   reference, at every ISA and batch size. A ragged tail is one more (shorter) block.
 //! * **Unsigned codes.** Codes that are unsigned in the block (all but q8_0's) go into
 //!   `vpmaddubsw` as they are, and their offset (8 for q4_0, 16 for q5_0, 4 for q3_k, 32 for
-//!   q6_k, the group's zero for int4) is taken off the integer lane sums with the activation's
-//!   own (`zero · Σ x`), which is exact.
+//!   q6_k, the group's zero for int4) is taken off the integer sums with the activation's own
+//!   (`zero · Σ x`), which is exact.
 //! * **Prefetch.** The next four rows are prefetched while these are multiplied ([`prefetch`]).
 //! * **One function per kernel** (`#[inline(never)]`, called once per four rows): inlined into
 //!   one dispatcher they shared its register allocation, and q4_0 ran 15–20 % slower.
 //!
-//! Only reached through [`super::dot_fused`], which checks the CPU and every length.
+//! Only reached through [`super::dot_fused`] and [`super::dot_k`], which check the CPU and
+//! every length.
 
 use std::arch::x86_64::*;
 
 use super::x86::bit_bytes;
 use super::ActRow;
-use crate::blocks::kquants::{layout, QK_K};
-use crate::qtype::AffineSpec;
+use crate::blocks::kquants::{layout, ragged, QK_K};
+use crate::qtype::{AffineSpec, QType};
 use crate::simd::avx2::hsum256;
 
 /// Bytes of a q8_0 block.
@@ -80,33 +83,6 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 unsafe fn usum(u: __m256i, s: __m256i) -> __m256i {
     // SAFETY: AVX2 is enabled by the caller.
     unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
-}
-
-/// The activation steps of the 8 blocks of 32 values of a super-block (even lanes of its 16
-/// `d16`).
-#[inline(always)]
-unsafe fn steps8(d16: *const f32) -> __m256 {
-    // SAFETY: the caller guarantees 16 readable f32 at `d16`; AVX2 is enabled.
-    unsafe {
-        let even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-        let lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(d16), even);
-        let hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(d16.add(8)), even);
-        _mm256_permute2f128_ps::<0x20>(lo, hi)
-    }
-}
-
-/// Lane `j` of `v` in every lane.
-#[inline(always)]
-unsafe fn lane(v: __m256, j: i32) -> __m256 {
-    // SAFETY: AVX2 is enabled by the caller.
-    unsafe { _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j)) }
-}
-
-/// Eight bytes (a little-endian u64) as 8 f32 lanes.
-#[inline(always)]
-unsafe fn u8x8_ps(v: u64) -> __m256 {
-    // SAFETY: AVX2 is enabled by the caller.
-    unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64))) }
 }
 
 /// Check that every row holds `bytes` and the activation `values` (with their steps).
@@ -185,177 +161,6 @@ fn scales_q3k(s: &[u8; 12]) -> [u32; 4] {
     ];
     // Bytes 0..64 minus 32, without borrows between bytes: (v | 0x80) − 32, then flip bit 7.
     words.map(|w| ((w | 0x8080_8080) - 0x2020_2020) ^ 0x8080_8080)
-}
-
-/// Per-16 scales × steps of a super-block from its 16 scales as f32 (`lo`: sub-blocks 0–7,
-/// `hi`: 8–15) times `d`: `(d · scale) · step`, as the decoder's scale times the dot's step.
-#[inline(always)]
-unsafe fn scales16(lo: __m256, hi: __m256, d: f32, d16: *const f32) -> [__m256; 2] {
-    // SAFETY: AVX is enabled by the caller, who guarantees 16 readable f32 at `d16`.
-    unsafe {
-        let d = _mm256_set1_ps(d);
-        [
-            _mm256_mul_ps(_mm256_mul_ps(lo, d), _mm256_loadu_ps(d16)),
-            _mm256_mul_ps(_mm256_mul_ps(hi, d), _mm256_loadu_ps(d16.add(8))),
-        ]
-    }
-}
-
-/// Lanes 0–3 take sub-block `2u`'s value of `v`, lanes 4–7 sub-block `2u + 1`'s (`u` < 4): the
-/// scale of each half of a 32-value chunk.
-#[inline(always)]
-unsafe fn pair(v: __m256, u: usize) -> __m256 {
-    // SAFETY: AVX2 is enabled by the caller.
-    unsafe {
-        let u = u as i32;
-        _mm256_permutevar8x32_ps(
-            v,
-            _mm256_setr_epi32(2 * u, 2 * u, 2 * u, 2 * u, 2 * u + 1, 2 * u + 1, 2 * u + 1, 2 * u + 1),
-        )
-    }
-}
-
-/// q2_k (`THREE` false) or q3_k (`THREE` true) over `nsb` super-blocks: accumulators per row;
-/// q2_k's mins (`−dmin · m` per 16 values, as the decoder writes them) go to `mw[r · nsub..]`.
-/// Codes are unsigned in the block (q3_k's offset 4 is taken off the integer sums).
-#[inline(never)]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q23_k<const THREE: bool>(
-    w: [&[u8]; R],
-    a: ActRow<'_>,
-    nsb: usize,
-    ahead: usize,
-    mw: &mut [f32],
-    nsub: usize,
-) -> [__m256; R] {
-    let (bytes, qs) = if THREE { (layout::q3k::BYTES, layout::q3k::QS) } else { (layout::q2k::BYTES, layout::q2k::QS) };
-    check(&w, &a, nsb * bytes, nsb * QK_K);
-    assert!(THREE || (nsub >= 16 * nsb && mw.len() >= (R - 1) * nsub + 16 * nsb));
-    let mut acc = [_mm256_setzero_ps(); R];
-    let four = _mm256_set1_epi8(4);
-    for sb in 0..nsb {
-        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
-        // row, the activation and each row's part of `mw` (checked above).
-        unsafe {
-            let d16 = a.d16.as_ptr().add(16 * sb);
-            let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
-            // q3_k: 4 · (lane sums of x) per 32 values, the codes' offset, shared by the rows.
-            let mut off = [_mm256_setzero_si256(); 8];
-            if THREE {
-                for (t, o) in off.iter_mut().enumerate() {
-                    *o = usum(four, load256(xq.add(32 * t)));
-                }
-            }
-            for r in 0..R {
-                let blk = w[r].as_ptr().add(bytes * sb);
-                prefetch(blk, ahead, bytes);
-                let scv = if THREE {
-                    let words = scales_q3k(&*blk.add(layout::q3k::SCALES).cast::<[u8; 12]>());
-                    let sc = _mm_setr_epi32(words[0] as i32, words[1] as i32, words[2] as i32, words[3] as i32);
-                    let (lo, hi) = (_mm256_cvtepi8_epi32(sc), _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc)));
-                    scales16(_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi), f16_at(blk.add(layout::q3k::D)), d16)
-                } else {
-                    use layout::q2k::{D, DMIN, SCALES};
-                    let sc = load128(blk.add(SCALES));
-                    let m4 = _mm_set1_epi8(0x0F);
-                    let (s, m) = (_mm_and_si128(sc, m4), _mm_and_si128(_mm_srli_epi16::<4>(sc), m4));
-                    let f = |v: __m128i| {
-                        [
-                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)),
-                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v))),
-                        ]
-                    };
-                    // −(dmin · m), negated by the sign bit as the decoder's `-`.
-                    let (dmin, neg) = (_mm256_set1_ps(f16_at(blk.add(DMIN))), _mm256_set1_ps(-0.0));
-                    let out = mw.as_mut_ptr().add(r * nsub + 16 * sb);
-                    for (h, mv) in f(m).into_iter().enumerate() {
-                        _mm256_storeu_ps(out.add(8 * h), _mm256_xor_ps(_mm256_mul_ps(mv, dmin), neg));
-                    }
-                    let [lo, hi] = f(s);
-                    scales16(lo, hi, f16_at(blk.add(D)), d16)
-                };
-                let hm = if THREE { load256(blk.add(layout::q3k::HMASK)) } else { _mm256_setzero_si256() };
-                for (h, &scv_h) in scv.iter().enumerate() {
-                    let q = load256(blk.add(qs + 32 * h));
-                    for s in 0..4 {
-                        let t = 4 * h + s;
-                        let mut c = two_bits(q, s);
-                        if THREE {
-                            c = _mm256_or_si256(c, bit_to(hm, t, 2));
-                        }
-                        let mut p = usum(c, load256(xq.add(32 * t)));
-                        if THREE {
-                            p = _mm256_sub_epi32(p, off[t]);
-                        }
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), pair(scv_h, s), acc[r]);
-                    }
-                }
-            }
-        }
-    }
-    acc
-}
-
-/// The tail of four ragged q2_kr (`THREE` false) or q3_kr rows (layout in
-/// [`crate::blocks::kquants::ragged`]): its `real` values after `nsb` super-blocks, continuing
-/// `acc` unit by unit; q2_kr's mins written as the tail decoder writes them (0 past `real`).
-#[inline(never)]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-fn q23_k_tail<const THREE: bool>(
-    w: [&[u8]; R],
-    a: ActRow<'_>,
-    nsb: usize,
-    real: usize,
-    ahead: usize,
-    mw: &mut [f32],
-    nsub: usize,
-    mut acc: [__m256; R],
-) -> [__m256; R] {
-    let u = real.div_ceil(32);
-    let (at, v0) = (nsb * if THREE { layout::q3k::BYTES } else { layout::q2k::BYTES }, nsb * QK_K);
-    // q2: scales[2u], qs[8u], d, dmin. q3: hmask[4u], qs[8u], scales[2u], d.
-    let (tb, qs, scales, d_at) =
-        if THREE { (14 * u + 2, 4 * u, 12 * u, 14 * u) } else { (10 * u + 4, 2 * u, 0, 10 * u) };
-    check(&w, &a, at + tb, v0 + 32 * u);
-    let (s0, live) = (v0 / 16, real.div_ceil(16));
-    assert!(THREE || (nsub >= s0 + 2 * u && mw.len() >= (R - 1) * nsub + s0 + 2 * u));
-    let four = _mm256_set1_epi8(4);
-    for r in 0..R {
-        // SAFETY: every access of this loop body is in bounds: the tail lies inside every row,
-        // its units inside the activation and each row's part of `mw` (checked above).
-        unsafe {
-            let t = w[r].as_ptr().add(at);
-            prefetch(t, ahead, tb);
-            let d = f16_at(t.add(d_at));
-            let dmin = if THREE { 0.0 } else { f16_at(t.add(d_at + 2)) };
-            for k in 0..u {
-                let mut c = two_bit_unit(t.add(qs + 8 * k).cast::<u64>().read_unaligned().to_le());
-                let x = load256(a.q.as_ptr().add(v0 + 32 * k).cast());
-                let p = if THREE {
-                    c = _mm256_or_si256(c, bit_bytes(t.add(4 * k).cast::<u32>().read_unaligned().to_le(), 4));
-                    _mm256_sub_epi32(usum(c, x), usum(four, x))
-                } else {
-                    usum(c, x)
-                };
-                let dx = *a.d16.get_unchecked(s0 + 2 * k);
-                let sc = |h: usize| {
-                    let b = *t.add(scales + 2 * k + h);
-                    let v = if THREE { (i32::from(b & 63) - 32) as f32 } else { f32::from(b & 0xF) };
-                    (d * v) * dx
-                };
-                let s = _mm256_set_m128(_mm_set1_ps(sc(1)), _mm_set1_ps(sc(0)));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
-                if !THREE {
-                    for h in 2 * k..2 * k + 2 {
-                        let mv = -(dmin * f32::from(*t.add(h) >> 4));
-                        *mw.get_unchecked_mut(r * nsub + s0 + h) = if h < live { mv } else { 0.0 };
-                    }
-                }
-            }
-        }
-    }
-    acc
 }
 
 /// The 4- and 5-bit legacy types over `nb` blocks of 32 (the layout as const parameters, from
@@ -470,110 +275,6 @@ unsafe fn fifth(qh: __m256i, j: usize) -> __m256i {
     }
 }
 
-/// q4_k (`FIVE` false) or q5_k (`FIVE` true) over `nsb` super-blocks: accumulators per row;
-/// row `r`'s mins (`−dmin · m` per 16 values, as the decoder writes them) go to
-/// `mw[r · nsub..]`.
-#[inline(never)]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q45_k<const FIVE: bool>(
-    w: [&[u8]; R],
-    a: ActRow<'_>,
-    nsb: usize,
-    ahead: usize,
-    mw: &mut [f32],
-    nsub: usize,
-) -> [__m256; R] {
-    use layout::q4k::{D, DMIN, SCALES};
-    let (bytes, qs) = if FIVE { (layout::q5k::BYTES, layout::q5k::QS) } else { (layout::q4k::BYTES, layout::q4k::QS) };
-    check(&w, &a, nsb * bytes, nsb * QK_K);
-    assert!(nsub >= 16 * nsb && mw.len() >= (R - 1) * nsub + 16 * nsb);
-    let m4 = _mm256_set1_epi8(0x0F);
-    let (dup_lo, dup_hi) = (_mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
-    let mut acc = [_mm256_setzero_ps(); R];
-    for sb in 0..nsb {
-        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
-        // row, the activation and each row's part of `mw` (checked above).
-        unsafe {
-            let dx = steps8(a.d16.as_ptr().add(16 * sb));
-            let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
-            for r in 0..R {
-                let blk = w[r].as_ptr().add(bytes * sb);
-                prefetch(blk, ahead, bytes);
-                let (sc, m) = scales_mins_k4(&*blk.add(SCALES).cast::<[u8; 12]>());
-                // (d · scale) · step, as the decoder's scale times the dot's step.
-                let scv = _mm256_mul_ps(_mm256_mul_ps(u8x8_ps(sc), _mm256_set1_ps(f16_at(blk.add(D)))), dx);
-                // −(dmin · m), negated by the sign bit as the decoder's `-` (−0 for m = 0).
-                let neg = _mm256_xor_ps(
-                    _mm256_mul_ps(u8x8_ps(m), _mm256_set1_ps(f16_at(blk.add(DMIN)))),
-                    _mm256_set1_ps(-0.0),
-                );
-                let out = mw.as_mut_ptr().add(r * nsub + 16 * sb);
-                _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(neg, dup_lo));
-                _mm256_storeu_ps(out.add(8), _mm256_permutevar8x32_ps(neg, dup_hi));
-                let qh = if FIVE { load256(blk.add(layout::q5k::QH)) } else { _mm256_setzero_si256() };
-                for p in 0..4 {
-                    let raw = load256(blk.add(qs + 32 * p));
-                    let mut lo = _mm256_and_si256(raw, m4);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4);
-                    if FIVE {
-                        lo = _mm256_or_si256(lo, fifth(qh, 2 * p));
-                        hi = _mm256_or_si256(hi, fifth(qh, 2 * p + 1));
-                    }
-                    let (p0, p1) = (usum(lo, load256(xq.add(64 * p))), usum(hi, load256(xq.add(64 * p + 32))));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), lane(scv, 2 * p as i32), acc[r]);
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), lane(scv, 2 * p as i32 + 1), acc[r]);
-                }
-            }
-        }
-    }
-    acc
-}
-
-/// q6_k over `nsb` super-blocks: accumulators per row.
-#[inline(never)]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize) -> [__m256; R] {
-    use layout::q6k::{BYTES, D, QH, QL, SCALES};
-    check(&w, &a, nsb * BYTES, nsb * QK_K);
-    let m4 = _mm256_set1_epi8(0x0F);
-    let thirty_two = _mm256_set1_epi8(32);
-    let mut acc = [_mm256_setzero_ps(); R];
-    for sb in 0..nsb {
-        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
-        // row and the activation (checked above).
-        unsafe {
-            let d16 = a.d16.as_ptr().add(16 * sb);
-            let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
-            // 32 · (lane sums of x) per 32 values: the codes' offset, shared by the rows.
-            let mut off = [_mm256_setzero_si256(); 8];
-            for (t, o) in off.iter_mut().enumerate() {
-                *o = usum(thirty_two, load256(xq.add(32 * t)));
-            }
-            for r in 0..R {
-                let blk = w[r].as_ptr().add(BYTES * sb);
-                prefetch(blk, ahead, BYTES);
-                let sc = load128(blk.add(SCALES));
-                let (lo, hi) = (_mm256_cvtepi8_epi32(sc), _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc)));
-                let scv = scales16(_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi), f16_at(blk.add(D)), d16);
-                for (h, &scv_h) in scv.iter().enumerate() {
-                    let qh = load256(blk.add(QH + 32 * h));
-                    let ql = [load256(blk.add(QL + 64 * h)), load256(blk.add(QL + 64 * h + 32))];
-                    for c in 0..4 {
-                        let t = 4 * h + c;
-                        let lo = if c < 2 { ql[c] } else { _mm256_srli_epi16::<4>(ql[c - 2]) };
-                        // Bits 2c, 2c + 1 of each qh byte to bits 4, 5.
-                        let hi = _mm256_or_si256(bit_to(qh, 2 * c, 4), bit_to(qh, 2 * c + 1, 5));
-                        let code = _mm256_or_si256(_mm256_and_si256(lo, m4), hi);
-                        let p = _mm256_sub_epi32(usum(code, load256(xq.add(32 * t))), off[t]);
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), pair(scv_h, c), acc[r]);
-                    }
-                }
-            }
-        }
-    }
-    acc
-}
-
 /// Group-affine int4 (`spec`, rows of `cols` values, a multiple of 32, as every group but the
 /// last): accumulators per row. Codes are stored in stream order (low nibble first), then one
 /// f16 scale per group, then the 4-bit zeros (asymmetric; symmetric: 8); `w = d · (c − z)`.
@@ -632,101 +333,10 @@ fn int4(spec: AffineSpec, w: [&[u8]; R], a: ActRow<'_>, cols: usize, ahead: usiz
     acc
 }
 
-/// The tail of four ragged q4_kr (`FIVE` false) or q5_kr rows (layout in
-/// [`crate::blocks::kquants::ragged`]): its `real` values after `nsb` super-blocks, continuing
-/// `acc` unit by unit (as the decode path's dot continues after the full super-blocks), the mins
-/// written as the tail decoder writes them (0 for sub-blocks past `real`).
-#[inline(never)]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-fn q45_k_tail<const FIVE: bool>(
-    w: [&[u8]; R],
-    a: ActRow<'_>,
-    nsb: usize,
-    real: usize,
-    ahead: usize,
-    mw: &mut [f32],
-    nsub: usize,
-    mut acc: [__m256; R],
-) -> [__m256; R] {
-    let u = real.div_ceil(32);
-    let (at, v0) = (nsb * if FIVE { layout::q5k::BYTES } else { layout::q4k::BYTES }, nsb * QK_K);
-    // d, dmin, scales[u], mins[u], (q5: high bits[4u],) codes[16u].
-    let (tb, qs) = if FIVE { (22 * u + 4, 4 + 6 * u) } else { (18 * u + 4, 4 + 2 * u) };
-    check(&w, &a, at + tb, v0 + 32 * u);
-    let (s0, live) = (v0 / 16, real.div_ceil(16));
-    assert!(nsub >= s0 + 2 * u && mw.len() >= (R - 1) * nsub + s0 + 2 * u);
-    let m4 = _mm256_set1_epi8(0x0F);
-    for r in 0..R {
-        // SAFETY: every access of this loop body is in bounds: the tail lies inside every row,
-        // its units inside the activation and each row's part of `mw` (checked above).
-        unsafe {
-            let t = w[r].as_ptr().add(at);
-            prefetch(t, ahead, tb);
-            let (d, dmin) = (f16_at(t), f16_at(t.add(2)));
-            for k in 0..u {
-                let (sc, m) = (*t.add(4 + k) & 63, *t.add(4 + u + k) & 63);
-                let raw = load128(t.add(qs + 16 * k));
-                let mut c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
-                if FIVE {
-                    // Bit j of the unit's little-endian u32 is value j's fifth bit.
-                    c = _mm256_or_si256(
-                        c,
-                        bit_bytes(t.add(4 + 2 * u + 4 * k).cast::<u32>().read_unaligned().to_le(), 16),
-                    );
-                }
-                let p = usum(c, load256(a.q.as_ptr().add(v0 + 32 * k).cast()));
-                let s = _mm256_set1_ps((d * f32::from(sc)) * *a.d16.get_unchecked(s0 + 2 * k));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
-                let mv = -(dmin * f32::from(m));
-                for h in 2 * k..2 * k + 2 {
-                    *mw.get_unchecked_mut(r * nsub + s0 + h) = if h < live { mv } else { 0.0 };
-                }
-            }
-        }
-    }
-    acc
-}
-
-/// The tail of four ragged q6_kr rows (layout in [`crate::blocks::kquants::ragged`]): its
-/// `real` values after `nsb` super-blocks, continuing `acc` unit by unit.
-#[inline(never)]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k_tail(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, real: usize, ahead: usize, mut acc: [__m256; R]) -> [__m256; R] {
-    let (u, at, v0) = (real.div_ceil(32), nsb * layout::q6k::BYTES, nsb * QK_K);
-    let tb = 26 * u + 2;
-    check(&w, &a, at + tb, v0 + 32 * u);
-    let m4 = _mm256_set1_epi8(0x0F);
-    let thirty_two = _mm256_set1_epi8(32);
-    for r in 0..R {
-        // SAFETY: every access of this loop body is in bounds: the tail lies inside every row
-        // and its units inside the activation (checked above).
-        unsafe {
-            let t = w[r].as_ptr().add(at);
-            prefetch(t, ahead, tb);
-            let d = f16_at(t.add(26 * u));
-            for k in 0..u {
-                let raw = load128(t.add(16 * k));
-                let lo = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
-                let hi = two_bit_unit(t.add(16 * u + 8 * k).cast::<u64>().read_unaligned().to_le());
-                let code = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
-                let x = load256(a.q.as_ptr().add(v0 + 32 * k).cast());
-                let p = _mm256_sub_epi32(usum(code, x), usum(thirty_two, x));
-                let dx = *a.d16.get_unchecked(v0 / 16 + 2 * k);
-                let sc = |h: usize| (d * f32::from(*t.add(24 * u + 2 * k + h) as i8)) * dx;
-                let s = _mm256_set_m128(_mm_set1_ps(sc(1)), _mm_set1_ps(sc(0)));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
-            }
-        }
-    }
-    acc
-}
-
-/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, or int4 with `spec` over
-/// rows of `cols`) over the first `units` blocks (legacy) or super-blocks (k-quants) of four rows, then over the `tail` values of a
-/// ragged row (q4_kr, q5_kr, q6_kr; 0 otherwise), prefetching `ahead` bytes past each (see
-/// [`prefetch`]); the mins (q4_1, q5_1, q4_k, q5_k) go to `mw` (row `r` at `r · nsub`). The caller
-/// checks that the CPU has AVX2/FMA/F16C.
+/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, or int4 with `spec` over rows of
+/// `cols`) over the first `units` blocks of four rows, prefetching `ahead` bytes past each (see
+/// [`prefetch`]); the mins (q4_1, q5_1) go to `mw` (row `r` at `r · nsub`). The caller checks
+/// that the CPU has AVX2/FMA/F16C.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn rows(
@@ -737,7 +347,6 @@ pub(super) fn rows(
     ahead: usize,
     mw: &mut [f32],
     nsub: usize,
-    tail: usize,
     spec: Option<AffineSpec>,
     cols: usize,
 ) -> [f32; R] {
@@ -749,23 +358,388 @@ pub(super) fn rows(
         QType::Q5_0 => legacy::<22, 6, 2, false, 16>(w, a, units, ahead, mw, nsub),
         QType::Q5_1 => legacy::<24, 8, 4, true, 0>(w, a, units, ahead, mw, nsub),
         QType::Q8_0 => q8_0(w, a, units, ahead),
-        QType::Q2K => q23_k::<false>(w, a, units, ahead, mw, nsub),
-        QType::Q3K => q23_k::<true>(w, a, units, ahead, mw, nsub),
-        QType::Q4K => q45_k::<false>(w, a, units, ahead, mw, nsub),
-        QType::Q5K => q45_k::<true>(w, a, units, ahead, mw, nsub),
-        QType::Q6K => q6_k(w, a, units, ahead),
         other => unreachable!("no fused kernel for {}", other.name()),
     };
-    let acc = match base {
-        _ if tail == 0 => acc,
-        QType::Q2K => q23_k_tail::<false>(w, a, units, tail, ahead, mw, nsub, acc),
-        QType::Q3K => q23_k_tail::<true>(w, a, units, tail, ahead, mw, nsub, acc),
-        QType::Q4K => q45_k_tail::<false>(w, a, units, tail, ahead, mw, nsub, acc),
-        QType::Q5K => q45_k_tail::<true>(w, a, units, tail, ahead, mw, nsub, acc),
-        QType::Q6K => q6_k_tail(w, a, units, tail, ahead, acc),
-        other => unreachable!("{} has no ragged tail", other.name()),
-    };
     [hsum256(acc[0]), hsum256(acc[1]), hsum256(acc[2]), hsum256(acc[3])]
+}
+
+// ---- k-quants: integer sums per super-block (activation blocks of 256 values) ----
+
+/// The four i32 sums of the 8 lanes of each of `v` (exact: every sum fits in i32).
+#[inline(always)]
+unsafe fn hsum4(v: [__m256i; R]) -> __m128i {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe {
+        let c = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
+    }
+}
+
+/// One super-block's (or tail's) share of four rows' dots, in the reference's f32 order
+/// ([`super::dot_k_ref`]): `acc + (d · dx) · isum`, then `− (dmin · dx) · imin`, lane `r` row
+/// `r` (products and sums rounded separately, as the scalar code does).
+#[inline(always)]
+unsafe fn k_finish(acc: __m128, isum: __m128i, imin: Option<__m128i>, d: [f32; R], dmin: [f32; R], dx: f32) -> __m128 {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe {
+        let dxv = _mm_set1_ps(dx);
+        let dd = _mm_mul_ps(_mm_loadu_ps(d.as_ptr()), dxv);
+        let acc = _mm_add_ps(acc, _mm_mul_ps(dd, _mm_cvtepi32_ps(isum)));
+        match imin {
+            Some(m) => {
+                let dm = _mm_mul_ps(_mm_loadu_ps(dmin.as_ptr()), dxv);
+                _mm_sub_ps(acc, _mm_mul_ps(dm, _mm_cvtepi32_ps(m)))
+            }
+            None => acc,
+        }
+    }
+}
+
+/// Sixteen i8 sub-block scales (natural order) as 16 i16: the even sub-blocks in the low
+/// 128-bit lane, the odd ones in the high lane, so that [`pick`] gives each 32-value chunk's
+/// two scales (its first 16 values are the even sub-block).
+#[inline(always)]
+unsafe fn even_odd(s: __m128i) -> __m256i {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe {
+        let idx = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(s, idx))
+    }
+}
+
+/// The i16 element `t` (< 8) of each 128-bit lane of `v` in every element of that lane.
+#[inline(always)]
+unsafe fn pick(v: __m256i, t: usize) -> __m256i {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe {
+        let t = t as i16;
+        _mm256_shuffle_epi8(v, _mm256_set1_epi16(((2 * t + 1) << 8) | (2 * t)))
+    }
+}
+
+/// `isum + Σ` of the products of the codes `c` (u8) with the activation `x` (i8), each pair of
+/// products times its 16-value sub-block's scale in `sc` (i16 lanes), widened to i32.
+#[inline(always)]
+unsafe fn scaled(isum: __m256i, c: __m256i, x: __m256i, sc: __m256i) -> __m256i {
+    // SAFETY: AVX2 is enabled by the caller. The u8 × i8 pair sums fit in i16 (codes < 64).
+    unsafe { _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(c, x), sc)) }
+}
+
+/// The sixteen 4-bit codes of a 16-byte group (low nibbles, then high nibbles) as 32 bytes.
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`; AVX2 is enabled.
+    unsafe {
+        let raw = load128(p);
+        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), _mm256_set1_epi8(0x0F))
+    }
+}
+
+/// q2_k (`THREE` false) or q3_k (`THREE` true) over `nsb` super-blocks of four rows.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k23<const THREE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m128) -> __m128 {
+    let (bytes, qs) = if THREE { (layout::q3k::BYTES, layout::q3k::QS) } else { (layout::q2k::BYTES, layout::q2k::QS) };
+    check(&w, &a, nsb * bytes, nsb * QK_K);
+    let m4 = _mm_set1_epi8(0x0F);
+    for sb in 0..nsb {
+        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
+        // row and the activation (checked above).
+        unsafe {
+            let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
+            let bs = load256(a.b16.as_ptr().add(16 * sb).cast());
+            let (mut isum, mut imin) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+            let (mut d, mut dmin) = ([0f32; R], [0f32; R]);
+            for r in 0..R {
+                let blk = w[r].as_ptr().add(bytes * sb);
+                prefetch(blk, ahead, bytes);
+                let s = if THREE {
+                    let words = scales_q3k(&*blk.add(layout::q3k::SCALES).cast::<[u8; 12]>());
+                    d[r] = f16_at(blk.add(layout::q3k::D));
+                    _mm_setr_epi32(words[0] as i32, words[1] as i32, words[2] as i32, words[3] as i32)
+                } else {
+                    use layout::q2k::{D, DMIN, SCALES};
+                    let sc = load128(blk.add(SCALES));
+                    (d[r], dmin[r]) = (f16_at(blk.add(D)), f16_at(blk.add(DMIN)));
+                    imin[r] = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc), m4)), bs);
+                    _mm_and_si128(sc, m4)
+                };
+                let sv = even_odd(s);
+                let hm = if THREE { load256(blk.add(layout::q3k::HMASK)) } else { _mm256_setzero_si256() };
+                let mut acc_i = _mm256_setzero_si256();
+                for h in 0..2 {
+                    let q = load256(blk.add(qs + 32 * h));
+                    for s in 0..4 {
+                        let t = 4 * h + s;
+                        let mut c = two_bits(q, s);
+                        if THREE {
+                            c = _mm256_or_si256(c, bit_to(hm, t, 2));
+                        }
+                        acc_i = scaled(acc_i, c, load256(xq.add(32 * t)), pick(sv, t));
+                    }
+                }
+                if THREE {
+                    // The codes' offset 4: 4 · Σ_k scale_k · Σ x over sub-block k.
+                    let off = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s), bs);
+                    acc_i = _mm256_sub_epi32(acc_i, _mm256_slli_epi32::<2>(off));
+                }
+                isum[r] = acc_i;
+            }
+            let imin = if THREE { None } else { Some(hsum4(imin)) };
+            acc = k_finish(acc, hsum4(isum), imin, d, dmin, *a.d16.get_unchecked(16 * sb));
+        }
+    }
+    acc
+}
+
+/// q4_k (`FIVE` false) or q5_k (`FIVE` true) over `nsb` super-blocks of four rows.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k45<const FIVE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m128) -> __m128 {
+    use layout::q4k::{D, DMIN, SCALES};
+    let (bytes, qs) = if FIVE { (layout::q5k::BYTES, layout::q5k::QS) } else { (layout::q4k::BYTES, layout::q4k::QS) };
+    check(&w, &a, nsb * bytes, nsb * QK_K);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    for sb in 0..nsb {
+        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
+        // row and the activation (checked above).
+        unsafe {
+            let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
+            let bs = load256(a.b16.as_ptr().add(16 * sb).cast());
+            let (mut isum, mut imin) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+            let (mut d, mut dmin) = ([0f32; R], [0f32; R]);
+            for r in 0..R {
+                let blk = w[r].as_ptr().add(bytes * sb);
+                prefetch(blk, ahead, bytes);
+                (d[r], dmin[r]) = (f16_at(blk.add(D)), f16_at(blk.add(DMIN)));
+                let (sc, m) = scales_mins_k4(&*blk.add(SCALES).cast::<[u8; 12]>());
+                // Each of the eight scales covers 32 values: both lanes hold all eight.
+                let sv = _mm256_cvtepu8_epi16(_mm_set1_epi64x(sc as i64));
+                let mv = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(m as i64), dup));
+                imin[r] = _mm256_madd_epi16(mv, bs);
+                let qh = if FIVE { load256(blk.add(layout::q5k::QH)) } else { _mm256_setzero_si256() };
+                let mut acc_i = _mm256_setzero_si256();
+                for p in 0..4 {
+                    let raw = load256(blk.add(qs + 32 * p));
+                    let mut lo = _mm256_and_si256(raw, m4);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4);
+                    if FIVE {
+                        lo = _mm256_or_si256(lo, fifth(qh, 2 * p));
+                        hi = _mm256_or_si256(hi, fifth(qh, 2 * p + 1));
+                    }
+                    acc_i = scaled(acc_i, lo, load256(xq.add(64 * p)), pick(sv, 2 * p));
+                    acc_i = scaled(acc_i, hi, load256(xq.add(64 * p + 32)), pick(sv, 2 * p + 1));
+                }
+                isum[r] = acc_i;
+            }
+            acc = k_finish(acc, hsum4(isum), Some(hsum4(imin)), d, dmin, *a.d16.get_unchecked(16 * sb));
+        }
+    }
+    acc
+}
+
+/// q6_k over `nsb` super-blocks of four rows.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k6(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m128) -> __m128 {
+    use layout::q6k::{BYTES, D, QH, QL, SCALES};
+    check(&w, &a, nsb * BYTES, nsb * QK_K);
+    let m4 = _mm256_set1_epi8(0x0F);
+    for sb in 0..nsb {
+        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
+        // row and the activation (checked above).
+        unsafe {
+            let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
+            let bs = load256(a.b16.as_ptr().add(16 * sb).cast());
+            let mut isum = [_mm256_setzero_si256(); R];
+            let mut d = [0f32; R];
+            for r in 0..R {
+                let blk = w[r].as_ptr().add(BYTES * sb);
+                prefetch(blk, ahead, BYTES);
+                d[r] = f16_at(blk.add(D));
+                let s = load128(blk.add(SCALES));
+                let sv = even_odd(s);
+                let mut acc_i = _mm256_setzero_si256();
+                for h in 0..2 {
+                    let qh = load256(blk.add(QH + 32 * h));
+                    let ql = [load256(blk.add(QL + 64 * h)), load256(blk.add(QL + 64 * h + 32))];
+                    for c in 0..4 {
+                        let t = 4 * h + c;
+                        let lo = if c < 2 { ql[c] } else { _mm256_srli_epi16::<4>(ql[c - 2]) };
+                        // Bits 2c, 2c + 1 of each qh byte to bits 4, 5.
+                        let hi = _mm256_or_si256(bit_to(qh, 2 * c, 4), bit_to(qh, 2 * c + 1, 5));
+                        let code = _mm256_or_si256(_mm256_and_si256(lo, m4), hi);
+                        acc_i = scaled(acc_i, code, load256(xq.add(32 * t)), pick(sv, t));
+                    }
+                }
+                // The codes' offset 32: 32 · Σ_k scale_k · Σ x over sub-block k.
+                let off = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s), bs);
+                isum[r] = _mm256_sub_epi32(acc_i, _mm256_slli_epi32::<5>(off));
+            }
+            acc = k_finish(acc, hsum4(isum), None, d, [0.0; R], *a.d16.get_unchecked(16 * sb));
+        }
+    }
+    acc
+}
+
+/// The ragged tail of four rows of `base`'s ragged type (`u` units of 32 values after `nsb`
+/// super-blocks; layout in [`crate::blocks::kquants::ragged`]), one activation block.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize, ahead: usize, acc: __m128) -> __m128 {
+    let (at, v0, s0) = (nsb * base.info().block_bytes, nsb * QK_K, nsb * 16);
+    let tb = ragged::tail_bytes(base, u);
+    check(&w, &a, at + tb, v0 + 32 * u);
+    assert!(a.b16.len() >= s0 + 2 * u);
+    let mut isum = [_mm256_setzero_si256(); R];
+    let (mut imin, mut d, mut dmin) = ([0i32; R], [0f32; R], [0f32; R]);
+    for r in 0..R {
+        // SAFETY: every access of this loop body is in bounds: the tail lies inside every row,
+        // its units inside the activation (checked above).
+        unsafe {
+            let t = w[r].as_ptr().add(at);
+            prefetch(t, ahead, tb);
+            let byte = |i: usize| *t.add(i);
+            let word = |i: usize| t.add(i).cast::<u32>().read_unaligned().to_le();
+            let two = |i: usize| two_bit_unit(t.add(i).cast::<u64>().read_unaligned().to_le());
+            (d[r], dmin[r]) = match base {
+                QType::Q2K => (f16_at(t.add(10 * u)), f16_at(t.add(10 * u + 2))),
+                QType::Q3K => (f16_at(t.add(14 * u)), 0.0),
+                QType::Q4K | QType::Q5K => (f16_at(t), f16_at(t.add(2))),
+                _ => (f16_at(t.add(26 * u)), 0.0),
+            };
+            let mut off = 0i32;
+            for k in 0..u {
+                // Codes (unsigned), their offset, and the unit's two scales and mins.
+                let (c, zero, sc, m) = match base {
+                    QType::Q2K => {
+                        let (b0, b1) = (byte(2 * k), byte(2 * k + 1));
+                        (two(2 * u + 8 * k), 0, [b0 & 15, b1 & 15].map(i32::from), [b0 >> 4, b1 >> 4].map(i32::from))
+                    }
+                    QType::Q3K => {
+                        let c = _mm256_or_si256(two(4 * u + 8 * k), bit_bytes(word(4 * k), 4));
+                        let sc = [byte(12 * u + 2 * k), byte(12 * u + 2 * k + 1)].map(|b| i32::from(b & 63) - 32);
+                        (c, 4, sc, [0, 0])
+                    }
+                    QType::Q4K | QType::Q5K => {
+                        let c = if base == QType::Q5K {
+                            _mm256_or_si256(nibbles(t.add(4 + 6 * u + 16 * k)), bit_bytes(word(4 + 2 * u + 4 * k), 16))
+                        } else {
+                            nibbles(t.add(4 + 2 * u + 16 * k))
+                        };
+                        let (s, m) = (i32::from(byte(4 + k) & 63), i32::from(byte(4 + u + k) & 63));
+                        (c, 0, [s, s], [m, m])
+                    }
+                    _ => {
+                        let c = _mm256_or_si256(nibbles(t.add(16 * k)), _mm256_slli_epi16::<4>(two(16 * u + 8 * k)));
+                        let sc = [byte(24 * u + 2 * k), byte(24 * u + 2 * k + 1)].map(|b| i32::from(b as i8));
+                        (c, 32, sc, [0, 0])
+                    }
+                };
+                let x = load256(a.q.as_ptr().add(v0 + 32 * k).cast());
+                let sv = _mm256_set_m128i(_mm_set1_epi16(sc[1] as i16), _mm_set1_epi16(sc[0] as i16));
+                isum[r] = scaled(isum[r], c, x, sv);
+                let b = [0, 1].map(|h| i32::from(*a.b16.get_unchecked(s0 + 2 * k + h)));
+                off += zero * (sc[0] * b[0] + sc[1] * b[1]);
+                imin[r] += m[0] * b[0] + m[1] * b[1];
+            }
+            isum[r] = _mm256_sub_epi32(isum[r], _mm256_setr_epi32(off, 0, 0, 0, 0, 0, 0, 0));
+        }
+    }
+    let mins = matches!(base, QType::Q2K | QType::Q4K | QType::Q5K);
+    // SAFETY: AVX2 is enabled; `s0` is inside the activation's steps (checked above).
+    unsafe {
+        let imin = mins.then(|| _mm_loadu_si128(imin.as_ptr().cast()));
+        k_finish(acc, hsum4(isum), imin, d, dmin, *a.d16.get_unchecked(s0))
+    }
+}
+
+/// The k-quant dots of four rows of `base` (q2_k … q6_k) over `nsb` super-blocks, then, for
+/// the ragged types, over a tail of `u` units (0: none); the bits of [`super::dot_k_ref`].
+/// The caller checks that the CPU has AVX2/FMA/F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn k_rows(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize, ahead: usize) -> [f32; R] {
+    let acc = _mm_setzero_ps();
+    let acc = match base {
+        QType::Q2K => k23::<false>(w, a, nsb, ahead, acc),
+        QType::Q3K => k23::<true>(w, a, nsb, ahead, acc),
+        QType::Q4K => k45::<false>(w, a, nsb, ahead, acc),
+        QType::Q5K => k45::<true>(w, a, nsb, ahead, acc),
+        QType::Q6K => k6(w, a, nsb, ahead, acc),
+        other => unreachable!("{} is not a k-quant", other.name()),
+    };
+    let acc = if u > 0 { k_tail(base, w, a, nsb, u, ahead, acc) } else { acc };
+    let mut out = [0f32; R];
+    // SAFETY: `out` holds four f32.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}
+
+/// [`super::dot_k_decoded`] (the GEMM's k-quant kernel): four decoded rows with two
+/// activation rows, block by block: per 32 values and row one code load and one scale pick
+/// serve both activation rows (`vpmaddubsw`, `vpmaddwd` by the scales, an add each); then
+/// [`k_finish`] per activation row, as [`k_rows`] does, so the bits are the same. The caller
+/// checks the CPU and every length.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn k_decoded(mins: bool, w: [super::KRow<'_>; R], a: [ActRow<'_>; 2]) -> [[f32; R]; 2] {
+    let cp = a[0].q.len();
+    let mut acc = [_mm_setzero_ps(); 2];
+    let mut b = 0;
+    while b * QK_K < cp {
+        let chunks = ((cp - b * QK_K) / 32).min(8);
+        // SAFETY: block `b`'s `chunks` chunks of 32 values lie inside both activations and every
+        // row's codes; its 16 scales, offset scales, mins and steps and its `[d, dmin]` inside
+        // their slices (all checked by the caller).
+        unsafe {
+            // The activations' per-16 sums, 0 past the row.
+            let bs = a.map(|a| {
+                let mut t = [0i16; 16];
+                t[..2 * chunks].copy_from_slice(&a.b16[16 * b..16 * b + 2 * chunks]);
+                load256(t.as_ptr().cast())
+            });
+            let mut isum = [[_mm256_setzero_si256(); R]; 2];
+            let mut imin = [[_mm256_setzero_si256(); R]; 2];
+            let (mut d, mut dmin) = ([0f32; R], [0f32; R]);
+            for r in 0..R {
+                let zs = load256(w[r].zs.as_ptr().add(16 * b).cast());
+                let mn = load256(w[r].mn.as_ptr().add(16 * b).cast());
+                for i in 0..2 {
+                    // zero · Σ_k scale_k · Σ x over sub-block k, taken off the unsigned sums.
+                    isum[i][r] = _mm256_sub_epi32(isum[i][r], _mm256_madd_epi16(zs, bs[i]));
+                    if mins {
+                        imin[i][r] = _mm256_madd_epi16(mn, bs[i]);
+                    }
+                }
+                (d[r], dmin[r]) = (*w[r].dd.get_unchecked(2 * b), *w[r].dd.get_unchecked(2 * b + 1));
+            }
+            let v0 = QK_K * b;
+            let x = a.map(|a| a.q.as_ptr().add(v0).cast::<u8>());
+            let u = w.map(|r| r.u.as_ptr().add(v0));
+            let sv = w.map(|r| r.sv.as_ptr().add(16 * b).cast::<u8>());
+            for t in 0..chunks {
+                let (x0, x1) = (load256(x[0].add(32 * t)), load256(x[1].add(32 * t)));
+                for r in 0..R {
+                    let sc = pick(load256(sv[r]), t);
+                    let c = load256(u[r].add(32 * t));
+                    isum[0][r] = scaled(isum[0][r], c, x0, sc);
+                    isum[1][r] = scaled(isum[1][r], c, x1, sc);
+                }
+            }
+            for i in 0..2 {
+                let imin = if mins { Some(hsum4(imin[i])) } else { None };
+                acc[i] = k_finish(acc[i], hsum4(isum[i]), imin, d, dmin, *a[i].d16.get_unchecked(16 * b));
+            }
+        }
+        b += 1;
+    }
+    let mut out = [[0f32; R]; 2];
+    for i in 0..2 {
+        // SAFETY: `out[i]` holds four f32.
+        unsafe { _mm_storeu_ps(out[i].as_mut_ptr(), acc[i]) };
+    }
+    out
 }
 
 #[cfg(test)]

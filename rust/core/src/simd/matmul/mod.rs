@@ -107,8 +107,27 @@ pub struct ActRow<'a> {
     pub d16: &'a [f32],
     /// `d · Σ q` of each sub-block.
     pub s16: &'a [f32],
+    /// `Σ q` of each sub-block (exact).
+    pub b16: &'a [i16],
     /// `2^e`: the row's dot products are multiplied by it.
     pub scale: f32,
+}
+
+/// Values per activation block (one step) for weights of `qtype`: a k-quant super-block (256)
+/// for the k-quants and their ragged types, whose dots keep their integer sub-block scales
+/// integer to the end of a super-block as ggml's `q8_K` does; [`QA`] (32) for every other
+/// type. A row's last block may be shorter (a ragged tail).
+pub fn act_block(qtype: QType) -> usize {
+    if is_kquant(qtype) {
+        QK_K
+    } else {
+        QA
+    }
+}
+
+/// Whether `qtype` is a k-quant or a ragged k-quant (the types of [`dot_k`]).
+pub fn is_kquant(qtype: QType) -> bool {
+    matches!(qtype.info().family, Family::KQuant | Family::RaggedKQuant)
 }
 
 /// Finish one block: the step of a block with largest magnitude `amax` and its inverse; a
@@ -124,28 +143,43 @@ fn block_step(amax: f32) -> (f32, f32) {
 }
 
 /// The scalar reference of [`quantize_act`].
-pub fn quantize_act_ref(x: &[f32], q: &mut [i8], d16: &mut [f32], s16: &mut [f32]) -> f32 {
+pub fn quantize_act_ref(
+    x: &[f32],
+    block: usize,
+    q: &mut [i8],
+    d16: &mut [f32],
+    s16: &mut [f32],
+    b16: &mut [i16],
+) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let (s1, s2, scale) = row_scale(amax);
-    let mut v = [0f32; QA];
-    for (b, qb) in q.chunks_exact_mut(QA).enumerate() {
-        let src = &x[(b * QA).min(x.len())..((b + 1) * QA).min(x.len())];
+    let mut v = [0f32; QK_K];
+    for (b, qb) in q.chunks_mut(block).enumerate() {
+        let (v, at) = (&mut v[..qb.len()], b * block);
+        let src = &x[at.min(x.len())..(at + qb.len()).min(x.len())];
         v.fill(0.0);
         for (o, &xv) in v.iter_mut().zip(src) {
             *o = xv * s1 * s2;
         }
         let bmax = v.iter().fold(0f32, |m, a| m.max(a.abs()));
         let (d, id) = block_step(bmax);
-        for (o, &a) in qb.iter_mut().zip(&v) {
+        for (o, &a) in qb.iter_mut().zip(v.iter()) {
             *o = (a * id).round_ties_even() as i8;
         }
-        for h in 0..2 {
-            let sum: i32 = qb[h * QS..(h + 1) * QS].iter().map(|&c| i32::from(c)).sum();
-            d16[2 * b + h] = d;
-            s16[2 * b + h] = d * sum as f32;
-        }
+        sub_sums(qb, d, &mut d16[at / QS..], &mut s16[at / QS..], &mut b16[at / QS..]);
     }
     scale
+}
+
+/// The per-16 step, `d · Σ q` and `Σ q` of the codes `qb` of one block with step `d`.
+#[inline(always)]
+fn sub_sums(qb: &[i8], d: f32, d16: &mut [f32], s16: &mut [f32], b16: &mut [i16]) {
+    for (h, c) in qb.chunks_exact(QS).enumerate() {
+        let sum: i32 = c.iter().map(|&c| i32::from(c)).sum();
+        d16[h] = d;
+        s16[h] = d * sum as f32;
+        b16[h] = sum as i16;
+    }
 }
 
 /// Largest lane count of the generic activation kernel (a block is 32 values).
@@ -153,17 +187,26 @@ const MAX_W: usize = 16;
 
 /// The generic activation quantizer over the vocabulary.
 #[inline(always)]
-pub fn quantize_act_simd<S: Simd>(s: S, x: &[f32], q: &mut [i8], d16: &mut [f32], s16: &mut [f32]) -> f32 {
+pub fn quantize_act_simd<S: Simd>(
+    s: S,
+    x: &[f32],
+    block: usize,
+    q: &mut [i8],
+    d16: &mut [f32],
+    s16: &mut [f32],
+    b16: &mut [i16],
+) -> f32 {
     let w = S::W;
     if w > MAX_W || !QA.is_multiple_of(w) {
-        return quantize_act_ref(x, q, d16, s16);
+        return quantize_act_ref(x, block, q, d16, s16, b16);
     }
     let (s1, s2, scale) = row_scale(abs_max(s, x));
     let (vs1, vs2) = (s.splat(s1), s.splat(s2));
-    let mut v = [0f32; QA];
-    let mut ints = [0i32; QA];
-    for (b, qb) in q.chunks_exact_mut(QA).enumerate() {
-        let src = &x[(b * QA).min(x.len())..((b + 1) * QA).min(x.len())];
+    let mut v = [0f32; QK_K];
+    let mut ints = [0i32; QK_K];
+    for (b, qb) in q.chunks_mut(block).enumerate() {
+        let (v, ints, at) = (&mut v[..qb.len()], &mut ints[..qb.len()], b * block);
+        let src = &x[at.min(x.len())..(at + qb.len()).min(x.len())];
         v.fill(0.0);
         v[..src.len()].copy_from_slice(src);
         let mut bm = s.splat(0.0);
@@ -177,42 +220,54 @@ pub fn quantize_act_simd<S: Simd>(s: S, x: &[f32], q: &mut [i8], d16: &mut [f32]
         for (c, o) in v.chunks_exact(w).zip(ints.chunks_exact_mut(w)) {
             s.store_i32(o, s.to_i32(s.round_even(s.mul(s.load(c), vid))));
         }
-        for (o, &i) in qb.iter_mut().zip(&ints) {
+        for (o, &i) in qb.iter_mut().zip(ints.iter()) {
             *o = i as i8;
         }
-        for h in 0..2 {
-            let sum: i32 = ints[h * QS..(h + 1) * QS].iter().sum();
-            d16[2 * b + h] = d;
-            s16[2 * b + h] = d * sum as f32;
-        }
+        sub_sums(qb, d, &mut d16[at / QS..], &mut s16[at / QS..], &mut b16[at / QS..]);
     }
     scale
 }
 
 struct QuantizeAct<'a> {
     x: &'a [f32],
+    block: usize,
     q: &'a mut [i8],
     d16: &'a mut [f32],
     s16: &'a mut [f32],
+    b16: &'a mut [i16],
 }
 
 impl Kernel for QuantizeAct<'_> {
     type Output = f32;
     fn scalar(self) -> f32 {
-        quantize_act_ref(self.x, self.q, self.d16, self.s16)
+        quantize_act_ref(self.x, self.block, self.q, self.d16, self.s16, self.b16)
     }
     #[inline(always)]
     fn simd<S: Simd>(self, s: S) -> f32 {
-        quantize_act_simd(s, self.x, self.q, self.d16, self.s16)
+        quantize_act_simd(s, self.x, self.block, self.q, self.d16, self.s16, self.b16)
     }
 }
 
-/// Quantize one activation row `x` (`cols` finite values) into `q` (`padded(cols)` i8),
-/// `d16`, `s16` (`padded(cols) / 16` each); returns the row factor `2^e` (see the module doc).
+/// Quantize one activation row `x` (`cols` finite values) into `q` (`padded(cols)` i8) in
+/// blocks of `block` values (32, or 256 for k-quant weights: [`act_block`]; the last block
+/// takes what is left of the padded row), each with the step `amax / 127` of its values after
+/// the row normalisation; `d16`, `s16`, `b16` (`padded(cols) / 16` each) get each 16 values'
+/// step, `step · Σ q` and `Σ q`. Returns the row factor `2^e` (see the module doc).
 /// Bit-identical at every ISA.
-pub fn quantize_act(isa: Isa, x: &[f32], q: &mut [i8], d16: &mut [f32], s16: &mut [f32]) -> f32 {
-    assert!(q.len() == padded(x.len()) && d16.len() == q.len() / QS && s16.len() == d16.len());
-    crate::simd::run(isa, QuantizeAct { x, q, d16, s16 })
+pub fn quantize_act(
+    isa: Isa,
+    x: &[f32],
+    block: usize,
+    q: &mut [i8],
+    d16: &mut [f32],
+    s16: &mut [f32],
+    b16: &mut [i16],
+) -> f32 {
+    assert!(
+        q.len() == padded(x.len()) && d16.len() == q.len() / QS && s16.len() == d16.len() && b16.len() == d16.len()
+    );
+    assert!(block == QA || block == QK_K, "activation blocks are 32 or 256 values, not {block}");
+    crate::simd::run(isa, QuantizeAct { x, block, q, d16, s16, b16 })
 }
 
 /// Little-endian f16 at `b[at..at + 2]` as f32.
@@ -292,20 +347,48 @@ fn add_bit32(src: &[u8], shift: u32, add: i8, out: &mut [i8]) {
     }
 }
 
-/// Decode k-quant super-blocks (the operation order of each scale and min is that of
-/// [`crate::blocks::kquants::dequantize_row`], so `sw · code + mw` is its value exactly). The
-/// value index `v` of the reference is split into (half, shift, lane) loops of 32 lanes.
-#[inline(always)]
-fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
-    let bytes = qtype.info().block_bytes;
-    for (sb, b) in src.chunks_exact(bytes).enumerate() {
-        let cb = &mut codes[sb * QK_K..(sb + 1) * QK_K];
-        let sw = &mut sw[sb * 16..sb * 16 + 16];
-        let mw = &mut mw[sb * 16..sb * 16 + 16];
+/// One k-quant super-block (or a ragged tail of `2u` sub-blocks) in integers: value `j` is
+/// `d · isc[j / 16] · codes[j] − dmin · imin[j / 16]` (`imin` is 0 for the types without mins,
+/// q3_k and q6_k, whose codes carry their offset: q3_k's `−4`, q6_k's `−32`).
+#[derive(Clone, Copy)]
+pub(crate) struct KInts {
+    pub codes: [i8; QK_K],
+    pub isc: [i32; 16],
+    pub imin: [i32; 16],
+    pub d: f32,
+    pub dmin: f32,
+}
+
+impl Default for KInts {
+    fn default() -> Self {
+        KInts { codes: [0; QK_K], isc: [0; 16], imin: [0; 16], d: 0.0, dmin: 0.0 }
+    }
+}
+
+impl KInts {
+    /// The f32 scales (`d · isc`) and mins (`−(dmin · imin)`, types with mins) of the first
+    /// `ns` sub-blocks, as [`decode_row`] gives them.
+    #[inline(always)]
+    fn write_scales(&self, mins: bool, sw: &mut [f32], mw: &mut [f32]) {
+        for (k, s) in sw.iter_mut().enumerate() {
+            *s = self.d * self.isc[k] as f32;
+        }
+        if mins {
+            for (k, m) in mw.iter_mut().enumerate() {
+                *m = -(self.dmin * self.imin[k] as f32);
+            }
+        }
+    }
+
+    /// Decode the full super-block `b` of the k-quant `qtype`. The value index `v` of the
+    /// reference dequantizer is split into (half, shift, lane) loops of 32 lanes.
+    #[inline(always)]
+    pub(crate) fn block(&mut self, qtype: QType, b: &[u8]) {
+        let cb = &mut self.codes;
         match qtype {
             QType::Q2K => {
                 use layout::q2k::*;
-                let (d, dmin) = (f16_at(b, D), f16_at(b, DMIN));
+                (self.d, self.dmin) = (f16_at(b, D), f16_at(b, DMIN));
                 // v = 128 h + 32 s + l: bits 2s of qs[32 h + l].
                 for h in 0..2 {
                     for sh in 0..4 {
@@ -314,13 +397,12 @@ fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw:
                 }
                 for k in 0..16 {
                     let sc = b[SCALES + k];
-                    sw[k] = d * f32::from(sc & 0xF);
-                    mw[k] = -(dmin * f32::from(sc >> 4));
+                    (self.isc[k], self.imin[k]) = (i32::from(sc & 0xF), i32::from(sc >> 4));
                 }
             }
             QType::Q3K => {
                 use layout::q3k::*;
-                let d = f16_at(b, D);
+                (self.d, self.dmin) = (f16_at(b, D), 0.0);
                 // v = 128 h + 32 s + l: low bits 2s of qs[32 h + l], minus 4 where bit 4h + s of
                 // hmask[l] is clear.
                 for h in 0..2 {
@@ -333,15 +415,15 @@ fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw:
                         }
                     }
                 }
-                for (k, s) in sw.iter_mut().enumerate() {
-                    *s = d * scale_q3k(k, &b[SCALES..SCALES + 12]) as f32;
+                for k in 0..16 {
+                    (self.isc[k], self.imin[k]) = (scale_q3k(k, &b[SCALES..SCALES + 12]), 0);
                 }
             }
             QType::Q4K | QType::Q5K => {
                 use layout::q4k::{D, DMIN, SCALES};
                 let five = qtype == QType::Q5K;
                 let qs = if five { layout::q5k::QS } else { layout::q4k::QS };
-                let (d, dmin) = (f16_at(b, D), f16_at(b, DMIN));
+                (self.d, self.dmin) = (f16_at(b, D), f16_at(b, DMIN));
                 // v = 64 p + 32 hh + l: nibble hh of qs[32 p + l] (+ 16 × bit 2p + hh of qh[l]).
                 for p in 0..4 {
                     for hh in 0..2 {
@@ -354,14 +436,13 @@ fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw:
                 }
                 for j in 0..8 {
                     let (sc, m) = scale_min_k4(j, &b[SCALES..SCALES + 12]);
-                    let (dl, ml) = (d * f32::from(sc), dmin * f32::from(m));
-                    sw[2 * j..2 * j + 2].fill(dl);
-                    mw[2 * j..2 * j + 2].fill(-ml);
+                    self.isc[2 * j..2 * j + 2].fill(i32::from(sc));
+                    self.imin[2 * j..2 * j + 2].fill(i32::from(m));
                 }
             }
             QType::Q6K => {
                 use layout::q6k::*;
-                let d = f16_at(b, D);
+                (self.d, self.dmin) = (f16_at(b, D), 0.0);
                 // v = 128 h + 32 q + l: nibble q / 2 of ql[64 h + 32 (q % 2) + l], plus bits 2q
                 // of qh[32 h + l] as bits 4–5, minus 32.
                 for h in 0..2 {
@@ -374,12 +455,26 @@ fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw:
                         }
                     }
                 }
-                for (k, s) in sw.iter_mut().enumerate() {
-                    *s = d * f32::from(b[SCALES + k] as i8);
+                for k in 0..16 {
+                    (self.isc[k], self.imin[k]) = (i32::from(b[SCALES + k] as i8), 0);
                 }
             }
             other => unreachable!("{} is not a k-quant", other.name()),
         }
+    }
+}
+
+/// Decode k-quant super-blocks (the operation order of each scale and min is that of
+/// [`crate::blocks::kquants::dequantize_row`], so `sw · code + mw` is its value exactly).
+#[inline(always)]
+fn decode_kquant(qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
+    let bytes = qtype.info().block_bytes;
+    let mut k = KInts::default();
+    for (sb, b) in src.chunks_exact(bytes).enumerate() {
+        k.block(qtype, b);
+        codes[sb * QK_K..(sb + 1) * QK_K].copy_from_slice(&k.codes);
+        let (sw, mw) = (&mut sw[sb * 16..sb * 16 + 16], &mut mw[sb * 16..sb * 16 + 16]);
+        k.write_scales(has_mins(qtype, None), sw, mw);
     }
 }
 
@@ -536,93 +631,304 @@ pub(crate) fn ragged_tail(base: QType, cols: usize, src: &[u8], codes: &mut [i8]
 /// Decode a tail of `u` units of the base type `base` (layout in
 /// [`crate::blocks::kquants::ragged`]) into `codes[..32 u]`, `sw[..2 u]`, `mw[..2 u]`, with the
 /// base decoder's operations for each scale and min (so `sw · code + mw` is the dequantized
-/// value exactly). Loops over fixed-size arrays, which the compiler vectorises.
+/// value exactly).
 #[inline(always)]
 fn decode_tail(base: QType, u: usize, t: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
-    // Unit k's fields: 2-bit (value j at byte j % 8, bits 2 (j / 8)), 4-bit (byte j % 16, bits
-    // 4 (j / 16)), 1-bit (bit j of a little-endian u32).
-    let two = |at: usize, k: usize, c: &mut [i8; 32]| {
-        let q: &[u8; 8] = t[at + 8 * k..at + 8 * k + 8].try_into().expect("8 bytes");
-        let w = u64::from_le_bytes(*q);
-        for s in 0..4 {
-            // The 2-bit fields at bits 2 s of the eight bytes, one u64 shift for all of them.
-            let f = ((w >> (2 * s)) & 0x0303_0303_0303_0303).to_le_bytes();
-            for j in 0..8 {
-                c[8 * s + j] = f[j] as i8;
+    let mut k = KInts::default();
+    k.tail(base, u, t);
+    codes[..32 * u].copy_from_slice(&k.codes[..32 * u]);
+    k.write_scales(has_mins(base, None), &mut sw[..2 * u], &mut mw[..2 * u]);
+}
+
+impl KInts {
+    /// Decode a ragged tail of `u` units of the base type `base` (layout in
+    /// [`crate::blocks::kquants::ragged`]) into `codes[..32 u]`, `isc[..2 u]`, `imin[..2 u]`.
+    /// Loops over fixed-size arrays, which the compiler vectorises.
+    #[inline(always)]
+    pub(crate) fn tail(&mut self, base: QType, u: usize, t: &[u8]) {
+        // Unit k's fields: 2-bit (value j at byte j % 8, bits 2 (j / 8)), 4-bit (byte j % 16, bits
+        // 4 (j / 16)), 1-bit (bit j of a little-endian u32).
+        let two = |at: usize, k: usize, c: &mut [i8; 32]| {
+            let q: &[u8; 8] = t[at + 8 * k..at + 8 * k + 8].try_into().expect("8 bytes");
+            let w = u64::from_le_bytes(*q);
+            for s in 0..4 {
+                // The 2-bit fields at bits 2 s of the eight bytes, one u64 shift for all of them.
+                let f = ((w >> (2 * s)) & 0x0303_0303_0303_0303).to_le_bytes();
+                for j in 0..8 {
+                    c[8 * s + j] = f[j] as i8;
+                }
             }
-        }
-    };
-    let four = |at: usize, k: usize, c: &mut [i8; 32]| {
-        let q: &[u8; 16] = t[at + 16 * k..at + 16 * k + 16].try_into().expect("16 bytes");
-        for j in 0..16 {
-            c[j] = (q[j] & 15) as i8;
-            c[j + 16] = (q[j] >> 4) as i8;
-        }
-    };
-    let add_one = |at: usize, k: usize, add: i8, c: &mut [i8; 32]| {
-        let q: &[u8; 4] = t[at + 4 * k..at + 4 * k + 4].try_into().expect("4 bytes");
-        // Bit i of byte b is value 8 b + i: a byte mask per lane and a compare (vectorises).
-        for b in 0..4 {
-            for i in 0..8 {
-                c[8 * b + i] += if q[b] & (1 << i) != 0 { add } else { 0 };
+        };
+        let four = |at: usize, k: usize, c: &mut [i8; 32]| {
+            let q: &[u8; 16] = t[at + 16 * k..at + 16 * k + 16].try_into().expect("16 bytes");
+            for j in 0..16 {
+                c[j] = (q[j] & 15) as i8;
+                c[j + 16] = (q[j] >> 4) as i8;
             }
+        };
+        let add_one = |at: usize, k: usize, add: i8, c: &mut [i8; 32]| {
+            let q: &[u8; 4] = t[at + 4 * k..at + 4 * k + 4].try_into().expect("4 bytes");
+            // Bit i of byte b is value 8 b + i: a byte mask per lane and a compare (vectorises).
+            for b in 0..4 {
+                for i in 0..8 {
+                    c[8 * b + i] += if q[b] & (1 << i) != 0 { add } else { 0 };
+                }
+            }
+        };
+        let units = self.codes[..32 * u].chunks_exact_mut(32).map(|c| <&mut [i8; 32]>::try_from(c).expect("32 codes"));
+        let (isc, imin) = (&mut self.isc[..2 * u], &mut self.imin[..2 * u]);
+        match base {
+            QType::Q2K => {
+                (self.d, self.dmin) = (f16_at(t, 10 * u), f16_at(t, 10 * u + 2));
+                for (k, c) in units.enumerate() {
+                    two(2 * u, k, c);
+                }
+                for (h, &sc) in t[..2 * u].iter().enumerate() {
+                    (isc[h], imin[h]) = (i32::from(sc & 0xF), i32::from(sc >> 4));
+                }
+            }
+            QType::Q3K => {
+                (self.d, self.dmin) = (f16_at(t, 14 * u), 0.0);
+                for (k, c) in units.enumerate() {
+                    two(4 * u, k, c);
+                    add_one(0, k, 4, c);
+                    for o in c.iter_mut() {
+                        *o -= 4;
+                    }
+                }
+                for (h, &sc) in t[12 * u..14 * u].iter().enumerate() {
+                    (isc[h], imin[h]) = (i32::from(sc & 63) - 32, 0);
+                }
+            }
+            QType::Q4K | QType::Q5K => {
+                (self.d, self.dmin) = (f16_at(t, 0), f16_at(t, 2));
+                let five = base == QType::Q5K;
+                for (k, c) in units.enumerate() {
+                    if five {
+                        four(4 + 6 * u, k, c);
+                        add_one(4 + 2 * u, k, 16, c);
+                    } else {
+                        four(4 + 2 * u, k, c);
+                    }
+                    isc[2 * k..2 * k + 2].fill(i32::from(t[4 + k] & 63));
+                    imin[2 * k..2 * k + 2].fill(i32::from(t[4 + u + k] & 63));
+                }
+            }
+            QType::Q6K => {
+                (self.d, self.dmin) = (f16_at(t, 26 * u), 0.0);
+                for (k, c) in units.enumerate() {
+                    let mut hi = [0i8; 32];
+                    four(0, k, c);
+                    two(16 * u, k, &mut hi);
+                    for (o, h) in c.iter_mut().zip(hi) {
+                        *o = (*o | (h << 4)) - 32;
+                    }
+                }
+                for (h, &sc) in t[24 * u..26 * u].iter().enumerate() {
+                    (isc[h], imin[h]) = (i32::from(sc as i8), 0);
+                }
+            }
+            other => unreachable!("{} is not a k-quant", other.name()),
+        }
+    }
+}
+
+/// The scalar reference of [`dot_k`] for one stored row `src` of a k-quant or ragged k-quant
+/// `qtype` with `cols` values, and an activation row quantized in blocks of [`QK_K`]
+/// ([`act_block`]): per super-block (and the ragged tail) the exact integer sums
+/// `isum = Σ_k isc_k · Σ_{j∈k} code_j · q_j` and `imin = Σ_k imin_k · Σ_{j∈k} q_j`, then, in
+/// f32 and in this order, `acc += (d · step) · isum` and `acc −= (dmin · step) · imin`
+/// (types with mins). `act.scale` is not applied. Every ISA gives these bits.
+pub fn dot_k_ref(qtype: QType, cols: usize, src: &[u8], act: ActRow<'_>) -> f32 {
+    let base = qtype.ragged_base().unwrap_or(qtype);
+    let (full, bytes) = (cols / QK_K, base.info().block_bytes);
+    let mins = has_mins(base, None);
+    let mut k = KInts::default();
+    let mut acc = 0f32;
+    let mut add = |k: &KInts, sb: usize, ns: usize| {
+        let (v0, dx) = (sb * QK_K, act.d16[sb * 16]);
+        let (mut isum, mut imin) = (0i64, 0i64);
+        for s in 0..ns {
+            let dot: i64 = (0..QS).map(|j| i64::from(k.codes[QS * s + j]) * i64::from(act.q[v0 + QS * s + j])).sum();
+            isum += i64::from(k.isc[s]) * dot;
+            imin += i64::from(k.imin[s]) * i64::from(act.b16[sb * 16 + s]);
+        }
+        acc += (k.d * dx) * isum as f32;
+        if mins {
+            acc -= (k.dmin * dx) * imin as f32;
         }
     };
-    let units = codes[..32 * u].chunks_exact_mut(32).map(|c| <&mut [i8; 32]>::try_from(c).expect("32 codes"));
+    for sb in 0..full {
+        k.block(base, &src[sb * bytes..(sb + 1) * bytes]);
+        add(&k, sb, 16);
+    }
+    let u = ragged::tail_units(cols);
+    if base != qtype && u > 0 {
+        k.tail(base, u, &src[full * bytes..]);
+        add(&k, full, 2 * u);
+    }
+    acc
+}
+
+/// The k-quant dots of four stored rows of `qtype` (a k-quant or ragged k-quant, [`is_kquant`];
+/// `cols` values each) with one activation row quantized in blocks of [`QK_K`]: the bits of
+/// [`dot_k_ref`] for each row at every ISA (AVX2 kernels in `fused.rs` at the AVX2 and
+/// AVX-512 levels; the reference elsewhere). `act.scale` is not applied.
+pub fn dot_k(isa: Isa, qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>) -> [f32; 4] {
+    assert!(is_kquant(qtype), "{} is not a k-quant", qtype.name());
+    let cp = padded(cols);
+    assert!(act.q.len() == cp && act.d16.len() == cp / QS && act.b16.len() == cp / QS);
+    let bytes = crate::quant::row_bytes(qtype, None, cols).unwrap_or_else(|e| panic!("{e}"));
+    for r in w {
+        assert!(r.len() == bytes, "a {} row of {cols} values is {bytes} bytes, not {}", qtype.name(), r.len());
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => {
+            assert!(isa.is_available(), "{isa:?} kernel on a CPU without it");
+            let base = qtype.ragged_base().unwrap_or(qtype);
+            let tail = if base == qtype { 0 } else { ragged::tail_units(cols) };
+            // SAFETY: the AVX2 level (AVX2, FMA, F16C) is available (asserted above); the rows
+            // and the activation hold `cols` values (asserted above; the kernels check again).
+            unsafe { fused::k_rows(base, w, act, cols / QK_K, tail, 4 * bytes) }
+        }
+        _ => w.map(|r| dot_k_ref(qtype, cols, r, act)),
+    }
+}
+
+/// The offset of a k-quant's unsigned codes (`code = u − zero`): 4 for q3_k, 32 for q6_k, 0
+/// for the types with mins.
+pub fn k_zero(base: QType) -> i32 {
     match base {
-        QType::Q2K => {
-            let (d, dmin) = (f16_at(t, 10 * u), f16_at(t, 10 * u + 2));
-            for (k, c) in units.enumerate() {
-                two(2 * u, k, c);
-            }
-            for (h, &sc) in t[..2 * u].iter().enumerate() {
-                sw[h] = d * f32::from(sc & 0xF);
-                mw[h] = -(dmin * f32::from(sc >> 4));
-            }
+        QType::Q3K => 4,
+        QType::Q6K => 32,
+        _ => 0,
+    }
+}
+
+/// Blocks of a k-quant row of `cols` values in the activation's blocks of [`QK_K`]: the full
+/// super-blocks and a ragged tail, if any.
+pub fn k_blocks(cols: usize) -> usize {
+    padded(cols).div_ceil(QK_K)
+}
+
+/// One k-quant row decoded for the GEMM ([`decode_k_row`], [`dot_k_decoded`]), laid out for
+/// the kernel's loads: unsigned codes; per block of 256 (the last may be a ragged tail) 16
+/// i16 scales, 16 i16 offset scales, 16 i16 mins and `[d, dmin]`.
+#[derive(Debug, Clone, Copy)]
+pub struct KRow<'a> {
+    /// Unsigned codes `u = code + zero` ([`k_zero`]), `padded(cols)`, 0 in the padding.
+    pub u: &'a [u8],
+    /// The 16 sub-block scales of each block, even sub-blocks first (0, 2, …, 14, 1, 3, …,
+    /// 15: the order of the kernel's 128-bit lanes), 0 past the row; see [`sv_index`].
+    pub sv: &'a [i16],
+    /// `zero · scale` of each sub-block, 16 per block (0 past the row).
+    pub zs: &'a [i16],
+    /// The min of each sub-block, 16 per block (0 past the row and for the types without mins).
+    pub mn: &'a [i16],
+    /// `[d, dmin]` per block.
+    pub dd: &'a [f32],
+}
+
+/// Where sub-block `s` (< 16) of block `b` has its scale in [`KRow::sv`].
+#[inline(always)]
+pub fn sv_index(b: usize, s: usize) -> usize {
+    16 * b + (s % 2) * 8 + s / 2
+}
+
+/// Decode stored row `src` of a k-quant or ragged k-quant `qtype` (`cols` values) into the
+/// [`KRow`] slices `u` (`padded(cols)`), `sv`, `zs`, `mn` (16 per [`k_blocks`]) and `dd` (2
+/// per block). Every value fits: codes and mins are at most 6-bit,
+/// scales i8, `zero · scale` at most 32 · 128. Scalar: the decoded tile is reused by every
+/// activation row of a batch.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_k_row(
+    qtype: QType,
+    cols: usize,
+    src: &[u8],
+    u: &mut [u8],
+    sv: &mut [i16],
+    zs: &mut [i16],
+    mn: &mut [i16],
+    dd: &mut [f32],
+) {
+    let base = qtype.ragged_base().unwrap_or(qtype);
+    let (cp, nb, bytes) = (padded(cols), k_blocks(cols), base.info().block_bytes);
+    assert!(u.len() == cp && sv.len() == 16 * nb && zs.len() == 16 * nb && mn.len() == 16 * nb && dd.len() == 2 * nb);
+    let zero = k_zero(base);
+    let mut k = KInts::default();
+    let mut put = |k: &KInts, b: usize, values: usize| {
+        for (o, &c) in u[b * QK_K..b * QK_K + values].iter_mut().zip(&k.codes[..values]) {
+            *o = (i32::from(c) + zero) as u8;
         }
-        QType::Q3K => {
-            let d = f16_at(t, 14 * u);
-            for (k, c) in units.enumerate() {
-                two(4 * u, k, c);
-                add_one(0, k, 4, c);
-                for o in c.iter_mut() {
-                    *o -= 4;
-                }
-            }
-            for (h, &sc) in t[12 * u..14 * u].iter().enumerate() {
-                sw[h] = d * (i32::from(sc & 63) - 32) as f32;
-            }
+        for s in 0..16 {
+            let (sc, m) = if s < values / QS { (k.isc[s], k.imin[s]) } else { (0, 0) };
+            sv[sv_index(b, s)] = sc as i16;
+            zs[16 * b + s] = (zero * sc) as i16;
+            mn[16 * b + s] = m as i16;
         }
-        QType::Q4K | QType::Q5K => {
-            let (d, dmin) = (f16_at(t, 0), f16_at(t, 2));
-            let five = base == QType::Q5K;
-            for (k, c) in units.enumerate() {
-                if five {
-                    four(4 + 6 * u, k, c);
-                    add_one(4 + 2 * u, k, 16, c);
-                } else {
-                    four(4 + 2 * u, k, c);
-                }
-                let (dl, ml) = (d * f32::from(t[4 + k] & 63), dmin * f32::from(t[4 + u + k] & 63));
-                sw[2 * k..2 * k + 2].fill(dl);
-                mw[2 * k..2 * k + 2].fill(-ml);
-            }
+        dd[2 * b] = k.d;
+        dd[2 * b + 1] = k.dmin;
+    };
+    let full = cols / QK_K;
+    for b in 0..full {
+        k.block(base, &src[b * bytes..(b + 1) * bytes]);
+        put(&k, b, QK_K);
+    }
+    if nb > full {
+        let units = ragged::tail_units(cols);
+        k.tail(base, units, &src[full * bytes..]);
+        put(&k, full, 32 * units);
+        // Codes past the row (a tail that is not a multiple of 32) are 0.
+        u[cols..].fill(0);
+    }
+}
+
+/// The scalar reference of [`dot_k_decoded`].
+pub fn dot_k_decoded_ref(base: QType, w: KRow<'_>, act: ActRow<'_>) -> f32 {
+    let mins = has_mins(base, None);
+    let mut acc = 0f32;
+    for b in 0..act.q.len().div_ceil(QK_K) {
+        let (mut isum, mut imin) = (0i64, 0i64);
+        let ns = ((act.q.len() - b * QK_K) / QS).min(16);
+        for s in 0..ns {
+            let (g, v0) = (16 * b + s, b * QK_K + s * QS);
+            let dot: i64 = (v0..v0 + QS).map(|j| i64::from(w.u[j]) * i64::from(act.q[j])).sum();
+            let bsum = i64::from(act.b16[g]);
+            isum += i64::from(w.sv[sv_index(b, s)]) * dot - i64::from(w.zs[g]) * bsum;
+            imin += i64::from(w.mn[g]) * bsum;
         }
-        QType::Q6K => {
-            let d = f16_at(t, 26 * u);
-            for (k, c) in units.enumerate() {
-                let mut hi = [0i8; 32];
-                four(0, k, c);
-                two(16 * u, k, &mut hi);
-                for (o, h) in c.iter_mut().zip(hi) {
-                    *o = (*o | (h << 4)) - 32;
-                }
-            }
-            for (h, &sc) in t[24 * u..26 * u].iter().enumerate() {
-                sw[h] = d * f32::from(sc as i8);
-            }
+        let dx = act.d16[b * 16];
+        acc += (w.dd[2 * b] * dx) * isum as f32;
+        if mins {
+            acc -= (w.dd[2 * b + 1] * dx) * imin as f32;
         }
-        other => unreachable!("{} is not a k-quant", other.name()),
+    }
+    acc
+}
+
+/// The dots of four decoded k-quant rows of base type `base` ([`decode_k_row`]) with two
+/// activation rows quantized in blocks of [`QK_K`] (`out[i][r]`: activation `i`, row `r`): the
+/// same bits as [`dot_k`] of the stored rows (and [`dot_k_ref`]), at every ISA. The GEMM's
+/// kernel: decoding is done once per row and batch, and each weight load serves two
+/// activation rows (AVX2 at the AVX2 and AVX-512 levels, the reference elsewhere).
+pub fn dot_k_decoded(isa: Isa, base: QType, w: [KRow<'_>; 4], act: [ActRow<'_>; 2]) -> [[f32; 4]; 2] {
+    let (cp, nb) = (act[0].q.len(), act[0].q.len().div_ceil(QK_K));
+    for a in &act {
+        assert!(a.q.len() == cp && cp.is_multiple_of(QA) && a.d16.len() == cp / QS && a.b16.len() == cp / QS);
+    }
+    for r in &w {
+        assert!(r.u.len() == cp && r.sv.len() == 16 * nb && r.zs.len() == 16 * nb && r.mn.len() == 16 * nb);
+        assert!(r.dd.len() == 2 * nb);
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => {
+            assert!(isa.is_available(), "{isa:?} kernel on a CPU without it");
+            // SAFETY: the AVX2 level is available and every length was checked above.
+            unsafe { fused::k_decoded(has_mins(base, None), w, act) }
+        }
+        _ => act.map(|a| w.map(|r| dot_k_decoded_ref(base, r, a))),
     }
 }
 
@@ -669,12 +975,11 @@ pub fn dot_q8_x4(isa: Isa, wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f3
 
 /// Whether a weight of `qtype` (with `spec` for group-affine types) on rows of `cols` values
 /// has a fused GEMV kernel at `isa` ([`dot_fused`]): the legacy types (q4_0, q4_1, q5_0, q5_1,
-/// q8_0), the k-quants and their ragged types, and group-affine int4 on rows that are a
-/// multiple of 32, at the AVX2 and AVX-512 levels (the AVX2 kernels).
+/// q8_0) and group-affine int4 on rows that are a multiple of 32, at the AVX2 and AVX-512
+/// levels (the AVX2 kernels). (The k-quants have their own path at every size, [`dot_k`].)
 pub fn has_fused(isa: Isa, qtype: QType, spec: Option<AffineSpec>, cols: usize) -> bool {
-    let kind = match qtype.ragged_base().unwrap_or(qtype) {
+    let kind = match qtype {
         QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => true,
-        QType::Q2K | QType::Q3K | QType::Q4K | QType::Q5K | QType::Q6K => true,
         QType::Int4 => spec.is_some_and(|s| s.bits == 4) && cols.is_multiple_of(QA),
         _ => false,
     };
@@ -686,8 +991,7 @@ pub fn has_fused(isa: Isa, qtype: QType, spec: Option<AffineSpec>, cols: usize) 
 /// row, decoded in registers: the same bits as [`decode_row`] of each row followed by [`dot_q8_x4`] at the same
 /// ISA (see `fused.rs`), without the decoded rows in memory. For types with mins the rows' mins
 /// are written to `mw` (row `r` at `r · padded(cols) / 16`, as [`decode_row`] writes them), for
-/// the caller's `dot_f32` with the activation's `s16`. A ragged type's tail continues in the
-/// same accumulators.
+/// the caller's `dot_f32` with the activation's `s16`.
 pub fn dot_fused(
     isa: Isa,
     qtype: QType,
@@ -701,26 +1005,28 @@ pub fn dot_fused(
     assert!(has_fused(isa, qtype, spec, cols) && isa.is_available(), "no fused kernel for {name} at {isa:?}");
     let (cp, nsub) = (padded(cols), padded(cols) / QS);
     assert!(act.q.len() == cp && act.d16.len() == nsub && act.s16.len() == nsub);
-    let base = qtype.ragged_base().unwrap_or(qtype);
-    let mins = has_mins(base, None);
+    let mins = has_mins(qtype, None);
     assert!(!mins || mw.len() >= 4 * nsub, "mw holds {} values, 4 rows need {}", mw.len(), 4 * nsub);
-    let kq = base.info().family == Family::KQuant;
-    let units = if kq { cols / QK_K } else { cols / QA };
-    let tail = if base == qtype { 0 } else { cols % QK_K };
+    let units = cols / QA;
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: the AVX2 level (AVX2, FMA, F16C) is available (asserted above); the kernels
         // check the lengths of the rows, the activation and `mw`.
-        unsafe { fused::rows(base, w, act, units, 4 * w[0].len(), mw, nsub, tail, spec, cols) }
+        unsafe { fused::rows(qtype, w, act, units, 4 * w[0].len(), mw, nsub, spec, cols) }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("no fused kernels on this architecture ({units} units, {tail} tail values)")
+    unreachable!("no fused kernels on this architecture ({units} units)")
 }
 
-/// The reference of [`dot_fused`] (and of the decode-then-dot path) for any quantized type:
-/// the row decoded by the scalar decoder, [`dot_q8_ref`], plus [`dot_f32_ref`] of the mins
-/// with `act.s16`; `act.scale` not applied.
+/// The reference of the matmul's dot of one stored row with one activation row (quantized in
+/// blocks of [`act_block`]) for any quantized type: [`dot_k_ref`] for the k-quants; else the row
+/// decoded by the scalar decoder, [`dot_q8_ref`], plus [`dot_f32_ref`] of the mins with
+/// `act.s16` (the reference of [`dot_fused`] and of the decode-then-dot path); `act.scale` not
+/// applied.
 pub fn dot_row_ref(qtype: QType, spec: Option<AffineSpec>, cols: usize, src: &[u8], act: ActRow<'_>) -> f32 {
+    if is_kquant(qtype) {
+        return dot_k_ref(qtype, cols, src, act);
+    }
     let cp = padded(cols);
     let (mut c, mut sw, mut mw) = (vec![0i8; cp], vec![0f32; cp / QS], vec![0f32; cp / QS]);
     decode_impl(qtype, spec, cols, src, &mut c, &mut sw, &mut mw);
