@@ -77,7 +77,8 @@ def matmul(
     """`y = x @ W.T` with the quantized weight `W` (rows, cols), without dequantizing it.
 
     Quantized weights multiply in integer SIMD after quantizing each row of `x` on the fly to
-    int8 blocks of 32 values (relative error about 1/254 of each block's largest |x|); float
+    int8 blocks of 32 values, 256 for the k-quants (relative error about 1/254 of each block's
+    largest |x|); float
     weights (f32, f16, bf16) multiply in f32. A W8A8 weight (a QTensor with `act`, see
     `ActQuant`) quantizes each row of `x` with one step (static, or max|x|/127 per row) and sums
     int8 × int8 products exactly; its result is the same bits at every ISA and equals

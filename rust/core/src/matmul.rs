@@ -12,8 +12,15 @@
 //! kernels and multiplied in f64. [`matmul`] is the fast path:
 //!
 //! * **Activations** are gathered into stored column order once per call (with a permutation)
-//!   and, for quantized weights, quantized once per call to int8 blocks of 32 with an f32 step
-//!   ([`crate::simd::matmul::quantize_act`]).
+//!   and, for quantized weights, quantized once per call to int8 blocks of 32 (of 256 for the
+//!   k-quants) with an f32 step ([`crate::simd::matmul::quantize_act`]).
+//! * **The k-quants** (and their ragged types) keep their integer sub-block scales integer to
+//!   the end of each super-block ([`crate::simd::matmul::dot_k`]): up to 4 activation rows run
+//!   on the stored rows; larger batches decode each tile row once to unsigned codes and i16
+//!   scales, mins and offsets ([`crate::simd::matmul::decode_k_row`]) and multiply four rows
+//!   by two activation rows per call ([`crate::simd::matmul::dot_k_decoded`]). Both give the
+//!   scalar reference's bits at every ISA, so a token's outputs do not depend on its batch.
+//!   The bullets below describe the other types.
 //! * **Weights** are processed in tiles of consecutive rows (about [`TILE_BYTES`] once
 //!   decoded), one rayon task per tile: each row of the tile is decoded into a thread-local
 //!   buffer as i8 codes + per-16 f32 scales (+ mins) ([`crate::simd::matmul::decode_row`]; one
@@ -25,8 +32,8 @@
 //!   (the per-type work) costs once per weight row, not once per product: decoding is the
 //!   repacking, done on the fly. Float weights (f32/f16/bf16) are converted per tile to f32
 //!   and multiplied with FMA dots, without activation quantization.
-//! * **Few activation rows** (at most 4, `FUSED_MAX_N`) of the common types (legacy, k-quants
-//!   and their ragged types, group-affine int4) skip the decoded tile: four weight rows at a
+//! * **Few activation rows** (at most 4, `FUSED_MAX_N`) of the legacy types and group-affine
+//!   int4 skip the decoded tile: four weight rows at a
 //!   time are decoded in registers and multiplied at once
 //!   ([`crate::simd::matmul::dot_fused`], AVX2, the next four rows prefetched), with the same
 //!   bits as decoding then multiplying, so the GEMV is no longer two passes over L1 per weight.
@@ -62,8 +69,8 @@
 //! result is bit-identical to [`matmul_reference`] at every ISA.
 //!
 //! Accuracy: the difference to [`matmul_reference`] is the activation quantization error
-//! (at most half a step, `amax / 254`, per value of each 32-value block) times `|w|`, plus f32
-//! rounding; `tests/matmul.rs` checks exactly that bound. Different ISAs agree within
+//! (at most half a step, `amax / 254`, per value of each 32-value block, 256 for the k-quants)
+//! times `|w|`, plus f32 rounding; `tests/matmul.rs` checks exactly that bound. Different ISAs agree within
 //! [`crate::simd::matmul::dot_tolerance`].
 
 use std::cell::RefCell;

@@ -5,12 +5,13 @@
 //! 1. **Activation quantization** ([`quantize_act`]): the row is scaled by a power of two
 //!    `2^-e` so that its largest magnitude lies in `[1, 2)` (exact, unless a value falls to the
 //!    subnormal range; tiny and huge rows thus quantize like ordinary ones), then cut into
-//!    blocks of [`QA`] = 32 values (the last one zero-padded), each quantized to i8 with one f32
-//!    step `d = amax / 127`: `q = round_ties_even(v · (1 / d))`, in −127..=127 (never −128, so
+//!    blocks of [`QA`] = 32 values, or of 256 for k-quant weights ([`act_block`]; the row is
+//!    zero-padded to a multiple of 32, and the last block takes what is left), each quantized
+//!    to i8 with one f32 step `d = amax / 127`: `q = round_ties_even(v · (1 / d))`, in −127..=127 (never −128, so
 //!    the AVX2 `maddubs` pair sums cannot saturate). A block whose step would be subnormal
 //!    (`amax < 127 · 2^-126`, i.e. below `2^-119` times the row's largest value) is flushed to
-//!    zero. Per sub-block of [`QS`] = 16 values it also stores the step (`d16`) and
-//!    `d · Σ q` (`s16`, for the min terms). Written once over the [`Simd`] vocabulary, so every
+//!    zero. Per sub-block of [`QS`] = 16 values it also stores the step (`d16`),
+//!    `d · Σ q` (`s16`, for the min terms) and the exact `Σ q` (`b16`, for the k-quants). Written once over the [`Simd`] vocabulary, so every
 //!    ISA (and `Emu` at 4, 8 and 16 lanes) gives the same bits as the scalar reference.
 //! 2. **Weight decoding** ([`decode_row`]): one stored row of any quantized type becomes i8
 //!    codes plus per-16 f32 scales `sw` and (for types with a min or zero term) per-16 f32
@@ -26,11 +27,22 @@
 //!    variant (AVX2) the driver uses to share activation loads. The min terms are an f32 dot
 //!    ([`dot_f32`], FMA) of `mw` with `s16`, as is the whole product for float weights.
 //!
-//! For few activation rows, [`dot_fused`] does steps 2 and 3 at once for the common types
-//! (AVX2 kernels in `fused.rs`), with the same bits as [`decode_row`] + [`dot_q8_x4`].
+//! For few activation rows, [`dot_fused`] does steps 2 and 3 at once for the legacy types and
+//! int4 (AVX2 kernels in `fused.rs`), with the same bits as [`decode_row`] + [`dot_q8_x4`].
+//!
+//! **The k-quants** (q2_k … q6_k and their ragged types) take their own path, with
+//! activations in blocks of 256 (ggml's `q8_K` idea): a super-block's products are summed in
+//! i32 with the sub-blocks' integer scales, its mins and code offsets come from the
+//! activation's `b16`, and only the block's total goes to f32 ([`dot_k_ref`] is the
+//! specification). One i8 step per 256 values instead of 32 costs activation precision where
+//! a block mixes large and small values, but the f32 work per 32 values (a conversion, a
+//! scale broadcast and an FMA) is gone. [`dot_k`] runs on the stored rows (few activation
+//! rows), [`dot_k_decoded`] on rows decoded once per batch ([`decode_k_row`], two activation
+//! rows per weight load); both give [`dot_k_ref`]'s bits at every ISA.
 //!
 //! Integer outputs (quantized activations, codes) are bit-identical across ISAs. Float
-//! outputs differ only by the order of f32 additions; [`dot_tolerance`] bounds the difference.
+//! outputs of the other types differ only by the order of f32 additions; [`dot_tolerance`]
+//! bounds the difference.
 
 use crate::blocks::dq;
 use crate::blocks::iq4nl::KVALUES;
