@@ -684,8 +684,31 @@ pub(super) fn k_rows(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: u
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn k_decoded(mins: bool, w: [super::KRow<'_>; R], a: [ActRow<'_>; 2]) -> [[f32; R]; 2] {
+    // SAFETY: the caller checked the CPU (AVX2) and every length.
+    unsafe { k_decoded_body::<false>(mins, w, a) }
+}
+
+/// [`k_decoded`] with AVX-512 VNNI's `vpdpwssd` (the scale multiply and the add in one
+/// instruction; the same exact i32 sums).
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) fn k_decoded_vnni(mins: bool, w: [super::KRow<'_>; R], a: [ActRow<'_>; 2]) -> [[f32; R]; 2] {
+    // SAFETY: the caller checked the CPU (AVX-512 VNNI) and every length.
+    unsafe { k_decoded_body::<true>(mins, w, a) }
+}
+
+/// [`scaled`] with `vpdpwssd`.
+#[inline(always)]
+unsafe fn scaled_vnni(isum: __m256i, c: __m256i, x: __m256i, sc: __m256i) -> __m256i {
+    // SAFETY: AVX-512 VNNI and VL are enabled by the caller.
+    unsafe { _mm256_dpwssd_epi32(isum, _mm256_maddubs_epi16(c, x), sc) }
+}
+
+#[inline(always)]
+unsafe fn k_decoded_body<const VNNI: bool>(mins: bool, w: [super::KRow<'_>; R], a: [ActRow<'_>; 2]) -> [[f32; R]; 2] {
     let cp = a[0].q.len();
-    let mut acc = [_mm_setzero_ps(); 2];
+    // SAFETY: SSE is enabled by the caller.
+    let mut acc = [unsafe { _mm_setzero_ps() }; 2];
     let mut b = 0;
     while b * QK_K < cp {
         let chunks = ((cp - b * QK_K) / 32).min(8);
@@ -695,9 +718,13 @@ pub(super) fn k_decoded(mins: bool, w: [super::KRow<'_>; R], a: [ActRow<'_>; 2])
         unsafe {
             // The activations' per-16 sums, 0 past the row.
             let bs = a.map(|a| {
-                let mut t = [0i16; 16];
-                t[..2 * chunks].copy_from_slice(&a.b16[16 * b..16 * b + 2 * chunks]);
-                load256(t.as_ptr().cast())
+                if chunks == 8 {
+                    load256(a.b16.as_ptr().add(16 * b).cast())
+                } else {
+                    let mut t = [0i16; 16];
+                    t[..2 * chunks].copy_from_slice(&a.b16[16 * b..16 * b + 2 * chunks]);
+                    load256(t.as_ptr().cast())
+                }
             });
             let mut isum = [[_mm256_setzero_si256(); R]; 2];
             let mut imin = [[_mm256_setzero_si256(); R]; 2];
@@ -718,13 +745,30 @@ pub(super) fn k_decoded(mins: bool, w: [super::KRow<'_>; R], a: [ActRow<'_>; 2])
             let x = a.map(|a| a.q.as_ptr().add(v0).cast::<u8>());
             let u = w.map(|r| r.u.as_ptr().add(v0));
             let sv = w.map(|r| r.sv.as_ptr().add(16 * b).cast::<u8>());
-            for t in 0..chunks {
-                let (x0, x1) = (load256(x[0].add(32 * t)), load256(x[1].add(32 * t)));
-                for r in 0..R {
-                    let sc = pick(load256(sv[r]), t);
-                    let c = load256(u[r].add(32 * t));
-                    isum[0][r] = scaled(isum[0][r], c, x0, sc);
-                    isum[1][r] = scaled(isum[1][r], c, x1, sc);
+            // Chunk `t` of 32 values: each row's code load and scale pick serve both rows of x.
+            // (A macro, not a closure: a closure would not inherit this function's features.)
+            macro_rules! chunk {
+                ($t:expr) => {{
+                    let t = $t;
+                    let (x0, x1) = (load256(x[0].add(32 * t)), load256(x[1].add(32 * t)));
+                    for r in 0..R {
+                        let sc = pick(load256(sv[r]), t);
+                        let c = load256(u[r].add(32 * t));
+                        isum[0][r] =
+                            if VNNI { scaled_vnni(isum[0][r], c, x0, sc) } else { scaled(isum[0][r], c, x0, sc) };
+                        isum[1][r] =
+                            if VNNI { scaled_vnni(isum[1][r], c, x1, sc) } else { scaled(isum[1][r], c, x1, sc) };
+                    }
+                }};
+            }
+            if chunks == 8 {
+                // A full block: unrolled, with constant picks.
+                for t in 0..8 {
+                    chunk!(t);
+                }
+            } else {
+                for t in 0..chunks {
+                    chunk!(t);
                 }
             }
             for i in 0..2 {

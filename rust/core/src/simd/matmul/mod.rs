@@ -938,7 +938,13 @@ pub fn dot_k_decoded(isa: Isa, base: QType, w: [KRow<'_>; 4], act: [ActRow<'_>; 
         Isa::Avx2 | Isa::Avx512 => {
             assert!(isa.is_available(), "{isa:?} kernel on a CPU without it");
             // SAFETY: the AVX2 level is available and every length was checked above.
-            unsafe { fused::k_decoded(has_mins(base, None), w, act) }
+            unsafe {
+                if isa == Isa::Avx512 && has_avx512_vnni() {
+                    fused::k_decoded_vnni(has_mins(base, None), w, act)
+                } else {
+                    fused::k_decoded(has_mins(base, None), w, act)
+                }
+            }
         }
         _ => act.map(|a| w.map(|r| dot_k_decoded_ref(base, r, a))),
     }
