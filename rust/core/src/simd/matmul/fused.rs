@@ -584,15 +584,17 @@ fn k6(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m128) -
 }
 
 /// The ragged tail of four rows of `base`'s ragged type (`u` units of 32 values after `nsb`
-/// super-blocks; layout in [`crate::blocks::kquants::ragged`]), one activation block.
-#[inline(never)]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize, ahead: usize, acc: __m128) -> __m128 {
+/// super-blocks; layout in [`crate::blocks::kquants::ragged`]), one activation block. Inlined
+/// into [`k_rows`]' arm of each type, where `base` is a constant.
+/// The caller enables AVX2/FMA/F16C.
+#[inline(always)]
+unsafe fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize, ahead: usize, acc: __m128) -> __m128 {
     let (at, v0, s0) = (nsb * base.info().block_bytes, nsb * QK_K, nsb * 16);
     let tb = ragged::tail_bytes(base, u);
     check(&w, &a, at + tb, v0 + 32 * u);
     assert!(a.b16.len() >= s0 + 2 * u);
-    let mut isum = [_mm256_setzero_si256(); R];
+    // SAFETY: AVX is enabled by the caller.
+    let mut isum = [unsafe { _mm256_setzero_si256() }; R];
     let (mut imin, mut d, mut dmin) = ([0i32; R], [0f32; R], [0f32; R]);
     for r in 0..R {
         // SAFETY: every access of this loop body is in bounds: the tail lies inside every row,
@@ -669,7 +671,18 @@ pub(super) fn k_rows(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: u
         QType::Q6K => k6(w, a, nsb, ahead, acc),
         other => unreachable!("{} is not a k-quant", other.name()),
     };
-    let acc = if u > 0 { k_tail(base, w, a, nsb, u, ahead, acc) } else { acc };
+    // One call per type with a constant `base`, so that each inlined tail is specialised.
+    // SAFETY: AVX2/FMA/F16C are enabled here; `k_tail` checks every length.
+    let acc = unsafe {
+        match base {
+            _ if u == 0 => acc,
+            QType::Q2K => k_tail(QType::Q2K, w, a, nsb, u, ahead, acc),
+            QType::Q3K => k_tail(QType::Q3K, w, a, nsb, u, ahead, acc),
+            QType::Q4K => k_tail(QType::Q4K, w, a, nsb, u, ahead, acc),
+            QType::Q5K => k_tail(QType::Q5K, w, a, nsb, u, ahead, acc),
+            _ => k_tail(QType::Q6K, w, a, nsb, u, ahead, acc),
+        }
+    };
     let mut out = [0f32; R];
     // SAFETY: `out` holds four f32.
     unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
