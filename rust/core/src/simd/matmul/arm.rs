@@ -230,13 +230,6 @@ impl Bytes32 for NeonBytes {
         }
     }
     #[inline(always)]
-    fn shr_and(self, v: Self::V, n: u32, mask: u8) -> Self::V {
-        unsafe {
-            let (s, m) = (vdupq_n_s8(-(n as i8)), vdupq_n_u8(mask));
-            (vandq_u8(vshlq_u8(v.0, s), m), vandq_u8(vshlq_u8(v.1, s), m))
-        }
-    }
-    #[inline(always)]
     fn shl(self, v: Self::V, n: u32) -> Self::V {
         unsafe {
             let s = vdupq_n_s8(n as i8);

@@ -6,7 +6,6 @@
 use super::{padded, QS};
 use crate::blocks::dq;
 use crate::blocks::iq4nl::KVALUES;
-use crate::blocks::kquants::{layout, scale_min_k4, scale_q3k, QK_K};
 use crate::blocks::legacy::Spec;
 use crate::pack;
 use crate::qtype::{AffineSpec, Family, QType};
@@ -24,8 +23,6 @@ pub trait Bytes32: Copy {
     fn nibbles_interleaved(self, s: &[u8]) -> Self::V;
     /// Byte `j` = bit `j` of `m` (0 or 1).
     fn bits(self, m: u32) -> Self::V;
-    /// `(v >> n) & mask` per byte (`n < 8`).
-    fn shr_and(self, v: Self::V, n: u32, mask: u8) -> Self::V;
     /// `v << n` per byte, for bytes whose result stays below 256.
     fn shl(self, v: Self::V, n: u32) -> Self::V;
     /// Wrapping byte add.
@@ -75,13 +72,7 @@ pub fn decode<B: Bytes32>(
                 sw[2 * k..2 * k + 2].fill(half(b, blk, 0));
             }
         }
-        Family::KQuant => kquant(b, qtype, src, codes, sw, mw),
-        Family::RaggedKQuant => {
-            // The full super-blocks, then the tail.
-            let base = qtype.ragged_base().expect("ragged base");
-            kquant(b, base, &src[..cols / QK_K * base.info().block_bytes], codes, sw, mw);
-            super::ragged_tail(base, cols, src, codes, sw, mw);
-        }
+        Family::KQuant | Family::RaggedKQuant => unreachable!("k-quants are decoded by the scalar decoder"),
         Family::Affine => affine(b, &spec.expect("group-affine spec"), cols, src, codes, sw, mw),
         Family::DoubleQuant => dq_row(b, qtype.dq_bits().expect("dq bits"), cols, src, codes, sw),
         Family::Float => unreachable!("float weights are not decoded to codes"),
@@ -107,89 +98,6 @@ fn legacy<B: Bytes32>(b: B, spec: &Spec, src: &[u8], codes: &mut [i8], sw: &mut 
         sw[2 * k..2 * k + 2].fill(half(b, blk, 0));
         if spec.has_min {
             mw[2 * k..2 * k + 2].fill(half(b, blk, 2));
-        }
-    }
-}
-
-#[inline(always)]
-fn kquant<B: Bytes32>(b: B, qtype: QType, src: &[u8], codes: &mut [i8], sw: &mut [f32], mw: &mut [f32]) {
-    let bytes = qtype.info().block_bytes;
-    for (sb, x) in src.chunks_exact(bytes).enumerate() {
-        let cb = &mut codes[sb * QK_K..(sb + 1) * QK_K];
-        let sw = &mut sw[sb * 16..sb * 16 + 16];
-        let mw = &mut mw[sb * 16..sb * 16 + 16];
-        match qtype {
-            QType::Q2K => {
-                use layout::q2k::*;
-                let (d, dmin) = (half(b, x, D), half(b, x, DMIN));
-                for h in 0..2 {
-                    let q = b.load(&x[QS + 32 * h..]);
-                    for s in 0..4 {
-                        b.store(b.shr_and(q, 2 * s as u32, 3), &mut cb[128 * h + 32 * s..]);
-                    }
-                }
-                for k in 0..16 {
-                    let sc = x[SCALES + k];
-                    sw[k] = d * f32::from(sc & 0xF);
-                    mw[k] = -(dmin * f32::from(sc >> 4));
-                }
-            }
-            QType::Q3K => {
-                use layout::q3k::*;
-                let d = half(b, x, D);
-                let (hm, m4) = (b.load(&x[HMASK..]), b.splat(0xFC));
-                for h in 0..2 {
-                    let q = b.load(&x[QS + 32 * h..]);
-                    for s in 0..4 {
-                        let hi = b.shl(b.shr_and(hm, (4 * h + s) as u32, 1), 2);
-                        let v = b.add(b.add(b.shr_and(q, 2 * s as u32, 3), hi), m4);
-                        b.store(v, &mut cb[128 * h + 32 * s..]);
-                    }
-                }
-                for (k, s) in sw.iter_mut().enumerate() {
-                    *s = d * scale_q3k(k, &x[SCALES..SCALES + 12]) as f32;
-                }
-            }
-            QType::Q4K | QType::Q5K => {
-                use layout::q4k::{D, DMIN, SCALES};
-                let five = qtype == QType::Q5K;
-                let qs = if five { layout::q5k::QS } else { layout::q4k::QS };
-                let (d, dmin) = (half(b, x, D), half(b, x, DMIN));
-                let qh = if five { b.load(&x[layout::q5k::QH..]) } else { b.splat(0) };
-                for p in 0..4 {
-                    let q = b.load(&x[qs + 32 * p..]);
-                    for hh in 0..2 {
-                        let mut v = b.shr_and(q, 4 * hh as u32, 0xF);
-                        if five {
-                            v = b.or(v, b.shl(b.shr_and(qh, (2 * p + hh) as u32, 1), 4));
-                        }
-                        b.store(v, &mut cb[64 * p + 32 * hh..]);
-                    }
-                }
-                for j in 0..8 {
-                    let (sc, m) = scale_min_k4(j, &x[SCALES..SCALES + 12]);
-                    let (dl, ml) = (d * f32::from(sc), dmin * f32::from(m));
-                    sw[2 * j..2 * j + 2].fill(dl);
-                    mw[2 * j..2 * j + 2].fill(-ml);
-                }
-            }
-            QType::Q6K => {
-                use layout::q6k::*;
-                let d = half(b, x, D);
-                let m32 = b.splat(0xE0);
-                for h in 0..2 {
-                    let qh = b.load(&x[QH + 32 * h..]);
-                    for q in 0..4 {
-                        let lo = b.shr_and(b.load(&x[QL + 64 * h + 32 * (q % 2)..]), 4 * (q / 2) as u32, 0xF);
-                        let hi = b.shl(b.shr_and(qh, 2 * q as u32, 3), 4);
-                        b.store(b.add(b.or(lo, hi), m32), &mut cb[128 * h + 32 * q..]);
-                    }
-                }
-                for (k, s) in sw.iter_mut().enumerate() {
-                    *s = d * f32::from(x[SCALES + k] as i8);
-                }
-            }
-            other => unreachable!("{} is not a k-quant", other.name()),
         }
     }
 }

@@ -613,6 +613,9 @@ pub fn decode_row(
 ) {
     assert!(codes.len() == padded(cols) && sw.len() == codes.len() / QS && mw.len() == sw.len());
     match isa {
+        // The k-quants multiply through their own path (`dot_k`, `decode_k_row`); this form of
+        // them is decoded by the scalar decoder at every ISA.
+        _ if is_kquant(qtype) => decode_impl(qtype, spec, cols, src, codes, sw, mw),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => x86::decode_avx2(qtype, spec, cols, src, codes, sw, mw),
         #[cfg(target_arch = "aarch64")]
@@ -1033,7 +1036,7 @@ pub fn dot_fused(
         unsafe { fused::rows(qtype, w, act, units, 4 * w[0].len(), mw, nsub, spec, cols) }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("no fused kernels on this architecture ({units} units)")
+    unreachable!("no fused kernels on this architecture ({units} units, {} rows)", w.len())
 }
 
 /// The reference of the matmul's dot of one stored row with one activation row (quantized in

@@ -410,10 +410,6 @@ impl Bytes32 for Avx2Bytes {
         unsafe { bit_bytes(m, 1) }
     }
     #[inline(always)]
-    fn shr_and(self, v: __m256i, n: u32, mask: u8) -> __m256i {
-        unsafe { _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(n as i32)), _mm256_set1_epi8(mask as i8)) }
-    }
-    #[inline(always)]
     fn shl(self, v: __m256i, n: u32) -> __m256i {
         // 16-bit shifts: no bit crosses into the next byte because each result is < 256.
         unsafe { _mm256_sll_epi16(v, _mm_cvtsi32_si128(n as i32)) }
