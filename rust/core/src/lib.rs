@@ -5,7 +5,7 @@
 //! * [`simd`]: run-time ISA detection, the `LOWBIT_ISA` override and the SIMD kernels.
 //! * [`quant`]: the driver: input validation, per-row dispatch, rayon over rows.
 //! * [`matmul`]: quantized matrix multiplication (`y = x · Wᵀ`) for every type.
-//! * [`format`]: LBF, the single-file model format (reader and writer).
+//! * [`format`](mod@format): LBF, the single-file model format (reader and writer).
 //! * [`model`]: the llama-family decoder over an LBF file (KV-cache sessions, sampling).
 //!
 //! Layouts and the architecture are described in `ARCHITECTURE.md` of the shared design

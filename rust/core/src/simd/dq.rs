@@ -3,7 +3,7 @@
 //! the layout and the algorithm).
 //!
 //! How identity is kept: the grid `(d, m)` and each group's candidates come from the
-//! reference's own scalar helpers ([`grid`], [`candidates`]); the search runs **one candidate
+//! reference's own scalar helpers (`grid`, [`candidates`]); the search runs **one candidate
 //! per lane**, each lane summing its candidate's weighted squared error over the group's 16
 //! values in column order with the reference's operations (`x / div`, `round_even`, `+ z`,
 //! clamp, `s · (q − z) − x`, `w · r²`), `x_j` and `w_j` broadcast to all lanes; the first

@@ -23,11 +23,11 @@
 //!
 //! | base | tail fields, in order | bytes |
 //! |------|-----------------------|-------|
-//! | q2_k | scales[2u] (ggml's byte: scale nibble, min nibble), qs[8u] (2-bit), d, dmin | 10u + 4 |
-//! | q3_k | hmask[4u] (high bits), qs[8u] (low 2 bits), scales[2u], d | 14u + 2 |
-//! | q4_k | d, dmin, scales[u], mins[u], qs[16u] (4-bit) | 18u + 4 |
-//! | q5_k | d, dmin, scales[u], mins[u], qh[4u] (high bits), qs[16u] (low 4 bits) | 22u + 4 |
-//! | q6_k | ql[16u] (low 4 bits), qh[8u] (high 2 bits), scales[2u] (i8), d | 26u + 2 |
+//! | q2_k | `scales[2u]` (ggml's byte: scale nibble, min nibble), `qs[8u]` (2-bit), d, dmin | 10u + 4 |
+//! | q3_k | `hmask[4u]` (high bits), `qs[8u]` (low 2 bits), `scales[2u]`, d | 14u + 2 |
+//! | q4_k | d, dmin, `scales[u]`, `mins[u]`, `qs[16u]` (4-bit) | 18u + 4 |
+//! | q5_k | d, dmin, `scales[u]`, `mins[u]`, `qh[4u]` (high bits), `qs[16u]` (low 4 bits) | 22u + 4 |
+//! | q6_k | `ql[16u]` (low 4 bits), `qh[8u]` (high 2 bits), `scales[2u]` (i8), d | 26u + 2 |
 //!
 //! `d` and `dmin` are the block's f16 super-scales, unchanged. Per 32 values a tail costs what a
 //! full super-block costs (up to half a byte more: the 6-bit fields take a byte each), plus its
