@@ -179,7 +179,6 @@ fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: 
 ) -> [__m256; R] {
     check(&w, &a, nb * BB, nb * 32);
     assert!(!MIN || (nsub >= 2 * nb && mw.len() >= (R - 1) * nsub + 2 * nb));
-    let m4 = _mm256_set1_epi8(0x0F);
     let zero = _mm256_set1_epi8(ZERO);
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
@@ -195,8 +194,7 @@ fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: 
                 if b % 4 == 0 {
                     prefetch(blk, ahead, 4 * BB);
                 }
-                let raw = load128(blk.add(OFF_QS));
-                let mut c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), m4);
+                let mut c = nibbles(blk.add(OFF_QS));
                 if OFF_QH > 0 {
                     c = _mm256_or_si256(c, bit_bytes(blk.add(OFF_QH).cast::<u32>().read_unaligned().to_le(), 16));
                 }
@@ -253,26 +251,6 @@ fn scales_mins_k4(s: &[u8; 12]) -> (u64, u64) {
     let sc = u64::from(a & 0x3F3F_3F3F) | u64::from(sc_hi) << 32;
     let m = u64::from(b & 0x3F3F_3F3F) | u64::from(m_hi) << 32;
     (sc, m)
-}
-
-/// The fifth bit of q5 codes at bit `j` of each byte of `qh`, moved to bit 4 (16 or 0).
-#[inline(always)]
-unsafe fn fifth(qh: __m256i, j: usize) -> __m256i {
-    // SAFETY: AVX2 is enabled by the caller. The 16-bit shifts bring bits over from the other
-    // byte only outside bit 4, which is all that is kept.
-    unsafe {
-        let v = match j {
-            0 => _mm256_slli_epi16::<4>(qh),
-            1 => _mm256_slli_epi16::<3>(qh),
-            2 => _mm256_slli_epi16::<2>(qh),
-            3 => _mm256_slli_epi16::<1>(qh),
-            4 => qh,
-            5 => _mm256_srli_epi16::<1>(qh),
-            6 => _mm256_srli_epi16::<2>(qh),
-            _ => _mm256_srli_epi16::<3>(qh),
-        };
-        _mm256_and_si256(v, _mm256_set1_epi8(0x10))
-    }
 }
 
 /// Group-affine int4 (`spec`, rows of `cols` values, a multiple of 32, as every group but the
@@ -525,8 +503,8 @@ fn k45<const FIVE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize,
                     let mut lo = _mm256_and_si256(raw, m4);
                     let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), m4);
                     if FIVE {
-                        lo = _mm256_or_si256(lo, fifth(qh, 2 * p));
-                        hi = _mm256_or_si256(hi, fifth(qh, 2 * p + 1));
+                        lo = _mm256_or_si256(lo, bit_to(qh, 2 * p, 4));
+                        hi = _mm256_or_si256(hi, bit_to(qh, 2 * p + 1, 4));
                     }
                     acc_i = scaled(acc_i, lo, load256(xq.add(64 * p)), pick(sv, 2 * p));
                     acc_i = scaled(acc_i, hi, load256(xq.add(64 * p + 32)), pick(sv, 2 * p + 1));
@@ -595,6 +573,7 @@ unsafe fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize
     assert!(a.b16.len() >= s0 + 2 * u);
     // SAFETY: AVX is enabled by the caller.
     let mut isum = [unsafe { _mm256_setzero_si256() }; R];
+    let (zero, mins) = (super::k_zero(base), super::has_mins(base, None));
     let (mut imin, mut d, mut dmin) = ([0i32; R], [0f32; R], [0f32; R]);
     for r in 0..R {
         // SAFETY: every access of this loop body is in bounds: the tail lies inside every row,
@@ -613,16 +592,16 @@ unsafe fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize
             };
             let mut off = 0i32;
             for k in 0..u {
-                // Codes (unsigned), their offset, and the unit's two scales and mins.
-                let (c, zero, sc, m) = match base {
+                // Codes (unsigned), and the unit's two scales and mins.
+                let (c, sc, m) = match base {
                     QType::Q2K => {
                         let (b0, b1) = (byte(2 * k), byte(2 * k + 1));
-                        (two(2 * u + 8 * k), 0, [b0 & 15, b1 & 15].map(i32::from), [b0 >> 4, b1 >> 4].map(i32::from))
+                        (two(2 * u + 8 * k), [b0 & 15, b1 & 15].map(i32::from), [b0 >> 4, b1 >> 4].map(i32::from))
                     }
                     QType::Q3K => {
                         let c = _mm256_or_si256(two(4 * u + 8 * k), bit_bytes(word(4 * k), 4));
                         let sc = [byte(12 * u + 2 * k), byte(12 * u + 2 * k + 1)].map(|b| i32::from(b & 63) - 32);
-                        (c, 4, sc, [0, 0])
+                        (c, sc, [0, 0])
                     }
                     QType::Q4K | QType::Q5K => {
                         let c = if base == QType::Q5K {
@@ -631,12 +610,12 @@ unsafe fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize
                             nibbles(t.add(4 + 2 * u + 16 * k))
                         };
                         let (s, m) = (i32::from(byte(4 + k) & 63), i32::from(byte(4 + u + k) & 63));
-                        (c, 0, [s, s], [m, m])
+                        (c, [s, s], [m, m])
                     }
                     _ => {
                         let c = _mm256_or_si256(nibbles(t.add(16 * k)), _mm256_slli_epi16::<4>(two(16 * u + 8 * k)));
                         let sc = [byte(24 * u + 2 * k), byte(24 * u + 2 * k + 1)].map(|b| i32::from(b as i8));
-                        (c, 32, sc, [0, 0])
+                        (c, sc, [0, 0])
                     }
                 };
                 let x = load256(a.q.as_ptr().add(v0 + 32 * k).cast());
@@ -649,7 +628,6 @@ unsafe fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize
             isum[r] = _mm256_sub_epi32(isum[r], _mm256_setr_epi32(off, 0, 0, 0, 0, 0, 0, 0));
         }
     }
-    let mins = matches!(base, QType::Q2K | QType::Q4K | QType::Q5K);
     // SAFETY: AVX2 is enabled; `s0` is inside the activation's steps (checked above).
     unsafe {
         let imin = mins.then(|| _mm_loadu_si128(imin.as_ptr().cast()));

@@ -379,7 +379,7 @@ impl Default for KInts {
 
 impl KInts {
     /// The f32 scales (`d · isc`) and mins (`−(dmin · imin)`, types with mins) of the first
-    /// `ns` sub-blocks, as [`decode_row`] gives them.
+    /// `sw.len()` sub-blocks, as [`decode_row`] gives them.
     #[inline(always)]
     fn write_scales(&self, mins: bool, sw: &mut [f32], mw: &mut [f32]) {
         for (k, s) in sw.iter_mut().enumerate() {
@@ -748,6 +748,18 @@ impl KInts {
     }
 }
 
+/// One block's share of a k-quant dot, the f32 operations of every k-kernel in this order:
+/// `acc + (d · dx) · isum`, then (types with mins) `− (dmin · dx) · imin`, each product and sum
+/// rounded to f32 (`dd = [d, dmin]`, `dx` the activation block's step).
+#[inline(always)]
+fn k_block_ref(mut acc: f32, mins: bool, dd: [f32; 2], dx: f32, isum: i64, imin: i64) -> f32 {
+    acc += (dd[0] * dx) * isum as f32;
+    if mins {
+        acc -= (dd[1] * dx) * imin as f32;
+    }
+    acc
+}
+
 /// The scalar reference of [`dot_k`] for one stored row `src` of a k-quant or ragged k-quant
 /// `qtype` with `cols` values, and an activation row quantized in blocks of [`QK_K`]
 /// ([`act_block`]): per super-block (and the ragged tail) the exact integer sums
@@ -768,10 +780,7 @@ pub fn dot_k_ref(qtype: QType, cols: usize, src: &[u8], act: ActRow<'_>) -> f32 
             isum += i64::from(k.isc[s]) * dot;
             imin += i64::from(k.imin[s]) * i64::from(act.b16[sb * 16 + s]);
         }
-        acc += (k.d * dx) * isum as f32;
-        if mins {
-            acc -= (k.dmin * dx) * imin as f32;
-        }
+        acc = k_block_ref(acc, mins, [k.d, k.dmin], dx, isum, imin);
     };
     for sb in 0..full {
         k.block(base, &src[sb * bytes..(sb + 1) * bytes]);
@@ -914,10 +923,7 @@ pub fn dot_k_decoded_ref(base: QType, w: KRow<'_>, act: ActRow<'_>) -> f32 {
             imin += i64::from(w.mn[g]) * bsum;
         }
         let dx = act.d16[b * 16];
-        acc += (w.dd[2 * b] * dx) * isum as f32;
-        if mins {
-            acc -= (w.dd[2 * b + 1] * dx) * imin as f32;
-        }
+        acc = k_block_ref(acc, mins, [w.dd[2 * b], w.dd[2 * b + 1]], dx, isum, imin);
     }
     acc
 }
