@@ -747,11 +747,14 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
         }
         _ => None,
     };
-    let mins = kern::has_mins(qtype, affine);
-    // The k-quants: their own kernels at every batch size (no decoded tile); few activation
-    // rows of other common types: the fused kernels.
+    // The k-quants: their own kernels at every batch size (no decoded tile of the other types);
+    // few activation rows of the k-quants and of the types with fused kernels: kernels on the
+    // stored rows.
     let kq = kern::is_kquant(qtype);
-    let fused = n <= FUSED_MAX_N && kern::has_fused(isa, qtype, affine, cols);
+    let fused = n <= FUSED_MAX_N && (kq || kern::has_fused(isa, qtype, affine, cols));
+    // Whether the kernels leave a per-16 min term for an f32 dot with the activation's sums
+    // (the k-quants fold theirs into their integer sums).
+    let mins = kern::has_mins(qtype, affine) && !kq;
     let row_bytes = if float {
         4 * cols
     } else if kq {
@@ -792,14 +795,22 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                         }
                     }
                 }
-            } else if kq && n <= FUSED_MAX_N {
-                // Few activation rows: the k-quant kernels on the stored rows. Edge quads repeat
-                // their last row (every output from the same kernel, whatever the batch).
+            } else if fused {
+                let mw = scratch(mw, 4 * nsub);
                 for r in (0..nr).step_by(4) {
+                    // Edge quads repeat their last row (every output from the same kernel,
+                    // whatever the batch).
                     let rows = [0, 1, 2, 3].map(|j| w.row(r0 + (r + j).min(nr - 1)));
                     for i in 0..n {
-                        let v = kern::dot_k(isa, qtype, cols, rows, act(i));
+                        let act = act(i);
+                        let v = if kq {
+                            kern::dot_k(isa, qtype, cols, rows, act)
+                        } else {
+                            kern::dot_fused(isa, qtype, affine, cols, rows, act, mw)
+                        };
                         for (j, &vj) in v.iter().enumerate().take(nr - r) {
+                            let vj =
+                                if mins { vj + kern::dot_f32(isa, &mw[j * nsub..(j + 1) * nsub], act.s16) } else { vj };
                             out[(r + j) * n + i] = vj * scale[i];
                         }
                     }
@@ -842,21 +853,6 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                             for (j, &vj) in vk.iter().enumerate().take(nr - r) {
                                 out[(r + j) * n + i + k] = vj * scale[i + k];
                             }
-                        }
-                    }
-                }
-            } else if fused {
-                let mw = scratch(mw, 4 * nsub);
-                for r in (0..nr).step_by(4) {
-                    // Edge quads repeat their last row (every output from the same kernel).
-                    let rows = [0, 1, 2, 3].map(|j| w.row(r0 + (r + j).min(nr - 1)));
-                    for i in 0..n {
-                        let act = act(i);
-                        let v = kern::dot_fused(isa, qtype, affine, cols, rows, act, mw);
-                        for (j, &vj) in v.iter().enumerate().take(nr - r) {
-                            let vj =
-                                if mins { vj + kern::dot_f32(isa, &mw[j * nsub..(j + 1) * nsub], act.s16) } else { vj };
-                            out[(r + j) * n + i] = vj * scale[i];
                         }
                     }
                 }
