@@ -814,7 +814,7 @@ pub fn dot_k(isa: Isa, qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>
             let tail = if base == qtype { 0 } else { ragged::tail_units(cols) };
             // SAFETY: the AVX2 level (AVX2, FMA, F16C) is available (asserted above); the rows
             // and the activation hold `cols` values (asserted above; the kernels check again).
-            unsafe { fused::k_rows(base, w, act, cols / QK_K, tail, 4 * bytes) }
+            unsafe { fused::k_rows(base, w, act, cols / QK_K, tail, fused::AHEAD_ROWS * bytes) }
         }
         _ => w.map(|r| dot_k_ref(qtype, cols, r, act)),
     }
@@ -1039,7 +1039,7 @@ pub fn dot_fused(
     {
         // SAFETY: the AVX2 level (AVX2, FMA, F16C) is available (asserted above); the kernels
         // check the lengths of the rows, the activation and `mw`.
-        unsafe { fused::rows(qtype, w, act, units, 4 * w[0].len(), mw, nsub, spec, cols) }
+        unsafe { fused::rows(qtype, w, act, units, fused::AHEAD_ROWS * w[0].len(), mw, nsub, spec, cols) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("no fused kernels on this architecture ({units} units, {} rows)", w.len())
