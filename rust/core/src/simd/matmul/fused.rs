@@ -567,6 +567,168 @@ fn k6(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m128) -
     acc
 }
 
+// ---- k-quants at AVX-512 VNNI: 64 values per instruction ----
+
+/// A 512-bit vector of two 256-bit halves.
+#[inline(always)]
+unsafe fn halves(lo: __m256i, hi: __m256i) -> __m512i {
+    // SAFETY: AVX-512F is enabled by the caller.
+    unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi) }
+}
+
+/// The 32 bytes at `p` in both 256-bit halves.
+#[inline(always)]
+unsafe fn both(p: *const u8) -> __m512i {
+    // SAFETY: the caller guarantees 32 readable bytes at `p`; AVX-512F is enabled.
+    unsafe { _mm512_broadcast_i64x4(load256(p)) }
+}
+
+/// The 8 i32 lane sums of the two halves of `v` (exact).
+#[inline(always)]
+unsafe fn fold(v: __m512i) -> __m256i {
+    // SAFETY: AVX-512F is enabled by the caller.
+    unsafe { _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v)) }
+}
+
+/// `isum + Σ` of the products of the codes `c` (u8) with the activation `x` (i8), each pair of
+/// products times its scale in `sc` (i16 lanes), in i32: `vpmaddubsw`, then `vpdpwssd`.
+#[inline(always)]
+unsafe fn scaled512(isum: __m512i, c: __m512i, x: __m512i, sc: __m512i) -> __m512i {
+    // SAFETY: AVX-512BW and VNNI are enabled by the caller. The u8 × i8 pair sums fit in i16
+    // (codes < 64).
+    unsafe { _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(c, x), sc) }
+}
+
+/// `c | (t & mask)` (one `vpternlogd`).
+#[inline(always)]
+unsafe fn or_masked(c: __m512i, t: __m512i, mask: __m512i) -> __m512i {
+    // SAFETY: AVX-512F is enabled by the caller.
+    unsafe { _mm512_ternarylogic_epi32::<0xF8>(c, t, mask) }
+}
+
+/// Rotation counts (32-bit lanes) that move bit `lo` of every byte to bit `to` in the low half
+/// of a vector and bit `hi` in the high half: a left rotation by `to − j` (mod 32) keeps each
+/// bit in its byte modulo the lane, so after a mask of bit `to` only the wanted bits are left.
+#[inline(always)]
+unsafe fn rotations(lo: usize, hi: usize, to: usize) -> __m512i {
+    let r = |j: usize| ((to + 32 - j) % 32) as i32;
+    // SAFETY: AVX-512F is enabled by the caller.
+    unsafe { halves(_mm256_set1_epi32(r(lo)), _mm256_set1_epi32(r(hi))) }
+}
+
+/// [`k45`] at AVX-512 VNNI: per 64 values one code load (broadcast to both halves, shifted by
+/// 0 or 4 bits), one `vpmaddubsw` and one `vpdpwssd` by the two sub-blocks' scales; the same
+/// exact i32 sums, so the same bits.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn k45_vnni<const FIVE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m128) -> __m128 {
+    use layout::q4k::{D, DMIN, SCALES};
+    let (bytes, qs) = if FIVE { (layout::q5k::BYTES, layout::q5k::QS) } else { (layout::q4k::BYTES, layout::q4k::QS) };
+    check(&w, &a, nsb * bytes, nsb * QK_K);
+    let m4 = _mm512_set1_epi8(0x0F);
+    let b4 = _mm512_set1_epi8(0x10);
+    let dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    // SAFETY: AVX-512 is enabled here.
+    let (nib, pick2, rot) = unsafe {
+        // The high half takes the high nibbles; chunk `p`'s halves take sub-blocks `2p`, `2p + 1`
+        // (their scale's i16 in every element of the half) and the fifth bits `2p`, `2p + 1`.
+        let nib = halves(_mm256_setzero_si256(), _mm256_set1_epi16(4));
+        let idx = |t: i16| _mm256_set1_epi16(((2 * t + 1) << 8) | (2 * t));
+        let pick2: [__m512i; 4] = std::array::from_fn(|p| halves(idx(2 * p as i16), idx(2 * p as i16 + 1)));
+        let rot: [__m512i; 4] = std::array::from_fn(|p| rotations(2 * p, 2 * p + 1, 4));
+        (nib, pick2, rot)
+    };
+    for sb in 0..nsb {
+        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
+        // row and the activation (checked above).
+        unsafe {
+            let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
+            let x: [__m512i; 4] = std::array::from_fn(|p| _mm512_loadu_si512(xq.add(64 * p).cast()));
+            let bs = load256(a.b16.as_ptr().add(16 * sb).cast());
+            let (mut isum, mut imin) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+            let (mut d, mut dmin) = ([0f32; R], [0f32; R]);
+            for r in 0..R {
+                let blk = w[r].as_ptr().add(bytes * sb);
+                prefetch(blk, ahead, bytes);
+                (d[r], dmin[r]) = (f16_at(blk.add(D)), f16_at(blk.add(DMIN)));
+                let (sc, m) = scales_mins_k4(&*blk.add(SCALES).cast::<[u8; 12]>());
+                let sv = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+                let mv = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(m as i64), dup));
+                imin[r] = _mm256_madd_epi16(mv, bs);
+                let qh = if FIVE { both(blk.add(layout::q5k::QH)) } else { _mm512_setzero_si512() };
+                let mut acc_i = _mm512_setzero_si512();
+                for p in 0..4 {
+                    let mut c = _mm512_and_si512(_mm512_srlv_epi16(both(blk.add(qs + 32 * p)), nib), m4);
+                    if FIVE {
+                        c = or_masked(c, _mm512_rolv_epi32(qh, rot[p]), b4);
+                    }
+                    acc_i = scaled512(acc_i, c, x[p], _mm512_shuffle_epi8(sv, pick2[p]));
+                }
+                isum[r] = fold(acc_i);
+            }
+            acc = k_finish(acc, hsum4(isum), Some(hsum4(imin)), d, dmin, *a.d16.get_unchecked(16 * sb));
+        }
+    }
+    acc
+}
+
+/// [`k6`] at AVX-512 VNNI: per 64 values (two chunks of 32 whose low bits are the low or the
+/// high nibbles of 64 contiguous bytes) one nibble mask, one rotation of the high bits, one
+/// `vpmaddubsw` and one `vpdpwssd` by the four sub-blocks' scales.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn k6_vnni(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m128) -> __m128 {
+    use layout::q6k::{BYTES, D, QH, QL, SCALES};
+    check(&w, &a, nsb * BYTES, nsb * QK_K);
+    let m4 = _mm512_set1_epi8(0x0F);
+    let b45 = _mm512_set1_epi8(0x30);
+    // SAFETY: AVX-512 is enabled here.
+    let (pick4, rot) = unsafe {
+        // Pair `q` of half `h` holds chunks 4h + 2q, 4h + 2q + 1: sub-block 8h + 4q + k in
+        // quarter `k`; the high bits of chunk `c` are bits 2c, 2c + 1 of the qh bytes.
+        let pick4: [__m512i; 4] = std::array::from_fn(|j| {
+            let e: [i16; 32] = std::array::from_fn(|i| (4 * j + i / 8) as i16);
+            _mm512_loadu_si512(e.as_ptr().cast())
+        });
+        let rot: [__m512i; 2] = std::array::from_fn(|q| rotations(4 * q, 4 * q + 2, 4));
+        (pick4, rot)
+    };
+    for sb in 0..nsb {
+        // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
+        // row and the activation (checked above).
+        unsafe {
+            let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
+            let x: [__m512i; 4] = std::array::from_fn(|j| _mm512_loadu_si512(xq.add(64 * j).cast()));
+            let bs = load256(a.b16.as_ptr().add(16 * sb).cast());
+            let mut isum = [_mm256_setzero_si256(); R];
+            let mut d = [0f32; R];
+            for r in 0..R {
+                let blk = w[r].as_ptr().add(BYTES * sb);
+                prefetch(blk, ahead, BYTES);
+                d[r] = f16_at(blk.add(D));
+                let s = load128(blk.add(SCALES));
+                let sv = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s));
+                let mut acc_i = _mm512_setzero_si512();
+                for h in 0..2 {
+                    let ql = _mm512_loadu_si512(blk.add(QL + 64 * h).cast());
+                    let qh = both(blk.add(QH + 32 * h));
+                    for q in 0..2 {
+                        let lo = if q == 0 { ql } else { _mm512_srli_epi16::<4>(ql) };
+                        let c = or_masked(_mm512_and_si512(lo, m4), _mm512_rolv_epi32(qh, rot[q]), b45);
+                        let j = 2 * h + q;
+                        acc_i = scaled512(acc_i, c, x[j], _mm512_permutexvar_epi16(pick4[j], sv));
+                    }
+                }
+                // The codes' offset 32: 32 · Σ_k scale_k · Σ x over sub-block k.
+                let off = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s), bs);
+                isum[r] = _mm256_sub_epi32(fold(acc_i), _mm256_slli_epi32::<5>(off));
+            }
+            acc = k_finish(acc, hsum4(isum), None, d, [0.0; R], *a.d16.get_unchecked(16 * sb));
+        }
+    }
+    acc
+}
+
 /// The ragged tail of four rows of `base`'s ragged type (`u` units of 32 values after `nsb`
 /// super-blocks; layout in [`crate::blocks::kquants::ragged`]), one activation block. Inlined
 /// into [`k_rows`]' arm of each type, where `base` is a constant.
@@ -645,9 +807,21 @@ unsafe fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize
 /// the ragged types, over a tail of `u` units (0: none); the bits of [`super::dot_k_ref`].
 /// The caller checks that the CPU has AVX2/FMA/F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn k_rows(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize, ahead: usize) -> [f32; R] {
+pub(super) fn k_rows(
+    base: QType,
+    w: [&[u8]; R],
+    a: ActRow<'_>,
+    nsb: usize,
+    u: usize,
+    ahead: usize,
+    vnni: bool,
+) -> [f32; R] {
     let acc = _mm_setzero_ps();
+    // SAFETY (the AVX-512 kernels): the caller checked AVX-512 VNNI when `vnni` is set.
     let acc = match base {
+        QType::Q4K if vnni => unsafe { k45_vnni::<false>(w, a, nsb, ahead, acc) },
+        QType::Q5K if vnni => unsafe { k45_vnni::<true>(w, a, nsb, ahead, acc) },
+        QType::Q6K if vnni => unsafe { k6_vnni(w, a, nsb, ahead, acc) },
         QType::Q2K => k23::<false>(w, a, nsb, ahead, acc),
         QType::Q3K => k23::<true>(w, a, nsb, ahead, acc),
         QType::Q4K => k45::<false>(w, a, nsb, ahead, acc),

@@ -812,9 +812,10 @@ pub fn dot_k(isa: Isa, qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>
             assert!(isa.is_available(), "{isa:?} kernel on a CPU without it");
             let base = qtype.ragged_base().unwrap_or(qtype);
             let tail = if base == qtype { 0 } else { ragged::tail_units(cols) };
+            let vnni = isa == Isa::Avx512 && has_avx512_vnni();
             // SAFETY: the AVX2 level (AVX2, FMA, F16C) is available (asserted above); the rows
             // and the activation hold `cols` values (asserted above; the kernels check again).
-            unsafe { fused::k_rows(base, w, act, cols / QK_K, tail, fused::AHEAD_ROWS * bytes) }
+            unsafe { fused::k_rows(base, w, act, cols / QK_K, tail, fused::AHEAD_ROWS * bytes, vnni) }
         }
         _ => w.map(|r| dot_k_ref(qtype, cols, r, act)),
     }
