@@ -12,8 +12,10 @@ fn main() {
     let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3.0);
     let threads: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
     let cols: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(4096);
+    // The global pool, called from outside it, as the Python binding calls it.
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
     let n: usize = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(1);
-    let rows = 4096;
+    let rows: usize = std::env::var("GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(4096);
     let mut s = 0x1234_5678_9abc_def1u64;
     let mut next = || {
         s ^= s << 13;
@@ -25,16 +27,15 @@ fn main() {
     let x: Vec<f32> = (0..n * cols).map(|_| next()).collect();
     let (layout, bytes) = quant::quantize(t, Source::F32(&w), rows, cols, &QuantOptions::default()).unwrap();
     let mb: usize = std::env::var("GEMV_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
-    let copies = (mb << 20).div_ceil(bytes.len());
+    let copies = (mb << 20).div_ceil(bytes.len()).max(1);
     let all: Vec<u8> = bytes.iter().copied().cycle().take(copies * bytes.len()).collect();
     let mats: Vec<QMatrix<'_>> =
         all.chunks_exact(bytes.len()).map(|d| QMatrix::new(layout, d, None, None).unwrap()).collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     let mut y = vec![0f32; n * rows];
     let start = Instant::now();
     let mut calls = 0usize;
     while start.elapsed().as_secs_f64() < secs {
-        pool.install(|| matmul(&mats[calls % copies], &x, n, &mut y, None).unwrap());
+        matmul(&mats[calls % copies], &x, n, &mut y, None).unwrap();
         calls += 1;
     }
     let gbs = (calls * bytes.len()) as f64 / start.elapsed().as_secs_f64() / 1e9;

@@ -695,7 +695,8 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     } else {
         x
     };
-    let par = n * rows * cols >= PAR_MIN_WORK;
+    // With one thread, the calling thread does the work: no hand-over to the pool and back.
+    let par = n * rows * cols >= PAR_MIN_WORK && rayon::current_num_threads() > 1;
     let float = qtype.info().family == Family::Float;
     let cp = padded(cols);
     let nsub = cp / QS;
@@ -928,7 +929,8 @@ where
 /// exact integer dot, four weight rows per activation load, straight from the stored codes.
 fn run_w8a8(w: &QMatrix<'_>, act: ActQuant, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut Acts) {
     let Layout { rows, cols, .. } = w.layout;
-    let par = n * rows * cols >= PAR_MIN_WORK;
+    // With one thread, the calling thread does the work: no hand-over to the pool and back.
+    let par = n * rows * cols >= PAR_MIN_WORK && rayon::current_num_threads() > 1;
     let (q, steps) = (scratch(&mut acts.q, n * cols), scratch(&mut acts.scale, n));
     let quant = |(qi, (st, xi)): (&mut [i8], (&mut f32, &[f32]))| {
         *st = match act {

@@ -122,7 +122,10 @@ impl Session {
         }
         let start = self.pos;
         let mut logits = vec![0f32; if all_logits { tokens.len() * vocab } else { vocab }];
-        let r = self.forward_chunks(model, tokens, all_logits, &mut logits);
+        // On a rayon worker for the whole forward: the many small matmuls and ops inside then
+        // queue their tasks locally instead of each handing its work over from this thread
+        // and sleeping until it is done.
+        let r = rayon::scope(|_| self.forward_chunks(model, tokens, all_logits, &mut logits));
         if r.is_err() {
             self.pos = start;
         }
