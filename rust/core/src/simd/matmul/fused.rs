@@ -1,6 +1,6 @@
-//! Fused AVX2 kernels: weight bytes decoded in registers and multiplied with the quantized
-//! activation row at once, with no decoded row in memory, four weight rows per call sharing
-//! every activation load. Two families:
+//! Fused AVX2 (and AVX-512 VNNI) kernels: weight bytes decoded in registers and multiplied with
+//! the quantized activation row at once, with no decoded row in memory, four weight rows per
+//! call sharing every activation load. Two families:
 //!
 //! * **Legacy types and int4** ([`rows`], through [`super::dot_fused`]), for few activation
 //!   rows; the decode-then-dot path ([`super::decode_row`], [`super::dot_q8_x4`]) serves larger
@@ -21,7 +21,12 @@
 //!   `vpmaddubsw` as they are, and their offset (8 for q4_0, 16 for q5_0, 4 for q3_k, 32 for
 //!   q6_k, the group's zero for int4) is taken off the integer sums with the activation's own
 //!   (`zero · Σ x`), which is exact.
-//! * **Prefetch.** The next four rows are prefetched while these are multiplied ([`prefetch`]).
+//! * **Prefetch.** The rows [`AHEAD_ROWS`] further on are prefetched into L2 while these are
+//!   multiplied ([`prefetch`]).
+//! * **AVX-512 VNNI** (`k45_vnni`, `k6_vnni`, when the CPU has it): q4_k, q5_k and q6_k take 64
+//!   values per instruction (`vpmaddubsw` on 512 bits, `vpdpwssd` by the scales; the high bits
+//!   moved into place by one `vprolvd` and merged by one `vpternlogd`). Their integer sums are
+//!   the AVX2 kernels' exactly, so are their bits.
 //! * **One function per kernel** (`#[inline(never)]`, called once per four rows): inlined into
 //!   one dispatcher they shared its register allocation, and q4_0 ran 15–20 % slower.
 //!
@@ -712,9 +717,9 @@ fn k6_vnni(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m1
                 for h in 0..2 {
                     let ql = _mm512_loadu_si512(blk.add(QL + 64 * h).cast());
                     let qh = both(blk.add(QH + 32 * h));
-                    for q in 0..2 {
+                    for (q, &rot) in rot.iter().enumerate() {
                         let lo = if q == 0 { ql } else { _mm512_srli_epi16::<4>(ql) };
-                        let c = or_masked(_mm512_and_si512(lo, m4), _mm512_rolv_epi32(qh, rot[q]), b45);
+                        let c = or_masked(_mm512_and_si512(lo, m4), _mm512_rolv_epi32(qh, rot), b45);
                         let j = 2 * h + q;
                         acc_i = scaled512(acc_i, c, x[j], _mm512_permutexvar_epi16(pick4[j], sv));
                     }
@@ -817,10 +822,12 @@ pub(super) fn k_rows(
     vnni: bool,
 ) -> [f32; R] {
     let acc = _mm_setzero_ps();
-    // SAFETY (the AVX-512 kernels): the caller checked AVX-512 VNNI when `vnni` is set.
     let acc = match base {
+        // SAFETY: the caller checked AVX-512 VNNI when `vnni` is set.
         QType::Q4K if vnni => unsafe { k45_vnni::<false>(w, a, nsb, ahead, acc) },
+        // SAFETY: as above.
         QType::Q5K if vnni => unsafe { k45_vnni::<true>(w, a, nsb, ahead, acc) },
+        // SAFETY: as above.
         QType::Q6K if vnni => unsafe { k6_vnni(w, a, nsb, ahead, acc) },
         QType::Q2K => k23::<false>(w, a, nsb, ahead, acc),
         QType::Q3K => k23::<true>(w, a, nsb, ahead, acc),

@@ -797,7 +797,8 @@ pub fn dot_k_ref(qtype: QType, cols: usize, src: &[u8], act: ActRow<'_>) -> f32 
 /// The k-quant dots of four stored rows of `qtype` (a k-quant or ragged k-quant, [`is_kquant`];
 /// `cols` values each) with one activation row quantized in blocks of [`QK_K`]: the bits of
 /// [`dot_k_ref`] for each row at every ISA (AVX2 kernels in `fused.rs` at the AVX2 and
-/// AVX-512 levels; the reference elsewhere). `act.scale` is not applied.
+/// AVX-512 levels, with AVX-512 VNNI ones for q4_k, q5_k and q6_k where the CPU has VNNI; the
+/// reference elsewhere). `act.scale` is not applied.
 pub fn dot_k(isa: Isa, qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>) -> [f32; 4] {
     assert!(is_kquant(qtype), "{} is not a k-quant", qtype.name());
     let cp = padded(cols);
