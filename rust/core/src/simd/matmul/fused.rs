@@ -89,6 +89,25 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     }
 }
 
+/// The little-endian f16 at `off` bytes into each of the four blocks `blk`, times `dx`, as f32
+/// (each rounded as `f16_at(blk[r] + off) * dx`): one F16C conversion for the four rows, from a
+/// general register. (Converting one value at a time let the compiler merge it into whatever
+/// vector register it liked, often a row's accumulator, which chained every block's scales to
+/// the previous block's FMA: q8_0 ran at about one block per 5 cycles and row.)
+#[inline(always)]
+unsafe fn f16x4(blk: [*const u8; R], off: usize, dx: f32) -> [f32; R] {
+    let h = |r: usize| {
+        // SAFETY: the caller guarantees 2 readable bytes at `blk[r] + off`.
+        let b = unsafe { [*blk[r].add(off), *blk[r].add(off + 1)] };
+        u64::from(u16::from_le_bytes(b))
+    };
+    let v = h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48;
+    let mut out = [0f32; R];
+    // SAFETY: F16C is enabled by the caller; `out` holds four f32.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128(v as i64)), _mm_set1_ps(dx))) };
+    out
+}
+
 /// `Σ` of pairs of `u · s` products (u8 × i8) widened to 8 i32 lanes of 4 products each.
 #[inline(always)]
 unsafe fn usum(u: __m256i, s: __m256i) -> __m256i {
@@ -200,8 +219,10 @@ fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: 
             let dx = *a.d16.get_unchecked(2 * b);
             // zero · (lane sums of x): the codes' offset, taken off the unsigned products.
             let off = usum(zero, x);
+            let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(BB * b));
+            let (s, m) = (f16x4(blks, 0, dx), if MIN { f16x4(blks, 2, 1.0) } else { [0.0; R] });
             for r in 0..R {
-                let blk = w[r].as_ptr().add(BB * b);
+                let blk = blks[r];
                 if b % 4 == 0 {
                     prefetch(blk, ahead, 4 * BB);
                 }
@@ -210,13 +231,11 @@ fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: 
                     c = _mm256_or_si256(c, bit_bytes(blk.add(OFF_QH).cast::<u32>().read_unaligned().to_le(), 16));
                 }
                 let p = _mm256_sub_epi32(usum(c, x), off);
-                let s = _mm256_set1_ps(f16_at(blk) * dx);
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r]), acc[r]);
                 if MIN {
-                    let m = f16_at(blk.add(2));
                     let out = mw.as_mut_ptr().add(r * nsub + 2 * b);
-                    *out = m;
-                    *out.add(1) = m;
+                    *out = m[r];
+                    *out.add(1) = m[r];
                 }
             }
         }
@@ -236,15 +255,16 @@ fn q8_0(w: [&[u8]; R], a: ActRow<'_>, nb: usize, ahead: usize) -> [__m256; R] {
         unsafe {
             let x = load256(a.q.as_ptr().add(32 * b).cast());
             let dx = *a.d16.get_unchecked(2 * b);
+            let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(Q8_0_BYTES * b));
+            let s = f16x4(blks, 0, dx);
             for r in 0..R {
-                let blk = w[r].as_ptr().add(Q8_0_BYTES * b);
+                let blk = blks[r];
                 if b % 4 == 0 {
                     prefetch(blk, ahead, 4 * Q8_0_BYTES);
                 }
                 let c = load256(blk.add(2));
                 let p = usum(_mm256_sign_epi8(c, c), _mm256_sign_epi8(x, c));
-                let s = _mm256_set1_ps(f16_at(blk) * dx);
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[r]);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r]), acc[r]);
             }
         }
     }
@@ -322,6 +342,101 @@ fn int4(spec: AffineSpec, w: [&[u8]; R], a: ActRow<'_>, cols: usize, ahead: usiz
     acc
 }
 
+/// [`legacy`] for q4_0 and q4_1 (`Q8` false) and [`q8_0`] (`Q8` true) at AVX-512 VNNI: two
+/// blocks per 512-bit vector, each row's lane sums in one `vpdpbusd` that starts from the
+/// codes' offset (`−zb · Σ x` per lane; q8_0's signed codes go in as `c + 128`, so `zb` is
+/// 128). The lane sums are [`legacy`]'s and [`q8_0`]'s exactly, and each block's are added
+/// by FMA in block order, so the bits are theirs. An odd last block runs on 256 bits.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: u8, const Q8: bool>(
+    w: [&[u8]; R],
+    a: ActRow<'_>,
+    nb: usize,
+    ahead: usize,
+    mw: &mut [f32],
+    nsub: usize,
+) -> [__m256; R] {
+    check(&w, &a, nb * BB, nb * 32);
+    assert!(!MIN || (nsub >= 2 * nb && mw.len() >= (R - 1) * nsub + 2 * nb));
+    let zb = _mm512_set1_epi8(ZB as i8);
+    let flip = _mm512_set1_epi8(if Q8 { i8::MIN } else { 0 });
+    let m4 = _mm512_set1_epi8(0x0F);
+    // Two blocks' 16 code bytes [q0, q1] to [q0, q0 >> 4, q1, q1 >> 4], masked: 128-bit lanes
+    // of values 0–15 and 16–31 of each block.
+    let spread = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
+    // SAFETY: AVX-512 is enabled here.
+    let nib = unsafe {
+        let n = _mm256_setr_epi64x(0, 0, 0x0004_0004_0004_0004, 0x0004_0004_0004_0004);
+        halves(n, n)
+    };
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut b = 0;
+    while b + 2 <= nb {
+        // SAFETY: every access of this loop body is in bounds: blocks `b`, `b + 1` lie inside
+        // every row, the activation and each row's part of `mw` (checked above).
+        unsafe {
+            let x = _mm512_loadu_si512(a.q.as_ptr().add(32 * b).cast());
+            let (dx0, dx1) = (*a.d16.get_unchecked(2 * b), *a.d16.get_unchecked(2 * b + 2));
+            let start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), zb, x));
+            let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(BB * b));
+            let (s0, s1) = (f16x4(blks, 0, dx0), f16x4(blks, BB, dx1));
+            let (m0, m1) = if MIN { (f16x4(blks, 2, 1.0), f16x4(blks, BB + 2, 1.0)) } else { ([0.0; R], [0.0; R]) };
+            for r in 0..R {
+                let blk = blks[r];
+                if b % 4 == 0 {
+                    prefetch(blk, ahead, 4 * BB);
+                }
+                let c = if Q8 {
+                    let lo = load256(blk.add(OFF_QS));
+                    _mm512_xor_si512(halves(lo, load256(blk.add(BB + OFF_QS))), flip)
+                } else {
+                    let q = _mm256_set_m128i(load128(blk.add(BB + OFF_QS)), load128(blk.add(OFF_QS)));
+                    let q = _mm512_permutexvar_epi64(spread, _mm512_castsi256_si512(q));
+                    _mm512_and_si512(_mm512_srlv_epi16(q, nib), m4)
+                };
+                let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, c, x));
+                let lo = _mm512_castps512_ps256(p);
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(p)));
+                acc[r] = _mm256_fmadd_ps(lo, _mm256_set1_ps(s0[r]), acc[r]);
+                acc[r] = _mm256_fmadd_ps(hi, _mm256_set1_ps(s1[r]), acc[r]);
+                if MIN {
+                    let out = mw.as_mut_ptr().add(r * nsub + 2 * b);
+                    (*out, *out.add(1), *out.add(2), *out.add(3)) = (m0[r], m0[r], m1[r], m1[r]);
+                }
+            }
+        }
+        b += 2;
+    }
+    if b < nb {
+        // SAFETY: block `b` lies inside every row, the activation and each row's part of `mw`
+        // (checked above).
+        unsafe {
+            let x = load256(a.q.as_ptr().add(32 * b).cast());
+            let dx = *a.d16.get_unchecked(2 * b);
+            let zero = _mm256_setzero_si256();
+            let start = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, _mm512_castsi512_si256(zb), x));
+            let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(BB * b));
+            let (s, m) = (f16x4(blks, 0, dx), if MIN { f16x4(blks, 2, 1.0) } else { [0.0; R] });
+            for r in 0..R {
+                let blk = blks[r];
+                let c = if Q8 {
+                    _mm256_xor_si256(load256(blk.add(OFF_QS)), _mm512_castsi512_si256(flip))
+                } else {
+                    nibbles(blk.add(OFF_QS))
+                };
+                let p = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, c, x));
+                acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(s[r]), acc[r]);
+                if MIN {
+                    let out = mw.as_mut_ptr().add(r * nsub + 2 * b);
+                    (*out, *out.add(1)) = (m[r], m[r]);
+                }
+            }
+        }
+    }
+    acc
+}
+
 /// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, or int4 with `spec` over rows of
 /// `cols`) over the first `units` blocks of four rows, prefetching `ahead` bytes past each (see
 /// [`prefetch`]); the mins (q4_1, q5_1) go to `mw` (row `r` at `r · nsub`). The caller checks
@@ -338,9 +453,16 @@ pub(super) fn rows(
     nsub: usize,
     spec: Option<AffineSpec>,
     cols: usize,
+    vnni: bool,
 ) -> [f32; R] {
     use crate::qtype::QType;
     let acc = match base {
+        // SAFETY: the caller checked AVX-512 VNNI when `vnni` is set.
+        QType::Q4_0 if vnni => unsafe { legacy_vnni::<18, 2, false, 8, false>(w, a, units, ahead, mw, nsub) },
+        // SAFETY: as above.
+        QType::Q4_1 if vnni => unsafe { legacy_vnni::<20, 4, true, 0, false>(w, a, units, ahead, mw, nsub) },
+        // SAFETY: as above.
+        QType::Q8_0 if vnni => unsafe { legacy_vnni::<34, 2, false, 0x80, true>(w, a, units, ahead, mw, nsub) },
         QType::Int4 => int4(spec.expect("group-affine spec"), w, a, cols, ahead),
         QType::Q4_0 => legacy::<18, 2, 0, false, 8>(w, a, units, ahead, mw, nsub),
         QType::Q4_1 => legacy::<20, 4, 0, true, 0>(w, a, units, ahead, mw, nsub),

@@ -1039,9 +1039,10 @@ pub fn dot_fused(
     let units = cols / QA;
     #[cfg(target_arch = "x86_64")]
     {
+        let vnni = isa == Isa::Avx512 && has_avx512_vnni();
         // SAFETY: the AVX2 level (AVX2, FMA, F16C) is available (asserted above); the kernels
         // check the lengths of the rows, the activation and `mw`.
-        unsafe { fused::rows(qtype, w, act, units, fused::AHEAD_ROWS * w[0].len(), mw, nsub, spec, cols) }
+        unsafe { fused::rows(qtype, w, act, units, fused::AHEAD_ROWS * w[0].len(), mw, nsub, spec, cols, vnni) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("no fused kernels on this architecture ({units} units, {} rows)", w.len())
