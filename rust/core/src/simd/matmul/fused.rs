@@ -560,18 +560,20 @@ fn k23<const THREE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize
             let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
             let bs = load256(a.b16.as_ptr().add(16 * sb).cast());
             let (mut isum, mut imin) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
-            let (mut d, mut dmin) = ([0f32; R], [0f32; R]);
+            let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(bytes * sb));
+            let (d, dmin) = if THREE {
+                (f16x4(blks, layout::q3k::D, 1.0), [0.0; R])
+            } else {
+                (f16x4(blks, layout::q2k::D, 1.0), f16x4(blks, layout::q2k::DMIN, 1.0))
+            };
             for r in 0..R {
-                let blk = w[r].as_ptr().add(bytes * sb);
+                let blk = blks[r];
                 prefetch(blk, ahead, bytes);
                 let s = if THREE {
                     let words = scales_q3k(&*blk.add(layout::q3k::SCALES).cast::<[u8; 12]>());
-                    d[r] = f16_at(blk.add(layout::q3k::D));
                     _mm_setr_epi32(words[0] as i32, words[1] as i32, words[2] as i32, words[3] as i32)
                 } else {
-                    use layout::q2k::{D, DMIN, SCALES};
-                    let sc = load128(blk.add(SCALES));
-                    (d[r], dmin[r]) = (f16_at(blk.add(D)), f16_at(blk.add(DMIN)));
+                    let sc = load128(blk.add(layout::q2k::SCALES));
                     imin[r] = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc), m4)), bs);
                     _mm_and_si128(sc, m4)
                 };
@@ -619,11 +621,11 @@ fn k45<const FIVE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize,
             let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
             let bs = load256(a.b16.as_ptr().add(16 * sb).cast());
             let (mut isum, mut imin) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
-            let (mut d, mut dmin) = ([0f32; R], [0f32; R]);
+            let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(bytes * sb));
+            let (d, dmin) = (f16x4(blks, D, 1.0), f16x4(blks, DMIN, 1.0));
             for r in 0..R {
-                let blk = w[r].as_ptr().add(bytes * sb);
+                let blk = blks[r];
                 prefetch(blk, ahead, bytes);
-                (d[r], dmin[r]) = (f16_at(blk.add(D)), f16_at(blk.add(DMIN)));
                 let (sc, m) = scales_mins_k4(&*blk.add(SCALES).cast::<[u8; 12]>());
                 // Each of the eight scales covers 32 values: both lanes hold all eight.
                 let sv = _mm256_cvtepu8_epi16(_mm_set1_epi64x(sc as i64));
@@ -664,11 +666,11 @@ fn k6(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m128) -
             let xq = a.q.as_ptr().add(QK_K * sb).cast::<u8>();
             let bs = load256(a.b16.as_ptr().add(16 * sb).cast());
             let mut isum = [_mm256_setzero_si256(); R];
-            let mut d = [0f32; R];
+            let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(BYTES * sb));
+            let d = f16x4(blks, D, 1.0);
             for r in 0..R {
-                let blk = w[r].as_ptr().add(BYTES * sb);
+                let blk = blks[r];
                 prefetch(blk, ahead, BYTES);
-                d[r] = f16_at(blk.add(D));
                 let s = load128(blk.add(SCALES));
                 let sv = even_odd(s);
                 let mut acc_i = _mm256_setzero_si256();
@@ -773,11 +775,11 @@ fn k45_vnni<const FIVE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: u
             let x: [__m512i; 4] = std::array::from_fn(|p| _mm512_loadu_si512(xq.add(64 * p).cast()));
             let bs = load256(a.b16.as_ptr().add(16 * sb).cast());
             let (mut isum, mut imin) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
-            let (mut d, mut dmin) = ([0f32; R], [0f32; R]);
+            let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(bytes * sb));
+            let (d, dmin) = (f16x4(blks, D, 1.0), f16x4(blks, DMIN, 1.0));
             for r in 0..R {
-                let blk = w[r].as_ptr().add(bytes * sb);
+                let blk = blks[r];
                 prefetch(blk, ahead, bytes);
-                (d[r], dmin[r]) = (f16_at(blk.add(D)), f16_at(blk.add(DMIN)));
                 let (sc, m) = scales_mins_k4(&*blk.add(SCALES).cast::<[u8; 12]>());
                 let sv = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
                 let mv = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(m as i64), dup));
@@ -828,11 +830,11 @@ fn k6_vnni(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m1
             let x: [__m512i; 4] = std::array::from_fn(|j| _mm512_loadu_si512(xq.add(64 * j).cast()));
             let bs = load256(a.b16.as_ptr().add(16 * sb).cast());
             let mut isum = [_mm256_setzero_si256(); R];
-            let mut d = [0f32; R];
+            let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(BYTES * sb));
+            let d = f16x4(blks, D, 1.0);
             for r in 0..R {
-                let blk = w[r].as_ptr().add(BYTES * sb);
+                let blk = blks[r];
                 prefetch(blk, ahead, BYTES);
-                d[r] = f16_at(blk.add(D));
                 let s = load128(blk.add(SCALES));
                 let sv = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(s));
                 let mut acc_i = _mm512_setzero_si512();
