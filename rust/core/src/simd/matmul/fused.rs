@@ -79,21 +79,12 @@ fn prefetch(p: *const u8, ahead: usize, bytes: usize) {
     }
 }
 
-/// The little-endian f16 at `p` as f32 (F16C).
-#[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    // SAFETY: the caller guarantees 2 readable bytes at `p`; F16C is enabled by the caller.
-    unsafe {
-        let h = u16::from_le_bytes([*p, *p.add(1)]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
-    }
-}
-
-/// The little-endian f16 at `off` bytes into each of the four blocks `blk`, times `dx`, as f32
-/// (each rounded as `f16_at(blk[r] + off) * dx`): one F16C conversion for the four rows, from a
-/// general register. (Converting one value at a time let the compiler merge it into whatever
-/// vector register it liked, often a row's accumulator, which chained every block's scales to
-/// the previous block's FMA: q8_0 ran at about one block per 5 cycles and row.)
+/// The little-endian f16 at `off` bytes into each of the four blocks `blk`, as f32 times `dx`
+/// (one f32 product each, as the scalar code rounds it): one F16C conversion for the four
+/// rows, from a general register. (Converting one value at a time let the compiler merge it
+/// into whatever vector register it liked, often a row's accumulator, which chained every
+/// block's scales to the previous block's FMA: q8_0 ran at about one block per 5 cycles and
+/// row.)
 #[inline(always)]
 unsafe fn f16x4(blk: [*const u8; R], off: usize, dx: f32) -> [f32; R] {
     let h = |r: usize| {
@@ -308,12 +299,12 @@ fn int4(spec: AffineSpec, w: [&[u8]; R], a: ActRow<'_>, cols: usize, ahead: usiz
             if b == next {
                 let gi = b / per_group;
                 next += per_group;
+                d = f16x4(w.map(|r| r.as_ptr()), scale_off + 2 * gi, 1.0);
                 for r in 0..R {
                     let row = w[r].as_ptr();
                     if b == 0 {
                         prefetch(row.add(scale_off), ahead, row_bytes - scale_off);
                     }
-                    d[r] = f16_at(row.add(scale_off + 2 * gi));
                     if !spec.symmetric {
                         let z = (*row.add(zero_off + gi / 2) >> (4 * (gi % 2))) & 0x0F;
                         zero[r] = _mm256_set1_epi8(z as i8);
@@ -871,7 +862,17 @@ unsafe fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize
     // SAFETY: AVX is enabled by the caller.
     let mut isum = [unsafe { _mm256_setzero_si256() }; R];
     let (zero, mins) = (super::k_zero(base), super::has_mins(base, None));
-    let (mut imin, mut d, mut dmin) = ([0i32; R], [0f32; R], [0f32; R]);
+    let mut imin = [0i32; R];
+    // SAFETY: the tail lies inside every row (checked above); F16C is enabled by the caller.
+    let (d, dmin) = unsafe {
+        let t: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(at));
+        match base {
+            QType::Q2K => (f16x4(t, 10 * u, 1.0), f16x4(t, 10 * u + 2, 1.0)),
+            QType::Q3K => (f16x4(t, 14 * u, 1.0), [0.0; R]),
+            QType::Q4K | QType::Q5K => (f16x4(t, 0, 1.0), f16x4(t, 2, 1.0)),
+            _ => (f16x4(t, 26 * u, 1.0), [0.0; R]),
+        }
+    };
     for r in 0..R {
         // SAFETY: every access of this loop body is in bounds: the tail lies inside every row,
         // its units inside the activation (checked above).
@@ -881,12 +882,6 @@ unsafe fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize
             let byte = |i: usize| *t.add(i);
             let word = |i: usize| t.add(i).cast::<u32>().read_unaligned().to_le();
             let two = |i: usize| two_bit_unit(t.add(i).cast::<u64>().read_unaligned().to_le());
-            (d[r], dmin[r]) = match base {
-                QType::Q2K => (f16_at(t.add(10 * u)), f16_at(t.add(10 * u + 2))),
-                QType::Q3K => (f16_at(t.add(14 * u)), 0.0),
-                QType::Q4K | QType::Q5K => (f16_at(t), f16_at(t.add(2))),
-                _ => (f16_at(t.add(26 * u)), 0.0),
-            };
             let mut off = 0i32;
             for k in 0..u {
                 // Codes (unsigned), and the unit's two scales and mins.
