@@ -23,10 +23,12 @@
 //!   (`zero · Σ x`), which is exact.
 //! * **Prefetch.** The rows [`AHEAD_ROWS`] further on are prefetched into L2 while these are
 //!   multiplied ([`prefetch`]).
-//! * **AVX-512 VNNI** (`k45_vnni`, `k6_vnni`, when the CPU has it): q4_k, q5_k and q6_k take 64
-//!   values per instruction (`vpmaddubsw` on 512 bits, `vpdpwssd` by the scales; the high bits
-//!   moved into place by one `vprolvd` and merged by one `vpternlogd`). Their integer sums are
-//!   the AVX2 kernels' exactly, so are their bits.
+//! * **AVX-512 VNNI** (`k45_vnni`, `k6_vnni`, `legacy_vnni`, when the CPU has it): q4_k,
+//!   q5_k, q6_k, q4_0, q4_1 and q8_0 take 64 values per instruction (k-quants: `vpmaddubsw`
+//!   on 512 bits, then `vpdpwssd` by the scales, the high bits moved into place by one
+//!   `vprolvd` and merged by one `vpternlogd`; legacy types: two blocks per `vpdpbusd`). Their
+//!   integer sums are the AVX2 kernels' exactly, and so are their bits. (The same for q2_k and
+//!   q3_k measured −5 % and +2 % against their AVX2 kernels on an AMD EPYC: not kept.)
 //! * **One function per kernel** (`#[inline(never)]`, called once per four rows): inlined into
 //!   one dispatcher they shared its register allocation, and q4_0 ran 15–20 % slower.
 //!
@@ -736,6 +738,17 @@ unsafe fn rotations(lo: usize, hi: usize, to: usize) -> __m512i {
     unsafe { halves(_mm256_set1_epi32(r(lo)), _mm256_set1_epi32(r(hi))) }
 }
 
+/// The index vectors of `vpermw` that put the sub-blocks 4j … 4j + 3 of a super-block's 16
+/// i16 scales (natural order) into the four 128-bit lanes of a 64-value chunk pair `j`.
+#[inline(always)]
+unsafe fn quads() -> [__m512i; 4] {
+    std::array::from_fn(|j| {
+        let e: [i16; 32] = std::array::from_fn(|i| (4 * j + i / 8) as i16);
+        // SAFETY: `e` holds 64 bytes; AVX-512F is enabled by the caller.
+        unsafe { _mm512_loadu_si512(e.as_ptr().cast()) }
+    })
+}
+
 /// [`k45`] at AVX-512 VNNI: per 64 values one code load (broadcast to both halves, shifted by
 /// 0 or 4 bits), one `vpmaddubsw` and one `vpdpwssd` by the two sub-blocks' scales; the same
 /// exact i32 sums, so the same bits.
@@ -804,14 +817,10 @@ fn k6_vnni(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m1
     let b45 = _mm512_set1_epi8(0x30);
     // SAFETY: AVX-512 is enabled here.
     let (pick4, rot) = unsafe {
-        // Pair `q` of half `h` holds chunks 4h + 2q, 4h + 2q + 1: sub-block 8h + 4q + k in
-        // quarter `k`; the high bits of chunk `c` are bits 2c, 2c + 1 of the qh bytes.
-        let pick4: [__m512i; 4] = std::array::from_fn(|j| {
-            let e: [i16; 32] = std::array::from_fn(|i| (4 * j + i / 8) as i16);
-            _mm512_loadu_si512(e.as_ptr().cast())
-        });
+        // Pair `q` of half `h` holds chunks 4h + 2q, 4h + 2q + 1 (pair j = 2h + q of the
+        // super-block); the high bits of chunk `c` are bits 2c, 2c + 1 of the qh bytes.
         let rot: [__m512i; 2] = std::array::from_fn(|q| rotations(4 * q, 4 * q + 2, 4));
-        (pick4, rot)
+        (quads(), rot)
     };
     for sb in 0..nsb {
         // SAFETY: every access of this loop body is in bounds: super-block `sb` lies inside every
