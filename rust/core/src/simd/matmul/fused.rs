@@ -859,7 +859,11 @@ fn k6_vnni(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m1
 }
 
 /// The ragged tail of four rows of `base`'s ragged type (`u` units of 32 values after `nsb`
-/// super-blocks; layout in [`crate::blocks::kquants::ragged`]), one activation block. Inlined
+/// super-blocks; layout in [`crate::blocks::kquants::ragged`]), one activation block, done as
+/// the full super-blocks are: each row's scale (and min) field in one vector load, the mins
+/// and the codes' offset from the activation's per-16 sums in one `vpmaddwd`, one scale pick
+/// per unit. The fields are read with `vpmaskmovd` (whole dwords, never past the field's last
+/// dword, which lies inside the tail), and the bytes past a field meet zero sums. Inlined
 /// into [`k_rows`]' arm of each type, where `base` is a constant.
 /// The caller enables AVX2/FMA/F16C.
 #[inline(always)]
@@ -867,71 +871,86 @@ unsafe fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize
     let (at, v0, s0) = (nsb * base.info().block_bytes, nsb * QK_K, nsb * 16);
     let tb = ragged::tail_bytes(base, u);
     check(&w, &a, at + tb, v0 + 32 * u);
-    assert!(a.b16.len() >= s0 + 2 * u);
-    // SAFETY: AVX is enabled by the caller.
-    let mut isum = [unsafe { _mm256_setzero_si256() }; R];
-    let (zero, mins) = (super::k_zero(base), super::has_mins(base, None));
-    let mut imin = [0i32; R];
-    // SAFETY: the tail lies inside every row (checked above); F16C is enabled by the caller.
-    let (d, dmin) = unsafe {
+    assert!((1..=8).contains(&u) && a.b16.len() >= s0 + 2 * u);
+    // The tail's activation sums, zero past its 2u sub-blocks.
+    let mut b = [0i16; 16];
+    b[..2 * u].copy_from_slice(&a.b16[s0..s0 + 2 * u]);
+    // The scale field's offset in the tail and its bytes (q4_k/q5_k: `u` scales, then `u` mins).
+    let (field, len) = match base {
+        QType::Q2K => (0, 2 * u),
+        QType::Q3K => (12 * u, 2 * u),
+        QType::Q4K | QType::Q5K => (4, u),
+        _ => (24 * u, 2 * u),
+    };
+    let zero = super::k_zero(base);
+    // SAFETY: AVX2/FMA/F16C are enabled by the caller; every access is in bounds: the tail lies
+    // inside every row, its units inside the activation (checked above), and a masked load
+    // reads only the dwords that hold a field: at most `len` + 3 bytes from its start, which
+    // end inside the tail in every layout of `ragged`.
+    unsafe {
+        let bs = load256(b.as_ptr().cast());
+        let dwords = len.div_ceil(4) as i32;
+        let mask = _mm_cmpgt_epi32(_mm_set1_epi32(dwords), _mm_setr_epi32(0, 1, 2, 3));
+        let m4 = _mm_set1_epi8(0x0F);
+        let (mut isum, mut imin) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
         let t: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(at));
-        match base {
+        let (d, dmin) = match base {
             QType::Q2K => (f16x4(t, 10 * u, 1.0), f16x4(t, 10 * u + 2, 1.0)),
             QType::Q3K => (f16x4(t, 14 * u, 1.0), [0.0; R]),
             QType::Q4K | QType::Q5K => (f16x4(t, 0, 1.0), f16x4(t, 2, 1.0)),
             _ => (f16x4(t, 26 * u, 1.0), [0.0; R]),
-        }
-    };
-    for r in 0..R {
-        // SAFETY: every access of this loop body is in bounds: the tail lies inside every row,
-        // its units inside the activation (checked above).
-        unsafe {
-            let t = w[r].as_ptr().add(at);
+        };
+        for r in 0..R {
+            let t = t[r];
             prefetch(t, ahead, tb);
-            let byte = |i: usize| *t.add(i);
             let word = |i: usize| t.add(i).cast::<u32>().read_unaligned().to_le();
             let two = |i: usize| two_bit_unit(t.add(i).cast::<u64>().read_unaligned().to_le());
-            let mut off = 0i32;
+            let raw = _mm_maskload_epi32(t.add(field).cast(), mask);
+            // The scales as i16: q2_k, q3_k, q6_k per 16 values (even, odd: [`even_odd`]);
+            // q4_k, q5_k per unit, in both lanes. Then the offset's and the mins' sums.
+            let (sv, s16) = match base {
+                QType::Q2K => {
+                    let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(raw), m4));
+                    imin[r] = _mm256_madd_epi16(mins, bs);
+                    let s = _mm_and_si128(raw, m4);
+                    (even_odd(s), _mm256_setzero_si256())
+                }
+                QType::Q3K => {
+                    let s = _mm_sub_epi8(_mm_and_si128(raw, _mm_set1_epi8(63)), _mm_set1_epi8(32));
+                    (even_odd(s), _mm256_cvtepi8_epi16(s))
+                }
+                QType::Q4K | QType::Q5K => {
+                    let s = _mm_and_si128(raw, _mm_set1_epi8(63));
+                    let m = _mm_and_si128(_mm_maskload_epi32(t.add(field + u).cast(), mask), _mm_set1_epi8(63));
+                    let dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+                    imin[r] = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_shuffle_epi8(m, dup)), bs);
+                    (_mm256_cvtepu8_epi16(_mm_unpacklo_epi64(s, s)), _mm256_setzero_si256())
+                }
+                _ => (even_odd(raw), _mm256_cvtepi8_epi16(raw)),
+            };
+            let mut acc_i = if zero == 0 {
+                _mm256_setzero_si256()
+            } else {
+                // The codes' offset: `zero · Σ_k scale_k · Σ x` over sub-block k.
+                let off = _mm256_madd_epi16(s16, bs);
+                _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_mullo_epi32(off, _mm256_set1_epi32(zero)))
+            };
             for k in 0..u {
-                // Codes (unsigned), and the unit's two scales and mins.
-                let (c, sc, m) = match base {
-                    QType::Q2K => {
-                        let (b0, b1) = (byte(2 * k), byte(2 * k + 1));
-                        (two(2 * u + 8 * k), [b0 & 15, b1 & 15].map(i32::from), [b0 >> 4, b1 >> 4].map(i32::from))
+                let c = match base {
+                    QType::Q2K => two(2 * u + 8 * k),
+                    QType::Q3K => _mm256_or_si256(two(4 * u + 8 * k), bit_bytes(word(4 * k), 4)),
+                    QType::Q4K => nibbles(t.add(4 + 2 * u + 16 * k)),
+                    QType::Q5K => {
+                        _mm256_or_si256(nibbles(t.add(4 + 6 * u + 16 * k)), bit_bytes(word(4 + 2 * u + 4 * k), 16))
                     }
-                    QType::Q3K => {
-                        let c = _mm256_or_si256(two(4 * u + 8 * k), bit_bytes(word(4 * k), 4));
-                        let sc = [byte(12 * u + 2 * k), byte(12 * u + 2 * k + 1)].map(|b| i32::from(b & 63) - 32);
-                        (c, sc, [0, 0])
-                    }
-                    QType::Q4K | QType::Q5K => {
-                        let c = if base == QType::Q5K {
-                            _mm256_or_si256(nibbles(t.add(4 + 6 * u + 16 * k)), bit_bytes(word(4 + 2 * u + 4 * k), 16))
-                        } else {
-                            nibbles(t.add(4 + 2 * u + 16 * k))
-                        };
-                        let (s, m) = (i32::from(byte(4 + k) & 63), i32::from(byte(4 + u + k) & 63));
-                        (c, [s, s], [m, m])
-                    }
-                    _ => {
-                        let c = _mm256_or_si256(nibbles(t.add(16 * k)), _mm256_slli_epi16::<4>(two(16 * u + 8 * k)));
-                        let sc = [byte(24 * u + 2 * k), byte(24 * u + 2 * k + 1)].map(|b| i32::from(b as i8));
-                        (c, sc, [0, 0])
-                    }
+                    _ => _mm256_or_si256(nibbles(t.add(16 * k)), _mm256_slli_epi16::<4>(two(16 * u + 8 * k))),
                 };
                 let x = load256(a.q.as_ptr().add(v0 + 32 * k).cast());
-                let sv = _mm256_set_m128i(_mm_set1_epi16(sc[1] as i16), _mm_set1_epi16(sc[0] as i16));
-                isum[r] = scaled(isum[r], c, x, sv);
-                let b = [0, 1].map(|h| i32::from(*a.b16.get_unchecked(s0 + 2 * k + h)));
-                off += zero * (sc[0] * b[0] + sc[1] * b[1]);
-                imin[r] += m[0] * b[0] + m[1] * b[1];
+                acc_i = scaled(acc_i, c, x, pick(sv, k));
             }
-            isum[r] = _mm256_sub_epi32(isum[r], _mm256_setr_epi32(off, 0, 0, 0, 0, 0, 0, 0));
+            isum[r] = acc_i;
         }
-    }
-    // SAFETY: AVX2 is enabled; `s0` is inside the activation's steps (checked above).
-    unsafe {
-        let imin = mins.then(|| _mm_loadu_si128(imin.as_ptr().cast()));
+        let imin = super::has_mins(base, None).then(|| hsum4(imin));
         k_finish(acc, hsum4(isum), imin, d, dmin, *a.d16.get_unchecked(s0))
     }
 }
