@@ -7,7 +7,8 @@ type's weight GB/s.
   copies, cycled, so every call reads from DRAM. Weight GB/s = stored bytes (tails included) per second.
 * Before timing, each result is checked against float64 numpy (relative RMS error < 2 %).
 * The aligned and the ragged matrices alternate within each repeat (machine load affects both); figures
-  are medians of --repeats passes. One child process per (type, threads), RAYON_NUM_THREADS = threads.
+  are medians of --repeats passes (default 27: with 9, a cell moves ±3 % from run to run on a shared
+  2-core machine). One child process per (type, threads), RAYON_NUM_THREADS = threads.
 
     .venv/bin/python benches/bench_ragged.py [--types q4_kr,q6_kr] [--threads 1,2] [--json out.json]
 """
@@ -70,7 +71,7 @@ def main() -> int:
     ap.add_argument("--types", type=lambda s: s.split(","), default=TYPES)
     ap.add_argument("--threads", type=lambda s: [int(t) for t in s.split(",")], default=[1, 2])
     ap.add_argument("--gib", type=float, default=1.0, help="GiB of distinct weights per pass (default 1)")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=27)
     ap.add_argument("--json", type=Path, help="write every sample here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
