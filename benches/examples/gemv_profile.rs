@@ -1,5 +1,5 @@
 //! A GEMV loop for profiling (`perf record`): `cargo run --release -p lowbit-bench --example
-//! gemv_profile -- TYPE [SECONDS] [THREADS] [COLS] [N]`; prints weight GB/s
+//! gemv_profile -- TYPE [SECONDS] [THREADS] [COLS] [N]`; prints weight GB/s and GMAC/s
 //! (weight bytes per second, whatever the number `N` of activation rows).
 
 use lowbit_core::matmul::{matmul, QMatrix};
@@ -38,6 +38,8 @@ fn main() {
         matmul(&mats[calls % copies], &x, n, &mut y, None).unwrap();
         calls += 1;
     }
-    let gbs = (calls * bytes.len()) as f64 / start.elapsed().as_secs_f64() / 1e9;
-    println!("{t} {threads}t cols {cols} n {n}: {gbs:.2} GB/s ({calls} calls), y[0] = {}", y[0]);
+    let secs = start.elapsed().as_secs_f64();
+    let gbs = (calls * bytes.len()) as f64 / secs / 1e9;
+    let gmacs = (calls * rows * cols * n) as f64 / secs / 1e9;
+    println!("{t} {threads}t cols {cols} n {n}: {gbs:.2} GB/s, {gmacs:.2} GMAC/s ({calls} calls), y[0] = {}", y[0]);
 }

@@ -18,7 +18,7 @@
 //!   the end of each super-block ([`crate::simd::matmul::dot_k`]): up to 4 activation rows run
 //!   on the stored rows; larger batches decode each tile row once to unsigned codes and i16
 //!   scales, mins and offsets ([`crate::simd::matmul::decode_k_row`]) and multiply four rows
-//!   by two activation rows per call ([`crate::simd::matmul::dot_k_decoded`]). Both give the
+//!   by four activation rows per call ([`crate::simd::matmul::dot_k_decoded`]). Both give the
 //!   scalar reference's bits at every ISA, so a token's outputs do not depend on its batch.
 //!   The bullets below describe the other types.
 //! * **Weights** are processed in tiles of consecutive rows (about [`TILE_BYTES`] once
@@ -844,9 +844,10 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                     dd: &kdd[r * db..(r + 1) * db],
                 };
                 let base = qtype.ragged_base().unwrap_or(qtype);
-                // Two activation rows per call (an odd last one is repeated: the same bits).
-                for i in (0..n).step_by(2) {
-                    let acts = [act(i), act((i + 1).min(n - 1))];
+                // Four activation rows per call (past the last, the last is repeated: the same
+                // bits).
+                for i in (0..n).step_by(4) {
+                    let acts = [0, 1, 2, 3].map(|k| act((i + k).min(n - 1)));
                     for r in (0..nr).step_by(4) {
                         let rows = [0, 1, 2, 3].map(|j| krow((r + j).min(nr - 1)));
                         let v = kern::dot_k_decoded(isa, base, rows, acts);

@@ -334,16 +334,32 @@ fn k_quant_dots_are_the_reference_bits_at_every_isa() {
                 for isa in available() {
                     let tag = format!("{name} cols={cols} {kind} {isa}");
                     assert_f32_bits_eq(&tag, &want, &k::dot_k(isa, l.qtype, cols, rows, act));
-                    // Two activation rows: this one and a scaled copy (its own dots).
-                    let x2: Vec<f32> = x.iter().map(|v| -0.5 * v).collect();
-                    let (mut q2, mut d2, mut s2) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub]);
-                    let mut b2 = vec![0i16; nsub];
-                    let sc2 = k::quantize_act(Isa::Scalar, &x2, 256, &mut q2, &mut d2, &mut s2, &mut b2);
-                    let act2 = k::ActRow { q: &q2, d16: &d2, s16: &s2, b16: &b2, scale: sc2 };
-                    let want2: Vec<f32> = rows.iter().map(|src| k::dot_k_ref(l.qtype, cols, src, act2)).collect();
-                    let [g1, g2] = k::dot_k_decoded(isa, base, krows, [act, act2]);
-                    assert_f32_bits_eq(&format!("{tag} decoded"), &want, &g1);
-                    assert_f32_bits_eq(&format!("{tag} decoded, second activation"), &want2, &g2);
+                    // Four activation rows: this one and three others (a scaled copy, the
+                    // reverse, a sign pattern), each with its own dots.
+                    let xs: [Vec<f32>; 3] = [
+                        x.iter().map(|v| -0.5 * v).collect(),
+                        x.iter().rev().copied().collect(),
+                        x.iter().enumerate().map(|(j, v)| if j % 3 == 0 { -v } else { 4.0 * v }).collect(),
+                    ];
+                    let more: Vec<_> = xs
+                        .iter()
+                        .map(|xo| {
+                            let (mut q2, mut d2, mut s2) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub]);
+                            let mut b2 = vec![0i16; nsub];
+                            let sc2 = k::quantize_act(Isa::Scalar, xo, 256, &mut q2, &mut d2, &mut s2, &mut b2);
+                            (q2, d2, s2, b2, sc2)
+                        })
+                        .collect();
+                    let more: Vec<k::ActRow<'_>> = more
+                        .iter()
+                        .map(|m| k::ActRow { q: &m.0, d16: &m.1, s16: &m.2, b16: &m.3, scale: m.4 })
+                        .collect();
+                    let got = k::dot_k_decoded(isa, base, krows, [act, more[0], more[1], more[2]]);
+                    assert_f32_bits_eq(&format!("{tag} decoded"), &want, &got[0]);
+                    for (i, a2) in more.iter().enumerate() {
+                        let want2: Vec<f32> = rows.iter().map(|src| k::dot_k_ref(l.qtype, cols, src, *a2)).collect();
+                        assert_f32_bits_eq(&format!("{tag} decoded, activation {}", i + 1), &want2, &got[i + 1]);
+                    }
                     ran += 1;
                 }
                 for (r, &v) in want.iter().enumerate() {

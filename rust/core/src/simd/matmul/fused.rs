@@ -1001,25 +1001,41 @@ pub(super) fn k_rows(
     out
 }
 
-/// [`super::dot_k_decoded`] (the GEMM's k-quant kernel): four decoded rows with two
-/// activation rows, block by block: per 32 values and row one code load and one scale pick
-/// serve both activation rows (`vpmaddubsw`, `vpmaddwd` by the scales, an add each); then
+/// [`super::dot_k_decoded`] (the GEMM's k-quant kernel) at the AVX2 level: four decoded rows
+/// with four activation rows, as two calls of two activation rows (sixteen registers hold the
+/// accumulators of no more): block by block, per 32 values and row one code load and one scale
+/// pick serve both activation rows (`vpmaddubsw`, `vpmaddwd` by the scales, an add each); then
 /// [`k_finish`] per activation row, as [`k_rows`] does, so the bits are the same. The caller
 /// checks the CPU and every length.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn k_decoded(mins: bool, w: [super::KRow<'_>; R], a: [ActRow<'_>; 2]) -> [[f32; R]; 2] {
+pub(super) fn k_decoded(mins: bool, w: [super::KRow<'_>; R], a: [ActRow<'_>; 4]) -> [[f32; R]; 4] {
+    let [a0, a1, a2, a3] = a;
     // SAFETY: the caller checked the CPU (AVX2) and every length.
-    unsafe { k_decoded_body::<false>(mins, w, a) }
+    let ([y0, y1], [y2, y3]) = unsafe {
+        if mins {
+            (k_decoded_body::<false, true, 2>(w, [a0, a1]), k_decoded_body::<false, true, 2>(w, [a2, a3]))
+        } else {
+            (k_decoded_body::<false, false, 2>(w, [a0, a1]), k_decoded_body::<false, false, 2>(w, [a2, a3]))
+        }
+    };
+    [y0, y1, y2, y3]
 }
 
-/// [`k_decoded`] with AVX-512 VNNI's `vpdpwssd` (the scale multiply and the add in one
-/// instruction; the same exact i32 sums).
+/// [`k_decoded`] at AVX-512 VNNI: the four activation rows at once (32 vector registers hold
+/// the sixteen accumulators), so each code load and scale pick serves four; `vpdpwssd` does
+/// the scale multiply and the add (the same exact i32 sums).
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) fn k_decoded_vnni(mins: bool, w: [super::KRow<'_>; R], a: [ActRow<'_>; 2]) -> [[f32; R]; 2] {
+pub(super) fn k_decoded_vnni(mins: bool, w: [super::KRow<'_>; R], a: [ActRow<'_>; 4]) -> [[f32; R]; 4] {
     // SAFETY: the caller checked the CPU (AVX-512 VNNI) and every length.
-    unsafe { k_decoded_body::<true>(mins, w, a) }
+    unsafe {
+        if mins {
+            k_decoded_body::<true, true, 4>(w, a)
+        } else {
+            k_decoded_body::<true, false, 4>(w, a)
+        }
+    }
 }
 
 /// [`scaled`] with `vpdpwssd`.
@@ -1029,60 +1045,61 @@ unsafe fn scaled_vnni(isum: __m256i, c: __m256i, x: __m256i, sc: __m256i) -> __m
     unsafe { _mm256_dpwssd_epi32(isum, _mm256_maddubs_epi16(c, x), sc) }
 }
 
+/// Four decoded rows with `N` activation rows (`MINS`: the type has mins).
 #[inline(always)]
-unsafe fn k_decoded_body<const VNNI: bool>(mins: bool, w: [super::KRow<'_>; R], a: [ActRow<'_>; 2]) -> [[f32; R]; 2] {
+unsafe fn k_decoded_body<const VNNI: bool, const MINS: bool, const N: usize>(
+    w: [super::KRow<'_>; R],
+    a: [ActRow<'_>; N],
+) -> [[f32; R]; N] {
     let cp = a[0].q.len();
     // SAFETY: SSE is enabled by the caller.
-    let mut acc = [unsafe { _mm_setzero_ps() }; 2];
+    let mut acc = [unsafe { _mm_setzero_ps() }; N];
     let mut b = 0;
     while b * QK_K < cp {
         let chunks = ((cp - b * QK_K) / 32).min(8);
-        // SAFETY: block `b`'s `chunks` chunks of 32 values lie inside both activations and every
+        // SAFETY: block `b`'s `chunks` chunks of 32 values lie inside every activation and every
         // row's codes; its 16 scales, offset scales, mins and steps and its `[d, dmin]` inside
         // their slices (all checked by the caller).
         unsafe {
             // The activations' per-16 sums, 0 past the row.
-            let bs = a.map(|a| {
+            let mut bt = [[0i16; 16]; N];
+            let bs: [*const i16; N] = std::array::from_fn(|i| {
                 if chunks == 8 {
-                    load256(a.b16.as_ptr().add(16 * b).cast())
+                    a[i].b16.as_ptr().add(16 * b)
                 } else {
-                    let mut t = [0i16; 16];
-                    t[..2 * chunks].copy_from_slice(&a.b16[16 * b..16 * b + 2 * chunks]);
-                    load256(t.as_ptr().cast())
+                    bt[i][..2 * chunks].copy_from_slice(&a[i].b16[16 * b..16 * b + 2 * chunks]);
+                    bt[i].as_ptr()
                 }
             });
-            let mut isum = [[_mm256_setzero_si256(); R]; 2];
-            let mut imin = [[_mm256_setzero_si256(); R]; 2];
-            let (mut d, mut dmin) = ([0f32; R], [0f32; R]);
-            for r in 0..R {
+            // Each sum starts at −zero · Σ_k scale_k · Σ x over sub-block k (the codes' offset;
+            // the types with mins have none).
+            let mut isum = [[_mm256_setzero_si256(); R]; N];
+            for r in (0..R).filter(|_| !MINS) {
                 let zs = load256(w[r].zs.as_ptr().add(16 * b).cast());
-                let mn = load256(w[r].mn.as_ptr().add(16 * b).cast());
-                for i in 0..2 {
-                    // zero · Σ_k scale_k · Σ x over sub-block k, taken off the unsigned sums.
-                    isum[i][r] = _mm256_sub_epi32(isum[i][r], _mm256_madd_epi16(zs, bs[i]));
-                    if mins {
-                        imin[i][r] = _mm256_madd_epi16(mn, bs[i]);
-                    }
+                for i in 0..N {
+                    isum[i][r] = _mm256_sub_epi32(isum[i][r], _mm256_madd_epi16(zs, load256(bs[i].cast())));
                 }
-                (d[r], dmin[r]) = (*w[r].dd.get_unchecked(2 * b), *w[r].dd.get_unchecked(2 * b + 1));
             }
             let v0 = QK_K * b;
             let x = a.map(|a| a.q.as_ptr().add(v0).cast::<u8>());
             let u = w.map(|r| r.u.as_ptr().add(v0));
             let sv = w.map(|r| r.sv.as_ptr().add(16 * b).cast::<u8>());
-            // Chunk `t` of 32 values: each row's code load and scale pick serve both rows of x.
+            // Chunk `t` of 32 values: each row's code load and scale pick serve every row of x.
             // (A macro, not a closure: a closure would not inherit this function's features.)
             macro_rules! chunk {
                 ($t:expr) => {{
                     let t = $t;
-                    let (x0, x1) = (load256(x[0].add(32 * t)), load256(x[1].add(32 * t)));
+                    let xs: [__m256i; N] = std::array::from_fn(|i| load256(x[i].add(32 * t)));
                     for r in 0..R {
                         let sc = pick(load256(sv[r]), t);
                         let c = load256(u[r].add(32 * t));
-                        isum[0][r] =
-                            if VNNI { scaled_vnni(isum[0][r], c, x0, sc) } else { scaled(isum[0][r], c, x0, sc) };
-                        isum[1][r] =
-                            if VNNI { scaled_vnni(isum[1][r], c, x1, sc) } else { scaled(isum[1][r], c, x1, sc) };
+                        for i in 0..N {
+                            isum[i][r] = if VNNI {
+                                scaled_vnni(isum[i][r], c, xs[i], sc)
+                            } else {
+                                scaled(isum[i][r], c, xs[i], sc)
+                            };
+                        }
                     }
                 }};
             }
@@ -1096,19 +1113,26 @@ unsafe fn k_decoded_body<const VNNI: bool>(mins: bool, w: [super::KRow<'_>; R], 
                     chunk!(t);
                 }
             }
-            for i in 0..2 {
-                let imin = if mins { Some(hsum4(imin[i])) } else { None };
+            let (mut d, mut dmin) = ([0f32; R], [0f32; R]);
+            for r in 0..R {
+                (d[r], dmin[r]) = (*w[r].dd.get_unchecked(2 * b), *w[r].dd.get_unchecked(2 * b + 1));
+            }
+            for i in 0..N {
+                let imin = MINS.then(|| {
+                    let bs = load256(bs[i].cast());
+                    hsum4(w.map(|r| _mm256_madd_epi16(load256(r.mn.as_ptr().add(16 * b).cast()), bs)))
+                });
                 acc[i] = k_finish(acc[i], hsum4(isum[i]), imin, d, dmin, *a[i].d16.get_unchecked(16 * b));
             }
         }
         b += 1;
     }
-    let mut out = [[0f32; R]; 2];
-    for i in 0..2 {
-        // SAFETY: `out[i]` holds four f32.
-        unsafe { _mm_storeu_ps(out[i].as_mut_ptr(), acc[i]) };
-    }
-    out
+    acc.map(|v| {
+        let mut out = [0f32; R];
+        // SAFETY: `out` holds four f32.
+        unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
+        out
+    })
 }
 
 #[cfg(test)]

@@ -37,8 +37,8 @@
 //! specification). One i8 step per 256 values instead of 32 costs activation precision where
 //! a block mixes large and small values, but the f32 work per 32 values (a conversion, a
 //! scale broadcast and an FMA) is gone. [`dot_k`] runs on the stored rows (few activation
-//! rows), [`dot_k_decoded`] on rows decoded once per batch ([`decode_k_row`], two activation
-//! rows per weight load); both give [`dot_k_ref`]'s bits at every ISA.
+//! rows), [`dot_k_decoded`] on rows decoded once per batch ([`decode_k_row`], four activation
+//! rows per weight load at AVX-512, two at AVX2); both give [`dot_k_ref`]'s bits at every ISA.
 //!
 //! Integer outputs (quantized activations, codes) are bit-identical across ISAs. Float
 //! outputs of the other types differ only by the order of f32 additions; [`dot_tolerance`]
@@ -930,12 +930,13 @@ pub fn dot_k_decoded_ref(base: QType, w: KRow<'_>, act: ActRow<'_>) -> f32 {
     acc
 }
 
-/// The dots of four decoded k-quant rows of base type `base` ([`decode_k_row`]) with two
+/// The dots of four decoded k-quant rows of base type `base` ([`decode_k_row`]) with four
 /// activation rows quantized in blocks of [`QK_K`] (`out[i][r]`: activation `i`, row `r`): the
 /// same bits as [`dot_k`] of the stored rows (and [`dot_k_ref`]), at every ISA. The GEMM's
-/// kernel: decoding is done once per row and batch, and each weight load serves two
-/// activation rows (AVX2 at the AVX2 and AVX-512 levels, the reference elsewhere).
-pub fn dot_k_decoded(isa: Isa, base: QType, w: [KRow<'_>; 4], act: [ActRow<'_>; 2]) -> [[f32; 4]; 2] {
+/// kernel: decoding is done once per row and batch, and each weight load serves four
+/// activation rows at AVX-512 VNNI (sixteen accumulators in its 32 vector registers), two at
+/// AVX2 (the reference elsewhere).
+pub fn dot_k_decoded(isa: Isa, base: QType, w: [KRow<'_>; 4], act: [ActRow<'_>; 4]) -> [[f32; 4]; 4] {
     let (cp, nb) = (act[0].q.len(), act[0].q.len().div_ceil(QK_K));
     for a in &act {
         assert!(a.q.len() == cp && cp.is_multiple_of(QA) && a.d16.len() == cp / QS && a.b16.len() == cp / QS);
