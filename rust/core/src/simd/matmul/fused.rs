@@ -1074,10 +1074,12 @@ unsafe fn k_decoded_body<const VNNI: bool, const MINS: bool, const N: usize>(
             // Each sum starts at −zero · Σ_k scale_k · Σ x over sub-block k (the codes' offset;
             // the types with mins have none).
             let mut isum = [[_mm256_setzero_si256(); R]; N];
-            for r in (0..R).filter(|_| !MINS) {
-                let zs = load256(w[r].zs.as_ptr().add(16 * b).cast());
-                for i in 0..N {
-                    isum[i][r] = _mm256_sub_epi32(isum[i][r], _mm256_madd_epi16(zs, load256(bs[i].cast())));
+            if !MINS {
+                for r in 0..R {
+                    let zs = load256(w[r].zs.as_ptr().add(16 * b).cast());
+                    for i in 0..N {
+                        isum[i][r] = _mm256_sub_epi32(isum[i][r], _mm256_madd_epi16(zs, load256(bs[i].cast())));
+                    }
                 }
             }
             let v0 = QK_K * b;
@@ -1089,7 +1091,10 @@ unsafe fn k_decoded_body<const VNNI: bool, const MINS: bool, const N: usize>(
             macro_rules! chunk {
                 ($t:expr) => {{
                     let t = $t;
-                    let xs: [__m256i; N] = std::array::from_fn(|i| load256(x[i].add(32 * t)));
+                    let mut xs = [_mm256_setzero_si256(); N];
+                    for i in 0..N {
+                        xs[i] = load256(x[i].add(32 * t));
+                    }
                     for r in 0..R {
                         let sc = pick(load256(sv[r]), t);
                         let c = load256(u[r].add(32 * t));
@@ -1117,22 +1122,28 @@ unsafe fn k_decoded_body<const VNNI: bool, const MINS: bool, const N: usize>(
             for r in 0..R {
                 (d[r], dmin[r]) = (*w[r].dd.get_unchecked(2 * b), *w[r].dd.get_unchecked(2 * b + 1));
             }
+            // (Loops, not closures: a closure would not inherit this function's features.)
             for i in 0..N {
-                let imin = MINS.then(|| {
-                    let bs = load256(bs[i].cast());
-                    hsum4(w.map(|r| _mm256_madd_epi16(load256(r.mn.as_ptr().add(16 * b).cast()), bs)))
-                });
+                let imin = if MINS {
+                    let (bs, mut m) = (load256(bs[i].cast()), [_mm256_setzero_si256(); R]);
+                    for r in 0..R {
+                        m[r] = _mm256_madd_epi16(load256(w[r].mn.as_ptr().add(16 * b).cast()), bs);
+                    }
+                    Some(hsum4(m))
+                } else {
+                    None
+                };
                 acc[i] = k_finish(acc[i], hsum4(isum[i]), imin, d, dmin, *a[i].d16.get_unchecked(16 * b));
             }
         }
         b += 1;
     }
-    acc.map(|v| {
-        let mut out = [0f32; R];
-        // SAFETY: `out` holds four f32.
-        unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
-        out
-    })
+    let mut out = [[0f32; R]; N];
+    for i in 0..N {
+        // SAFETY: `out[i]` holds four f32.
+        unsafe { _mm_storeu_ps(out[i].as_mut_ptr(), acc[i]) };
+    }
+    out
 }
 
 #[cfg(test)]
