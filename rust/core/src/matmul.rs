@@ -100,6 +100,12 @@ const AXPY_MIN_N: usize = 8;
 /// ([`crate::simd::matmul::dot_fused`]); from here on the decoded tile is reused by enough rows
 /// to pay for decoding it.
 const FUSED_MAX_N: usize = 4;
+/// Fewest activation rows for the k-quants' outer-product GEMM (below, the four-row kernel;
+/// a tile takes sixteen).
+const OUTER_MIN_N: usize = 12;
+/// Weight rows per tile of the outer-product GEMM: each tile of activation rows is used by
+/// four groups of eight rows while it is in cache.
+const OUTER_TILE_ROWS: usize = 32;
 /// Multiply-adds below which a call runs on the calling thread only (rayon's overhead is a
 /// few microseconds).
 const PAR_MIN_WORK: usize = 1 << 18;
@@ -492,8 +498,8 @@ thread_local! {
     static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
 }
 
-/// Per-call activation buffers: gathered rows, their transpose (for the outliers), and their
-/// int8 quantization.
+/// Per-call activation buffers: gathered rows, their transpose (for the outliers), their int8
+/// quantization, and its tiles for the k-quants' outer-product GEMM.
 #[derive(Debug, Default)]
 struct Acts {
     xg: Vec<f32>,
@@ -503,6 +509,9 @@ struct Acts {
     s16: Vec<f32>,
     b16: Vec<i16>,
     scale: Vec<f32>,
+    tq: Vec<i8>,
+    tb: Vec<i16>,
+    td: Vec<f32>,
 }
 
 /// The first `len` elements of a scratch buffer, grown (never shrunk) as needed. The callers
@@ -683,7 +692,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Option<I
 
 fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut Acts) {
     let Layout { qtype, affine, rows, cols, .. } = w.layout;
-    let Acts { xg, xt, q, d16, s16, b16, scale } = acts;
+    let Acts { xg, xt, q, d16, s16, b16, scale, tq, tb, td } = acts;
     let xs: &[f32] = if w.has_perm() {
         let xg = scratch(xg, n * cols);
         for (g, xi) in xg.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
@@ -763,8 +772,39 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     } else {
         cp + cp / 2
     };
-    // Whole quads of rows where a tile holds more than one (the kernels take four rows).
+    // The k-quants' GEMM at AVX-512 VNNI: outer products of eight decoded rows with tiles of
+    // sixteen activation rows, packed once here (the last tile repeats the last row).
+    let outer = kq && !fused && n >= OUTER_MIN_N && kern::has_outer(isa);
+    let (ntiles, nb) = (n.div_ceil(kern::LANES), kern::k_blocks(cols));
+    let (tq, tb, td) = if outer {
+        let (tq, tb, td) = (
+            scratch(tq, ntiles * kern::LANES * cp),
+            scratch(tb, ntiles * 256 * nb),
+            scratch(td, ntiles * kern::LANES * nb),
+        );
+        for (t, ((tq, tb), td)) in tq
+            .chunks_exact_mut(kern::LANES * cp)
+            .zip(tb.chunks_exact_mut(256 * nb))
+            .zip(td.chunks_exact_mut(kern::LANES * nb))
+            .enumerate()
+        {
+            let rows: [kern::ActRow<'_>; kern::LANES] = std::array::from_fn(|l| act((kern::LANES * t + l).min(n - 1)));
+            kern::pack_act_tile(rows, tq, tb, td);
+        }
+        (&*tq, &*tb, &*td)
+    } else {
+        (&[][..], &[][..], &[][..])
+    };
+    let act_tile = |t: usize| kern::ActTile {
+        xt: &tq[t * kern::LANES * cp..][..kern::LANES * cp],
+        bt: &tb[t * 256 * nb..][..256 * nb],
+        dx: &td[t * kern::LANES * nb..][..kern::LANES * nb],
+    };
+    // Whole quads of rows where a tile holds more than one (the kernels take four rows); for
+    // the outer products, OUTER_TILE_ROWS rows (whole groups of eight), so that each activation
+    // tile serves several groups while it is in cache.
     let tile = match (TILE_BYTES / row_bytes).clamp(1, MAX_TILE_ROWS) {
+        _ if outer => OUTER_TILE_ROWS.min(rows.next_multiple_of(kern::OUTER_ROWS)),
         t if t >= 4 => t / 4 * 4,
         t => t,
     };
@@ -844,16 +884,32 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                     dd: &kdd[r * db..(r + 1) * db],
                 };
                 let base = qtype.ragged_base().unwrap_or(qtype);
-                // Four activation rows per call (past the last, the last is repeated: the same
-                // bits).
-                for i in (0..n).step_by(4) {
-                    let acts = [0, 1, 2, 3].map(|k| act((i + k).min(n - 1)));
-                    for r in (0..nr).step_by(4) {
-                        let rows = [0, 1, 2, 3].map(|j| krow((r + j).min(nr - 1)));
-                        let v = kern::dot_k_decoded(isa, base, rows, acts);
-                        for (k, vk) in v.iter().enumerate().take(n - i) {
-                            for (j, &vj) in vk.iter().enumerate().take(nr - r) {
-                                out[(r + j) * n + i + k] = vj * scale[i + k];
+                if outer {
+                    // Eight rows (the last repeated) with each tile of sixteen activation rows.
+                    for t in 0..ntiles {
+                        let i0 = kern::LANES * t;
+                        for r in (0..nr).step_by(kern::OUTER_ROWS) {
+                            let rows = std::array::from_fn(|j| krow((r + j).min(nr - 1)));
+                            let v = kern::dot_k_outer(isa, base, rows, act_tile(t));
+                            for (j, vj) in v.iter().enumerate().take(nr - r) {
+                                for (l, &vl) in vj.iter().enumerate().take(n - i0) {
+                                    out[(r + j) * n + i0 + l] = vl * scale[i0 + l];
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    // Four activation rows per call (past the last, the last is repeated: the same
+                    // bits).
+                    for i in (0..n).step_by(4) {
+                        let acts = [0, 1, 2, 3].map(|k| act((i + k).min(n - 1)));
+                        for r in (0..nr).step_by(4) {
+                            let rows = [0, 1, 2, 3].map(|j| krow((r + j).min(nr - 1)));
+                            let v = kern::dot_k_decoded(isa, base, rows, acts);
+                            for (k, vk) in v.iter().enumerate().take(n - i) {
+                                for (j, &vj) in vk.iter().enumerate().take(nr - r) {
+                                    out[(r + j) * n + i + k] = vj * scale[i + k];
+                                }
                             }
                         }
                     }

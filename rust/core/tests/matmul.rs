@@ -362,6 +362,43 @@ fn k_quant_dots_are_the_reference_bits_at_every_isa() {
                     }
                     ran += 1;
                 }
+                // The outer-product kernel (AVX-512 VNNI): eight rows (the four, twice) with a
+                // tile of sixteen distinct activation rows, each lane its own dots.
+                for isa in available().into_iter().filter(|&i| k::has_outer(i)) {
+                    let xs: Vec<Vec<f32>> = (0..k::LANES)
+                        .map(|l| {
+                            let f = 1.0 + l as f32 / 4.0;
+                            (0..cols).map(|j| if (j + l) % 5 == 0 { -f } else { f } * x[(j + 7 * l) % cols]).collect()
+                        })
+                        .collect();
+                    let qa: Vec<_> = xs
+                        .iter()
+                        .map(|xo| {
+                            let (mut q2, mut d2, mut s2) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub]);
+                            let mut b2 = vec![0i16; nsub];
+                            let sc2 = k::quantize_act(Isa::Scalar, xo, 256, &mut q2, &mut d2, &mut s2, &mut b2);
+                            (q2, d2, s2, b2, sc2)
+                        })
+                        .collect();
+                    let tile_acts: [k::ActRow<'_>; k::LANES] = std::array::from_fn(|l| {
+                        let m = &qa[l];
+                        k::ActRow { q: &m.0, d16: &m.1, s16: &m.2, b16: &m.3, scale: m.4 }
+                    });
+                    let nb = k::k_blocks(cols);
+                    let (mut xt, mut bt, mut dx) =
+                        (vec![0i8; k::LANES * cp], vec![0i16; 256 * nb], vec![0f32; k::LANES * nb]);
+                    k::pack_act_tile(tile_acts, &mut xt, &mut bt, &mut dx);
+                    let tile = k::ActTile { xt: &xt, bt: &bt, dx: &dx };
+                    let got = k::dot_k_outer(isa, base, std::array::from_fn(|j| krows[j % 4]), tile);
+                    for (lane, a) in tile_acts.iter().enumerate() {
+                        let want_l: Vec<f32> = rows.iter().map(|src| k::dot_k_ref(l.qtype, cols, src, *a)).collect();
+                        let got_l: Vec<f32> = (0..k::OUTER_ROWS).map(|j| got[j][lane]).collect();
+                        let want_l: Vec<f32> = (0..k::OUTER_ROWS).map(|j| want_l[j % 4]).collect();
+                        let tag = format!("{name} cols={cols} {kind} {isa} outer, activation {lane}");
+                        assert_f32_bits_eq(&tag, &want_l, &got_l);
+                    }
+                    ran += 1;
+                }
                 for (r, &v) in want.iter().enumerate() {
                     let wr = &deq[r * cols..(r + 1) * cols];
                     let m = 2.0 * wr.iter().fold(0f64, |a, v| a.max(f64::from(v.abs())));
@@ -382,17 +419,18 @@ fn k_quant_dots_are_the_reference_bits_at_every_isa() {
 
 #[test]
 fn k_quant_outputs_do_not_depend_on_the_batch() {
-    // Few activation rows run the k-kernels on the stored rows, more run the decoded tile:
+    // Few activation rows run the k-kernels on the stored rows, more run the decoded tile (and
+    // at AVX-512 VNNI from 12 rows on the outer products, 21 = one tile and a padded one):
     // every token's outputs must be the same bits either way.
     for (ti, &name) in K_TYPES.iter().enumerate() {
         let (rows, cols) = (9, if name.ends_with("_kr") { 600 } else { 512 });
         let (l, data) = weight(name, rows, cols, 77 + ti as u64);
         let w = QMatrix::new(l, &data, None, None).unwrap();
-        let x = acts("mixed", 7, cols, 5 + ti as u64);
-        for isa in available() {
-            let mut batch = vec![0f32; 7 * rows];
-            matmul(&w, &x, 7, &mut batch, Some(isa)).unwrap();
-            for i in 0..7 {
+        let x = acts("mixed", 21, cols, 5 + ti as u64);
+        for (isa, n) in available().into_iter().flat_map(|isa| [(isa, 7), (isa, 21)]) {
+            let mut batch = vec![0f32; n * rows];
+            matmul(&w, &x[..n * cols], n, &mut batch, Some(isa)).unwrap();
+            for i in 0..n {
                 let mut one = vec![0f32; rows];
                 matmul(&w, &x[i * cols..(i + 1) * cols], 1, &mut one, Some(isa)).unwrap();
                 assert_f32_bits_eq(&format!("{name} {isa} token {i}"), &one, &batch[i * rows..(i + 1) * rows]);

@@ -1146,6 +1146,110 @@ unsafe fn k_decoded_body<const VNNI: bool, const MINS: bool, const N: usize>(
     out
 }
 
+// ---- The k-quant GEMM as outer products (AVX-512 VNNI) ----
+
+/// [`super::dot_k_outer`]: eight decoded rows with a tile of sixteen activation rows
+/// ([`super::pack_act_tile`]), the sixteen activation rows in the lanes of a 512-bit vector:
+/// per four values and row, one broadcast of the row's four codes and one `vpdpbusd` give the
+/// row's sixteen dots (no horizontal sums). Per sub-block of 16 values the four `vpdpbusd`
+/// sums are multiplied by the sub-block's scale (`vpmulld`) and added; the codes' offset or
+/// the mins come from the activations' per-16 sums by `vpdpwssd`, and each super-block ends
+/// with [`k_finish`]'s f32 operations, lane by lane: the same exact integers and the same f32
+/// steps, so the bits of [`super::dot_k_ref`]. The caller checks the CPU and every length.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) fn k_outer(
+    mins: bool,
+    w: [super::KRow<'_>; super::OUTER_ROWS],
+    t: super::ActTile<'_>,
+) -> [[f32; super::LANES]; super::OUTER_ROWS] {
+    // SAFETY: the caller checked the CPU (AVX-512 VNNI) and every length.
+    unsafe {
+        if mins {
+            k_outer_body::<true>(w, t)
+        } else {
+            k_outer_body::<false>(w, t)
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn k_outer_body<const MINS: bool>(
+    w: [super::KRow<'_>; super::OUTER_ROWS],
+    t: super::ActTile<'_>,
+) -> [[f32; super::LANES]; super::OUTER_ROWS] {
+    const RO: usize = super::OUTER_ROWS;
+    let cp = t.xt.len() / super::LANES;
+    // SAFETY: AVX-512 is enabled by the caller.
+    let mut acc = [unsafe { _mm512_setzero_ps() }; RO];
+    // SAFETY: every access is in bounds: block `b`'s `subs` sub-blocks lie inside the tile's
+    // codes and every row's codes, their scales, offsets, mins, `[d, dmin]`, the tile's sums
+    // and steps inside their slices (checked by the caller); AVX-512 VNNI is enabled.
+    unsafe {
+        // Natural sub-block order from the even/odd order of `KRow::sv`.
+        let nat = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+        let mut b = 0;
+        while b * QK_K < cp {
+            let subs = ((cp - b * QK_K) / 16).min(16);
+            let mut sc = [[0i32; 16]; RO];
+            for r in 0..RO {
+                let v = _mm512_cvtepi16_epi32(load256(w[r].sv.as_ptr().add(16 * b).cast()));
+                _mm512_storeu_si512(sc[r].as_mut_ptr().cast(), _mm512_permutexvar_epi32(nat, v));
+            }
+            let mut isum = [_mm512_setzero_si512(); RO];
+            for s in 0..subs {
+                let v0 = QK_K * b + 16 * s;
+                let mut x = [_mm512_setzero_si512(); 4];
+                for (q, xq) in x.iter_mut().enumerate() {
+                    *xq = _mm512_loadu_si512(t.xt.as_ptr().add(super::LANES * (v0 + 4 * q)).cast());
+                }
+                for r in 0..RO {
+                    let u = w[r].u.as_ptr().add(v0);
+                    let mut p = _mm512_setzero_si512();
+                    for (q, &xq) in x.iter().enumerate() {
+                        let c = _mm512_set1_epi32(u.add(4 * q).cast::<i32>().read_unaligned());
+                        p = _mm512_dpbusd_epi32(p, c, xq);
+                    }
+                    let scale = _mm512_set1_epi32(*sc[r].get_unchecked(s));
+                    isum[r] = _mm512_add_epi32(isum[r], _mm512_mullo_epi32(p, scale));
+                }
+            }
+            // The codes' offset (`zero · scale` per sub-block) or the mins, times the
+            // activations' per-16 sums: pairs of sub-blocks per `vpdpwssd`.
+            let mut imin = [_mm512_setzero_si512(); RO];
+            for r in 0..RO {
+                let z = if MINS { w[r].mn } else { w[r].zs }.as_ptr().add(16 * b);
+                let mut m = _mm512_setzero_si512();
+                for j in 0..subs / 2 {
+                    let bs = _mm512_loadu_si512(t.bt.as_ptr().add(2 * super::LANES * (8 * b + j)).cast());
+                    m = _mm512_dpwssd_epi32(m, bs, _mm512_set1_epi32(z.add(2 * j).cast::<i32>().read_unaligned()));
+                }
+                if MINS {
+                    imin[r] = m;
+                } else {
+                    isum[r] = _mm512_sub_epi32(isum[r], m);
+                }
+            }
+            let dx = _mm512_loadu_ps(t.dx.as_ptr().add(super::LANES * b));
+            for r in 0..RO {
+                let (d, dmin) = (*w[r].dd.get_unchecked(2 * b), *w[r].dd.get_unchecked(2 * b + 1));
+                let dd = _mm512_mul_ps(_mm512_set1_ps(d), dx);
+                acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(isum[r])));
+                if MINS {
+                    let dm = _mm512_mul_ps(_mm512_set1_ps(dmin), dx);
+                    acc[r] = _mm512_sub_ps(acc[r], _mm512_mul_ps(dm, _mm512_cvtepi32_ps(imin[r])));
+                }
+            }
+            b += 1;
+        }
+        let mut out = [[0f32; super::LANES]; RO];
+        for r in 0..RO {
+            _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::scales_mins_k4;

@@ -962,6 +962,83 @@ pub fn dot_k_decoded(isa: Isa, base: QType, w: [KRow<'_>; 4], act: [ActRow<'_>; 
     }
 }
 
+/// Activation rows per tile of [`dot_k_outer`] (the lanes of a 512-bit vector of i32).
+pub const LANES: usize = 16;
+/// Decoded weight rows per call of [`dot_k_outer`].
+pub const OUTER_ROWS: usize = 8;
+
+/// [`LANES`] activation rows quantized in blocks of [`QK_K`], repacked for [`dot_k_outer`]
+/// ([`pack_act_tile`]); `cp` is their padded length and `nb = cp.div_ceil(256)`.
+#[derive(Debug, Clone, Copy)]
+pub struct ActTile<'a> {
+    /// `16 · cp` codes: for each group of 4 values, the 16 rows' 4 codes (64 bytes).
+    pub xt: &'a [i8],
+    /// `256 · nb` per-16 sums: for each block and pair of sub-blocks (8 per block), the 16
+    /// rows' two sums (i16 pairs, 64 bytes); 0 past the row.
+    pub bt: &'a [i16],
+    /// `16 · nb` steps: each block's step of the 16 rows.
+    pub dx: &'a [f32],
+}
+
+/// Repack `acts` (all of one padded length `cp`) into a tile for [`dot_k_outer`]: `xt`, `bt`
+/// and `dx` as [`ActTile`] describes them.
+pub fn pack_act_tile(acts: [ActRow<'_>; LANES], xt: &mut [i8], bt: &mut [i16], dx: &mut [f32]) {
+    let cp = acts[0].q.len();
+    let nb = cp.div_ceil(QK_K);
+    assert!(xt.len() == LANES * cp && bt.len() == 256 * nb && dx.len() == LANES * nb);
+    for (l, a) in acts.iter().enumerate() {
+        assert!(a.q.len() == cp && a.b16.len() == cp / QS && a.d16.len() == cp / QS);
+        for (g, q4) in a.q.chunks_exact(4).enumerate() {
+            xt[LANES * 4 * g + 4 * l..][..4].copy_from_slice(q4);
+        }
+        for b in 0..nb {
+            for k in 0..16 {
+                let v = a.b16.get(16 * b + k).copied().unwrap_or(0);
+                bt[2 * LANES * (8 * b + k / 2) + 2 * l + k % 2] = v;
+            }
+            dx[LANES * b + l] = a.d16[16 * b];
+        }
+    }
+}
+
+/// Whether [`dot_k_outer`] runs at `isa` (AVX-512 with VNNI).
+pub fn has_outer(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa == Isa::Avx512 && has_avx512_vnni()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
+/// The dots of [`OUTER_ROWS`] decoded k-quant rows of base type `base` ([`decode_k_row`]) with
+/// a tile of [`LANES`] activation rows ([`pack_act_tile`]; `out[r][l]`: row `r`, activation
+/// `l`), as outer products (a row's four codes times the tile's sixteen rows' four values per
+/// `vpdpbusd`): the bits of [`dot_k_decoded`] (and [`dot_k_ref`]). Only where [`has_outer`].
+pub fn dot_k_outer(isa: Isa, base: QType, w: [KRow<'_>; OUTER_ROWS], t: ActTile<'_>) -> [[f32; LANES]; OUTER_ROWS] {
+    assert!(has_outer(isa), "the outer-product k-quant kernel needs AVX-512 VNNI");
+    let cp = t.xt.len() / LANES;
+    let nb = cp.div_ceil(QK_K);
+    assert!(t.xt.len() == LANES * cp && cp.is_multiple_of(QA) && t.bt.len() == 256 * nb && t.dx.len() == LANES * nb);
+    for r in &w {
+        assert!(r.u.len() == cp && r.sv.len() == 16 * nb && r.zs.len() == 16 * nb && r.mn.len() == 16 * nb);
+        assert!(r.dd.len() == 2 * nb);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: AVX-512 VNNI is available (asserted above) and every length was checked.
+        unsafe { fused::k_outer(has_mins(base, None), w, t) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = base;
+        unreachable!()
+    }
+}
+
 /// The scalar reference of [`dot_q8`]: per sub-block the exact integer sum, then
 /// `acc += (sw[k] · d16[k]) · isum` in order, in f32.
 pub fn dot_q8_ref(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
