@@ -973,9 +973,17 @@ where
     } else {
         let mut yt = vec![0f32; rows * n];
         drive(&mut yt);
-        for (r, yr) in yt.chunks_exact(n).enumerate() {
-            for (i, &v) in yr.iter().enumerate() {
-                y[i * rows + r] = v;
+        // The transpose in blocks of B × B (each in L1): a plain one writes y with a stride of
+        // `rows` floats, a cache line per value (14 % of a 512 × 4096² q4_k GEMM).
+        const B: usize = 32;
+        for r0 in (0..rows).step_by(B) {
+            for i0 in (0..n).step_by(B) {
+                for i in i0..(i0 + B).min(n) {
+                    let yi = &mut y[i * rows..][r0..(r0 + B).min(rows)];
+                    for (k, v) in yi.iter_mut().enumerate() {
+                        *v = yt[(r0 + k) * n + i];
+                    }
+                }
             }
         }
     }
