@@ -512,6 +512,7 @@ struct Acts {
     tq: Vec<i8>,
     tb: Vec<i16>,
     td: Vec<f32>,
+    tc: Vec<i32>,
 }
 
 /// The first `len` elements of a scratch buffer, grown (never shrunk) as needed. The callers
@@ -692,7 +693,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Option<I
 
 fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut Acts) {
     let Layout { qtype, affine, rows, cols, .. } = w.layout;
-    let Acts { xg, xt, q, d16, s16, b16, scale, tq, tb, td } = acts;
+    let Acts { xg, xt, q, d16, s16, b16, scale, tq, tb, td, tc } = acts;
     let xs: &[f32] = if w.has_perm() {
         let xg = scratch(xg, n * cols);
         for (g, xi) in xg.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
@@ -772,34 +773,41 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     } else {
         cp + cp / 2
     };
-    // The k-quants' GEMM at AVX-512 VNNI: outer products of eight decoded rows with tiles of
-    // sixteen activation rows, packed once here (the last tile repeats the last row).
-    let outer = kq && !fused && n >= OUTER_MIN_N && kern::has_outer(isa);
+    // The GEMM at AVX-512 VNNI, for the k-quants and the types decoded to int8 codes: outer
+    // products of decoded rows with tiles of sixteen activation rows, packed once here (the
+    // last tile repeats the last row).
+    let outer = !float && !fused && n >= OUTER_MIN_N && kern::has_outer(isa);
     let (ntiles, nb) = (n.div_ceil(kern::LANES), kern::k_blocks(cols));
-    let (tq, tb, td) = if outer {
-        let (tq, tb, td) = (
-            scratch(tq, ntiles * kern::LANES * cp),
-            scratch(tb, ntiles * 256 * nb),
-            scratch(td, ntiles * kern::LANES * nb),
-        );
-        for (t, ((tq, tb), td)) in tq
-            .chunks_exact_mut(kern::LANES * cp)
-            .zip(tb.chunks_exact_mut(256 * nb))
-            .zip(td.chunks_exact_mut(kern::LANES * nb))
-            .enumerate()
-        {
-            let rows: [kern::ActRow<'_>; kern::LANES] = std::array::from_fn(|l| act((kern::LANES * t + l).min(n - 1)));
-            kern::pack_act_tile(rows, tq, tb, td);
+    let lanes = |t: usize| -> [kern::ActRow<'_>; kern::LANES] {
+        std::array::from_fn(|l| act((kern::LANES * t + l).min(n - 1)))
+    };
+    let (lq, lb, ld) = if kq { (kern::LANES * cp, 256 * nb, kern::LANES * nb) } else { (kern::LANES * cp, 4 * cp, cp) };
+    let (tq, tb, tc, td) = if outer {
+        let (tq, td) = (scratch(tq, ntiles * lq), scratch(td, ntiles * ld));
+        if kq {
+            let tb = scratch(tb, ntiles * lb);
+            for (t, ((tq, tb), td)) in
+                tq.chunks_exact_mut(lq).zip(tb.chunks_exact_mut(lb)).zip(td.chunks_exact_mut(ld)).enumerate()
+            {
+                kern::pack_act_tile(lanes(t), tq, tb, td);
+            }
+            (&*tq, &*tb, &[][..], &*td)
+        } else {
+            let tc = scratch(tc, ntiles * lb);
+            for (t, ((tq, tc), td)) in
+                tq.chunks_exact_mut(lq).zip(tc.chunks_exact_mut(lb)).zip(td.chunks_exact_mut(ld)).enumerate()
+            {
+                kern::pack_q8_tile(lanes(t), tq, tc, td);
+            }
+            (&*tq, &[][..], &*tc, &*td)
         }
-        (&*tq, &*tb, &*td)
     } else {
-        (&[][..], &[][..], &[][..])
+        (&[][..], &[][..], &[][..], &[][..])
     };
-    let act_tile = |t: usize| kern::ActTile {
-        xt: &tq[t * kern::LANES * cp..][..kern::LANES * cp],
-        bt: &tb[t * 256 * nb..][..256 * nb],
-        dx: &td[t * kern::LANES * nb..][..kern::LANES * nb],
-    };
+    let act_tile =
+        |t: usize| kern::ActTile { xt: &tq[t * lq..][..lq], bt: &tb[t * lb..][..lb], dx: &td[t * ld..][..ld] };
+    let q8_tile =
+        |t: usize| kern::Q8Tile { xt: &tq[t * lq..][..lq], c4: &tc[t * lb..][..lb], d16: &td[t * ld..][..ld] };
     // Whole quads of rows where a tile holds more than one (the kernels take four rows); for
     // the outer products, OUTER_TILE_ROWS rows (whole groups of eight), so that each activation
     // tile serves several groups while it is in cache.
@@ -921,23 +929,47 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                 {
                     kern::decode_row(isa, qtype, affine, cols, w.row(r0 + r), c, s, m);
                 }
-                for i in 0..n {
-                    let (q, d16) = (&q[i * cp..(i + 1) * cp], &d16[i * nsub..(i + 1) * nsub]);
-                    let s16 = &s16[i * nsub..(i + 1) * nsub];
-                    let c = |r: usize| &codes[r * cp..(r + 1) * cp];
-                    let s = |r: usize| &sw[r * nsub..(r + 1) * nsub];
-                    let finish = |r: usize, v: f32| {
-                        let v = if mins { v + kern::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], s16) } else { v };
-                        v * scale[i]
+                let finish = |r: usize, i: usize, v: f32| {
+                    let v = if mins {
+                        v + kern::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], &s16[i * nsub..][..nsub])
+                    } else {
+                        v
                     };
-                    // Four rows at a time share each activation load; edge quads repeat
-                    // their last row, so every output comes from the same kernel (and the
-                    // fused kernels give the same bits).
-                    for r in (0..nr).step_by(4) {
-                        let rr = [0, 1, 2, 3].map(|j| (r + j).min(nr - 1));
-                        let v = kern::dot_q8_x4(isa, rr.map(c), rr.map(s), q, d16);
-                        for (j, &vj) in v.iter().enumerate().take(nr - r) {
-                            out[(r + j) * n + i] = finish(r + j, vj);
+                    v * scale[i]
+                };
+                if outer {
+                    // Two rows (the last repeated) with each tile of sixteen activation rows; the
+                    // kernel takes the codes with their sign bit flipped (`c + 128` as a byte).
+                    for c in codes.iter_mut() {
+                        *c ^= i8::MIN;
+                    }
+                    let c = |r: usize| &codes[r.min(nr - 1) * cp..][..cp];
+                    let s = |r: usize| &sw[r.min(nr - 1) * nsub..][..nsub];
+                    for t in 0..ntiles {
+                        let i0 = kern::LANES * t;
+                        for r in (0..nr).step_by(2) {
+                            let v = kern::dot_q8_outer(isa, [c(r), c(r + 1)], [s(r), s(r + 1)], q8_tile(t));
+                            for (j, vj) in v.iter().enumerate().take(nr - r) {
+                                for (l, &vl) in vj.iter().enumerate().take(n - i0) {
+                                    out[(r + j) * n + i0 + l] = finish(r + j, i0 + l, vl);
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    for i in 0..n {
+                        let (q, d16) = (&q[i * cp..(i + 1) * cp], &d16[i * nsub..(i + 1) * nsub]);
+                        let c = |r: usize| &codes[r * cp..(r + 1) * cp];
+                        let s = |r: usize| &sw[r * nsub..(r + 1) * nsub];
+                        // Four rows at a time share each activation load; edge quads repeat
+                        // their last row, so every output comes from the same kernel (and the
+                        // fused kernels give the same bits).
+                        for r in (0..nr).step_by(4) {
+                            let rr = [0, 1, 2, 3].map(|j| (r + j).min(nr - 1));
+                            let v = kern::dot_q8_x4(isa, rr.map(c), rr.map(s), q, d16);
+                            for (j, &vj) in v.iter().enumerate().take(nr - r) {
+                                out[(r + j) * n + i] = finish(r + j, i, vj);
+                            }
                         }
                     }
                 }

@@ -279,6 +279,63 @@ fn four_row_int8_dot_agrees_with_the_reference() {
     }
 }
 
+#[test]
+fn outer_int8_kernel_gives_the_bits_of_the_four_row_dot() {
+    // dot_q8_outer (AVX-512 VNNI: sixteen activation rows in the lanes) must give each lane
+    // the bits of dot_q8_x4 at the same ISA, so a token's outputs do not depend on its batch.
+    let mut r = Rng::new(6);
+    let mut ran = 0;
+    for isa in available().into_iter().filter(|&i| k::has_outer(i)) {
+        for len in [32, 64, 96, 4096, 4128] {
+            let rows: Vec<Vec<i8>> = (0..2).map(|_| (0..len).map(|_| r.next_u64() as i8).collect()).collect();
+            let sws: Vec<Vec<f32>> = (0..2).map(|_| (0..len / QS).map(|_| r.normal()).collect()).collect();
+            let xs: Vec<Vec<i8>> =
+                (0..k::LANES).map(|_| (0..len).map(|_| (r.below(255) as i32 - 127) as i8).collect()).collect();
+            let ds: Vec<Vec<f32>> =
+                (0..k::LANES).map(|_| (0..len / QS).map(|_| r.uniform() * 0.01).collect()).collect();
+            let (s16, b16) = (vec![0f32; len / QS], vec![0i16; len / QS]);
+            let tile_acts: [k::ActRow<'_>; k::LANES] =
+                std::array::from_fn(|l| k::ActRow { q: &xs[l], d16: &ds[l], s16: &s16, b16: &b16, scale: 1.0 });
+            let (mut xt, mut c4, mut d16) = (vec![0i8; k::LANES * len], vec![0i32; 4 * len], vec![0f32; len]);
+            k::pack_q8_tile(tile_acts, &mut xt, &mut c4, &mut d16);
+            let flipped: Vec<Vec<i8>> = rows.iter().map(|w| w.iter().map(|&c| c ^ i8::MIN).collect()).collect();
+            let tile = k::Q8Tile { xt: &xt, c4: &c4, d16: &d16 };
+            let got = k::dot_q8_outer(isa, [&flipped[0], &flipped[1]], [&sws[0], &sws[1]], tile);
+            for l in 0..k::LANES {
+                let w4: [&[i8]; 4] = std::array::from_fn(|j| &rows[j % 2][..]);
+                let s4: [&[f32]; 4] = std::array::from_fn(|j| &sws[j % 2][..]);
+                let want = k::dot_q8_x4(isa, w4, s4, &xs[l], &ds[l]);
+                assert_f32_bits_eq(&format!("{isa} len={len} lane {l}"), &want[..2], &[got[0][l], got[1][l]]);
+            }
+            ran += 1;
+        }
+    }
+    if ran == 0 {
+        eprintln!("outer_int8_kernel_gives_the_bits_of_the_four_row_dot: skipped (no AVX-512 VNNI here)");
+    }
+}
+
+#[test]
+fn int8_code_outputs_do_not_depend_on_the_batch() {
+    // The types decoded to int8 codes: single tokens run the fused kernels or the four-row dot,
+    // batches of 7 the four-row dot, of 21 (at AVX-512 VNNI) the outer products: the same bits.
+    for (ti, &name) in QUANT_TYPES.iter().filter(|t| !K_TYPES.contains(t)).enumerate() {
+        let (rows, cols) = (9, 512 + 32 * (ti % 2));
+        let (l, data) = weight(name, rows, cols, 91 + ti as u64);
+        let w = QMatrix::new(l, &data, None, None).unwrap();
+        let x = acts("mixed", 21, cols, 7 + ti as u64);
+        for (isa, n) in available().into_iter().flat_map(|isa| [(isa, 7), (isa, 21)]) {
+            let mut batch = vec![0f32; n * rows];
+            matmul(&w, &x[..n * cols], n, &mut batch, Some(isa)).unwrap();
+            for i in 0..n {
+                let mut one = vec![0f32; rows];
+                matmul(&w, &x[i * cols..(i + 1) * cols], 1, &mut one, Some(isa)).unwrap();
+                assert_f32_bits_eq(&format!("{name} {isa} n={n} token {i}"), &one, &batch[i * rows..(i + 1) * rows]);
+            }
+        }
+    }
+}
+
 /// The types with fused GEMV kernels (`has_fused` at AVX2 / AVX-512).
 const FUSED_TYPES: &[&str] =
     &["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "int4-g128", "int4-g32-sym", "int4-g64", "int4-row"];

@@ -1250,6 +1250,56 @@ unsafe fn k_outer_body<const MINS: bool>(
     }
 }
 
+/// [`super::dot_q8_outer`]: two decoded rows (codes `c ^ 0x80`) with a tile of sixteen
+/// activation rows in the lanes: per four values and row one broadcast of the row's four
+/// biased codes and one `vpdpbusd` that starts from the tile's `−128 · Σ x` gives each lane's
+/// exact sum of 4 products, which [`super::dot_q8_x4`] keeps in lane `g mod 8` of its
+/// accumulator for group `g` of each 32 values. Each of those eight lanes is a vector of
+/// sixteen activation rows here, with the same FMA (`(sw · d16)` rounded first) in the same
+/// order, and the same final reduction as `hsum256`: the same bits.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) fn q8_outer(wq: [&[i8]; 2], sw: [&[f32]; 2], t: super::Q8Tile<'_>) -> [[f32; super::LANES]; 2] {
+    let cp = t.xt.len() / super::LANES;
+    let mut acc = [[_mm512_setzero_ps(); 8]; 2];
+    for c in 0..cp / 32 {
+        // SAFETY: chunk `c`'s 32 values lie inside both rows and the tile, its two sub-blocks'
+        // scales and steps inside theirs (checked by the caller); AVX-512 VNNI is enabled.
+        unsafe {
+            let d = [0, 1].map(|h| t.d16.as_ptr().add(super::LANES * (2 * c + h)));
+            let mut s = [[_mm512_setzero_ps(); 2]; 2];
+            for (r, sr) in s.iter_mut().enumerate() {
+                for (h, sh) in sr.iter_mut().enumerate() {
+                    *sh = _mm512_mul_ps(_mm512_set1_ps(*sw[r].get_unchecked(2 * c + h)), _mm512_loadu_ps(d[h]));
+                }
+            }
+            for j in 0..8 {
+                let g = 8 * c + j;
+                let x = _mm512_loadu_si512(t.xt.as_ptr().add(super::LANES * 4 * g).cast());
+                let c4 = _mm512_loadu_si512(t.c4.as_ptr().add(super::LANES * g).cast());
+                for r in 0..2 {
+                    let u = _mm512_set1_epi32(wq[r].as_ptr().add(4 * g).cast::<i32>().read_unaligned());
+                    let p = _mm512_dpbusd_epi32(c4, u, x);
+                    acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s[r][j / 4], acc[r][j]);
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; super::LANES]; 2];
+    for r in 0..2 {
+        // `hsum256`'s order: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)).
+        let a = acc[r];
+        // SAFETY: AVX-512 is enabled here; `out[r]` holds sixteen f32.
+        unsafe {
+            let (t0, t1) = (_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[1], a[5]));
+            let (t2, t3) = (_mm512_add_ps(a[2], a[6]), _mm512_add_ps(a[3], a[7]));
+            let v = _mm512_add_ps(_mm512_add_ps(t0, t2), _mm512_add_ps(t1, t3));
+            _mm512_storeu_ps(out[r].as_mut_ptr(), v);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::scales_mins_k4;

@@ -980,17 +980,26 @@ pub struct ActTile<'a> {
     pub dx: &'a [f32],
 }
 
-/// Repack `acts` (all of one padded length `cp`) into a tile for [`dot_k_outer`]: `xt`, `bt`
-/// and `dx` as [`ActTile`] describes them.
-pub fn pack_act_tile(acts: [ActRow<'_>; LANES], xt: &mut [i8], bt: &mut [i16], dx: &mut [f32]) {
+/// The codes of `acts` (all of one padded length `cp`), for each group of 4 values the 16
+/// rows' 4 codes (64 bytes): [`ActTile::xt`].
+fn pack_codes(acts: &[ActRow<'_>; LANES], xt: &mut [i8]) {
     let cp = acts[0].q.len();
-    let nb = cp.div_ceil(QK_K);
-    assert!(xt.len() == LANES * cp && bt.len() == 256 * nb && dx.len() == LANES * nb);
+    assert!(xt.len() == LANES * cp);
     for (l, a) in acts.iter().enumerate() {
         assert!(a.q.len() == cp && a.b16.len() == cp / QS && a.d16.len() == cp / QS);
         for (g, q4) in a.q.chunks_exact(4).enumerate() {
             xt[LANES * 4 * g + 4 * l..][..4].copy_from_slice(q4);
         }
+    }
+}
+
+/// Repack `acts` (all of one padded length `cp`) into a tile for [`dot_k_outer`]: `xt`, `bt`
+/// and `dx` as [`ActTile`] describes them.
+pub fn pack_act_tile(acts: [ActRow<'_>; LANES], xt: &mut [i8], bt: &mut [i16], dx: &mut [f32]) {
+    pack_codes(&acts, xt);
+    let nb = acts[0].q.len().div_ceil(QK_K);
+    assert!(bt.len() == 256 * nb && dx.len() == LANES * nb);
+    for (l, a) in acts.iter().enumerate() {
         for b in 0..nb {
             for k in 0..16 {
                 let v = a.b16.get(16 * b + k).copied().unwrap_or(0);
@@ -1035,6 +1044,56 @@ pub fn dot_k_outer(isa: Isa, base: QType, w: [KRow<'_>; OUTER_ROWS], t: ActTile<
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = base;
+        unreachable!()
+    }
+}
+
+/// [`LANES`] activation rows quantized in blocks of 32, repacked for [`dot_q8_outer`]
+/// ([`pack_q8_tile`]); `cp` is their padded length.
+#[derive(Debug, Clone, Copy)]
+pub struct Q8Tile<'a> {
+    /// `16 · cp` codes, as [`ActTile::xt`].
+    pub xt: &'a [i8],
+    /// `4 · cp` i32: for each group of 4 values, the 16 rows' `−128 · Σ` of their 4 codes.
+    pub c4: &'a [i32],
+    /// `cp` steps: for each sub-block of 16 values, the 16 rows' `d16`.
+    pub d16: &'a [f32],
+}
+
+/// Repack `acts` (all of one padded length `cp`) into a tile for [`dot_q8_outer`]: `xt`, `c4`
+/// and `d16` as [`Q8Tile`] describes them.
+pub fn pack_q8_tile(acts: [ActRow<'_>; LANES], xt: &mut [i8], c4: &mut [i32], d16: &mut [f32]) {
+    pack_codes(&acts, xt);
+    let cp = acts[0].q.len();
+    assert!(c4.len() == 4 * cp && d16.len() == cp);
+    for (l, a) in acts.iter().enumerate() {
+        for (g, q4) in a.q.chunks_exact(4).enumerate() {
+            c4[LANES * g + l] = -128 * q4.iter().map(|&v| i32::from(v)).sum::<i32>();
+        }
+        for (k, &d) in a.d16.iter().enumerate() {
+            d16[LANES * k + l] = d;
+        }
+    }
+}
+
+/// [`dot_q8_x4`] of two decoded weight rows with a tile of [`LANES`] activation rows
+/// ([`pack_q8_tile`]; `out[r][l]`: row `r`, activation `l`) as outer products: the bits of
+/// [`dot_q8_x4`] at the AVX2 and AVX-512 levels. `wq` are the rows' codes with their sign bit
+/// flipped (`c ^ 0x80`, the byte of `c + 128`). Only where [`has_outer`].
+pub fn dot_q8_outer(isa: Isa, wq: [&[i8]; 2], sw: [&[f32]; 2], t: Q8Tile<'_>) -> [[f32; LANES]; 2] {
+    assert!(has_outer(isa), "the outer-product int8 kernel needs AVX-512 VNNI");
+    let cp = t.xt.len() / LANES;
+    assert!(t.xt.len() == LANES * cp && cp.is_multiple_of(QA) && t.c4.len() == 4 * cp && t.d16.len() == cp);
+    for r in 0..2 {
+        assert!(wq[r].len() == cp && sw[r].len() == cp / QS);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: AVX-512 VNNI is available (asserted above) and every length was checked.
+        unsafe { fused::q8_outer(wq, sw, t) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
         unreachable!()
     }
 }
