@@ -20,7 +20,7 @@
 //!   scales, mins and offsets ([`crate::simd::matmul::decode_k_row`]) and multiply four rows
 //!   by four activation rows per call ([`crate::simd::matmul::dot_k_decoded`]). Both give the
 //!   scalar reference's bits at every ISA, so a token's outputs do not depend on its batch.
-//!   The bullets below describe the other types.
+//!   The bullets below describe the other types; the last one the GEMM at AVX-512 VNNI.
 //! * **Weights** are processed in tiles of consecutive rows (about [`TILE_BYTES`] once
 //!   decoded), one rayon task per tile: each row of the tile is decoded into a thread-local
 //!   buffer as i8 codes + per-16 f32 scales (+ mins) ([`crate::simd::matmul::decode_row`]; one
@@ -53,6 +53,16 @@
 //!   activation row, ×5.7 at n = 512); the axpy ×1.03 at 16, ×1.06 at 64, ×1.00–1.16 at
 //!   512 (five types, two threads); below 8 the two are within noise (`benches/outliers.rs`
 //!   gives the full table).
+//! * **The GEMM at AVX-512 VNNI** (from `OUTER_MIN_N` activation rows, every quantized type
+//!   but W8A8): the activation rows are packed once per call into tiles of sixteen (for each 4
+//!   values, the 16 rows' 4 codes), and the decoded rows multiply them as outer products, the
+//!   sixteen activation rows in the lanes of a 512-bit vector: per 4 values and weight row one
+//!   broadcast of the row's codes and one `vpdpbusd` (k-quants:
+//!   [`crate::simd::matmul::dot_k_outer`], eight rows per call; the types decoded to int8
+//!   codes: [`crate::simd::matmul::dot_q8_outer`], two rows per call). No horizontal sums are
+//!   left per block, and each lane does the f32 steps of the kernel it replaces, so the bits
+//!   are the same as for any other batch size. Tiles of `OUTER_TILE_ROWS` weight rows, so
+//!   that each activation tile serves several calls while it is in cache.
 //! * No allocation happens per row or tile after warm-up: the tile buffers are thread-local and
 //!   only borrowed inside a leaf task (which never waits on rayon), so calls are re-entrant and
 //!   may run concurrently from any thread, inside or outside rayon tasks. The per-call

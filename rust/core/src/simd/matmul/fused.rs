@@ -29,6 +29,9 @@
 //!   `vprolvd` and merged by one `vpternlogd`; legacy types: two blocks per `vpdpbusd`). Their
 //!   integer sums are the AVX2 kernels' exactly, and so are their bits. (The same for q2_k and
 //!   q3_k measured −5 % and +2 % against their AVX2 kernels on an AMD EPYC: not kept.)
+//! * **The GEMM's kernels** ([`k_decoded`], [`k_decoded_vnni`]: decoded k-quant rows with four
+//!   activation rows; at AVX-512 VNNI the outer-product kernels [`k_outer`] and [`q8_outer`],
+//!   sixteen activation rows in the lanes) live here too, for their shared helpers.
 //! * **One function per kernel** (`#[inline(never)]`, called once per four rows): inlined into
 //!   one dispatcher they shared its register allocation, and q4_0 ran 15–20 % slower.
 //!
