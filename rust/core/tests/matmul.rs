@@ -316,11 +316,18 @@ fn outer_int8_kernel_gives_the_bits_of_the_four_row_dot() {
 }
 
 #[test]
-fn int8_code_outputs_do_not_depend_on_the_batch() {
-    // The types decoded to int8 codes: single tokens run the fused kernels or the four-row dot,
-    // batches of 7 the four-row dot, of 21 (at AVX-512 VNNI) the outer products: the same bits.
-    for (ti, &name) in QUANT_TYPES.iter().filter(|t| !K_TYPES.contains(t)).enumerate() {
-        let (rows, cols) = (9, 512 + 32 * (ti % 2));
+fn outputs_do_not_depend_on_the_batch() {
+    // Single tokens run the fused kernels (legacy, int4), the k-kernels on the stored rows or
+    // the four-row dot; batches of 7 the decoded tiles (k-quants: four activation rows per
+    // call); of 21 at AVX-512 VNNI the outer products (one tile of 16 and a padded one). Every
+    // token's outputs must be the same bits either way.
+    for (ti, &name) in QUANT_TYPES.iter().enumerate() {
+        let cols = match name {
+            n if n.ends_with("_kr") => 600,
+            n if K_TYPES.contains(&n) => 512,
+            _ => 512 + 32 * (ti % 2),
+        };
+        let rows = 9;
         let (l, data) = weight(name, rows, cols, 91 + ti as u64);
         let w = QMatrix::new(l, &data, None, None).unwrap();
         let x = acts("mixed", 21, cols, 7 + ti as u64);
@@ -334,6 +341,15 @@ fn int8_code_outputs_do_not_depend_on_the_batch() {
             }
         }
     }
+}
+
+/// An activation row quantized (scalar) in blocks of 256: codes, steps, scaled and exact per-16
+/// sums, and the row's scale.
+fn quantized_k(x: &[f32]) -> (Vec<i8>, Vec<f32>, Vec<f32>, Vec<i16>, f32) {
+    let (cp, nsub) = (padded(x.len()), padded(x.len()) / QS);
+    let (mut q, mut d, mut s, mut b) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub], vec![0i16; nsub]);
+    let scale = k::quantize_act(Isa::Scalar, x, 256, &mut q, &mut d, &mut s, &mut b);
+    (q, d, s, b, scale)
 }
 
 /// The types with fused GEMV kernels (`has_fused` at AVX2 / AVX-512).
@@ -398,15 +414,7 @@ fn k_quant_dots_are_the_reference_bits_at_every_isa() {
                         x.iter().rev().copied().collect(),
                         x.iter().enumerate().map(|(j, v)| if j % 3 == 0 { -v } else { 4.0 * v }).collect(),
                     ];
-                    let more: Vec<_> = xs
-                        .iter()
-                        .map(|xo| {
-                            let (mut q2, mut d2, mut s2) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub]);
-                            let mut b2 = vec![0i16; nsub];
-                            let sc2 = k::quantize_act(Isa::Scalar, xo, 256, &mut q2, &mut d2, &mut s2, &mut b2);
-                            (q2, d2, s2, b2, sc2)
-                        })
-                        .collect();
+                    let more: Vec<_> = xs.iter().map(|xo| quantized_k(xo)).collect();
                     let more: Vec<k::ActRow<'_>> = more
                         .iter()
                         .map(|m| k::ActRow { q: &m.0, d16: &m.1, s16: &m.2, b16: &m.3, scale: m.4 })
@@ -428,15 +436,7 @@ fn k_quant_dots_are_the_reference_bits_at_every_isa() {
                             (0..cols).map(|j| if (j + l) % 5 == 0 { -f } else { f } * x[(j + 7 * l) % cols]).collect()
                         })
                         .collect();
-                    let qa: Vec<_> = xs
-                        .iter()
-                        .map(|xo| {
-                            let (mut q2, mut d2, mut s2) = (vec![0i8; cp], vec![0f32; nsub], vec![0f32; nsub]);
-                            let mut b2 = vec![0i16; nsub];
-                            let sc2 = k::quantize_act(Isa::Scalar, xo, 256, &mut q2, &mut d2, &mut s2, &mut b2);
-                            (q2, d2, s2, b2, sc2)
-                        })
-                        .collect();
+                    let qa: Vec<_> = xs.iter().map(|xo| quantized_k(xo)).collect();
                     let tile_acts: [k::ActRow<'_>; k::LANES] = std::array::from_fn(|l| {
                         let m = &qa[l];
                         k::ActRow { q: &m.0, d16: &m.1, s16: &m.2, b16: &m.3, scale: m.4 }
@@ -472,28 +472,6 @@ fn k_quant_dots_are_the_reference_bits_at_every_isa() {
         }
     }
     assert!(ran > 0);
-}
-
-#[test]
-fn k_quant_outputs_do_not_depend_on_the_batch() {
-    // Few activation rows run the k-kernels on the stored rows, more run the decoded tile (and
-    // at AVX-512 VNNI from 12 rows on the outer products, 21 = one tile and a padded one):
-    // every token's outputs must be the same bits either way.
-    for (ti, &name) in K_TYPES.iter().enumerate() {
-        let (rows, cols) = (9, if name.ends_with("_kr") { 600 } else { 512 });
-        let (l, data) = weight(name, rows, cols, 77 + ti as u64);
-        let w = QMatrix::new(l, &data, None, None).unwrap();
-        let x = acts("mixed", 21, cols, 5 + ti as u64);
-        for (isa, n) in available().into_iter().flat_map(|isa| [(isa, 7), (isa, 21)]) {
-            let mut batch = vec![0f32; n * rows];
-            matmul(&w, &x[..n * cols], n, &mut batch, Some(isa)).unwrap();
-            for i in 0..n {
-                let mut one = vec![0f32; rows];
-                matmul(&w, &x[i * cols..(i + 1) * cols], 1, &mut one, Some(isa)).unwrap();
-                assert_f32_bits_eq(&format!("{name} {isa} token {i}"), &one, &batch[i * rows..(i + 1) * rows]);
-            }
-        }
-    }
 }
 
 #[test]
