@@ -110,11 +110,11 @@ const AXPY_MIN_N: usize = 8;
 /// ([`crate::simd::matmul::dot_fused`]); from here on the decoded tile is reused by enough rows
 /// to pay for decoding it.
 const FUSED_MAX_N: usize = 4;
-/// Fewest activation rows for the k-quants' outer-product GEMM (below, the four-row kernel;
-/// a tile takes sixteen).
+/// Fewest activation rows for the outer-product GEMM at AVX-512 VNNI (below, the kernels
+/// that take four weight rows per activation row; a tile takes sixteen).
 const OUTER_MIN_N: usize = 12;
-/// Weight rows per tile of the outer-product GEMM: each tile of activation rows is used by
-/// four groups of eight rows while it is in cache.
+/// Weight rows per tile of the outer-product GEMM: each tile of activation rows serves four
+/// calls of eight k-quant rows (sixteen of two int8-code rows) while it is in cache.
 const OUTER_TILE_ROWS: usize = 32;
 /// Multiply-adds below which a call runs on the calling thread only (rayon's overhead is a
 /// few microseconds).
@@ -509,7 +509,7 @@ thread_local! {
 }
 
 /// Per-call activation buffers: gathered rows, their transpose (for the outliers), their int8
-/// quantization, and its tiles for the k-quants' outer-product GEMM.
+/// quantization, and its tiles for the outer-product GEMM.
 #[derive(Debug, Default)]
 struct Acts {
     xg: Vec<f32>,
