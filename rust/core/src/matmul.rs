@@ -794,23 +794,17 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     let (lq, lb, ld) = if kq { (kern::LANES * cp, 256 * nb, kern::LANES * nb) } else { (kern::LANES * cp, 4 * cp, cp) };
     let (tq, tb, tc, td) = if outer {
         let (tq, td) = (scratch(tq, ntiles * lq), scratch(td, ntiles * ld));
-        if kq {
-            let tb = scratch(tb, ntiles * lb);
-            for (t, ((tq, tb), td)) in
-                tq.chunks_exact_mut(lq).zip(tb.chunks_exact_mut(lb)).zip(td.chunks_exact_mut(ld)).enumerate()
-            {
-                kern::pack_act_tile(lanes(t), tq, tb, td);
+        let (tb, tc) =
+            if kq { (scratch(tb, ntiles * lb), &mut [][..]) } else { (&mut [][..], scratch(tc, ntiles * lb)) };
+        for t in 0..ntiles {
+            let (q, d) = (&mut tq[t * lq..][..lq], &mut td[t * ld..][..ld]);
+            if kq {
+                kern::pack_act_tile(lanes(t), q, &mut tb[t * lb..][..lb], d);
+            } else {
+                kern::pack_q8_tile(lanes(t), q, &mut tc[t * lb..][..lb], d);
             }
-            (&*tq, &*tb, &[][..], &*td)
-        } else {
-            let tc = scratch(tc, ntiles * lb);
-            for (t, ((tq, tc), td)) in
-                tq.chunks_exact_mut(lq).zip(tc.chunks_exact_mut(lb)).zip(td.chunks_exact_mut(ld)).enumerate()
-            {
-                kern::pack_q8_tile(lanes(t), tq, tc, td);
-            }
-            (&*tq, &[][..], &*tc, &*td)
         }
+        (&*tq, &*tb, &*tc, &*td)
     } else {
         (&[][..], &[][..], &[][..], &[][..])
     };

@@ -40,6 +40,11 @@
 //! rows), [`dot_k_decoded`] on rows decoded once per batch ([`decode_k_row`], four activation
 //! rows per weight load at AVX-512, two at AVX2); both give [`dot_k_ref`]'s bits at every ISA.
 //!
+//! **The GEMM at AVX-512 VNNI** multiplies decoded rows with tiles of [`LANES`] activation rows
+//! as outer products, the activation rows in the vector lanes: [`dot_k_outer`] (k-quants, tiles
+//! from [`pack_act_tile`]) and [`dot_q8_outer`] (codes from [`decode_row`], tiles from
+//! [`pack_q8_tile`]), with the bits of [`dot_k_decoded`] and [`dot_q8_x4`] respectively.
+//!
 //! Integer outputs (quantized activations, codes) are bit-identical across ISAs. Float
 //! outputs of the other types differ only by the order of f32 additions; [`dot_tolerance`]
 //! bounds the difference.
