@@ -404,9 +404,17 @@ fn k_quant_dots_are_the_reference_bits_at_every_isa() {
                     dd: &dec[r].4,
                 });
                 let base = l.qtype.ragged_base().unwrap_or(l.qtype);
-                for isa in available() {
-                    let tag = format!("{name} cols={cols} {kind} {isa}");
-                    assert_f32_bits_eq(&tag, &want, &k::dot_k(isa, l.qtype, cols, rows, act));
+                // Every ISA level, and the kernels a level does not name (NEON without sdot).
+                let variants = k::dot_k_variants();
+                let runs = available().into_iter().map(|isa| (isa.to_string(), isa, None));
+                let runs = runs.chain(variants.iter().map(|v| (v.0.to_string(), Isa::Neon, Some(v))));
+                for (label, isa, variant) in runs {
+                    let tag = format!("{name} cols={cols} {kind} {label}");
+                    let stored = match variant {
+                        Some(v) => (v.1)(l.qtype, cols, rows, act),
+                        None => k::dot_k(isa, l.qtype, cols, rows, act),
+                    };
+                    assert_f32_bits_eq(&tag, &want, &stored);
                     // Four activation rows: this one and three others (a scaled copy, the
                     // reverse, a sign pattern), each with its own dots.
                     let xs: [Vec<f32>; 3] = [
@@ -419,7 +427,11 @@ fn k_quant_dots_are_the_reference_bits_at_every_isa() {
                         .iter()
                         .map(|m| k::ActRow { q: &m.0, d16: &m.1, s16: &m.2, b16: &m.3, scale: m.4 })
                         .collect();
-                    let got = k::dot_k_decoded(isa, base, krows, [act, more[0], more[1], more[2]]);
+                    let four = [act, more[0], more[1], more[2]];
+                    let got = match variant {
+                        Some(v) => (v.2)(base, krows, four),
+                        None => k::dot_k_decoded(isa, base, krows, four),
+                    };
                     assert_f32_bits_eq(&format!("{tag} decoded"), &want, &got[0]);
                     for (i, a2) in more.iter().enumerate() {
                         let want2: Vec<f32> = rows.iter().map(|src| k::dot_k_ref(l.qtype, cols, src, *a2)).collect();

@@ -5,7 +5,7 @@
 use std::arch::aarch64::*;
 
 use super::bytes::{self, Bytes32};
-use super::QS;
+use super::{dot_k_decoded_with, dot_k_with, ActRow, KInts, KRow, QK_K, QS};
 use crate::qtype::{AffineSpec, QType};
 
 #[inline(always)]
@@ -13,6 +13,20 @@ fn load_i8(s: &[i8]) -> int8x16_t {
     let s = &s[..16];
     // SAFETY: `s` holds 16 bytes (checked by the slice above).
     unsafe { vld1q_s8(s.as_ptr()) }
+}
+
+#[inline(always)]
+fn load_i32(s: &[i32]) -> int32x4_t {
+    let s = &s[..4];
+    // SAFETY: `s` holds 4 i32 (checked by the slice above).
+    unsafe { vld1q_s32(s.as_ptr()) }
+}
+
+#[inline(always)]
+fn load_i16(s: &[i16]) -> int16x8_t {
+    let s = &s[..8];
+    // SAFETY: `s` holds 8 i16 (checked by the slice above).
+    unsafe { vld1q_s16(s.as_ptr()) }
 }
 
 #[inline(always)]
@@ -124,6 +138,136 @@ fn acc16_sdot(mut acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
                         options(pure, nomem, nostack));
     }
     acc
+}
+
+/// 16 i16 (or the first `n` of them, the rest 0) widened to four vectors of i32, in order.
+#[inline]
+#[target_feature(enable = "neon")]
+fn widen16(v: &[i16], n: usize) -> [int32x4_t; 4] {
+    let mut b = [0i16; 16];
+    b[..n].copy_from_slice(&v[..n]);
+    let (lo, hi) = (load_i16(&b), load_i16(&b[8..]));
+    [vmovl_s16(vget_low_s16(lo)), vmovl_high_s16(lo), vmovl_s16(vget_low_s16(hi)), vmovl_high_s16(hi)]
+}
+
+/// `Σ_j Σ_lanes a[j] · b[j]` of four vector pairs of i32 (exact: the callers' sums fit in i32,
+/// as in the x86 kernels), widened to i64.
+#[inline]
+#[target_feature(enable = "neon")]
+fn dot4x4(a: [int32x4_t; 4], b: [int32x4_t; 4]) -> i64 {
+    let mut acc = vmulq_s32(a[0], b[0]);
+    for j in 1..4 {
+        acc = vmlaq_s32(acc, a[j], b[j]);
+    }
+    i64::from(vaddvq_s32(acc))
+}
+
+/// The k-quant kernels at the NEON level: the super-block (or ragged tail) of each row is
+/// decoded as the reference decodes it ([`KInts`], or the GEMM's decoded rows [`KRow`]), then
+/// the dots of its sub-blocks of 16 with the activation codes are taken 64 values at a time
+/// (`$isum`, four pairwise-added to one vector of four sub-blocks), and multiplied by the
+/// sub-block scales as vectors. The integer sums are [`super::dot_k_ref`]'s exactly, so are the
+/// bits. `$dots`: the sub-block dots; `$sums`: one block of a stored row; `$dsums`: one block
+/// of a decoded row.
+macro_rules! k_arm {
+    ($dots:ident, $sums:ident, $dsums:ident, $features:literal, $isum:ident) => {
+        /// The dots of the first `ns` (≤ 16) sub-blocks of 16 of the codes `c` with `q`, in
+        /// order, four per vector; 0 past `ns`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn $dots(c: &[i8], q: &[i8], ns: usize) -> [int32x4_t; 4] {
+            let mut t = [vdupq_n_s32(0); 4];
+            let whole = ns / 4;
+            for (j, t) in t[..whole].iter_mut().enumerate() {
+                let p = |u: usize| $isum(load_i8(&c[64 * j + 16 * u..]), load_i8(&q[64 * j + 16 * u..]));
+                *t = vpaddq_s32(vpaddq_s32(p(0), p(1)), vpaddq_s32(p(2), p(3)));
+            }
+            if ns > 4 * whole {
+                let mut d = [0i32; 4];
+                for (i, d) in d[..ns - 4 * whole].iter_mut().enumerate() {
+                    let s = 4 * whole + i;
+                    *d = vaddvq_s32($isum(load_i8(&c[16 * s..]), load_i8(&q[16 * s..])));
+                }
+                t[whole] = load_i32(&d);
+            }
+            t
+        }
+
+        /// `super::k_sums_ref` with NEON: `(isum, imin)` of the first `ns` sub-blocks of `k`.
+        #[target_feature(enable = $features)]
+        fn $sums(k: &KInts, ns: usize, q: &[i8], b16: &[i16]) -> (i64, i64) {
+            let t = $dots(&k.codes, q, ns);
+            // Past `ns` the dots and sums are 0, whatever `k` holds there.
+            let isc = std::array::from_fn(|j| load_i32(&k.isc[4 * j..]));
+            let imin = std::array::from_fn(|j| load_i32(&k.imin[4 * j..]));
+            let b = widen16(b16, ns);
+            (dot4x4(t, isc), dot4x4(b, imin))
+        }
+
+        /// The sums of `super::dot_k_decoded_ref` for block `b` (its first `ns` sub-blocks) of
+        /// the decoded row `w` and the activation `a`.
+        #[target_feature(enable = $features)]
+        fn $dsums(w: KRow<'_>, a: ActRow<'_>, b: usize, ns: usize) -> (i64, i64) {
+            let (v0, g0) = (b * QK_K, 16 * b);
+            // SAFETY: u8 and i8 have the same size and alignment; the codes are at most 63.
+            let u = unsafe { std::slice::from_raw_parts(w.u[v0..].as_ptr().cast::<i8>(), w.u.len() - v0) };
+            let t = $dots(u, &a.q[v0..], ns);
+            let bs = widen16(&a.b16[g0..], ns);
+            // The scales are stored even sub-blocks first: zipped back to their order.
+            let (e, o) = (load_i16(&w.sv[g0..]), load_i16(&w.sv[g0 + 8..]));
+            let (s0, s1) = (vzip1q_s16(e, o), vzip2q_s16(e, o));
+            let sc = [vmovl_s16(vget_low_s16(s0)), vmovl_high_s16(s0), vmovl_s16(vget_low_s16(s1)), vmovl_high_s16(s1)];
+            let (zs, mn) = (widen16(&w.zs[g0..], 16), widen16(&w.mn[g0..], 16));
+            (dot4x4(t, sc) - dot4x4(zs, bs), dot4x4(mn, bs))
+        }
+    };
+}
+
+k_arm!(k_dots_smull, k_sums_smull, k_dsums_smull, "neon", isum16_smull);
+k_arm!(k_dots_sdot, k_sums_sdot, k_dsums_sdot, "neon,dotprod", isum16_sdot);
+
+/// [`super::dot_k`] with NEON `smull` (no dot-product extension needed).
+pub fn dot_k_neon_smull(qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>) -> [f32; 4] {
+    // SAFETY: NEON is part of the AArch64 base ISA.
+    w.map(|r| dot_k_with(qtype, cols, r, act, |k, ns, q, b| unsafe { k_sums_smull(k, ns, q, b) }))
+}
+
+/// [`super::dot_k`] with `sdot`. Panics without the dot-product extension.
+pub fn dot_k_neon_sdot(qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>) -> [f32; 4] {
+    assert!(super::has_dotprod(), "sdot kernel on a CPU without the dot-product extension");
+    // SAFETY: NEON and dotprod are available (checked above).
+    w.map(|r| dot_k_with(qtype, cols, r, act, |k, ns, q, b| unsafe { k_sums_sdot(k, ns, q, b) }))
+}
+
+/// [`super::dot_k`] at the NEON level: `sdot` where the CPU has it.
+pub fn dot_k_neon(qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>) -> [f32; 4] {
+    if super::has_dotprod() {
+        dot_k_neon_sdot(qtype, cols, w, act)
+    } else {
+        dot_k_neon_smull(qtype, cols, w, act)
+    }
+}
+
+/// [`super::dot_k_decoded`] with NEON `smull`.
+pub fn dot_k_decoded_neon_smull(base: QType, w: [KRow<'_>; 4], act: [ActRow<'_>; 4]) -> [[f32; 4]; 4] {
+    // SAFETY: NEON is part of the AArch64 base ISA.
+    act.map(|a| w.map(|r| dot_k_decoded_with(base, r, a, |b, ns| unsafe { k_dsums_smull(r, a, b, ns) })))
+}
+
+/// [`super::dot_k_decoded`] with `sdot`. Panics without the dot-product extension.
+pub fn dot_k_decoded_neon_sdot(base: QType, w: [KRow<'_>; 4], act: [ActRow<'_>; 4]) -> [[f32; 4]; 4] {
+    assert!(super::has_dotprod(), "sdot kernel on a CPU without the dot-product extension");
+    // SAFETY: NEON and dotprod are available (checked above).
+    act.map(|a| w.map(|r| dot_k_decoded_with(base, r, a, |b, ns| unsafe { k_dsums_sdot(r, a, b, ns) })))
+}
+
+/// [`super::dot_k_decoded`] at the NEON level: `sdot` where the CPU has it.
+pub fn dot_k_decoded_neon(base: QType, w: [KRow<'_>; 4], act: [ActRow<'_>; 4]) -> [[f32; 4]; 4] {
+    if super::has_dotprod() {
+        dot_k_decoded_neon_sdot(base, w, act)
+    } else {
+        dot_k_decoded_neon_smull(base, w, act)
+    }
 }
 
 /// The W8A8 integer dot of `R` weight rows (stored u8 codes, zero 128) with one activation

@@ -772,20 +772,40 @@ fn k_block_ref(mut acc: f32, mins: bool, dd: [f32; 2], dx: f32, isum: i64, imin:
 /// f32 and in this order, `acc += (d · step) · isum` and `acc −= (dmin · step) · imin`
 /// (types with mins). `act.scale` is not applied. Every ISA gives these bits.
 pub fn dot_k_ref(qtype: QType, cols: usize, src: &[u8], act: ActRow<'_>) -> f32 {
+    dot_k_with(qtype, cols, src, act, k_sums_ref)
+}
+
+/// The exact integer sums `(isum, imin)` of [`dot_k_ref`] over the first `ns` sub-blocks of
+/// the decoded block `k`, with the block's activation codes `q` and per-16 sums `b16` (at
+/// least `ns` of them).
+fn k_sums_ref(k: &KInts, ns: usize, q: &[i8], b16: &[i16]) -> (i64, i64) {
+    let (mut isum, mut imin) = (0i64, 0i64);
+    for (s, &b) in b16[..ns].iter().enumerate() {
+        let dot: i64 = (QS * s..QS * (s + 1)).map(|j| i64::from(k.codes[j]) * i64::from(q[j])).sum();
+        isum += i64::from(k.isc[s]) * dot;
+        imin += i64::from(k.imin[s]) * i64::from(b);
+    }
+    (isum, imin)
+}
+
+/// [`dot_k_ref`]'s walk over the blocks of a stored row, with the integer sums of each block
+/// from `sums` (given the decoded block, its sub-block count and its slices of the activation's
+/// codes and per-16 sums), which must be [`k_sums_ref`]'s exactly: shared by the reference and
+/// the kernels that decode a block at a time (NEON).
+#[inline(always)]
+pub(crate) fn dot_k_with<F>(qtype: QType, cols: usize, src: &[u8], act: ActRow<'_>, sums: F) -> f32
+where
+    F: Fn(&KInts, usize, &[i8], &[i16]) -> (i64, i64),
+{
     let base = qtype.ragged_base().unwrap_or(qtype);
     let (full, bytes) = (cols / QK_K, base.info().block_bytes);
     let mins = has_mins(base, None);
     let mut k = KInts::default();
     let mut acc = 0f32;
     let mut add = |k: &KInts, sb: usize, ns: usize| {
-        let (v0, dx) = (sb * QK_K, act.d16[sb * 16]);
-        let (mut isum, mut imin) = (0i64, 0i64);
-        for s in 0..ns {
-            let dot: i64 = (0..QS).map(|j| i64::from(k.codes[QS * s + j]) * i64::from(act.q[v0 + QS * s + j])).sum();
-            isum += i64::from(k.isc[s]) * dot;
-            imin += i64::from(k.imin[s]) * i64::from(act.b16[sb * 16 + s]);
-        }
-        acc = k_block_ref(acc, mins, [k.d, k.dmin], dx, isum, imin);
+        let (v0, s0) = (sb * QK_K, sb * 16);
+        let (isum, imin) = sums(k, ns, &act.q[v0..v0 + QS * ns], &act.b16[s0..s0 + ns]);
+        acc = k_block_ref(acc, mins, [k.d, k.dmin], act.d16[s0], isum, imin);
     };
     for sb in 0..full {
         k.block(base, &src[sb * bytes..(sb + 1) * bytes]);
@@ -823,6 +843,8 @@ pub fn dot_k(isa: Isa, qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>
             // and the activation hold `cols` values (asserted above; the kernels check again).
             unsafe { fused::k_rows(base, w, act, cols / QK_K, tail, fused::AHEAD_ROWS * bytes, vnni) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => arm::dot_k_neon(qtype, cols, w, act),
         _ => w.map(|r| dot_k_ref(qtype, cols, r, act)),
     }
 }
@@ -917,11 +939,8 @@ pub fn decode_k_row(
 
 /// The scalar reference of [`dot_k_decoded`].
 pub fn dot_k_decoded_ref(base: QType, w: KRow<'_>, act: ActRow<'_>) -> f32 {
-    let mins = has_mins(base, None);
-    let mut acc = 0f32;
-    for b in 0..act.q.len().div_ceil(QK_K) {
+    dot_k_decoded_with(base, w, act, |b, ns| {
         let (mut isum, mut imin) = (0i64, 0i64);
-        let ns = ((act.q.len() - b * QK_K) / QS).min(16);
         for s in 0..ns {
             let (g, v0) = (16 * b + s, b * QK_K + s * QS);
             let dot: i64 = (v0..v0 + QS).map(|j| i64::from(w.u[j]) * i64::from(act.q[j])).sum();
@@ -929,8 +948,24 @@ pub fn dot_k_decoded_ref(base: QType, w: KRow<'_>, act: ActRow<'_>) -> f32 {
             isum += i64::from(w.sv[sv_index(b, s)]) * dot - i64::from(w.zs[g]) * bsum;
             imin += i64::from(w.mn[g]) * bsum;
         }
-        let dx = act.d16[b * 16];
-        acc = k_block_ref(acc, mins, [w.dd[2 * b], w.dd[2 * b + 1]], dx, isum, imin);
+        (isum, imin)
+    })
+}
+
+/// [`dot_k_decoded_ref`]'s walk over the blocks, with the exact integer sums `(isum, imin)` of
+/// block `b`'s first `ns` sub-blocks from `sums(b, ns)`: shared by the reference and the NEON
+/// kernel.
+#[inline(always)]
+pub(crate) fn dot_k_decoded_with<F>(base: QType, w: KRow<'_>, act: ActRow<'_>, sums: F) -> f32
+where
+    F: Fn(usize, usize) -> (i64, i64),
+{
+    let mins = has_mins(base, None);
+    let mut acc = 0f32;
+    for b in 0..act.q.len().div_ceil(QK_K) {
+        let ns = ((act.q.len() - b * QK_K) / QS).min(16);
+        let (isum, imin) = sums(b, ns);
+        acc = k_block_ref(acc, mins, [w.dd[2 * b], w.dd[2 * b + 1]], act.d16[b * 16], isum, imin);
     }
     acc
 }
@@ -963,6 +998,8 @@ pub fn dot_k_decoded(isa: Isa, base: QType, w: [KRow<'_>; 4], act: [ActRow<'_>; 
                 }
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => arm::dot_k_decoded_neon(base, w, act),
         _ => act.map(|a| w.map(|r| dot_k_decoded_ref(base, r, a))),
     }
 }
@@ -1325,6 +1362,27 @@ pub fn has_avx512_vnni() -> bool {
 pub fn has_dotprod() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *V.get_or_init(|| std::arch::is_aarch64_feature_detected!("dotprod"))
+}
+
+/// The signature of a k-quant dot kernel on stored rows (see [`dot_k`]).
+pub type DotK = fn(QType, usize, [&[u8]; 4], ActRow<'_>) -> [f32; 4];
+/// The signature of a k-quant dot kernel on decoded rows (see [`dot_k_decoded`]).
+pub type DotKDecoded = fn(QType, [KRow<'_>; 4], [ActRow<'_>; 4]) -> [[f32; 4]; 4];
+
+/// The k-quant kernels of this CPU that an ISA level does not name, by name (the tests compare
+/// each with [`dot_k_ref`]): `neon` (`smull`) besides `neon-dotprod`, which the NEON level
+/// takes where the CPU has it. Empty on x86 (the levels are the variants).
+pub fn dot_k_variants() -> Vec<(&'static str, DotK, DotKDecoded)> {
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, DotK, DotKDecoded)> = Vec::new();
+    #[cfg(target_arch = "aarch64")]
+    {
+        v.push(("neon", arm::dot_k_neon_smull, arm::dot_k_decoded_neon_smull));
+        if has_dotprod() {
+            v.push(("neon-dotprod", arm::dot_k_neon_sdot, arm::dot_k_decoded_neon_sdot));
+        }
+    }
+    v
 }
 
 /// The signature of an int8 dot kernel (see [`dot_q8`]).
