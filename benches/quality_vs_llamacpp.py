@@ -23,11 +23,23 @@ llama-quantize falls back to legacy types).
    * bits per weight = 8 × tensor data bytes / parameters over all tensors of the file (GGUF: GGUFReader's
      `n_bytes`; LBF: the index's `nbytes`), and over the 2-D weights alone.
 
+6. With --calibrated (importance statistics, one calibration for both tools: `--samples` × `--seq-len`
+   tokens of lowbit's packaged text, seed 0): one GGUF imatrix of the baseline (`compute_imatrix`,
+   the mean x² per input column of every decoder linear, as llama.cpp's imatrix tool collects);
+   "llama.cpp imatrix": llama.cpp's file with each covered tensor quantized again by ggml's
+   `ggml_quantize_chunk` with that importance (`imatrix_child`: the route is checked to give
+   llama.cpp's bytes without it); "lowbit imatrix": `convert(..., imatrix=that file)`; "lowbit gptq":
+   `convert(..., method="gptq")` (GPTQ fitted to the k-quant grids). With --target-bpw B: lowbit's
+   mixed precision at B bits per weight with the imatrix and with GPTQ (one importance-weighted
+   sensitivity measurement, cached in `sensitivity-importance-n<samples>.json`).
+
 Files and metrics are cached in --cache/seed<N> and re-used unless --fresh (llama.cpp's files are named
 by llama-cpp-python's version; a lowbit file is remade when the recipe now plans other types). Progress
 goes to stderr; the markdown table to stdout (and --json / --markdown files). Example:
 
     .venv/bin/python benches/quality_vs_llamacpp.py --llama-python /work/anchor-venv/bin/python
+    .venv/bin/python benches/quality_vs_llamacpp.py --llama-python /work/anchor-venv/bin/python \
+        --recipes q4_k_m,q3_k_m --calibrated --target-bpw 4.9
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -189,19 +202,69 @@ def llama_child(spec: dict[str, str]) -> dict[str, Any]:
     return {"rc": int(rc)}
 
 
-def llama_quantize(python: str, inp: Path, out: Path, recipe: str) -> None:
-    """Run llama.cpp's quantizer in a child `python`, writing a temp file beside `out` renamed at the
-    end."""
+def imatrix_child(spec: dict[str, str]) -> dict[str, Any]:
+    """Write spec["out"]: llama.cpp's file spec["plain"] (made by `llama_model_quantize` without an
+    imatrix) with every tensor that the GGUF imatrix spec["imatrix"] covers quantized again from the f32
+    GGUF spec["base"] by ggml's `ggml_quantize_chunk` — the call llama-quantize makes per tensor — with
+    that tensor's importance (mean x² per input column, as llama-quantize passes it). The tensor types
+    stay llama.cpp's. Checked first: each of those tensors quantized again *without* importance gives
+    the plain file's bytes exactly, so the route is llama-quantize's own. (llama-cpp-python cannot hand
+    `llama_model_quantize` an imatrix: its `imatrix` parameter is a pointer to a C++ map.)"""
+    from gguf import GGUFReader
+
+    import ggml_anchor
+
+    base = {t.name: t for t in GGUFReader(spec["base"]).tensors}
+    im = {t.name: np.asarray(t.data, dtype=np.float64).reshape(-1) for t in GGUFReader(spec["imatrix"]).tensors}
+    plain = GGUFReader(spec["plain"])
+    shutil.copyfile(spec["plain"], spec["out"])
+    out = np.memmap(spec["out"], dtype=np.uint8, mode="r+")
+    done = []
+    for t in plain.tensors:
+        if t.name + ".in_sum2" not in im:
+            continue
+        kind = t.tensor_type.name.lower()
+        x = np.ascontiguousarray(base[t.name].data, dtype=np.float32)
+        old = bytes(out[t.data_offset : t.data_offset + t.n_bytes])
+        if ggml_anchor.ggml_quantize(kind, x) != old:
+            raise RuntimeError(f"{t.name}: ggml_quantize_chunk without importance differs from llama.cpp's file")
+        imp = (im[t.name + ".in_sum2"] / max(float(im[t.name + ".counts"][0]), 1.0)).astype(np.float32)
+        new = ggml_anchor.ggml_quantize(kind, x, imp)
+        out[t.data_offset : t.data_offset + t.n_bytes] = np.frombuffer(new, dtype=np.uint8)
+        done.append(t.name)
+    out.flush()
+    del out
+    with open(spec["out"], "rb+") as f:
+        os.fsync(f.fileno())
+    return {"rc": 0, "requantized": len(done)}
+
+
+def run_child(python: str, spec: dict[str, str], out: Path, what: str) -> dict[str, Any]:
+    """Run this script's `--child` `spec` in `python` (the anchor's), writing to a temp file beside
+    `out` (spec["out"]) renamed at the end. Returns the child's JSON answer."""
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        spec = json.dumps({"inp": str(inp), "out": str(tmp), "recipe": recipe})
-        proc = subprocess.run([python, __file__, "--child", spec], capture_output=True, text=True)
+        spec = {**spec, "out": str(tmp)}
+        proc = subprocess.run([python, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
         res = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {"rc": -1}
         if res["rc"] != 0:
-            raise RuntimeError(f"llama_model_quantize {recipe} failed:\n{proc.stderr[-4000:]}")
+            raise RuntimeError(f"{what} failed:\n{proc.stderr[-4000:]}")
         os.replace(tmp, out)
+        return dict(res)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def llama_quantize(python: str, inp: Path, out: Path, recipe: str) -> None:
+    """Run llama.cpp's quantizer in a child `python`."""
+    run_child(python, {"inp": str(inp), "recipe": recipe}, out, f"llama_model_quantize {recipe}")
+
+
+def llama_imatrix(python: str, base: Path, plain: Path, imatrix: Path, out: Path) -> None:
+    """llama.cpp's file `plain` with the importance of `imatrix` (`imatrix_child`), in a child `python`."""
+    res = run_child(python, {"base": str(base), "plain": str(plain), "imatrix": str(imatrix)}, out,
+                    f"ggml_quantize_chunk with {imatrix.name}")  # fmt: skip
+    log(f"  {out.name}: {res['requantized']} tensors quantized with importance")
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,6 +403,35 @@ def lbf_is_current(src: Path, lbf: Path, recipe: str, kw: dict[str, Any]) -> boo
         return {e.name: e.qtype for e in plan} == {t.name: t.qtype for t in f.tensors}
 
 
+def calibrated_imatrix(base: Path, args: argparse.Namespace) -> Path:
+    """The GGUF imatrix of `base` on the packaged calibration text (`--samples` × `--seq-len` tokens,
+    seed 0), made when missing: the one importance statistic both tools are given."""
+    from lowbit.calib.imatrix import compute_imatrix, save_imatrix
+
+    path: Path = args.work / f"imatrix-n{args.samples}x{args.seq_len}.gguf"
+    if args.fresh or not path.exists():
+        log(f"imatrix of {base.name}: {args.samples} × {args.seq_len} tokens of the packaged text")
+        im = compute_imatrix(base, n_samples=args.samples, seq_len=args.seq_len, progress=False)
+        save_imatrix(im, path, overwrite=True)
+    return path
+
+
+def calibrated_lbf(base: Path, out: Path, recipe: str, kw: dict[str, Any], args: argparse.Namespace) -> Path:
+    """`out`: `base` converted to `recipe` with the calibrated options `kw` (imatrix, method, target_bpw,
+    …) on `--samples` × `--seq-len` tokens of the packaged text, made when missing (or --fresh)."""
+    import lowbit
+
+    if args.fresh or not out.exists():
+        log(f"lowbit convert {out.stem}")
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", lowbit.LowbitWarning)  # "no --calib: the packaged text"
+            lowbit.convert(base, out, recipe, progress=False, overwrite=True, calib_samples=args.samples,
+                           calib_seq_len=args.seq_len, **kw)  # fmt: skip
+        log(f"  {time.perf_counter() - t0:.0f} s")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hf", type=Path, default=CACHE / "SmolLM2-135M-Instruct.Q4_1-hf",
@@ -352,13 +444,27 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the de-gridding noise")
     ap.add_argument("--recipes", type=lambda s: s.split(","), default=list(RECIPES))
     ap.add_argument("--llama-python", help="a Python with llama_cpp (default: this one, if it has it)")
+    ap.add_argument(
+        "--calibrated",
+        action="store_true",
+        help="add rows with importance statistics: llama.cpp + imatrix, lowbit + imatrix, lowbit + GPTQ",
+    )
+    ap.add_argument(
+        "--target-bpw",
+        type=lambda s: [float(b) for b in s.split(",")],
+        default=[],
+        help="add lowbit --target-bpw rows (imatrix and GPTQ) at these budgets, e.g. 4.9",
+    )
+    ap.add_argument("--samples", type=int, default=32, help="calibration samples (default 32)")
+    ap.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sample (default 512)")
     ap.add_argument("--fresh", action="store_true", help="remake every cached file and metric")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(llama_child(json.loads(args.child))))
+        spec = json.loads(args.child)
+        print(json.dumps(imatrix_child(spec) if "imatrix" in spec else llama_child(spec)))
         return 0
 
     import lowbit
@@ -378,6 +484,7 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     base, ref_path, gg = prepare_base(args)
     files: list[tuple[str, str, Path]] = []
+    imatrix = calibrated_imatrix(base, args) if args.calibrated or args.target_bpw else None
     for recipe in args.recipes:
         if llama_py:
             out = args.work / f"llama-cpp-python-{llama_version}-{recipe}.gguf"
@@ -385,6 +492,12 @@ def main() -> int:
                 log(f"llama.cpp quantize {recipe}")
                 llama_quantize(llama_py, gg, out, recipe)
             files.append((recipe, "llama.cpp", out))
+            if args.calibrated and imatrix is not None:
+                imat = out.with_name(f"{out.stem}-imatrix-n{args.samples}.gguf")
+                if args.fresh or not imat.exists():
+                    log(f"llama.cpp {recipe} + imatrix")
+                    llama_imatrix(llama_py, gg, out, imatrix, imat)
+                files.append((recipe, "llama.cpp imatrix", imat))
         variants: list[tuple[str, dict[str, Any]]] = [("lowbit", {})]
         if compat:
             variants.append(("lowbit gguf-compatible", {"gguf_compatible": True}))
@@ -394,6 +507,17 @@ def main() -> int:
                 log(f"lowbit convert {recipe} {kw or ''}")
                 lowbit.convert(base, out, recipe, progress=False, overwrite=True, **kw)
             files.append((recipe, tool, out))
+        if args.calibrated and imatrix is not None:
+            for tool, kw in (("lowbit imatrix", {"imatrix": imatrix}), ("lowbit gptq", {"method": "gptq"})):
+                out = args.work / f"lowbit-{recipe}-{tool.split()[1]}-n{args.samples}.lbf"
+                files.append((recipe, tool, calibrated_lbf(base, out, recipe, kw, args)))
+    for bpw in args.target_bpw:
+        assert imatrix is not None
+        sens = args.work / f"sensitivity-importance-n{args.samples}.json"
+        for tool, kw in (("lowbit imatrix", {"imatrix": imatrix}), ("lowbit gptq", {"method": "gptq"})):
+            out = args.work / f"lowbit-bpw{bpw:g}-{tool.split()[1]}-n{args.samples}.lbf"
+            kw = {**kw, "target_bpw": bpw, "sensitivity": sens}
+            files.append((f"--target-bpw {bpw:g}", tool, calibrated_lbf(base, out, "q4_k_m", kw, args)))
 
     rows: list[Row] = []
     with lowbit.Model.load(ref_path) as ref:

@@ -39,6 +39,8 @@
 //! scale broadcast and an FMA) is gone. [`dot_k`] runs on the stored rows (few activation
 //! rows), [`dot_k_decoded`] on rows decoded once per batch ([`decode_k_row`], four activation
 //! rows per weight load at AVX-512, two at AVX2); both give [`dot_k_ref`]'s bits at every ISA.
+//! At NEON both decode a super-block as the reference does and take its sub-block dots with
+//! `sdot` (or `smull`), four sub-blocks per vector, times the scales as vectors.
 //!
 //! **The GEMM at AVX-512 VNNI** multiplies decoded rows with tiles of [`LANES`] activation rows
 //! as outer products, the activation rows in the vector lanes: [`dot_k_outer`] (k-quants, tiles
@@ -822,8 +824,8 @@ where
 /// The k-quant dots of four stored rows of `qtype` (a k-quant or ragged k-quant, [`is_kquant`];
 /// `cols` values each) with one activation row quantized in blocks of [`QK_K`]: the bits of
 /// [`dot_k_ref`] for each row at every ISA (AVX2 kernels in `fused.rs` at the AVX2 and
-/// AVX-512 levels, with AVX-512 VNNI ones for q4_k, q5_k and q6_k where the CPU has VNNI; the
-/// reference elsewhere). `act.scale` is not applied.
+/// AVX-512 levels, with AVX-512 VNNI ones for q4_k, q5_k and q6_k where the CPU has VNNI; NEON
+/// ones with `sdot` or `smull` in `arm.rs`; the reference elsewhere). `act.scale` is not applied.
 pub fn dot_k(isa: Isa, qtype: QType, cols: usize, w: [&[u8]; 4], act: ActRow<'_>) -> [f32; 4] {
     assert!(is_kquant(qtype), "{} is not a k-quant", qtype.name());
     let cp = padded(cols);
@@ -975,7 +977,7 @@ where
 /// same bits as [`dot_k`] of the stored rows (and [`dot_k_ref`]), at every ISA. The GEMM's
 /// kernel: decoding is done once per row and batch, and each weight load serves four
 /// activation rows at AVX-512 VNNI (sixteen accumulators in its 32 vector registers), two at
-/// AVX2 (the reference elsewhere).
+/// AVX2, one at NEON (`arm.rs`; the reference elsewhere).
 pub fn dot_k_decoded(isa: Isa, base: QType, w: [KRow<'_>; 4], act: [ActRow<'_>; 4]) -> [[f32; 4]; 4] {
     let (cp, nb) = (act[0].q.len(), act[0].q.len().div_ceil(QK_K));
     for a in &act {
