@@ -506,6 +506,8 @@ struct Tile {
 thread_local! {
     static TILE: RefCell<Tile> = RefCell::new(Tile::default());
     static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
+    /// One tile's `nr × n` outputs before they are transposed into y ([`drive_tiles`]).
+    static OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Per-call activation buffers: gathered rows, their transpose (for the outliers), their int8
@@ -991,37 +993,61 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
 }
 
 /// Run `tile_fn(t, out)` over the tiles of `tile` consecutive weight rows (one rayon task each
-/// when `par`), where `out` is tile `t`'s `nr × n` outputs (the transpose of y's block, which is
-/// y's block itself when `n = 1`), then put them into `y` (`n × rows`).
+/// when `par`), where `out` is tile `t`'s `nr × n` outputs: y's block itself when `n = 1`, else
+/// a per-thread buffer (weight rows by activation rows) that the same task then writes,
+/// transposed, into its columns of `y` (`n × rows`): the transpose runs in parallel and needs
+/// no `rows × n` buffer. Each row of the buffer is read once per activation row while its
+/// `nr` cache lines stay in L1, and each write to `y` is `nr` contiguous floats.
 fn drive_tiles<F>(par: bool, rows: usize, n: usize, tile: usize, y: &mut [f32], tile_fn: F)
 where
     F: Fn((usize, &mut [f32])) + Send + Sync,
 {
-    let drive = |yt: &mut [f32]| {
-        if par {
-            yt.par_chunks_mut(tile * n).enumerate().for_each(&tile_fn);
-        } else {
-            yt.chunks_mut(tile * n).enumerate().for_each(&tile_fn);
-        }
-    };
+    assert!(y.len() == rows * n && tile > 0);
     if n == 1 {
-        drive(y);
-    } else {
-        let mut yt = vec![0f32; rows * n];
-        drive(&mut yt);
-        // The transpose in blocks of B × B (each in L1): a plain one writes y with a stride of
-        // `rows` floats, a cache line per value (14 % of a 512 × 4096² q4_k GEMM).
-        const B: usize = 32;
-        for r0 in (0..rows).step_by(B) {
-            for i0 in (0..n).step_by(B) {
-                for i in i0..(i0 + B).min(n) {
-                    let yi = &mut y[i * rows..][r0..(r0 + B).min(rows)];
-                    for (k, v) in yi.iter_mut().enumerate() {
-                        *v = yt[(r0 + k) * n + i];
-                    }
+        if par {
+            y.par_chunks_mut(tile).enumerate().for_each(&tile_fn);
+        } else {
+            y.chunks_mut(tile).enumerate().for_each(&tile_fn);
+        }
+        return;
+    }
+    let yp = SharedOut(y.as_mut_ptr());
+    let run = |t: usize| {
+        let (r0, nr) = (t * tile, tile.min(rows - t * tile));
+        OUT.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let out = scratch(&mut buf, nr * n);
+            tile_fn((t, &mut *out));
+            for i in 0..n {
+                // SAFETY: `y` holds `n × rows` values (asserted above) and `r0 + nr ≤ rows`, so
+                // this range is inside it; tile `t` is the only one to write columns
+                // `r0..r0 + nr`, and `y` is borrowed mutably for the whole call, so no other
+                // reference to these values exists while the tasks run.
+                let yi = unsafe { std::slice::from_raw_parts_mut(yp.at(i * rows + r0), nr) };
+                for (k, v) in yi.iter_mut().enumerate() {
+                    *v = out[k * n + i];
                 }
             }
-        }
+        });
+    };
+    let ntiles = rows.div_ceil(tile);
+    if par {
+        (0..ntiles).into_par_iter().for_each(run);
+    } else {
+        (0..ntiles).for_each(run);
+    }
+}
+
+/// The output pointer shared by the tile tasks of [`drive_tiles`], each writing its own columns.
+struct SharedOut(*mut f32);
+
+// SAFETY: the tasks write disjoint ranges through it (see `drive_tiles`).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer `i` values on (a method, so closures capture the whole `SharedOut`).
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
     }
 }
 
