@@ -354,7 +354,7 @@ fn quantized_k(x: &[f32]) -> (Vec<i8>, Vec<f32>, Vec<f32>, Vec<i16>, f32) {
 
 /// The types with fused GEMV kernels (`has_fused` at AVX2 / AVX-512).
 const FUSED_TYPES: &[&str] =
-    &["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "int4-g128", "int4-g32-sym", "int4-g64", "int4-row"];
+    &["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "int4-g128", "int4-g32-sym", "int4-g64", "int4-row"];
 
 /// The k-quants and their ragged types (`dot_k`).
 const K_TYPES: &[&str] = &["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q2_kr", "q3_kr", "q4_kr", "q5_kr", "q6_kr"];
@@ -493,7 +493,7 @@ fn fused_kernels_give_the_bits_of_decode_then_dot() {
     let mut ran = 0;
     for (ti, &name) in FUSED_TYPES.iter().enumerate() {
         let cols_list: &[usize] = match name {
-            "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" => &[32, 96, 160, 4096],
+            "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" | "iq4_nl" => &[32, 96, 160, 4096],
             // Whole groups, a shorter last group; 40 has no fused kernel (not a multiple of 32).
             n if n.starts_with("int4") => &[32, 128, 160, 4096, 4160, 40],
             _ => unreachable!(),

@@ -17,14 +17,15 @@
 //!   offsets come from the activation's exact per-16 sums (`b16`), and only the super-block's
 //!   total goes to f32, in [`super::dot_k_ref`]'s order: the same bits as the scalar
 //!   reference, at every ISA and batch size. A ragged tail is one more (shorter) block.
-//! * **Unsigned codes.** Codes that are unsigned in the block (all but q8_0's) go into
+//! * **Unsigned codes.** Codes that are unsigned in the block (all but q8_0's and iq4_nl's,
+//!   whose signs `vpsignb` moves onto the activation, or `+ 128` at VNNI) go into
 //!   `vpmaddubsw` as they are, and their offset (8 for q4_0, 16 for q5_0, 4 for q3_k, 32 for
 //!   q6_k, the group's zero for int4) is taken off the integer sums with the activation's own
 //!   (`zero · Σ x`), which is exact.
 //! * **Prefetch.** The rows [`AHEAD_ROWS`] further on are prefetched into L2 while these are
 //!   multiplied ([`prefetch`]).
 //! * **AVX-512 VNNI** (`k45_vnni`, `k6_vnni`, `legacy_vnni`, when the CPU has it): q4_k,
-//!   q5_k, q6_k, q4_0, q4_1 and q8_0 take 64 values per instruction (k-quants: `vpmaddubsw`
+//!   q5_k, q6_k, q4_0, q4_1, q8_0 and iq4_nl take 64 values per instruction (k-quants: `vpmaddubsw`
 //!   on 512 bits, then `vpdpwssd` by the scales, the high bits moved into place by one
 //!   `vprolvd` and merged by one `vpternlogd`; legacy types: two blocks per `vpdpbusd`). Their
 //!   integer sums are the AVX2 kernels' exactly, and so are their bits. (The same for q2_k and
@@ -42,12 +43,11 @@ use std::arch::x86_64::*;
 
 use super::x86::bit_bytes;
 use super::ActRow;
+use crate::blocks::iq4nl::KVALUES;
 use crate::blocks::kquants::{layout, ragged, QK_K};
 use crate::qtype::{AffineSpec, QType};
 use crate::simd::avx2::hsum256;
 
-/// Bytes of a q8_0 block.
-const Q8_0_BYTES: usize = 34;
 /// Rows per kernel call.
 const R: usize = 4;
 /// How many rows ahead the kernels prefetch (see [`prefetch`]): two calls' worth.
@@ -239,11 +239,16 @@ fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: 
     acc
 }
 
-/// q8_0 over `nb` blocks of 32: accumulators per row.
+/// The signed 8-bit codes of q8_0 (`LUT` false: `BB` = 34-byte blocks) or iq4_nl (`LUT` true:
+/// 18-byte blocks of 4-bit indices into [`KVALUES`], low nibbles first) over `nb` blocks of 32:
+/// accumulators per row. `vpsignb` moves each code's sign onto the activation, so the
+/// unsigned × signed pair sums are exact (at most 2 · 127 · 127).
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0(w: [&[u8]; R], a: ActRow<'_>, nb: usize, ahead: usize) -> [__m256; R] {
-    check(&w, &a, nb * Q8_0_BYTES, nb * 32);
+fn signed<const BB: usize, const LUT: bool>(w: [&[u8]; R], a: ActRow<'_>, nb: usize, ahead: usize) -> [__m256; R] {
+    check(&w, &a, nb * BB, nb * 32);
+    // SAFETY: KVALUES holds 16 bytes; AVX2 is enabled here.
+    let lut = unsafe { _mm256_broadcastsi128_si256(load128(KVALUES.as_ptr().cast())) };
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
         // SAFETY: every access of this loop body is in bounds: block `b` lies inside every row and the
@@ -251,14 +256,14 @@ fn q8_0(w: [&[u8]; R], a: ActRow<'_>, nb: usize, ahead: usize) -> [__m256; R] {
         unsafe {
             let x = load256(a.q.as_ptr().add(32 * b).cast());
             let dx = *a.d16.get_unchecked(2 * b);
-            let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(Q8_0_BYTES * b));
+            let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(BB * b));
             let s = f16x4(blks, 0, dx);
             for r in 0..R {
                 let blk = blks[r];
                 if b % 4 == 0 {
-                    prefetch(blk, ahead, 4 * Q8_0_BYTES);
+                    prefetch(blk, ahead, 4 * BB);
                 }
-                let c = load256(blk.add(2));
+                let c = if LUT { _mm256_shuffle_epi8(lut, nibbles(blk.add(2))) } else { load256(blk.add(2)) };
                 let p = usum(_mm256_sign_epi8(c, c), _mm256_sign_epi8(x, c));
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r]), acc[r]);
             }
@@ -338,14 +343,15 @@ fn int4(spec: AffineSpec, w: [&[u8]; R], a: ActRow<'_>, cols: usize, ahead: usiz
     acc
 }
 
-/// [`legacy`] for q4_0 and q4_1 (`Q8` false) and [`q8_0`] (`Q8` true) at AVX-512 VNNI: two
-/// blocks per 512-bit vector, each row's lane sums in one `vpdpbusd` that starts from the
-/// codes' offset (`−zb · Σ x` per lane; q8_0's signed codes go in as `c + 128`, so `zb` is
-/// 128). The lane sums are [`legacy`]'s and [`q8_0`]'s exactly, and each block's are added
-/// by FMA in block order, so the bits are theirs. An odd last block runs on 256 bits.
+/// [`legacy`] for q4_0 and q4_1 (`Q8` and `LUT` false), [`signed`] for q8_0 (`Q8` true) and
+/// iq4_nl (`LUT` true: the nibbles through [`KVALUES`]) at AVX-512 VNNI: two blocks per 512-bit
+/// vector, each row's lane sums in one `vpdpbusd` that starts from the codes' offset
+/// (`−zb · Σ x` per lane; signed codes go in as `c + 128`, so `zb` is 128). The lane sums are
+/// [`legacy`]'s and [`signed`]'s exactly, and each block's are added by FMA in block order, so
+/// the bits are theirs. An odd last block runs on 256 bits.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: u8, const Q8: bool>(
+fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: u8, const Q8: bool, const LUT: bool>(
     w: [&[u8]; R],
     a: ActRow<'_>,
     nb: usize,
@@ -356,8 +362,10 @@ fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: 
     check(&w, &a, nb * BB, nb * 32);
     assert!(!MIN || (nsub >= 2 * nb && mw.len() >= (R - 1) * nsub + 2 * nb));
     let zb = _mm512_set1_epi8(ZB as i8);
-    let flip = _mm512_set1_epi8(if Q8 { i8::MIN } else { 0 });
+    let flip = _mm512_set1_epi8(if Q8 || LUT { i8::MIN } else { 0 });
     let m4 = _mm512_set1_epi8(0x0F);
+    // SAFETY: KVALUES holds 16 bytes; AVX-512 is enabled here.
+    let lut = unsafe { _mm512_broadcast_i32x4(load128(KVALUES.as_ptr().cast())) };
     // Two blocks' 16 code bytes [q0, q1] to [q0, q0 >> 4, q1, q1 >> 4], masked: 128-bit lanes
     // of values 0–15 and 16–31 of each block.
     let spread = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
@@ -389,7 +397,12 @@ fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: 
                 } else {
                     let q = _mm256_set_m128i(load128(blk.add(BB + OFF_QS)), load128(blk.add(OFF_QS)));
                     let q = _mm512_permutexvar_epi64(spread, _mm512_castsi256_si512(q));
-                    _mm512_and_si512(_mm512_srlv_epi16(q, nib), m4)
+                    let c = _mm512_and_si512(_mm512_srlv_epi16(q, nib), m4);
+                    if LUT {
+                        _mm512_xor_si512(_mm512_shuffle_epi8(lut, c), flip)
+                    } else {
+                        c
+                    }
                 };
                 let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, c, x));
                 let lo = _mm512_castps512_ps256(p);
@@ -418,6 +431,9 @@ fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: 
                 let blk = blks[r];
                 let c = if Q8 {
                     _mm256_xor_si256(load256(blk.add(OFF_QS)), _mm512_castsi512_si256(flip))
+                } else if LUT {
+                    let c = _mm256_shuffle_epi8(_mm512_castsi512_si256(lut), nibbles(blk.add(OFF_QS)));
+                    _mm256_xor_si256(c, _mm512_castsi512_si256(flip))
                 } else {
                     nibbles(blk.add(OFF_QS))
                 };
@@ -433,7 +449,7 @@ fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: 
     acc
 }
 
-/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, or int4 with `spec` over rows of
+/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl, or int4 with `spec` over rows of
 /// `cols`) over the first `units` blocks of four rows, prefetching `ahead` bytes past each (see
 /// [`prefetch`]); the mins (q4_1, q5_1) go to `mw` (row `r` at `r · nsub`). The caller checks
 /// that the CPU has AVX2/FMA/F16C.
@@ -454,17 +470,20 @@ pub(super) fn rows(
     use crate::qtype::QType;
     let acc = match base {
         // SAFETY: the caller checked AVX-512 VNNI when `vnni` is set.
-        QType::Q4_0 if vnni => unsafe { legacy_vnni::<18, 2, false, 8, false>(w, a, units, ahead, mw, nsub) },
+        QType::Q4_0 if vnni => unsafe { legacy_vnni::<18, 2, false, 8, false, false>(w, a, units, ahead, mw, nsub) },
         // SAFETY: as above.
-        QType::Q4_1 if vnni => unsafe { legacy_vnni::<20, 4, true, 0, false>(w, a, units, ahead, mw, nsub) },
+        QType::Q4_1 if vnni => unsafe { legacy_vnni::<20, 4, true, 0, false, false>(w, a, units, ahead, mw, nsub) },
         // SAFETY: as above.
-        QType::Q8_0 if vnni => unsafe { legacy_vnni::<34, 2, false, 0x80, true>(w, a, units, ahead, mw, nsub) },
+        QType::Q8_0 if vnni => unsafe { legacy_vnni::<34, 2, false, 0x80, true, false>(w, a, units, ahead, mw, nsub) },
+        // SAFETY: as above.
+        QType::IQ4NL if vnni => unsafe { legacy_vnni::<18, 2, false, 0x80, false, true>(w, a, units, ahead, mw, nsub) },
         QType::Int4 => int4(spec.expect("group-affine spec"), w, a, cols, ahead),
         QType::Q4_0 => legacy::<18, 2, 0, false, 8>(w, a, units, ahead, mw, nsub),
         QType::Q4_1 => legacy::<20, 4, 0, true, 0>(w, a, units, ahead, mw, nsub),
         QType::Q5_0 => legacy::<22, 6, 2, false, 16>(w, a, units, ahead, mw, nsub),
         QType::Q5_1 => legacy::<24, 8, 4, true, 0>(w, a, units, ahead, mw, nsub),
-        QType::Q8_0 => q8_0(w, a, units, ahead),
+        QType::Q8_0 => signed::<34, false>(w, a, units, ahead),
+        QType::IQ4NL => signed::<18, true>(w, a, units, ahead),
         other => unreachable!("no fused kernel for {}", other.name()),
     };
     [hsum256(acc[0]), hsum256(acc[1]), hsum256(acc[2]), hsum256(acc[3])]
@@ -1322,7 +1341,8 @@ mod tests {
             let s = Spec::of(q).unwrap();
             assert_eq!((s.block_bytes, s.off_qs, s.off_qh.unwrap_or(0), s.has_min, s.zero), l, "{}", q.name());
         }
-        assert_eq!(Spec::of(QType::Q8_0).unwrap().block_bytes, super::Q8_0_BYTES);
+        assert_eq!(Spec::of(QType::Q8_0).unwrap().block_bytes, 34);
+        assert_eq!(QType::IQ4NL.info().block_bytes, 18);
     }
 
     #[test]

@@ -1189,7 +1189,7 @@ pub fn dot_q8_x4(isa: Isa, wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f3
 /// levels (the AVX2 kernels). (The k-quants have their own path at every size, [`dot_k`].)
 pub fn has_fused(isa: Isa, qtype: QType, spec: Option<AffineSpec>, cols: usize) -> bool {
     let kind = match qtype {
-        QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => true,
+        QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 | QType::IQ4NL => true,
         QType::Int4 => spec.is_some_and(|s| s.bits == 4) && cols.is_multiple_of(QA),
         _ => false,
     };
