@@ -132,3 +132,12 @@ def test_llama_quantize_failure_leaves_nothing(benchmark: Any, tmp_path: Path) -
     with pytest.raises(RuntimeError, match="llama_model_quantize q4_k_m failed"):
         benchmark.pedantic(rq.llama_quantize, args=(sys.executable, tmp_path / "missing.gguf", out, "q4_k_m"), rounds=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_llama_imatrix_failure_leaves_nothing(benchmark: Any, tmp_path: Path) -> None:
+    out = tmp_path / "q-imatrix.gguf"
+    # missing inputs (and, in this Python, maybe no ggml): the child reports an error either way
+    args = (sys.executable, tmp_path / "base.gguf", tmp_path / "plain.gguf", tmp_path / "im.gguf", out)
+    with pytest.raises(RuntimeError, match=r"ggml_quantize_chunk with im\.gguf failed"):
+        benchmark.pedantic(rq.llama_imatrix, args=args, rounds=1)
+    assert list(tmp_path.iterdir()) == []
