@@ -285,6 +285,22 @@ fn scales_mins_k4(s: &[u8; 12]) -> (u64, u64) {
     (sc, m)
 }
 
+/// [`scales_mins_k4`] in one 128-bit vector, from the 16 bytes at `p` (the 12-byte field and 4
+/// more): bytes 0–7 the scales, 8–15 the mins. With the field's dwords `a, b, c`: `[a, c, b, c]`
+/// shifted by `[0, 0, 0, 4]` and masked to 6 or 4 bits, or'ed with bits 6–7 of `[·, a, ·, b]`
+/// moved to bits 4–5 (six vector operations instead of about twenty scalar ones).
+#[inline(always)]
+unsafe fn scales_mins_k4_x(p: *const u8) -> __m128i {
+    // SAFETY: the caller guarantees 16 readable bytes at `p` and AVX-512F/VL.
+    unsafe {
+        let v = load128(p);
+        let lo = _mm_srlv_epi32(_mm_shuffle_epi32::<0b10_01_10_00>(v), _mm_setr_epi32(0, 0, 0, 4));
+        let lo = _mm_and_si128(lo, _mm_setr_epi32(0x3F3F_3F3F, 0x0F0F_0F0F, 0x3F3F_3F3F, 0x0F0F_0F0F));
+        let hi = _mm_srli_epi32::<2>(_mm_shuffle_epi32::<0b01_01_00_00>(v));
+        _mm_ternarylogic_epi32::<0xF8>(lo, hi, _mm_setr_epi32(0, 0x3030_3030, 0, 0x3030_3030))
+    }
+}
+
 /// Group-affine int4 (`spec`, rows of `cols` values, a multiple of 32, as every group but the
 /// last): accumulators per row. Codes are stored in stream order (low nibble first), then one
 /// f16 scale per group, then the 4-bit zeros (asymmetric; symmetric: 8); `w = d · (c − z)`.
@@ -782,7 +798,7 @@ fn k45_vnni<const FIVE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: u
     check(&w, &a, nsb * bytes, nsb * QK_K);
     let m4 = _mm512_set1_epi8(0x0F);
     let b4 = _mm512_set1_epi8(0x10);
-    let dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    let dup = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
     // SAFETY: AVX-512 is enabled here.
     let (nib, pick2, rot) = unsafe {
         // The high half takes the high nibbles; chunk `p`'s halves take sub-blocks `2p`, `2p + 1`
@@ -806,9 +822,9 @@ fn k45_vnni<const FIVE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: u
             for r in 0..R {
                 let blk = blks[r];
                 prefetch(blk, ahead, bytes);
-                let (sc, m) = scales_mins_k4(&*blk.add(SCALES).cast::<[u8; 12]>());
-                let sv = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
-                let mv = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(m as i64), dup));
+                let scm = scales_mins_k4_x(blk.add(SCALES));
+                let sv = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(scm));
+                let mv = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scm, dup));
                 imin[r] = _mm256_madd_epi16(mv, bs);
                 let qh = if FIVE { both(blk.add(layout::q5k::QH)) } else { _mm512_setzero_si512() };
                 let mut acc_i = _mm512_setzero_si512();
@@ -1364,6 +1380,13 @@ mod tests {
         }
     }
 
+    #[target_feature(enable = "avx2,avx512f,avx512vl")]
+    unsafe fn vector_unpack(p: *const u8, out: *mut u8) {
+        use std::arch::x86_64::_mm_storeu_si128;
+        // SAFETY: the caller guarantees 16 bytes at `p` and at `out`, and AVX-512F/VL.
+        unsafe { _mm_storeu_si128(out.cast(), super::scales_mins_k4_x(p)) }
+    }
+
     #[test]
     fn scales_and_mins_unpack_like_the_reference() {
         let mut s = 0x9E37_79B9_7F4A_7C15u64;
@@ -1380,6 +1403,15 @@ mod tests {
                 let (rs, rm) = scale_min_k4(j, &b);
                 assert_eq!(((sc >> (8 * j)) & 0xFF) as u8, rs, "scale {j} of {b:?}");
                 assert_eq!(((m >> (8 * j)) & 0xFF) as u8, rm, "min {j} of {b:?}");
+            }
+            if crate::simd::Isa::Avx512.is_available() {
+                // The vector unpack of the AVX-512 kernels, from the field and 4 more bytes.
+                let mut p = [0xA5u8; 16];
+                p[..12].copy_from_slice(&b);
+                let mut got = [0u8; 16];
+                // SAFETY: `p` and `got` hold 16 bytes; the CPU has AVX-512F/VL (checked above).
+                unsafe { vector_unpack(p.as_ptr(), got.as_mut_ptr()) };
+                assert_eq!(got, [sc.to_le_bytes(), m.to_le_bytes()].concat()[..], "vector unpack of {b:?}");
             }
         }
     }
