@@ -979,3 +979,25 @@ fn concurrent_calls_inside_rayon_tasks_and_threads_agree() {
         assert_f32_bits_eq("rayon task", &want, &y);
     }
 }
+
+#[test]
+fn f32_weights_give_the_same_bits_stored_aligned_or_not() {
+    // Aligned f32 rows are multiplied where they are stored; misaligned ones are copied first.
+    // Both paths must give the same bits, at every ISA, for a token and for a batch.
+    let (rows, cols) = (13, 200);
+    let (l, data) = weight("f32", rows, cols, 77);
+    let mut shifted = vec![0u8; data.len() + 1];
+    shifted[1..].copy_from_slice(&data);
+    let aligned = QMatrix::new(l, &data, None, None).unwrap();
+    let misaligned = QMatrix::new(l, &shifted[1..], None, None).unwrap();
+    assert_ne!(data.as_ptr() as usize % 4, shifted[1..].as_ptr() as usize % 4);
+    for n in [1, 5] {
+        let x = acts("normal", n, cols, 3);
+        for isa in available() {
+            let (mut a, mut b) = (vec![0f32; n * rows], vec![1f32; n * rows]);
+            matmul(&aligned, &x, n, &mut a, Some(isa)).unwrap();
+            matmul(&misaligned, &x, n, &mut b, Some(isa)).unwrap();
+            assert_f32_bits_eq(&format!("f32 n={n} {isa}"), &a, &b);
+        }
+    }
+}
