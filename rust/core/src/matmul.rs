@@ -30,10 +30,12 @@
 //!   loaded once for the four). For GEMV (`n = 1`) the tile stays in L1/L2 between decoding
 //!   and the dot; for GEMM the decoded tile is reused by all `n` activation rows, so decoding
 //!   (the per-type work) costs once per weight row, not once per product: decoding is the
-//!   repacking, done on the fly. Float weights (f32/f16/bf16) are converted per tile to f32
-//!   and multiplied with FMA dots, without activation quantization.
-//! * **Few activation rows** (at most 4, `FUSED_MAX_N`) of the legacy types and group-affine
-//!   int4 skip the decoded tile: four weight rows at a
+//!   repacking, done on the fly. Float weights (f16/bf16) are converted per tile to f32 (f32
+//!   rows are used where they are stored, when aligned) and multiplied with FMA dots, without
+//!   activation quantization. A batch's tile outputs (`nr × n`) are transposed into `y` by the
+//!   tile's own task.
+//! * **Few activation rows** (at most 4, `FUSED_MAX_N`) of the legacy types, iq4_nl and
+//!   group-affine int4 skip the decoded tile: four weight rows at a
 //!   time are decoded in registers and multiplied at once
 //!   ([`crate::simd::matmul::dot_fused`], AVX2, the next four rows prefetched), with the same
 //!   bits as decoding then multiplying, so the GEMV is no longer two passes over L1 per weight.
@@ -840,7 +842,8 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
         t if t >= 4 => t / 4 * 4,
         t => t,
     };
-    // Output of tile `t`: `yt` rows × n (the transpose of y's block, = y's block when n = 1).
+    // Output of tile `t`: `nr` rows × n (the transpose of y's block, = y's block when n = 1;
+    // see `drive_tiles`).
     let tile_fn = |(t, out): (usize, &mut [f32])| {
         let r0 = t * tile;
         let nr = out.len() / n;
