@@ -155,10 +155,7 @@ fn widen16(v: &[i16], n: usize) -> [int32x4_t; 4] {
 #[inline]
 #[target_feature(enable = "neon")]
 fn dot4x4(a: [int32x4_t; 4], b: [int32x4_t; 4]) -> i64 {
-    let mut acc = vmulq_s32(a[0], b[0]);
-    for j in 1..4 {
-        acc = vmlaq_s32(acc, a[j], b[j]);
-    }
+    let acc = a.iter().zip(&b).skip(1).fold(vmulq_s32(a[0], b[0]), |acc, (&x, &y)| vmlaq_s32(acc, x, y));
     i64::from(vaddvq_s32(acc))
 }
 
