@@ -121,6 +121,8 @@ const OUTER_TILE_ROWS: usize = 32;
 /// Multiply-adds below which a call runs on the calling thread only (rayon's overhead is a
 /// few microseconds).
 const PAR_MIN_WORK: usize = 1 << 18;
+/// How many rows ahead a GEMV over stored f32 rows prefetches (see [`kern::dot_f32_4x2`]).
+const F32_AHEAD_ROWS: usize = 8;
 
 /// The sparse outliers of a weight (LBF §5 parts 2–4), little-endian bytes.
 #[derive(Debug, Clone, Copy)]
@@ -854,6 +856,8 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                 // f32 rows are used where they are stored (when aligned): no copy, which halved
                 // the rate of a GEMV streaming from DRAM; the others are converted to f32 per tile.
                 let stored = if qtype == QType::F32 { f32_rows(w.rows(r0, nr)) } else { None };
+                // Rows streamed from storage are prefetched AHEAD_ROWS further on.
+                let ahead = if stored.is_some() { F32_AHEAD_ROWS * 4 * cols } else { 0 };
                 let wf: &[f32] = match stored {
                     Some(rows) => rows,
                     None => {
@@ -872,7 +876,8 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                 let x = |i: usize| &xs[i.min(n - 1) * cols..][..cols];
                 for i in (0..n).step_by(2) {
                     for r in (0..nr).step_by(4) {
-                        let v = kern::dot_f32_4x2(isa, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], [x(i), x(i + 1)]);
+                        let v =
+                            kern::dot_f32_4x2(isa, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], [x(i), x(i + 1)], ahead);
                         for (j, vj) in v.iter().enumerate().take(nr - r) {
                             for (k, &vk) in vj.iter().enumerate().take(n - i) {
                                 out[(r + j) * n + i + k] = vk;

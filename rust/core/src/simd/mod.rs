@@ -189,6 +189,20 @@ unsafe fn run_neon<K: Kernel>(k: K, t: neon::Neon) -> K::Output {
     k.simd(t)
 }
 
+/// A hint to bring the cache line at `p` into L2 (x86-64 `prefetcht1`; nothing elsewhere).
+/// Never faults, whatever `p` is: a prefetch does not access memory architecturally.
+#[inline(always)]
+pub fn prefetch_l2(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that does not access memory architecturally; SSE is part
+    // of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Run `k` at `isa`. Panics if the CPU lacks `isa`: callers validate the level first
 /// ([`Isa::require`]), as [`crate::quant`] does.
 #[inline]

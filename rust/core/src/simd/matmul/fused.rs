@@ -78,8 +78,7 @@ unsafe fn load128(p: *const u8) -> __m128i {
 fn prefetch(p: *const u8, ahead: usize, bytes: usize) {
     let mut o = 0;
     while o < bytes {
-        // SAFETY: a prefetch is a hint that does not access memory architecturally.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(ahead + o).cast()) };
+        crate::simd::prefetch_l2(p.wrapping_add(ahead + o));
         o += 64;
     }
 }
