@@ -856,7 +856,7 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                 // f32 rows are used where they are stored (when aligned): no copy, which halved
                 // the rate of a GEMV streaming from DRAM; the others are converted to f32 per tile.
                 let stored = if qtype == QType::F32 { f32_rows(w.rows(r0, nr)) } else { None };
-                // Rows streamed from storage are prefetched AHEAD_ROWS further on.
+                // Rows streamed from storage are prefetched into L2 F32_AHEAD_ROWS rows further on.
                 let ahead = if stored.is_some() { F32_AHEAD_ROWS * 4 * cols } else { 0 };
                 let wf: &[f32] = match stored {
                     Some(rows) => rows,

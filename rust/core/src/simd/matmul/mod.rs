@@ -1299,7 +1299,9 @@ pub fn dot_f32_simd<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
 
 /// The 4 × 2 dot products `a[r] · b[c]` (all slices of one length) at `isa`: what
 /// [`dot_f32`] gives for each pair, within [`dot_tolerance`], computed together so each load of
-/// `b` serves four rows and each load of `a` two (the float matmul's inner kernel).
+/// `b` serves four rows and each load of `a` two (the float matmul's inner kernel). `ahead`
+/// (bytes, 0: none): prefetch distance into L2 along the rows of `a`, a hint that never
+/// changes the result.
 pub fn dot_f32_4x2(isa: Isa, a: [&[f32]; 4], b: [&[f32]; 2], ahead: usize) -> [[f32; 2]; 4] {
     let n = b[0].len();
     assert!(a.iter().chain(&b).all(|v| v.len() == n));
