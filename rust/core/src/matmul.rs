@@ -121,7 +121,7 @@ const OUTER_TILE_ROWS: usize = 32;
 /// Multiply-adds below which a call runs on the calling thread only (rayon's overhead is a
 /// few microseconds).
 const PAR_MIN_WORK: usize = 1 << 18;
-/// How many rows ahead a GEMV over stored f32 rows prefetches (see [`kern::dot_f32_4x2`]).
+/// How many rows ahead a GEMV over stored f32 rows prefetches (see [`kern::dot_f32_4xc`]).
 const F32_AHEAD_ROWS: usize = 8;
 
 /// The sparse outliers of a weight (LBF §5 parts 2–4), little-endian bytes.
@@ -868,22 +868,45 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                         wf
                     }
                 };
-                // Blocks of 4 weight rows × 2 activation rows share their loads; the tile stays
-                // in cache while the activations stream past it. Edge blocks repeat their last
-                // row, so every product comes from the same kernel: a token's logits do not
-                // depend on the batch it is in.
+                // Blocks of 4 weight rows × up to 4 activation rows share their loads; the tile
+                // stays in cache while the activations stream past it. Edge blocks repeat their
+                // last row, and every pair is computed by the same operations whatever the block
+                // shape: a token's logits do not depend on the batch it is in.
                 let wr = |r: usize| &wf[r.min(nr - 1) * cols..][..cols];
-                let x = |i: usize| &xs[i.min(n - 1) * cols..][..cols];
-                for i in (0..n).step_by(2) {
+                let x = |i: usize| &xs[i * cols..][..cols];
+                let cmax = kern::dot_f32_max_c(isa);
+                let mut i = 0;
+                while i < n {
+                    let c = if n - i >= 4 && cmax >= 4 {
+                        4
+                    } else if n - i >= 2 {
+                        2
+                    } else {
+                        1
+                    };
                     for r in (0..nr).step_by(4) {
-                        let v =
-                            kern::dot_f32_4x2(isa, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], [x(i), x(i + 1)], ahead);
-                        for (j, vj) in v.iter().enumerate().take(nr - r) {
-                            for (k, &vk) in vj.iter().enumerate().take(n - i) {
-                                out[(r + j) * n + i + k] = vk;
+                        let w4 = [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)];
+                        let mut put = |j: usize, k: usize, v: f32| {
+                            if j < nr - r {
+                                out[(r + j) * n + i + k] = v;
+                            }
+                        };
+                        match c {
+                            4 => {
+                                let v = kern::dot_f32_4xc(isa, w4, [x(i), x(i + 1), x(i + 2), x(i + 3)], ahead);
+                                (0..4).for_each(|j| (0..4).for_each(|k| put(j, k, v[j][k])));
+                            }
+                            2 => {
+                                let v = kern::dot_f32_4xc(isa, w4, [x(i), x(i + 1)], ahead);
+                                (0..4).for_each(|j| (0..2).for_each(|k| put(j, k, v[j][k])));
+                            }
+                            _ => {
+                                let v = kern::dot_f32_4xc(isa, w4, [x(i)], ahead);
+                                (0..4).for_each(|j| put(j, 0, v[j][0]));
                             }
                         }
                     }
+                    i += c;
                 }
             } else if fused {
                 let mw = scratch(mw, 4 * nsub);

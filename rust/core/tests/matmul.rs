@@ -597,14 +597,24 @@ fn f32_4x2_dots_agree_with_the_reference() {
         let (ar, br) = (a.each_ref().map(|v| &v[..]), b.each_ref().map(|v| &v[..]));
         let mut got: Vec<(String, [[f32; 2]; 4])> = std::iter::once(Isa::Scalar)
             .chain(simd_isas())
-            .map(|isa| (isa.to_string(), k::dot_f32_4x2(isa, ar, br, 0)))
+            .map(|isa| (isa.to_string(), k::dot_f32_4xc(isa, ar, br, 0)))
             .collect();
-        got.push(("emu4".into(), k::dot_f32_4x2_simd(Emu::<4>, ar, br, 0)));
-        got.push(("emu8".into(), k::dot_f32_4x2_simd(Emu::<8>, ar, br, 0)));
-        got.push(("emu16".into(), k::dot_f32_4x2_simd(Emu::<16>, ar, br, 0)));
-        // A prefetch far past the rows (a hint: it never faults) leaves the same bits.
+        got.push(("emu4".into(), k::dot_f32_4xc_simd(Emu::<4>, ar, br, 0)));
+        got.push(("emu8".into(), k::dot_f32_4xc_simd(Emu::<8>, ar, br, 0)));
+        got.push(("emu16".into(), k::dot_f32_4xc_simd(Emu::<16>, ar, br, 0)));
+        // A prefetch far past the rows (a hint: it never faults) leaves the same bits, and so
+        // does the number of activation rows per call (one, two or four).
+        let b4 = [vec(1.0), vec(1e-20), vec(1e6), vec(0.0)];
+        let b4r = b4.each_ref().map(|v| &v[..]);
         for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
-            assert_eq!(k::dot_f32_4x2(isa, ar, br, 1 << 40), k::dot_f32_4x2(isa, ar, br, 0), "{isa} len={len}");
+            assert_eq!(k::dot_f32_4xc(isa, ar, br, 1 << 40), k::dot_f32_4xc(isa, ar, br, 0), "{isa} len={len}");
+            let four = k::dot_f32_4xc(isa, ar, b4r, 0);
+            let two = [k::dot_f32_4xc(isa, ar, [b4r[0], b4r[1]], 0), k::dot_f32_4xc(isa, ar, [b4r[2], b4r[3]], 0)];
+            for (r, c) in (0..4).flat_map(|r| (0..4).map(move |c| (r, c))) {
+                let one = k::dot_f32_4xc(isa, ar, [b4r[c]], 0)[r][0];
+                assert_eq!(four[r][c].to_bits(), two[c / 2][r][c % 2].to_bits(), "{isa} len={len} ({r},{c})");
+                assert_eq!(four[r][c].to_bits(), one.to_bits(), "{isa} len={len} ({r},{c})");
+            }
         }
         for (isa, got) in got {
             for (i, j) in (0..4).flat_map(|i| (0..2).map(move |j| (i, j))) {

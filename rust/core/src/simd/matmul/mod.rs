@@ -1297,54 +1297,66 @@ pub fn dot_f32_simd<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
     s.hsum(s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]))) + dot_f32_ref(&a[i..], &b[i..])
 }
 
-/// The 4 × 2 dot products `a[r] · b[c]` (all slices of one length) at `isa`: what
+/// The 4 × `C` dot products `a[r] · b[c]` (all slices of one length) at `isa`: what
 /// [`dot_f32`] gives for each pair, within [`dot_tolerance`], computed together so each load of
-/// `b` serves four rows and each load of `a` two (the float matmul's inner kernel). `ahead`
-/// (bytes, 0: none): prefetch distance into L2 along the rows of `a`, a hint that never
+/// `b` serves four rows and each load of `a` `C` (the float matmul's inner kernel). Every pair
+/// is computed by the same operations whatever `C` is, so its bits do not depend on `C`.
+/// `ahead` (bytes, 0: none): prefetch distance into L2 along the rows of `a`, a hint that never
 /// changes the result.
-pub fn dot_f32_4x2(isa: Isa, a: [&[f32]; 4], b: [&[f32]; 2], ahead: usize) -> [[f32; 2]; 4] {
-    let n = b[0].len();
+pub fn dot_f32_4xc<const C: usize>(isa: Isa, a: [&[f32]; 4], b: [&[f32]; C], ahead: usize) -> [[f32; C]; 4] {
+    let n = a[0].len();
     assert!(a.iter().chain(&b).all(|v| v.len() == n));
-    crate::simd::run(isa, DotF32x4x2 { a, b, ahead })
+    crate::simd::run(isa, DotF32x4xC { a, b, ahead })
 }
 
-struct DotF32x4x2<'a> {
+/// The most activation rows per [`dot_f32_4xc`] call at `isa`: its `4 C` accumulators, four
+/// row vectors and `C` activation vectors must fit the registers (16 at AVX2, 32 elsewhere).
+pub fn dot_f32_max_c(isa: Isa) -> usize {
+    if isa == Isa::Avx2 {
+        2
+    } else {
+        4
+    }
+}
+
+struct DotF32x4xC<'a, const C: usize> {
     a: [&'a [f32]; 4],
-    b: [&'a [f32]; 2],
+    b: [&'a [f32]; C],
     ahead: usize,
 }
 
-impl Kernel for DotF32x4x2<'_> {
-    type Output = [[f32; 2]; 4];
-    fn scalar(self) -> [[f32; 2]; 4] {
+impl<const C: usize> Kernel for DotF32x4xC<'_, C> {
+    type Output = [[f32; C]; 4];
+    fn scalar(self) -> [[f32; C]; 4] {
         std::array::from_fn(|r| std::array::from_fn(|c| dot_f32_ref(self.a[r], self.b[c])))
     }
     #[inline(always)]
-    fn simd<S: Simd>(self, s: S) -> [[f32; 2]; 4] {
-        dot_f32_4x2_simd(s, self.a, self.b, self.ahead)
+    fn simd<S: Simd>(self, s: S) -> [[f32; C]; 4] {
+        dot_f32_4xc_simd(s, self.a, self.b, self.ahead)
     }
 }
 
-/// [`dot_f32_4x2`] over the vocabulary: eight accumulators of `W` lanes (one per pair) over
+/// [`dot_f32_4xc`] over the vocabulary: `4 C` accumulators of `W` lanes (one per pair) over
 /// blocks of `W` values, then the scalar reference on the rest. With `ahead` > 0, each cache
 /// line of a row is prefetched into L2 `ahead` bytes further on, one line per row and 16
 /// values (a GEMV streaming f32 rows from DRAM: the hardware prefetchers alone reached half
 /// the DRAM rate on rows of 576 values).
 #[inline(always)]
-pub fn dot_f32_4x2_simd<S: Simd>(s: S, a: [&[f32]; 4], b: [&[f32]; 2], ahead: usize) -> [[f32; 2]; 4] {
-    let (n, w) = (b[0].len(), S::W);
-    let mut acc = [[s.splat(0.0); 2]; 4];
+pub fn dot_f32_4xc_simd<S: Simd, const C: usize>(s: S, a: [&[f32]; 4], b: [&[f32]; C], ahead: usize) -> [[f32; C]; 4] {
+    let (n, w) = (a[0].len(), S::W);
+    let mut acc = [[s.splat(0.0); C]; 4];
     let mut i = 0;
     while i + w <= n {
-        let (x0, x1) = (s.load(&b[0][i..]), s.load(&b[1][i..]));
+        let x: [S::F; C] = std::array::from_fn(|c| s.load(&b[c][i..]));
         let fetch = ahead > 0 && i % 16 == 0;
         for (ar, acc) in a.iter().zip(acc.iter_mut()) {
             if fetch {
                 crate::simd::prefetch_l2(ar.as_ptr().wrapping_add(i).cast::<u8>().wrapping_add(ahead));
             }
             let v = s.load(&ar[i..]);
-            acc[0] = s.fma(v, x0, acc[0]);
-            acc[1] = s.fma(v, x1, acc[1]);
+            for (acc, &xc) in acc.iter_mut().zip(&x) {
+                *acc = s.fma(v, xc, *acc);
+            }
         }
         i += w;
     }
