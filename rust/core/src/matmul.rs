@@ -856,8 +856,11 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                 // f32 rows are used where they are stored (when aligned): no copy, which halved
                 // the rate of a GEMV streaming from DRAM; the others are converted to f32 per tile.
                 let stored = if qtype == QType::F32 { f32_rows(w.rows(r0, nr)) } else { None };
-                // Rows streamed from storage are prefetched into L2 F32_AHEAD_ROWS rows further on.
-                let ahead = if stored.is_some() { F32_AHEAD_ROWS * 4 * cols } else { 0 };
+                // Rows streamed from storage in one pass (a batch of at most one kernel call) are
+                // prefetched into L2 F32_AHEAD_ROWS rows further on; larger batches reuse the
+                // tile from cache.
+                let cmax = kern::dot_f32_max_c(isa);
+                let ahead = if stored.is_some() && n <= cmax { F32_AHEAD_ROWS * 4 * cols } else { 0 };
                 let wf: &[f32] = match stored {
                     Some(rows) => rows,
                     None => {
@@ -874,7 +877,6 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                 // shape: a token's logits do not depend on the batch it is in.
                 let wr = |r: usize| &wf[r.min(nr - 1) * cols..][..cols];
                 let x = |i: usize| &xs[i * cols..][..cols];
-                let cmax = kern::dot_f32_max_c(isa);
                 let mut i = 0;
                 while i < n {
                     let c = if n - i >= 4 && cmax >= 4 {
