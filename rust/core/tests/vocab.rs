@@ -64,6 +64,9 @@ fn check<S: Simd, const W: usize>(s: S, name: &str) {
         let small: Vec<i32> = (0..W).map(|_| r.below(256) as i32).collect();
         let bytes: Vec<u8> = (0..W).map(|_| r.below(256) as u8).collect();
         let (fa, fb, ea, eb) = (s.load(&a), s.load(&b), e.load(&a), e.load(&b));
+        // The four-vector lane sum is four lane sums, bit for bit (its order is the level's).
+        let v = [fa, fb, s.load(&edge_values(&mut r, W)), s.load(&edge_values(&mut r, W))];
+        assert_eq!(s.hsum4(v).map(f32::to_bits), v.map(|x| s.hsum(x).to_bits()), "{name} hsum4 round {round}");
         let mut got = vec![0f32; W];
         let mut want = vec![0f32; W];
         macro_rules! f2 {

@@ -25,6 +25,25 @@ pub(crate) fn hsum256(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
+/// [`hsum256`] of four vectors, the same additions in the same order, with the vectors packed
+/// two by two: halves of `a` and `b` (then `c`, `d`) added in one vector, the pairs of all four
+/// in one, and the last pair in one.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn hsum256x4(v: [__m256; 4]) -> [f32; 4] {
+    let half = |a: __m256, b: __m256| {
+        _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
+    };
+    // Per 128-bit lane (a | b): [a0 a1 c0 c1] + [a2 a3 c2 c3] (b, d in the high lane).
+    let (ab, cd) = (half(v[0], v[1]), half(v[2], v[3]));
+    let s = _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(ab, cd), _mm256_shuffle_ps::<0b11_10_11_10>(ab, cd));
+    let s = _mm256_add_ps(s, _mm256_movehdup_ps(s));
+    let mut out = [0f32; 8];
+    // SAFETY: `out` holds 8 f32.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+    [out[0], out[4], out[2], out[6]]
+}
+
 // SAFETY (for every `unsafe` block in this impl): a value of `Avx2` exists only after
 // `Avx2::new` confirmed AVX2/FMA/F16C, so the intrinsics are available; loads and stores go
 // through slices whose length is checked against the lane count first.
@@ -141,6 +160,10 @@ impl Simd for Avx2 {
     #[inline(always)]
     fn hsum(self, a: __m256) -> f32 {
         unsafe { hsum256(a) }
+    }
+    #[inline(always)]
+    fn hsum4(self, v: [__m256; 4]) -> [f32; 4] {
+        unsafe { hsum256x4(v) }
     }
     #[inline(always)]
     fn hmax(self, a: __m256) -> f32 {

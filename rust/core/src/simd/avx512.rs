@@ -4,6 +4,7 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::hsum256;
 use super::vocab::Simd;
 
 /// Capability token: AVX-512 F/BW/DQ/VL (plus AVX2/FMA/F16C) are available.
@@ -130,7 +131,29 @@ impl Simd for Avx512 {
     }
     #[inline(always)]
     fn hsum(self, a: __m512) -> f32 {
-        unsafe { _mm512_reduce_add_ps(a) }
+        // The halves added, then [`hsum256`]'s tree (spelled out: LLVM's own reduction order
+        // is not a promise, and [`Simd::hsum4`] must give the same bits).
+        unsafe { hsum256(_mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps::<1>(a))) }
+    }
+    #[inline(always)]
+    fn hsum4(self, v: [__m512; 4]) -> [f32; 4] {
+        unsafe {
+            // [a.q0 + a.q2, a.q1 + a.q3, b.q0 + b.q2, b.q1 + b.q3]: the halves of a and b.
+            let half = |a: __m512, b: __m512| {
+                _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+            };
+            let (ab, cd) = (half(v[0], v[1]), half(v[2], v[3]));
+            // Quarter k: vector k's two 128-bit halves added; then the pairs, then the last pair.
+            let s = _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(ab, cd),
+            );
+            let s = _mm512_add_ps(s, _mm512_permute_ps::<0b01_00_11_10>(s));
+            let s = _mm512_add_ps(s, _mm512_movehdup_ps(s));
+            let mut out = [0f32; 16];
+            _mm512_storeu_ps(out.as_mut_ptr(), s);
+            [out[0], out[4], out[8], out[12]]
+        }
     }
     #[inline(always)]
     fn hmax(self, a: __m512) -> f32 {

@@ -72,6 +72,11 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn fma(self, a: Self::F, b: Self::F, c: Self::F) -> Self::F;
     /// Sum of the lanes (the order of the additions is the implementation's).
     fn hsum(self, a: Self::F) -> f32;
+    /// [`Simd::hsum`] of each of four vectors, the same bits (a level may share the shuffles).
+    #[inline(always)]
+    fn hsum4(self, v: [Self::F; 4]) -> [f32; 4] {
+        v.map(|a| self.hsum(a))
+    }
     /// Largest lane (exact).
     fn hmax(self, a: Self::F) -> f32;
     /// Smallest lane (exact).

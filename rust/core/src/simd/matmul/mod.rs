@@ -1360,7 +1360,8 @@ pub fn dot_f32_4xc_simd<S: Simd, const C: usize>(s: S, a: [&[f32]; 4], b: [&[f32
         }
         i += w;
     }
-    std::array::from_fn(|r| std::array::from_fn(|c| s.hsum(acc[r][c]) + dot_f32_ref(&a[r][i..], &b[c][i..])))
+    let sums: [[f32; 4]; C] = std::array::from_fn(|c| s.hsum4(std::array::from_fn(|r| acc[r][c])));
+    std::array::from_fn(|r| std::array::from_fn(|c| sums[c][r] + dot_f32_ref(&a[r][i..], &b[c][i..])))
 }
 
 /// How far an ISA's [`dot_q8`] or [`dot_f32`] may lie from the scalar reference, relative to
