@@ -224,7 +224,14 @@ pub(crate) fn forward(
             kv.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
         }
     }
-    ops::attention(q, kv.k, kv.v, att, AttnShape { heads: nh, kv_heads: nkv, hd, ctx, p0, window: c.sliding_window });
+    ops::attention(
+        isa,
+        q,
+        kv.k,
+        kv.v,
+        att,
+        AttnShape { heads: nh, kv_heads: nkv, hd, ctx, p0, window: c.sliding_window },
+    );
     tap(Tap::OIn, att);
     mm(&w.o, att, xn)?;
     if let Some(b) = w.o_bias {

@@ -4,6 +4,9 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::simd::attn::attend;
+use crate::simd::Isa;
+
 /// RMSNorm of each row of `x` (rows of `w.len()` values) into `out`:
 /// `x / sqrt(mean(x²) + eps) · w`, the mean accumulated in f64.
 pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f64, out: &mut [f32]) {
@@ -60,20 +63,6 @@ pub(crate) fn add_bias(x: &mut [f32], bias: &[f32]) {
     x.chunks_exact_mut(bias.len()).for_each(|r| add(r, bias));
 }
 
-/// Dot product with eight independent accumulators (so the compiler vectorises it).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// The shape of an attention call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AttnShape {
@@ -100,8 +89,9 @@ thread_local! {
 /// position `p0 + i`) over the cache of one layer (`k`, `v`: `kv_heads × ctx × hd`, positions
 /// `0..p0 + n` filled) into `out` (`n × heads × hd`). Query head `h` reads kv head
 /// `h / (heads / kv_heads)` (GQA); scores are scaled by `1/sqrt(hd)`; softmax in f32 with the
-/// maximum subtracted, as transformers' eager attention. Parallel over (query, head).
-pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape) {
+/// maximum subtracted, as transformers' eager attention ([`crate::simd::attn::attend`] at
+/// `isa`). Parallel over (query, head).
+pub(crate) fn attention(isa: Isa, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape) {
     let AttnShape { heads, kv_heads, hd, ctx, p0, window } = s;
     let scale = 1.0 / (hd as f32).sqrt();
     let group = heads / kv_heads;
@@ -118,22 +108,7 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: Att
             if buf.len() < n_keys {
                 buf.resize(n_keys, 0.0);
             }
-            let sc = &mut buf[..n_keys];
-            for (x, kt) in sc.iter_mut().zip(kh.chunks_exact(hd)) {
-                *x = dot(qv, kt) * scale;
-            }
-            let m = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut l = 0f32;
-            for x in sc.iter_mut() {
-                *x = (*x - m).exp();
-                l += *x;
-            }
-            o.fill(0.0);
-            for (&p, vt) in sc.iter().zip(vh.chunks_exact(hd)) {
-                o.iter_mut().zip(vt).for_each(|(a, &b)| *a += p * b);
-            }
-            let inv = 1.0 / l;
-            o.iter_mut().for_each(|x| *x *= inv);
+            attend(isa, qv, kh, vh, scale, &mut buf[..n_keys], o);
         });
     });
 }

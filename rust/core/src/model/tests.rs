@@ -357,12 +357,14 @@ fn sliding_window_of_one_sees_only_the_current_key() {
     let mut r = Rng(4);
     let (q, k, v) = (r.vec(heads * hd, 0.0, 5.0), r.vec(ctx * hd, 0.0, 5.0), r.vec(ctx * hd, 0.0, 1.0));
     let mut out = vec![0f32; heads * hd];
-    ops::attention(&q, &k, &v, &mut out, AttnShape { heads, kv_heads, hd, ctx, p0: 2, window: Some(1) });
-    for h in 0..heads {
-        assert_eq!(&out[h * hd..(h + 1) * hd], &v[2 * hd..3 * hd]);
+    for isa in crate::simd::available() {
+        ops::attention(isa, &q, &k, &v, &mut out, AttnShape { heads, kv_heads, hd, ctx, p0: 2, window: Some(1) });
+        for h in 0..heads {
+            assert_eq!(&out[h * hd..(h + 1) * hd], &v[2 * hd..3 * hd], "{isa}");
+        }
+        ops::attention(isa, &q, &k, &v, &mut out, AttnShape { heads, kv_heads, hd, ctx, p0: 2, window: Some(3) });
+        assert_ne!(&out[..hd], &v[2 * hd..3 * hd], "{isa}");
     }
-    ops::attention(&q, &k, &v, &mut out, AttnShape { heads, kv_heads, hd, ctx, p0: 2, window: Some(3) });
-    assert_ne!(&out[..hd], &v[2 * hd..3 * hd]);
 }
 
 #[test]
@@ -373,10 +375,12 @@ fn attention_of_one_key_returns_its_value() {
     let (q, k, v) =
         (r.vec(heads * hd, 0.0, 5.0), r.vec(kv_heads * ctx * hd, 0.0, 5.0), r.vec(kv_heads * ctx * hd, 0.0, 1.0));
     let mut out = vec![0f32; heads * hd];
-    ops::attention(&q, &k, &v, &mut out, AttnShape { heads, kv_heads, hd, ctx, p0: 0, window: None });
-    for h in 0..heads {
-        let g = h / 2;
-        assert_eq!(&out[h * hd..(h + 1) * hd], &v[g * ctx * hd..g * ctx * hd + hd]);
+    for isa in crate::simd::available() {
+        ops::attention(isa, &q, &k, &v, &mut out, AttnShape { heads, kv_heads, hd, ctx, p0: 0, window: None });
+        for h in 0..heads {
+            let g = h / 2;
+            assert_eq!(&out[h * hd..(h + 1) * hd], &v[g * ctx * hd..g * ctx * hd + hd], "{isa}");
+        }
     }
 }
 

@@ -31,11 +31,9 @@ pub(crate) fn hsum256(v: __m256) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn hsum256x4(v: [__m256; 4]) -> [f32; 4] {
-    let half = |a: __m256, b: __m256| {
-        _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
-    };
+    let ab = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(v[0], v[1]), _mm256_permute2f128_ps::<0x31>(v[0], v[1]));
+    let cd = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(v[2], v[3]), _mm256_permute2f128_ps::<0x31>(v[2], v[3]));
     // Per 128-bit lane (a | b): [a0 a1 c0 c1] + [a2 a3 c2 c3] (b, d in the high lane).
-    let (ab, cd) = (half(v[0], v[1]), half(v[2], v[3]));
     let s = _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(ab, cd), _mm256_shuffle_ps::<0b11_10_11_10>(ab, cd));
     let s = _mm256_add_ps(s, _mm256_movehdup_ps(s));
     let mut out = [0f32; 8];

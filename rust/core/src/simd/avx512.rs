@@ -137,12 +137,18 @@ impl Simd for Avx512 {
     }
     #[inline(always)]
     fn hsum4(self, v: [__m512; 4]) -> [f32; 4] {
+        // (No closures here: a closure does not inherit the caller's target features, and its
+        // intrinsics would become calls.)
         unsafe {
-            // [a.q0 + a.q2, a.q1 + a.q3, b.q0 + b.q2, b.q1 + b.q3]: the halves of a and b.
-            let half = |a: __m512, b: __m512| {
-                _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
-            };
-            let (ab, cd) = (half(v[0], v[1]), half(v[2], v[3]));
+            // [a.q0 + a.q2, a.q1 + a.q3, b.q0 + b.q2, b.q1 + b.q3]: the halves of a and b added.
+            let ab = _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(v[0], v[1]),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(v[0], v[1]),
+            );
+            let cd = _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(v[2], v[3]),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(v[2], v[3]),
+            );
             // Quarter k: vector k's two 128-bit halves added; then the pairs, then the last pair.
             let s = _mm512_add_ps(
                 _mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd),

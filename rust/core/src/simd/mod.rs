@@ -20,6 +20,7 @@ pub mod emu;
 pub mod vocab;
 
 pub mod affine;
+pub mod attn;
 pub mod dq;
 pub mod float;
 pub mod iq4nl;

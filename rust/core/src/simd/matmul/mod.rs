@@ -1347,7 +1347,10 @@ pub fn dot_f32_4xc_simd<S: Simd, const C: usize>(s: S, a: [&[f32]; 4], b: [&[f32
     let mut acc = [[s.splat(0.0); C]; 4];
     let mut i = 0;
     while i + w <= n {
-        let x: [S::F; C] = std::array::from_fn(|c| s.load(&b[c][i..]));
+        let mut x = [s.splat(0.0); C];
+        for (xc, bc) in x.iter_mut().zip(&b) {
+            *xc = s.load(&bc[i..]);
+        }
         let fetch = ahead > 0 && i % 16 == 0;
         for (ar, acc) in a.iter().zip(acc.iter_mut()) {
             if fetch {
@@ -1360,8 +1363,16 @@ pub fn dot_f32_4xc_simd<S: Simd, const C: usize>(s: S, a: [&[f32]; 4], b: [&[f32
         }
         i += w;
     }
-    let sums: [[f32; 4]; C] = std::array::from_fn(|c| s.hsum4(std::array::from_fn(|r| acc[r][c])));
-    std::array::from_fn(|r| std::array::from_fn(|c| sums[c][r] + dot_f32_ref(&a[r][i..], &b[c][i..])))
+    // Plain loops: a closure would not inherit the caller's target features, and the
+    // reduction's intrinsics would become calls.
+    let mut out = [[0f32; C]; 4];
+    for c in 0..C {
+        let sums = s.hsum4([acc[0][c], acc[1][c], acc[2][c], acc[3][c]]);
+        for r in 0..4 {
+            out[r][c] = sums[r] + dot_f32_ref(&a[r][i..], &b[c][i..]);
+        }
+    }
+    out
 }
 
 /// How far an ISA's [`dot_q8`] or [`dot_f32`] may lie from the scalar reference, relative to
