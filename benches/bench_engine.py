@@ -13,7 +13,9 @@ and generation tokens/s (64 greedy decode steps), lowbit against llama.cpp in th
   Figures are medians over the rounds. lowbit runs on rayon's global pool (RAYON_NUM_THREADS);
   llama.cpp gets n_threads = n_threads_batch = the same count, n_batch = n_ubatch = the prompt length, its
   defaults otherwise (KV cache f16, no flash attention, weights repacked at load where it does).
-* Sanity: the greedy tokens of the two engines are compared (length of the common prefix).
+* Sanity: the greedy tokens of the two engines are compared (length of the common prefix), and
+  teacher-forced: how many of llama.cpp's greedy tokens lowbit picks when fed llama.cpp's history
+  (the first near-tie ends a common prefix for good), with the largest logit gap where it does not.
 
 The anchor is llama.cpp through llama-cpp-python's `Llama` (optional), run by --llama-python, e.g.
 
@@ -158,6 +160,23 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return k
 
 
+def teacher_forced(lbf: Path, prompt: list[int], tokens: list[int]) -> tuple[int, float]:
+    """How many of the anchor's greedy `tokens` lowbit also picks when fed the anchor's history
+    (one forward of the prompt and `tokens[:-1]`, every position's logits), and the largest logit
+    gap, where it picks another token, between its choice and the anchor's (0 if none): free-running
+    greedy runs part for good at the first near-tie, this counts every step."""
+    import lowbit
+
+    with lowbit.Model.load(lbf) as model:
+        sess = model.session(len(prompt) + len(tokens))
+        ids = np.asarray(prompt + tokens[:-1], np.uint32)
+        logits = np.asarray(sess.forward(ids, True)).reshape(len(ids), -1)[len(prompt) - 1 :]
+    want = np.asarray(tokens)
+    picked = logits.argmax(1)
+    gaps = logits[np.arange(len(want)), picked] - logits[np.arange(len(want)), want]
+    return int((picked == want).sum()), float(gaps.max(initial=0.0))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hf", type=Path, default=CACHE / "SmolLM2-135M-Instruct.Q4_1-hf",
@@ -207,17 +226,22 @@ def main() -> int:
         return "—" if a is None or b is None else f"{a / b:.2f}×"
 
     print("| file | MiB | threads | prompt t/s lowbit | llama.cpp | ratio | generation t/s lowbit | llama.cpp "
-          "| ratio | greedy tokens agreeing |")  # fmt: skip
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+          "| ratio | greedy tokens agreeing | teacher-forced (largest gap) |")  # fmt: skip
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r, (lbf, _) in files.items():
         for t in args.threads:
             runs = record["runs"][f"{r} {t}"]
             lb, ll = runs["lowbit"], runs.get("llama.cpp")
             pl, pa = tps(lb, "prompt_s", len(prompt)), tps(ll, "prompt_s", len(prompt))
             gl, ga = tps(lb, "gen_s", args.gen_tokens), tps(ll, "gen_s", args.gen_tokens)
-            agree = "—" if ll is None else f"{common_prefix(lb['tokens'], ll['tokens'])}/{args.gen_tokens}"
+            agree = forced = "—"
+            if ll is not None:
+                agree = f"{common_prefix(lb['tokens'], ll['tokens'])}/{args.gen_tokens}"
+                k, gap = teacher_forced(lbf, prompt, ll["tokens"])
+                runs["teacher_forced"] = {"agree": k, "max_gap": gap}
+                forced = f"{k}/{len(ll['tokens'])} ({gap:.3f})"
             print(f"| {r} | {lbf.stat().st_size / 2**20:.0f} | {t} | {cell(pl)} | {cell(pa)} | {ratio(pl, pa)} "
-                  f"| {cell(gl)} | {cell(ga)} | {ratio(gl, ga)} | {agree} |")  # fmt: skip
+                  f"| {cell(gl)} | {cell(ga)} | {ratio(gl, ga)} | {agree} | {forced} |")  # fmt: skip
     print(f"\nload average (1 min) {record['load_start'][0]:.2f} at start, {record['load_end'][0]:.2f} at end")
     if args.json:
         args.json.write_text(json.dumps(record, indent=1))

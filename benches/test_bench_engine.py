@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+import bench_engine as be
 import lowbit
 
 LAYERS, HIDDEN, FFN, VOCAB, HEADS, KV_HEADS = 4, 256, 768, 2048, 8, 2
@@ -77,3 +78,24 @@ def test_decode_step(benchmark: Any, model: Any) -> None:
     last = _last(benchmark.pedantic(lambda s, ids, a: s.forward(ids, a), setup=setup, rounds=20))
     full = model.logits(np.concatenate([PROMPT, nxt]))[-1]
     np.testing.assert_allclose(last, full, rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_forced_counts_the_steps_where_lowbit_picks_the_anchors_token(checkpoint: Path, tmp_path: Path) -> None:
+    lbf = tmp_path / "q8_0.lbf"
+    lowbit.convert(checkpoint, lbf, "q8_0", progress=False)
+    prompt = [int(t) for t in PROMPT[:16]]
+    toks: list[int] = []
+    with lowbit.Model.load(lbf) as m:
+        sess = m.session(32)
+        logits = _last(sess.forward(np.asarray(prompt, np.uint32), False))
+        for _ in range(8):
+            last = logits
+            toks.append(int(np.argmax(last)))
+            logits = _last(sess.forward(np.asarray(toks[-1:], np.uint32), False))
+    # Its own greedy tokens: every step agrees.
+    assert be.teacher_forced(lbf, prompt, toks) == (8, 0.0)
+    # Another last token: the first seven steps still agree, the last one by the logit gap.
+    other = [*toks[:-1], int(np.argsort(last)[-2])]
+    k, gap = be.teacher_forced(lbf, prompt, other)
+    assert k == 7
+    assert gap == pytest.approx(float(last.max() - last[other[-1]]), abs=1e-4) and gap > 0
