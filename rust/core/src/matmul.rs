@@ -966,8 +966,10 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                             let rows = std::array::from_fn(|j| krow((r + j).min(nr - 1)));
                             let v = kern::dot_k_outer(isa, base, rows, act_tile(t));
                             for (j, vj) in v.iter().enumerate().take(nr - r) {
-                                for (l, &vl) in vj.iter().enumerate().take(n - i0) {
-                                    out[(r + j) * n + i0 + l] = vl * scale[i0 + l];
+                                let m = kern::LANES.min(n - i0);
+                                let o = &mut out[(r + j) * n + i0..][..m];
+                                for ((o, &vl), &sc) in o.iter_mut().zip(vj).zip(&scale[i0..i0 + m]) {
+                                    *o = vl * sc;
                                 }
                             }
                         }
@@ -1016,8 +1018,17 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                         for r in (0..nr).step_by(2) {
                             let v = kern::dot_q8_outer(isa, [c(r), c(r + 1)], [s(r), s(r + 1)], q8_tile(t));
                             for (j, vj) in v.iter().enumerate().take(nr - r) {
-                                for (l, &vl) in vj.iter().enumerate().take(n - i0) {
-                                    out[(r + j) * n + i0 + l] = finish(r + j, i0 + l, vl);
+                                let m = kern::LANES.min(n - i0);
+                                let o = &mut out[(r + j) * n + i0..][..m];
+                                if mins {
+                                    for (l, (o, &vl)) in o.iter_mut().zip(vj).enumerate() {
+                                        *o = finish(r + j, i0 + l, vl);
+                                    }
+                                } else {
+                                    // `finish` without a min term, in a loop that vectorises.
+                                    for ((o, &vl), &sc) in o.iter_mut().zip(vj).zip(&scale[i0..i0 + m]) {
+                                        *o = vl * sc;
+                                    }
                                 }
                             }
                         }
@@ -1078,14 +1089,19 @@ where
             let mut buf = cell.borrow_mut();
             let out = scratch(&mut buf, nr * n);
             tile_fn((t, &mut *out));
-            for i in 0..n {
-                // SAFETY: `y` holds `n × rows` values (asserted above) and `r0 + nr ≤ rows`, so
-                // this range is inside it; tile `t` is the only one to write columns
-                // `r0..r0 + nr`, and `y` is borrowed mutably for the whole call, so no other
-                // reference to these values exists while the tasks run.
-                let yi = unsafe { std::slice::from_raw_parts_mut(yp.at(i * rows + r0), nr) };
-                for (k, v) in yi.iter_mut().enumerate() {
-                    *v = out[k * n + i];
+            // Eight activation rows at a time: each buffer row's eight values are read together
+            // (reading one value per row and activation row, with the rows 2 KiB apart at
+            // n = 512, thrashed two L1 sets), and written to eight rows of y, `nr` each.
+            for i0 in (0..n).step_by(8) {
+                let m = 8.min(n - i0);
+                for (k, src) in out.chunks_exact(n).enumerate() {
+                    for (c, &v) in src[i0..i0 + m].iter().enumerate() {
+                        // SAFETY: `y` holds `n × rows` values (asserted above), `i0 + c < n` and
+                        // `r0 + k < r0 + nr ≤ rows`, so this value is inside it; tile `t` is the
+                        // only one to write columns `r0..r0 + nr`, and `y` is borrowed mutably
+                        // for the whole call, so no other reference to it exists meanwhile.
+                        unsafe { yp.at((i0 + c) * rows + r0 + k).write(v) };
+                    }
                 }
             }
         });
