@@ -69,6 +69,11 @@ fn check<S: Simd, const W: usize>(s: S, name: &str) {
         assert_eq!(s.hsum4(v).map(f32::to_bits), v.map(|x| s.hsum(x).to_bits()), "{name} hsum4 round {round}");
         let mut got = vec![0f32; W];
         let mut want = vec![0f32; W];
+        // exp, a composition of the ops, gives the emulation's bits on finite inputs.
+        let finite: Vec<f32> = a.iter().map(|&x| if x.abs() > 200.0 { x.signum() * 90.0 } else { x }).collect();
+        s.store(&mut got, lowbit_core::simd::vocab::exp(s, s.load(&finite)));
+        e.store(&mut want, lowbit_core::simd::vocab::exp(e, e.load(&finite)));
+        assert_eq!(bits(&got), bits(&want), "{name} exp round {round}: {finite:?}");
         macro_rules! f2 {
             ($op:ident) => {{
                 s.store(&mut got, s.$op(fa, fb));
@@ -205,4 +210,31 @@ fn emulation_is_self_consistent() {
     assert_eq!(out, [1.0, 2.0, 3.0, -1.0]);
     e.store(&mut out, e.trunc(e.load(&[0.7, -1.7, 2.5, -0.2])));
     assert_eq!(out, [0.0, -1.0, 2.0, -0.0]);
+}
+
+#[test]
+fn exp_is_within_two_ulp_and_saturates_as_documented() {
+    use lowbit_core::simd::vocab::exp;
+    let e = Emu::<4>;
+    let one = |x: f32| {
+        let mut out = [0f32; 4];
+        e.store(&mut out, exp(e, e.splat(x)));
+        out[0]
+    };
+    assert_eq!(one(0.0), 1.0);
+    assert_eq!(one(-0.0), 1.0);
+    assert_eq!(one(-87.4), 0.0);
+    assert_eq!(one(-1e30), 0.0);
+    assert_eq!(one(88.8), f32::INFINITY);
+    assert_eq!(one(88.5), one(88.37));
+    let mut r = Rng::new(9);
+    let mut worst = 0f64;
+    for i in 0..200_000 {
+        let x = if i % 2 == 0 { (r.normal() * 30.0).clamp(-87.3, 88.37) } else { r.normal() * 1e-3 };
+        let want = f64::from(x).exp();
+        // One ulp of the f32 result, at its binade.
+        let ulp = f64::from(f32::EPSILON) * 2f64.powi(want.log2().floor() as i32);
+        worst = worst.max((f64::from(one(x)) - want).abs() / ulp);
+    }
+    assert!(worst <= 2.0, "exp is {worst} ulp off");
 }

@@ -242,7 +242,7 @@ pub(crate) fn forward(
     tap(Tap::MlpIn, xn);
     mm(&w.gate, xn, gate)?;
     mm(&w.up, xn, up)?;
-    ops::swiglu(gate, up);
+    crate::simd::engine::swiglu(isa, gate, up);
     tap(Tap::DownIn, gate);
     mm(&w.down, gate, xn)?;
     ops::add(x, xn);

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::simd::attn::attend;
+use crate::simd::engine::attend;
 use crate::simd::Isa;
 
 /// RMSNorm of each row of `x` (rows of `w.len()` values) into `out`:
@@ -46,13 +46,6 @@ pub(crate) fn rope(x: &mut [f32], heads: usize, hd: usize, p0: usize, cos: &[f32
     }
 }
 
-/// `gate[i] = silu(gate[i]) · up[i]` (SwiGLU), `silu(g) = g / (1 + e^(−g))`.
-pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
-}
-
 /// `x[i] += y[i]`.
 pub(crate) fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, &b)| *a += b);
@@ -89,7 +82,7 @@ thread_local! {
 /// position `p0 + i`) over the cache of one layer (`k`, `v`: `kv_heads × ctx × hd`, positions
 /// `0..p0 + n` filled) into `out` (`n × heads × hd`). Query head `h` reads kv head
 /// `h / (heads / kv_heads)` (GQA); scores are scaled by `1/sqrt(hd)`; softmax in f32 with the
-/// maximum subtracted, as transformers' eager attention ([`crate::simd::attn::attend`] at
+/// maximum subtracted, as transformers' eager attention ([`crate::simd::engine::attend`] at
 /// `isa`). Parallel over (query, head).
 pub(crate) fn attention(isa: Isa, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], s: AttnShape) {
     let AttnShape { heads, kv_heads, hd, ctx, p0, window } = s;

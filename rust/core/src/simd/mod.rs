@@ -20,8 +20,8 @@ pub mod emu;
 pub mod vocab;
 
 pub mod affine;
-pub mod attn;
 pub mod dq;
+pub mod engine;
 pub mod float;
 pub mod iq4nl;
 pub mod kquants;

@@ -1,17 +1,20 @@
-//! One query's attention over one head's keys and values, the engine's inner loop
-//! ([`crate::model`]): scores `q · k_t · scale`, a softmax with the maximum subtracted, and
-//! `Σ_t p_t v_t / Σ_t p_t`. The scalar reference is plain Rust; the SIMD version is written once
-//! over the [`Simd`] vocabulary (the scores four keys at a time by the f32 matmul's 4 × 1
-//! kernel, the weighted sum with the output columns held in registers across the keys), and
-//! agrees with the reference within float rounding (the sums are taken in another order).
+//! The engine's float kernels ([`crate::model`]), each with a scalar reference in plain Rust
+//! and a version written once over the [`Simd`] vocabulary, which agrees with it within float
+//! rounding (sums taken in another order, [`exp`] within 2 ulp of `f32::exp`):
+//!
+//! * [`attend`]: one query's attention over one head's keys and values: scores
+//!   `q · k_t · scale`, a softmax with the maximum subtracted, and `Σ_t p_t v_t / Σ_t p_t` (the
+//!   scores four keys at a time by the f32 matmul's 4 × 1 kernel, the weighted sum with the
+//!   output columns held in registers across the keys);
+//! * [`swiglu`]: `gate · silu(gate) · up` in place.
 
 use super::matmul::{dot_f32_4xc_simd, dot_f32_simd};
-use super::vocab::Simd;
+use super::vocab::{exp, Simd};
 use super::{Isa, Kernel};
 
 /// Attention of the query `q` (`hd` values) over `n` keys and values (`k`, `v`: `n × hd`,
 /// row-major) into `out` (`hd` values); `scores` (`n` values) is scratch. Scores are scaled by
-/// `scale`; the exponentials are `f32::exp` at every level.
+/// `scale`.
 ///
 /// Panics unless `hd > 0`, `n > 0` and the lengths match.
 pub fn attend(isa: Isa, q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
@@ -93,7 +96,7 @@ pub fn attend_simd<S: Simd>(s: S, q: &[f32], k: &[f32], v: &[f32], scale: f32, s
     for (x, kt) in scores[t..].iter_mut().zip(k[t * hd..].chunks_exact(hd)) {
         *x = dot_f32_simd(s, kt, q) * scale;
     }
-    let inv = softmax(scores);
+    let inv = softmax_simd(s, scores);
     // Columns in blocks of four vectors, then one, each block's sums in registers over all the
     // keys; the last columns (fewer than `W`) in scalar code.
     let w = S::W;
@@ -127,4 +130,91 @@ fn weighted<S: Simd, const B: usize>(s: S, p: &[f32], v: &[f32], hd: usize, c: u
     for (j, a) in acc.iter().enumerate() {
         s.store(&mut out[c + j * w..], s.mul(*a, inv));
     }
+}
+
+/// The last `x.len() % W` values of `x` as one vector, the lanes past them `pad` (`W` ≤ 16).
+#[inline(always)]
+fn tail_in<S: Simd>(s: S, x: &[f32], pad: f32) -> S::F {
+    let mut t = [pad; 16];
+    let rest = x.len() % S::W;
+    t[..rest].copy_from_slice(&x[x.len() - rest..]);
+    s.load(&t)
+}
+
+/// The first `x.len() % W` lanes of `v` into the last values of `x`.
+#[inline(always)]
+fn tail_out<S: Simd>(s: S, x: &mut [f32], v: S::F) {
+    let mut t = [0f32; 16];
+    s.store(&mut t, v);
+    let (len, rest) = (x.len(), x.len() % S::W);
+    x[len - rest..].copy_from_slice(&t[..rest]);
+}
+
+/// [`softmax`] over the vocabulary (the tail as one vector padded with −∞, whose [`exp`] is 0).
+#[inline(always)]
+fn softmax_simd<S: Simd>(s: S, sc: &mut [f32]) -> f32 {
+    let full = sc.len() / S::W * S::W;
+    let tail = tail_in(s, sc, f32::NEG_INFINITY);
+    let mut m = tail;
+    for c in sc[..full].chunks_exact(S::W) {
+        m = s.max(m, s.load(c));
+    }
+    let m = s.splat(s.hmax(m));
+    let mut l = s.splat(0.0);
+    for c in sc[..full].chunks_exact_mut(S::W) {
+        let e = exp(s, s.sub(s.load(c), m));
+        s.store(c, e);
+        l = s.add(l, e);
+    }
+    let e = exp(s, s.sub(tail, m));
+    tail_out(s, sc, e);
+    1.0 / s.hsum(s.add(l, e))
+}
+
+/// `gate[i] = gate[i] / (1 + e^(−gate[i])) · up[i]` (SwiGLU) at `isa`; `f32::exp` in the scalar
+/// reference, [`exp`] in the SIMD version. Panics unless the lengths match.
+pub fn swiglu(isa: Isa, gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "SwiGLU lengths");
+    crate::simd::run(isa, SwiGlu { gate, up })
+}
+
+struct SwiGlu<'a> {
+    gate: &'a mut [f32],
+    up: &'a [f32],
+}
+
+impl Kernel for SwiGlu<'_> {
+    type Output = ();
+    fn scalar(self) {
+        swiglu_ref(self.gate, self.up);
+    }
+    #[inline(always)]
+    fn simd<S: Simd>(self, s: S) {
+        swiglu_simd(s, self.gate, self.up);
+    }
+}
+
+/// The scalar reference of [`swiglu`].
+pub fn swiglu_ref(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// [`swiglu`] over the vocabulary (the tail as one vector padded with zeros).
+#[inline(always)]
+pub fn swiglu_simd<S: Simd>(s: S, gate: &mut [f32], up: &[f32]) {
+    let full = gate.len() / S::W * S::W;
+    for (g, u) in gate[..full].chunks_exact_mut(S::W).zip(up.chunks_exact(S::W)) {
+        s.store(g, silu_mul(s, s.load(g), s.load(u)));
+    }
+    let v = silu_mul(s, tail_in(s, gate, 0.0), tail_in(s, up, 0.0));
+    tail_out(s, gate, v);
+}
+
+/// `g / (1 + e^(−g)) · u` per lane (a function, not a closure: a closure would not inherit the
+/// caller's target features).
+#[inline(always)]
+fn silu_mul<S: Simd>(s: S, g: S::F, u: S::F) -> S::F {
+    s.mul(s.div(g, s.add(s.splat(1.0), exp(s, s.neg(g)))), u)
 }

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{simd_isas, Rng};
-use lowbit_core::simd::attn::{attend, attend_ref, attend_simd};
 use lowbit_core::simd::emu::Emu;
+use lowbit_core::simd::engine::{attend, attend_ref, attend_simd};
 use lowbit_core::simd::Isa;
 
 /// `(q, k, v)` for `n` keys of `hd` values; `spread` scales the queries (large: near one-hot).
@@ -71,4 +71,38 @@ fn one_key_gives_its_value_exactly() {
 #[should_panic(expected = "attention shapes")]
 fn mismatched_shapes_panic() {
     attend(Isa::Scalar, &[0.0; 4], &[0.0; 8], &[0.0; 4], 1.0, &mut [0.0; 2], &mut [0.0; 4]);
+}
+
+#[test]
+fn swiglu_agrees_with_the_reference_at_every_level() {
+    use lowbit_core::simd::engine::{swiglu, swiglu_ref, swiglu_simd};
+    let mut r = Rng::new(13);
+    for len in (0..40).chain([255, 1536]) {
+        let scale = [1.0, 10.0, 100.0][len % 3];
+        let g: Vec<f32> = (0..len).map(|i| if i % 7 == 0 { 0.0 } else { r.normal() * scale }).collect();
+        let u: Vec<f32> = (0..len).map(|_| r.normal()).collect();
+        let mut want = g.clone();
+        swiglu_ref(&mut want, &u);
+        let mut got: Vec<(String, Vec<f32>)> = Vec::new();
+        for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
+            let mut out = g.clone();
+            swiglu(isa, &mut out, &u);
+            got.push((isa.to_string(), out));
+        }
+        let mut out4 = g.clone();
+        swiglu_simd(Emu::<4>, &mut out4, &u);
+        got.push(("emu4".into(), out4));
+        let mut out8 = g.clone();
+        swiglu_simd(Emu::<8>, &mut out8, &u);
+        got.push(("emu8".into(), out8));
+        let mut out16 = g.clone();
+        swiglu_simd(Emu::<16>, &mut out16, &u);
+        got.push(("emu16".into(), out16));
+        for (name, out) in got {
+            for (j, (&o, &w)) in out.iter().zip(&want).enumerate() {
+                let tol = if name == "scalar" { 0.0 } else { 1e-6 * w.abs() + 1e-30 };
+                assert!((o - w).abs() <= tol, "{name} len={len} [{j}]: {o} vs {w} (g={})", g[j]);
+            }
+        }
+    }
 }
