@@ -399,7 +399,11 @@ pub(crate) fn check_args(w: &QMatrix<'_>, x: &[f32], n: usize, y: &[f32]) -> Res
     if y.len() != n * rows {
         return Err(Error::Shape(format!("y has {} values, expected {n} × {rows}", y.len())));
     }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+    // A branch-free pass that vectorises (a NaN or infinity has every exponent bit set), then
+    // the position only when there is one.
+    let bad = |c: &[f32]| c.iter().fold(0u32, |m, v| m | u32::from(v.to_bits() & 0x7F80_0000 == 0x7F80_0000));
+    let first_bad = if x.chunks(1024).any(|c| bad(c) != 0) { x.iter().position(|v| !v.is_finite()) } else { None };
+    if let Some(i) = first_bad {
         return Err(Error::BadValue {
             what: if x[i].is_nan() { "NaN" } else { "infinite value" },
             index: i,

@@ -936,6 +936,23 @@ fn matmul_rejects_bad_input() {
     }
     x[37] = f32::INFINITY;
     assert!(matches!(matmul(&w, &x, 1, &mut y, None), Err(Error::BadValue { index: 37, .. })));
+    // Anywhere in a long batch (the check runs in chunks of 1024 values), the first one counts;
+    // the largest finite value and subnormals pass.
+    let mut y40 = vec![0f32; 40 * 4];
+    for (at, bad) in [(0, f32::NAN), (1023, f32::NEG_INFINITY), (1024, f32::INFINITY), (2559, -f32::NAN)] {
+        let mut x = vec![f32::MAX; 40 * 64];
+        x[5] = 1e-45;
+        x[at] = bad;
+        x[2559] = if at == 2559 { bad } else { f32::NAN };
+        let first = at.min(2559);
+        match matmul(&w, &x, 40, &mut y40, None) {
+            Err(Error::BadValue { index, .. }) if index == first => {}
+            other => panic!("{bad} at {at}: {other:?}"),
+        }
+    }
+    let mut x = vec![f32::MAX; 40 * 64];
+    x[5] = -1e-45;
+    assert!(matmul(&w, &x, 40, &mut y40, None).is_ok());
     assert!(matches!(matmul(&w, &x[..63], 1, &mut y, None), Err(Error::Shape(_))));
     assert!(matches!(matmul(&w, &vec![0.0; 128], 2, &mut y, None), Err(Error::Shape(_))));
     for isa in Isa::ALL {
