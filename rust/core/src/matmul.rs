@@ -895,24 +895,11 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                     };
                     for r in (0..nr).step_by(4) {
                         let w4 = [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)];
-                        let mut put = |j: usize, k: usize, v: f32| {
-                            if j < nr - r {
-                                out[(r + j) * n + i + k] = v;
-                            }
-                        };
+                        let at = F32Block { rows: nr - r, at: r * n + i, n };
                         match c {
-                            4 => {
-                                let v = kern::dot_f32_4xc(isa, w4, [x(i), x(i + 1), x(i + 2), x(i + 3)], ahead);
-                                (0..4).for_each(|j| (0..4).for_each(|k| put(j, k, v[j][k])));
-                            }
-                            2 => {
-                                let v = kern::dot_f32_4xc(isa, w4, [x(i), x(i + 1)], ahead);
-                                (0..4).for_each(|j| (0..2).for_each(|k| put(j, k, v[j][k])));
-                            }
-                            _ => {
-                                let v = kern::dot_f32_4xc(isa, w4, [x(i)], ahead);
-                                (0..4).for_each(|j| put(j, 0, v[j][0]));
-                            }
+                            4 => at.put(kern::dot_f32_4xc(isa, w4, [x(i), x(i + 1), x(i + 2), x(i + 3)], ahead), out),
+                            2 => at.put(kern::dot_f32_4xc(isa, w4, [x(i), x(i + 1)], ahead), out),
+                            _ => at.put(kern::dot_f32_4xc(isa, w4, [x(i)], ahead), out),
                         }
                     }
                     i += c;
@@ -1070,12 +1057,28 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     drive_tiles(par, rows, n, tile, y, tile_fn);
 }
 
+/// Where a 4 × C block of the float path goes in a tile's `nr × n` outputs: its first row's
+/// first value at `at`, `rows` of its four rows inside the tile (the rest repeat the last).
+struct F32Block {
+    rows: usize,
+    at: usize,
+    n: usize,
+}
+
+impl F32Block {
+    fn put<const C: usize>(&self, v: [[f32; C]; 4], out: &mut [f32]) {
+        for (j, vj) in v.iter().enumerate().take(self.rows) {
+            out[self.at + j * self.n..][..C].copy_from_slice(vj);
+        }
+    }
+}
+
 /// Run `tile_fn(t, out)` over the tiles of `tile` consecutive weight rows (one rayon task each
 /// when `par`), where `out` is tile `t`'s `nr × n` outputs: y's block itself when `n = 1`, else
 /// a per-thread buffer (weight rows by activation rows) that the same task then writes,
 /// transposed, into its columns of `y` (`n × rows`): the transpose runs in parallel and needs
-/// no `rows × n` buffer. Each row of the buffer is read once per activation row while its
-/// `nr` cache lines stay in L1, and each write to `y` is `nr` contiguous floats.
+/// no `rows × n` buffer. It goes eight activation rows at a time: eight contiguous values of
+/// each buffer row, written to eight rows of `y`, `nr` contiguous floats each.
 fn drive_tiles<F>(par: bool, rows: usize, n: usize, tile: usize, y: &mut [f32], tile_fn: F)
 where
     F: Fn((usize, &mut [f32])) + Send + Sync,

@@ -6,7 +6,7 @@
 //!   `q · k_t · scale`, a softmax with the maximum subtracted, and `Σ_t p_t v_t / Σ_t p_t` (the
 //!   scores four keys at a time by the f32 matmul's 4 × 1 kernel, the weighted sum with the
 //!   output columns held in registers across the keys);
-//! * [`swiglu`]: `gate · silu(gate) · up` in place.
+//! * [`swiglu`]: `silu(gate) · up` in place, `silu(g) = g / (1 + e^(−g))`.
 
 use super::matmul::{dot_f32_4xc_simd, dot_f32_simd};
 use super::vocab::{exp, Simd};
