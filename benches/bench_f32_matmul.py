@@ -15,27 +15,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
 from functools import partial
 
 import numpy as np
 
 import lowbit
+from bench_matmul import timings
 
 SHAPES = ((576, 576), (1536, 576), (576, 1536))  # (rows, cols) of W
-
-
-def timed(call: Callable[[], object], warmup: int, repeats: int) -> list[float]:
-    """Seconds of `repeats` calls, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        call()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def main() -> int:
@@ -56,8 +43,8 @@ def main() -> int:
         # One library at a time (OpenBLAS's idle threads spin for a while after each call and
         # took a core from lowbit's next call when the two alternated with two threads).
         times = {
-            "lowbit": timed(partial(lowbit.matmul, x, w), args.warmup, args.repeats),
-            "blas": timed(partial(np.matmul, x, w.T), args.warmup, args.repeats),
+            "lowbit": timings(partial(lowbit.matmul, x, w), args.repeats, args.warmup),
+            "blas": timings(partial(np.matmul, x, w.T), args.repeats, args.warmup),
         }
         flop = 2.0 * rows * cols * args.n
         ours, blas = (flop / statistics.median(times[k]) / 1e9 for k in ("lowbit", "blas"))

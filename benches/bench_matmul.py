@@ -56,9 +56,10 @@ TOLERANCE = 0.02  # relative RMS error vs float64, allowed for int8-quantized ac
 PROBE_COLS = 4096
 
 
-def timings(fn: Callable[[], object], repeats: int) -> list[float]:
-    """Seconds of each of `repeats` calls of `fn`, after one untimed warm-up call."""
-    fn()
+def timings(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
