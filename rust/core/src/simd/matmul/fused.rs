@@ -46,7 +46,7 @@ use super::ActRow;
 use crate::blocks::iq4nl::KVALUES;
 use crate::blocks::kquants::{layout, ragged, QK_K};
 use crate::qtype::{AffineSpec, QType};
-use crate::simd::avx2::hsum256;
+use crate::simd::avx2::hsum256x4;
 
 /// Rows per kernel call.
 const R: usize = 4;
@@ -489,7 +489,7 @@ pub(super) fn rows(
         QType::IQ4NL => signed::<18, true>(w, a, units, ahead),
         other => unreachable!("no fused kernel for {}", other.name()),
     };
-    [hsum256(acc[0]), hsum256(acc[1]), hsum256(acc[2]), hsum256(acc[3])]
+    hsum256x4(acc)
 }
 
 // ---- k-quants: integer sums per super-block (activation blocks of 256 values) ----
