@@ -347,8 +347,7 @@ impl<'a> QMatrix<'a> {
     /// The bytes of stored row `r`.
     #[inline]
     pub fn row(&self, r: usize) -> &'a [u8] {
-        let rb = self.layout.row_bytes;
-        &self.data[r * rb..(r + 1) * rb]
+        self.rows(r, 1)
     }
 
     /// The bytes of the `n` stored rows from row `r` on (contiguous).
