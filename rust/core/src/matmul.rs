@@ -802,10 +802,12 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     // few activation rows of the k-quants and of the types with fused kernels: kernels on the
     // stored rows.
     let kq = kern::is_kquant(qtype);
+    // The legacy types and iq4_nl: integer sums per block of 32, mins included.
+    let b32 = kern::is_b32(qtype);
     let fused = n <= FUSED_MAX_N && (kq || kern::has_fused(isa, qtype, affine, cols));
     // Whether the kernels leave a per-16 min term for an f32 dot with the activation's sums
-    // (the k-quants fold theirs into their integer sums).
-    let mins = kern::has_mins(qtype, affine) && !kq;
+    // (the k-quants and the b32 types fold theirs into their integer sums).
+    let mins = kern::has_mins(qtype, affine) && !kq && !b32;
     let row_bytes = if float {
         4 * cols
     } else if kq {
@@ -821,7 +823,11 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     let lanes = |t: usize| -> [kern::ActRow<'_>; kern::LANES] {
         std::array::from_fn(|l| act((kern::LANES * t + l).min(n - 1)))
     };
-    let (lq, lb, ld) = if kq { (kern::LANES * cp, 256 * nb, kern::LANES * nb) } else { (kern::LANES * cp, 4 * cp, cp) };
+    let (lq, lb, ld) = match () {
+        _ if kq => (kern::LANES * cp, 256 * nb, kern::LANES * nb),
+        _ if b32 => (kern::LANES * cp, cp / 2, cp / 2),
+        _ => (kern::LANES * cp, 4 * cp, cp),
+    };
     let (tq, tb, tc, td) = if outer {
         let (tq, td) = (scratch(tq, ntiles * lq), scratch(td, ntiles * ld));
         let (tb, tc) =
@@ -830,6 +836,8 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
             let (q, d) = (&mut tq[t * lq..][..lq], &mut td[t * ld..][..ld]);
             if kq {
                 kern::pack_act_tile(lanes(t), q, &mut tb[t * lb..][..lb], d);
+            } else if b32 {
+                kern::pack_b32_tile(lanes(t), q, &mut tc[t * lb..][..lb], d);
             } else {
                 kern::pack_q8_tile(lanes(t), q, &mut tc[t * lb..][..lb], d);
             }
@@ -842,6 +850,8 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
         |t: usize| kern::ActTile { xt: &tq[t * lq..][..lq], bt: &tb[t * lb..][..lb], dx: &td[t * ld..][..ld] };
     let q8_tile =
         |t: usize| kern::Q8Tile { xt: &tq[t * lq..][..lq], c4: &tc[t * lb..][..lb], d16: &td[t * ld..][..ld] };
+    let b32_tile =
+        |t: usize| kern::B32Tile { xt: &tq[t * lq..][..lq], c32: &tc[t * lb..][..lb], dx: &td[t * ld..][..ld] };
     // Whole quads of rows where a tile holds more than one (the kernels take four rows); for
     // the outer products, OUTER_TILE_ROWS rows (whole groups of eight), so that each activation
     // tile serves several groups while it is in cache.
@@ -904,7 +914,6 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                     i += c;
                 }
             } else if fused {
-                let mw = scratch(mw, 4 * nsub);
                 for r in (0..nr).step_by(4) {
                     // Edge quads repeat their last row (every output from the same kernel,
                     // whatever the batch).
@@ -914,11 +923,9 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                         let v = if kq {
                             kern::dot_k(isa, qtype, cols, rows, act)
                         } else {
-                            kern::dot_fused(isa, qtype, affine, cols, rows, act, mw)
+                            kern::dot_fused(isa, qtype, affine, cols, rows, act)
                         };
                         for (j, &vj) in v.iter().enumerate().take(nr - r) {
-                            let vj =
-                                if mins { vj + kern::dot_f32(isa, &mw[j * nsub..(j + 1) * nsub], act.s16) } else { vj };
                             out[(r + j) * n + i] = vj * scale[i];
                         }
                     }
@@ -998,7 +1005,45 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                     };
                     v * scale[i]
                 };
-                if outer {
+                if b32 {
+                    // The legacy types and iq4_nl: four rows per call (edge quads repeat their last
+                    // row), mins included; at AVX-512 VNNI as outer products with tiles of sixteen
+                    // activation rows, whose kernel takes the codes with their sign bit flipped.
+                    if outer {
+                        for c in codes.iter_mut() {
+                            *c ^= i8::MIN;
+                        }
+                    }
+                    let quad = |r: usize| [0, 1, 2, 3].map(|j| (r + j).min(nr - 1));
+                    let c = |r: usize| &codes[r * cp..][..cp];
+                    let s = |r: usize| &sw[r * nsub..][..nsub];
+                    let m = |rr: [usize; 4]| kern::has_mins(qtype, affine).then(|| rr.map(|r| &mw[r * nsub..][..nsub]));
+                    if outer {
+                        for t in 0..ntiles {
+                            let (i0, k) = (kern::LANES * t, kern::LANES.min(n - kern::LANES * t));
+                            for r in (0..nr).step_by(4) {
+                                let rr = quad(r);
+                                let v = kern::dot_b32_outer(isa, rr.map(c), rr.map(s), m(rr), b32_tile(t));
+                                for (j, vj) in v.iter().enumerate().take(nr - r) {
+                                    let o = &mut out[(r + j) * n + i0..][..k];
+                                    for ((o, &vl), &sc) in o.iter_mut().zip(vj).zip(&scale[i0..i0 + k]) {
+                                        *o = vl * sc;
+                                    }
+                                }
+                            }
+                        }
+                    } else {
+                        for i in 0..n {
+                            for r in (0..nr).step_by(4) {
+                                let rr = quad(r);
+                                let v = kern::dot_b32_x4(isa, rr.map(c), rr.map(s), m(rr), act(i));
+                                for (j, &vj) in v.iter().enumerate().take(nr - r) {
+                                    out[(r + j) * n + i] = vj * scale[i];
+                                }
+                            }
+                        }
+                    }
+                } else if outer {
                     // Two rows (the last repeated) with each tile of sixteen activation rows; the
                     // kernel takes the codes with their sign bit flipped (`c + 128` as a byte).
                     for c in codes.iter_mut() {

@@ -488,18 +488,21 @@ fn k_quant_dots_are_the_reference_bits_at_every_isa() {
 
 #[test]
 fn fused_kernels_give_the_bits_of_decode_then_dot() {
-    // The fused kernels' contract: the bits of decode_row + dot_q8_x4 at the same ISA (and the
-    // same mins), so batches of any size agree; and within the ISA tolerance of the reference.
+    // The fused kernels' contract: for the legacy types and iq4_nl the bits of dot_b32_ref
+    // (mins included) at every ISA, and so of decode_row + dot_b32_x4; for int4 the bits of
+    // decode_row + dot_q8_x4 at the same ISA. Either way batches of any size agree; and the
+    // result is within the ISA tolerance of the reference.
     let mut ran = 0;
     for (ti, &name) in FUSED_TYPES.iter().enumerate() {
         let cols_list: &[usize] = match name {
-            "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" | "iq4_nl" => &[32, 96, 160, 4096],
+            "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" | "iq4_nl" => &[32, 64, 96, 160, 4096],
             // Whole groups, a shorter last group; 40 has no fused kernel (not a multiple of 32).
             n if n.starts_with("int4") => &[32, 128, 160, 4096, 4160, 40],
             _ => unreachable!(),
         };
         for &cols in cols_list {
             let (l, data) = weight(name, 4, cols, (ti * 1000 + cols) as u64);
+            let b32 = k::is_b32(l.qtype);
             let rows: [&[u8]; 4] = std::array::from_fn(|r| &data[r * l.row_bytes..(r + 1) * l.row_bytes]);
             let (cp, nsub) = (padded(cols), padded(cols) / QS);
             for kind in ["normal", "zeros", "huge", "tiny", "mixed"] {
@@ -509,8 +512,7 @@ fn fused_kernels_give_the_bits_of_decode_then_dot() {
                     let mut b16 = vec![0i16; nsub];
                     let scale = k::quantize_act(isa, &x, QA, &mut q, &mut d16, &mut s16, &mut b16);
                     let act = k::ActRow { q: &q, d16: &d16, s16: &s16, b16: &b16, scale };
-                    let mut mw = vec![f32::NAN; 4 * nsub];
-                    let got = k::dot_fused(isa, l.qtype, l.affine, cols, rows, act, &mut mw);
+                    let got = k::dot_fused(isa, l.qtype, l.affine, cols, rows, act);
                     let dec: Vec<_> = rows
                         .iter()
                         .map(|src| {
@@ -519,40 +521,33 @@ fn fused_kernels_give_the_bits_of_decode_then_dot() {
                             (c, s, m)
                         })
                         .collect();
-                    let want = k::dot_q8_x4(
-                        isa,
-                        std::array::from_fn(|r| &dec[r].0[..]),
-                        std::array::from_fn(|r| &dec[r].1[..]),
-                        &q,
-                        &d16,
-                    );
+                    let (c4, s4) = (std::array::from_fn(|r| &dec[r].0[..]), std::array::from_fn(|r| &dec[r].1[..]));
                     let tag = format!("{name} cols={cols} {kind} {isa}");
-                    assert_f32_bits_eq(&tag, &want, &got);
-                    if k::has_mins(l.qtype, None) {
-                        for (r, d) in dec.iter().enumerate() {
-                            assert_f32_bits_eq(&format!("{tag} mins row {r}"), &d.2, &mw[r * nsub..(r + 1) * nsub]);
+                    if b32 {
+                        let m4 = k::has_mins(l.qtype, None).then(|| std::array::from_fn(|r| &dec[r].2[..]));
+                        assert_f32_bits_eq(&tag, &k::dot_b32_x4(isa, c4, s4, m4, act), &got);
+                        let reference: Vec<f32> =
+                            rows.iter().map(|src| k::dot_row_ref(l.qtype, l.affine, cols, src, act)).collect();
+                        assert_f32_bits_eq(&format!("{tag} vs the reference"), &reference, &got);
+                    } else {
+                        assert_f32_bits_eq(&tag, &k::dot_q8_x4(isa, c4, s4, &q, &d16), &got);
+                        for (r, src) in rows.iter().enumerate() {
+                            let reference = k::dot_row_ref(l.qtype, l.affine, cols, src, act);
+                            // Relative to the products' magnitudes (codes and steps as decoded).
+                            let (c, sw, _) = &dec[r];
+                            let mag: f64 = (0..cp)
+                                .map(|j| {
+                                    let a = f64::from(d16[j / QS]) * f64::from(q[j]).abs();
+                                    (f64::from(sw[j / QS]) * f64::from(c[j])).abs() * a
+                                })
+                                .sum();
+                            let tol = isa_tolerance(l.qtype, cols) * mag + 2f64.powi(-149);
+                            assert!(
+                                (f64::from(got[r]) - f64::from(reference)).abs() <= tol,
+                                "{tag} row {r}: {} vs reference {reference:e} (tol {tol:e})",
+                                got[r]
+                            );
                         }
-                    }
-                    for (r, src) in rows.iter().enumerate() {
-                        let reference = k::dot_row_ref(l.qtype, l.affine, cols, src, act);
-                        let total = if k::has_mins(l.qtype, None) {
-                            got[r] + k::dot_f32(isa, &mw[r * nsub..(r + 1) * nsub], &s16)
-                        } else {
-                            got[r]
-                        };
-                        // Relative to the products' magnitudes (codes, mins and steps as decoded).
-                        let (c, sw, mw) = &dec[r];
-                        let mag: f64 = (0..cp)
-                            .map(|j| {
-                                let a = f64::from(d16[j / QS]) * f64::from(q[j]).abs();
-                                (f64::from(sw[j / QS]) * f64::from(c[j])).abs() * a + f64::from(mw[j / QS].abs()) * a
-                            })
-                            .sum();
-                        let tol = isa_tolerance(l.qtype, cols) * mag + 2f64.powi(-149);
-                        assert!(
-                            (f64::from(total) - f64::from(reference)).abs() <= tol,
-                            "{tag} row {r}: {total:e} vs reference {reference:e} (tol {tol:e})"
-                        );
                     }
                     ran += 1;
                 }
@@ -563,6 +558,129 @@ fn fused_kernels_give_the_bits_of_decode_then_dot() {
         assert!(ran > 0, "no fused kernel ran on an AVX2 host");
     } else {
         eprintln!("skipped: fused kernels (no AVX2 on this CPU)");
+    }
+}
+
+/// Four decoded rows: codes, scales, mins.
+type B32Rows = (Vec<Vec<i8>>, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+/// Random decoded b32 rows: four rows of `len` codes (trial 0: all −128, the extreme that
+/// saturates a careless `maddubs`), their per-16 scales and mins (equal in each half block, as
+/// `decode_row` writes them; some zero, some negative, some huge or tiny).
+fn b32_rows(r: &mut Rng, len: usize, trial: usize) -> B32Rows {
+    let per_block = |r: &mut Rng, f: &dyn Fn(&mut Rng) -> f32| -> Vec<f32> {
+        (0..len / QA).flat_map(|_| [f(r); 2]).collect::<Vec<f32>>()
+    };
+    let scale = |r: &mut Rng| match r.below(8) {
+        0 => 0.0,
+        1 => r.normal() * 1e30,
+        2 => r.normal() * 1e-30,
+        _ => r.normal() * 0.01,
+    };
+    let codes =
+        (0..4).map(|_| (0..len).map(|_| if trial == 0 { -128 } else { r.next_u64() as i8 }).collect()).collect();
+    let sw = (0..4).map(|_| per_block(r, &scale)).collect();
+    let mw = (0..4).map(|_| per_block(r, &scale)).collect();
+    (codes, sw, mw)
+}
+
+/// A random activation row of `len` values quantized in blocks of 32 (trial 0: ±127).
+fn b32_act(r: &mut Rng, len: usize, trial: usize) -> (Vec<i8>, Vec<f32>, Vec<f32>, Vec<i16>) {
+    let q: Vec<i8> =
+        (0..len).map(|i| if trial == 0 { [127, -127][i % 2] } else { (r.below(255) as i32 - 127) as i8 }).collect();
+    let d16: Vec<f32> = (0..len / QA).flat_map(|_| [r.uniform() * 0.01; 2]).collect();
+    let b16: Vec<i16> = q.chunks_exact(QS).map(|c| c.iter().map(|&v| i16::from(v)).sum()).collect();
+    let s16: Vec<f32> = b16.iter().zip(&d16).map(|(&b, &d)| d * f32::from(b)).collect();
+    (q, d16, s16, b16)
+}
+
+#[test]
+fn b32_dots_are_the_reference_bits_at_every_isa() {
+    // The b32 contract (legacy types and iq4_nl): exact integer sums per block of 32, then the
+    // reference's f32 steps, so every kernel (the decoded four-row dot at every ISA and every
+    // variant, the outer products at AVX-512 VNNI) gives dot_b32_ref's bits, with and without
+    // mins; and dot_b32_ref is within f32 rounding of the f64 dot.
+    let mut r = Rng::new(17);
+    let mut outer_ran = 0;
+    for len in [32, 64, 96, 160, 4096] {
+        for trial in 0..6 {
+            let (codes, sw, mw) = b32_rows(&mut r, len, trial);
+            let acts: Vec<_> = (0..k::LANES).map(|l| b32_act(&mut r, len, if l == 0 { trial } else { 1 })).collect();
+            let act =
+                |l: usize| k::ActRow { q: &acts[l].0, d16: &acts[l].1, s16: &acts[l].2, b16: &acts[l].3, scale: 1.0 };
+            let c4: [&[i8]; 4] = std::array::from_fn(|j| &codes[j][..]);
+            let s4: [&[f32]; 4] = std::array::from_fn(|j| &sw[j][..]);
+            let m4: [&[f32]; 4] = std::array::from_fn(|j| &mw[j][..]);
+            for mins in [None, Some(m4)] {
+                let tag = format!("len={len} trial={trial} mins={}", mins.is_some());
+                let want = |l: usize| -> Vec<f32> {
+                    (0..4).map(|j| k::dot_b32_ref(c4[j], s4[j], mins.map(|m| m[j]), act(l))).collect()
+                };
+                for isa in available() {
+                    assert_f32_bits_eq(&format!("{tag} {isa}"), &want(0), &k::dot_b32_x4(isa, c4, s4, mins, act(0)));
+                }
+                for (name, f) in k::dot_b32_variants() {
+                    assert_f32_bits_eq(&format!("{tag} {name}"), &want(0), &f(c4, s4, mins, act(0)));
+                }
+                for isa in available().into_iter().filter(|&i| k::has_outer(i)) {
+                    let tile_acts: [k::ActRow<'_>; k::LANES] = std::array::from_fn(act);
+                    let (mut xt, mut c32, mut dx) =
+                        (vec![0i8; k::LANES * len], vec![0i32; len / 2], vec![0f32; len / 2]);
+                    k::pack_b32_tile(tile_acts, &mut xt, &mut c32, &mut dx);
+                    let flipped: Vec<Vec<i8>> =
+                        codes.iter().map(|w| w.iter().map(|&c| c ^ i8::MIN).collect()).collect();
+                    let f4: [&[i8]; 4] = std::array::from_fn(|j| &flipped[j][..]);
+                    let got = k::dot_b32_outer(isa, f4, s4, mins, k::B32Tile { xt: &xt, c32: &c32, dx: &dx });
+                    for l in 0..k::LANES {
+                        let got_l: Vec<f32> = got.iter().map(|g| g[l]).collect();
+                        assert_f32_bits_eq(&format!("{tag} {isa} outer lane {l}"), &want(l), &got_l);
+                    }
+                    outer_ran += 1;
+                }
+                // The reference against the f64 dot: each block's f32 steps round a few times.
+                for (j, &v) in want(0).iter().enumerate() {
+                    let a = act(0);
+                    let (mut exact, mut mag) = (0f64, 0f64);
+                    for b in 0..len / QA {
+                        let dx = f64::from(a.d16[2 * b]);
+                        for (&c, &q) in codes[j][32 * b..32 * (b + 1)].iter().zip(&a.q[32 * b..32 * (b + 1)]) {
+                            let w =
+                                f64::from(sw[j][2 * b]) * f64::from(c) + mins.map_or(0.0, |m| f64::from(m[j][2 * b]));
+                            exact += w * dx * f64::from(q);
+                            mag += w.abs() * dx * f64::from(q).abs();
+                        }
+                    }
+                    let tol = (len / QA * 6) as f64 * f64::from(f32::EPSILON) * mag + 2f64.powi(-140);
+                    let ok = if v.is_finite() { (f64::from(v) - exact).abs() <= tol } else { mag > 1e37 };
+                    assert!(ok, "{tag} row {j}: {v:e} vs f64 {exact:e} (tol {tol:e})");
+                }
+            }
+        }
+    }
+    if outer_ran == 0 {
+        eprintln!("b32_dots_are_the_reference_bits_at_every_isa: outer products skipped (no AVX-512 VNNI here)");
+    }
+}
+
+#[test]
+fn b32_types_give_the_same_bits_at_every_isa() {
+    // A consequence of the b32 contract, through the whole matmul: a legacy or iq4_nl weight
+    // gives the scalar level's bits at every ISA, for a token and for batches that take the
+    // fused kernels (7), the decoded four-row dot and, at AVX-512 VNNI, the outer products (21).
+    for (ti, &name) in ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl"].iter().enumerate() {
+        let (rows, cols) = (9, 256 + 32 * ti);
+        let (l, data) = weight(name, rows, cols, 300 + ti as u64);
+        let w = QMatrix::new(l, &data, None, None).unwrap();
+        for n in [1, 7, 21] {
+            let x = acts("mixed", n, cols, 40 + ti as u64);
+            let mut want = vec![0f32; n * rows];
+            matmul(&w, &x, n, &mut want, Some(Isa::Scalar)).unwrap();
+            for isa in available() {
+                let mut got = vec![0f32; n * rows];
+                matmul(&w, &x, n, &mut got, Some(isa)).unwrap();
+                assert_f32_bits_eq(&format!("{name} n={n} {isa}"), &want, &got);
+            }
+        }
     }
 }
 

@@ -111,6 +111,53 @@ pub fn dot_q8_neon(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
     }
 }
 
+macro_rules! dot_b32_arm {
+    ($name:ident, $features:literal, $isum:ident) => {
+        /// Four rows' b32 dots: per block and row the exact sum of two 16-value dots, reduced
+        /// across lanes, then the reference's f32 steps.
+        #[target_feature(enable = $features)]
+        fn $name(wq: [&[i8]; 4], sw: [&[f32]; 4], mw: Option<[&[f32]; 4]>, act: ActRow<'_>) -> [f32; 4] {
+            let mut acc = [0f32; 4];
+            for b in 0..act.q.len() / 32 {
+                let (x0, x1) = (load_i8(&act.q[32 * b..]), load_i8(&act.q[32 * b + 16..]));
+                let bsum = super::b32_bsum(act.b16, b);
+                for r in 0..4 {
+                    let w = &wq[r][32 * b..];
+                    let isum = vaddvq_s32(vaddq_s32($isum(load_i8(w), x0), $isum(load_i8(&w[16..]), x1)));
+                    let m = mw.map(|m| m[r][2 * b]);
+                    acc[r] = super::b32_block_ref(acc[r], sw[r][2 * b], m, act.d16[2 * b], isum, bsum);
+                }
+            }
+            acc
+        }
+    };
+}
+
+dot_b32_arm!(dot_b32_smull_tf, "neon", isum16_smull);
+dot_b32_arm!(dot_b32_sdot_tf, "neon,dotprod", isum16_sdot);
+
+/// [`super::dot_b32_x4`] with NEON `smull` (no dot-product extension needed).
+pub fn dot_b32_x4_neon_smull(wq: [&[i8]; 4], sw: [&[f32]; 4], mw: Option<[&[f32]; 4]>, act: ActRow<'_>) -> [f32; 4] {
+    // SAFETY: NEON is part of the AArch64 base ISA.
+    unsafe { dot_b32_smull_tf(wq, sw, mw, act) }
+}
+
+/// [`super::dot_b32_x4`] with `sdot`. Panics without the dot-product extension.
+pub fn dot_b32_x4_neon_sdot(wq: [&[i8]; 4], sw: [&[f32]; 4], mw: Option<[&[f32]; 4]>, act: ActRow<'_>) -> [f32; 4] {
+    assert!(super::has_dotprod(), "sdot kernel on a CPU without the dot-product extension");
+    // SAFETY: NEON and dotprod are available (checked above).
+    unsafe { dot_b32_sdot_tf(wq, sw, mw, act) }
+}
+
+/// [`super::dot_b32_x4`] at the NEON level: `sdot` where the CPU has it.
+pub fn dot_b32_x4_neon(wq: [&[i8]; 4], sw: [&[f32]; 4], mw: Option<[&[f32]; 4]>, act: ActRow<'_>) -> [f32; 4] {
+    if super::has_dotprod() {
+        dot_b32_x4_neon_sdot(wq, sw, mw, act)
+    } else {
+        dot_b32_x4_neon_smull(wq, sw, mw, act)
+    }
+}
+
 #[inline(always)]
 fn load_u8(s: &[u8]) -> uint8x16_t {
     let s = &s[..16];

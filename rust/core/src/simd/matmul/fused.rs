@@ -41,7 +41,7 @@
 
 use std::arch::x86_64::*;
 
-use super::x86::bit_bytes;
+use super::x86::{b32_step, bit_bytes, hsum4_epi32};
 use super::ActRow;
 use crate::blocks::iq4nl::KVALUES;
 use crate::blocks::kquants::{layout, ragged, QK_K};
@@ -83,23 +83,29 @@ fn prefetch(p: *const u8, ahead: usize, bytes: usize) {
     }
 }
 
-/// The little-endian f16 at `off` bytes into each of the four blocks `blk`, as f32 times `dx`
-/// (one f32 product each, as the scalar code rounds it): one F16C conversion for the four
-/// rows, from a general register. (Converting one value at a time let the compiler merge it
-/// into whatever vector register it liked, often a row's accumulator, which chained every
-/// block's scales to the previous block's FMA: q8_0 ran at about one block per 5 cycles and
-/// row.)
+/// The little-endian f16 at `off` bytes into each of the four blocks `blk`, as four f32 lanes:
+/// one F16C conversion for the four rows, from a general register. (Converting one value at a
+/// time let the compiler merge it into whatever vector register it liked, often a row's
+/// accumulator, which chained every block's scales to the previous block's FMA: q8_0 ran at
+/// about one block per 5 cycles and row.)
 #[inline(always)]
-unsafe fn f16x4(blk: [*const u8; R], off: usize, dx: f32) -> [f32; R] {
+unsafe fn f16v(blk: [*const u8; R], off: usize) -> __m128 {
     let h = |r: usize| {
         // SAFETY: the caller guarantees 2 readable bytes at `blk[r] + off`.
         let b = unsafe { [*blk[r].add(off), *blk[r].add(off + 1)] };
         u64::from(u16::from_le_bytes(b))
     };
     let v = h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48;
+    // SAFETY: F16C is enabled by the caller.
+    unsafe { _mm_cvtph_ps(_mm_cvtsi64_si128(v as i64)) }
+}
+
+/// [`f16v`] times `dx` (one f32 product each, as the scalar code rounds it), as an array.
+#[inline(always)]
+unsafe fn f16x4(blk: [*const u8; R], off: usize, dx: f32) -> [f32; R] {
     let mut out = [0f32; R];
-    // SAFETY: F16C is enabled by the caller; `out` holds four f32.
-    unsafe { _mm_storeu_ps(out.as_mut_ptr(), _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128(v as i64)), _mm_set1_ps(dx))) };
+    // SAFETY: the caller's guarantees (see `f16v`); `out` holds four f32.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), _mm_mul_ps(f16v(blk, off), _mm_set1_ps(dx))) };
     out
 }
 
@@ -190,8 +196,9 @@ fn scales_q3k(s: &[u8; 12]) -> [u32; 4] {
 
 /// The 4- and 5-bit legacy types over `nb` blocks of 32 (the layout as const parameters, from
 /// [`Spec`]: block bytes, offset of the codes, offset of the fifth bits (0: none), whether a min
-/// follows `d`, the zero code): accumulators per row; the mins of q4_1 and q5_1 (`m` per 16
-/// values, as the decoder writes them) go to `mw[r · nsub..]`.
+/// follows `d`, the zero code): the four rows' b32 dots, row `r` in lane `r`. Per block the
+/// unsigned codes' lane sums of each row are reduced to one exact i32 per row, the codes'
+/// offset (`zero · Σ q`) is taken off, and [`b32_step`] does the reference's f32 steps.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: bool, const ZERO: i8>(
@@ -199,23 +206,16 @@ fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: 
     a: ActRow<'_>,
     nb: usize,
     ahead: usize,
-    mw: &mut [f32],
-    nsub: usize,
-) -> [__m256; R] {
+) -> __m128 {
     check(&w, &a, nb * BB, nb * 32);
-    assert!(!MIN || (nsub >= 2 * nb && mw.len() >= (R - 1) * nsub + 2 * nb));
-    let zero = _mm256_set1_epi8(ZERO);
-    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc = _mm_setzero_ps();
     for b in 0..nb {
-        // SAFETY: every access of this loop body is in bounds: block `b` lies inside every row,
-        // the activation and each row's part of `mw` (checked above).
+        // SAFETY: every access of this loop body is in bounds: block `b` lies inside every row
+        // and the activation (checked above).
         unsafe {
             let x = load256(a.q.as_ptr().add(32 * b).cast());
-            let dx = *a.d16.get_unchecked(2 * b);
-            // zero · (lane sums of x): the codes' offset, taken off the unsigned products.
-            let off = usum(zero, x);
             let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(BB * b));
-            let (s, m) = (f16x4(blks, 0, dx), if MIN { f16x4(blks, 2, 1.0) } else { [0.0; R] });
+            let mut p = [_mm256_setzero_si256(); R];
             for r in 0..R {
                 let blk = blks[r];
                 if b % 4 == 0 {
@@ -225,14 +225,13 @@ fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: 
                 if OFF_QH > 0 {
                     c = _mm256_or_si256(c, bit_bytes(blk.add(OFF_QH).cast::<u32>().read_unaligned().to_le(), 16));
                 }
-                let p = _mm256_sub_epi32(usum(c, x), off);
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r]), acc[r]);
-                if MIN {
-                    let out = mw.as_mut_ptr().add(r * nsub + 2 * b);
-                    *out = m[r];
-                    *out.add(1) = m[r];
-                }
+                p[r] = usum(c, x);
             }
+            let bsum = super::b32_bsum(a.b16, b);
+            // zero · Σ q: the codes' offset, taken off the unsigned products (exact).
+            let isum = _mm_sub_epi32(hsum4_epi32(p), _mm_set1_epi32(i32::from(ZERO) * bsum));
+            let min = if MIN { Some((f16v(blks, 2), _mm_set1_ps(bsum as f32))) } else { None };
+            acc = b32_step(acc, isum, f16v(blks, 0), _mm_set1_ps(*a.d16.get_unchecked(2 * b)), min);
         }
     }
     acc
@@ -240,32 +239,31 @@ fn legacy<const BB: usize, const OFF_QS: usize, const OFF_QH: usize, const MIN: 
 
 /// The signed 8-bit codes of q8_0 (`LUT` false: `BB` = 34-byte blocks) or iq4_nl (`LUT` true:
 /// 18-byte blocks of 4-bit indices into [`KVALUES`], low nibbles first) over `nb` blocks of 32:
-/// accumulators per row. `vpsignb` moves each code's sign onto the activation, so the
-/// unsigned × signed pair sums are exact (at most 2 · 127 · 127).
+/// the four rows' b32 dots, row `r` in lane `r`. `vpsignb` moves each code's sign onto the
+/// activation, so the unsigned × signed pair sums are exact (at most 2 · 128 · 127).
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn signed<const BB: usize, const LUT: bool>(w: [&[u8]; R], a: ActRow<'_>, nb: usize, ahead: usize) -> [__m256; R] {
+fn signed<const BB: usize, const LUT: bool>(w: [&[u8]; R], a: ActRow<'_>, nb: usize, ahead: usize) -> __m128 {
     check(&w, &a, nb * BB, nb * 32);
     // SAFETY: KVALUES holds 16 bytes; AVX2 is enabled here.
     let lut = unsafe { _mm256_broadcastsi128_si256(load128(KVALUES.as_ptr().cast())) };
-    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc = _mm_setzero_ps();
     for b in 0..nb {
         // SAFETY: every access of this loop body is in bounds: block `b` lies inside every row and the
         // activation (checked above).
         unsafe {
             let x = load256(a.q.as_ptr().add(32 * b).cast());
-            let dx = *a.d16.get_unchecked(2 * b);
             let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(BB * b));
-            let s = f16x4(blks, 0, dx);
+            let mut p = [_mm256_setzero_si256(); R];
             for r in 0..R {
                 let blk = blks[r];
                 if b % 4 == 0 {
                     prefetch(blk, ahead, 4 * BB);
                 }
                 let c = if LUT { _mm256_shuffle_epi8(lut, nibbles(blk.add(2))) } else { load256(blk.add(2)) };
-                let p = usum(_mm256_sign_epi8(c, c), _mm256_sign_epi8(x, c));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[r]), acc[r]);
+                p[r] = usum(_mm256_sign_epi8(c, c), _mm256_sign_epi8(x, c));
             }
+            acc = b32_step(acc, hsum4_epi32(p), f16v(blks, 0), _mm_set1_ps(*a.d16.get_unchecked(2 * b)), None);
         }
     }
     acc
@@ -346,12 +344,47 @@ fn int4(spec: AffineSpec, w: [&[u8]; R], a: ActRow<'_>, cols: usize, ahead: usiz
     acc
 }
 
+/// The f16 at `off` bytes into each of the four blocks `blk` in lanes 0–3 and at `off + next`
+/// in lanes 4–7, as f32: one F16C conversion for two blocks of four rows.
+#[inline(always)]
+unsafe fn f16v8(blk: [*const u8; R], off: usize, next: usize) -> __m256 {
+    let word = |o: usize| {
+        let mut v = 0u64;
+        for (r, p) in blk.iter().enumerate() {
+            // SAFETY: the caller guarantees 2 readable bytes at `blk[r] + off` and `+ off + next`.
+            let b = unsafe { [*p.add(o), *p.add(o + 1)] };
+            v |= u64::from(u16::from_le_bytes(b)) << (16 * r);
+        }
+        v as i64
+    };
+    let (lo, hi) = (word(off), word(off + next));
+    // SAFETY: F16C is enabled by the caller.
+    unsafe { _mm256_cvtph_ps(_mm_set_epi64x(hi, lo)) }
+}
+
+/// The exact per-block sums of four rows' 512-bit lane sums (lanes 0–7 one block, 8–15 the
+/// next): `[block rows 0–3, next block rows 0–3]`. Pairs of rows are interleaved and added
+/// (`unpack` 32, then 64 bits: each 128-bit lane then holds its four rows' sums), then each
+/// block's two 128-bit lanes are added.
+#[inline(always)]
+unsafe fn hsum4x2(v: [__m512i; R]) -> __m256i {
+    // SAFETY: AVX-512 is enabled by the caller.
+    unsafe {
+        let s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
+        let s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]), _mm512_unpackhi_epi32(v[2], v[3]));
+        let u = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+        let even = _mm512_shuffle_i32x4::<0b10_00_10_00>(u, u);
+        let odd = _mm512_shuffle_i32x4::<0b11_01_11_01>(u, u);
+        _mm512_castsi512_si256(_mm512_add_epi32(even, odd))
+    }
+}
+
 /// [`legacy`] for q4_0 and q4_1 (`Q8` and `LUT` false), [`signed`] for q8_0 (`Q8` true) and
 /// iq4_nl (`LUT` true: the nibbles through [`KVALUES`]) at AVX-512 VNNI: two blocks per 512-bit
 /// vector, each row's lane sums in one `vpdpbusd` that starts from the codes' offset
-/// (`−zb · Σ x` per lane; signed codes go in as `c + 128`, so `zb` is 128). The lane sums are
-/// [`legacy`]'s and [`signed`]'s exactly, and each block's are added by FMA in block order, so
-/// the bits are theirs. An odd last block runs on 256 bits.
+/// (`−zb · Σ x` per lane; signed codes go in as `c + 128`, so `zb` is 128), the four rows' sums
+/// of both blocks reduced together ([`hsum4x2`]), then the two blocks' f32 steps in block
+/// order: the bits of [`super::dot_b32_ref`]. An odd last block runs on 256 bits.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: u8, const Q8: bool, const LUT: bool>(
@@ -359,11 +392,8 @@ fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: 
     a: ActRow<'_>,
     nb: usize,
     ahead: usize,
-    mw: &mut [f32],
-    nsub: usize,
-) -> [__m256; R] {
+) -> __m128 {
     check(&w, &a, nb * BB, nb * 32);
-    assert!(!MIN || (nsub >= 2 * nb && mw.len() >= (R - 1) * nsub + 2 * nb));
     let zb = _mm512_set1_epi8(ZB as i8);
     let flip = _mm512_set1_epi8(if Q8 || LUT { i8::MIN } else { 0 });
     let m4 = _mm512_set1_epi8(0x0F);
@@ -377,18 +407,18 @@ fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: 
         let n = _mm256_setr_epi64x(0, 0, 0x0004_0004_0004_0004, 0x0004_0004_0004_0004);
         halves(n, n)
     };
-    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc = _mm_setzero_ps();
     let mut b = 0;
     while b + 2 <= nb {
         // SAFETY: every access of this loop body is in bounds: blocks `b`, `b + 1` lie inside
-        // every row, the activation and each row's part of `mw` (checked above).
+        // every row and the activation (checked above).
         unsafe {
             let x = _mm512_loadu_si512(a.q.as_ptr().add(32 * b).cast());
-            let (dx0, dx1) = (*a.d16.get_unchecked(2 * b), *a.d16.get_unchecked(2 * b + 2));
+            let dx =
+                _mm256_set_m128(_mm_set1_ps(*a.d16.get_unchecked(2 * b + 2)), _mm_set1_ps(*a.d16.get_unchecked(2 * b)));
             let start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), zb, x));
             let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(BB * b));
-            let (s0, s1) = (f16x4(blks, 0, dx0), f16x4(blks, BB, dx1));
-            let (m0, m1) = if MIN { (f16x4(blks, 2, 1.0), f16x4(blks, BB + 2, 1.0)) } else { ([0.0; R], [0.0; R]) };
+            let mut p = [_mm512_setzero_si512(); R];
             for r in 0..R {
                 let blk = blks[r];
                 if b % 4 == 0 {
@@ -407,29 +437,29 @@ fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: 
                         c
                     }
                 };
-                let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, c, x));
-                let lo = _mm512_castps512_ps256(p);
-                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(p)));
-                acc[r] = _mm256_fmadd_ps(lo, _mm256_set1_ps(s0[r]), acc[r]);
-                acc[r] = _mm256_fmadd_ps(hi, _mm256_set1_ps(s1[r]), acc[r]);
-                if MIN {
-                    let out = mw.as_mut_ptr().add(r * nsub + 2 * b);
-                    (*out, *out.add(1), *out.add(2), *out.add(3)) = (m0[r], m0[r], m1[r], m1[r]);
-                }
+                p[r] = _mm512_dpbusd_epi32(start, c, x);
+            }
+            let t = _mm256_mul_ps(_mm256_mul_ps(f16v8(blks, 0, BB), dx), _mm256_cvtepi32_ps(hsum4x2(p)));
+            if MIN {
+                let (b0, b1) = (super::b32_bsum(a.b16, b), super::b32_bsum(a.b16, b + 1));
+                let bs = _mm256_set_m128(_mm_set1_ps(b1 as f32), _mm_set1_ps(b0 as f32));
+                let tm = _mm256_mul_ps(_mm256_mul_ps(f16v8(blks, 2, BB), dx), bs);
+                acc = _mm_add_ps(_mm_add_ps(acc, _mm256_castps256_ps128(t)), _mm256_castps256_ps128(tm));
+                acc = _mm_add_ps(_mm_add_ps(acc, _mm256_extractf128_ps::<1>(t)), _mm256_extractf128_ps::<1>(tm));
+            } else {
+                acc = _mm_add_ps(_mm_add_ps(acc, _mm256_castps256_ps128(t)), _mm256_extractf128_ps::<1>(t));
             }
         }
         b += 2;
     }
     if b < nb {
-        // SAFETY: block `b` lies inside every row, the activation and each row's part of `mw`
-        // (checked above).
+        // SAFETY: block `b` lies inside every row and the activation (checked above).
         unsafe {
             let x = load256(a.q.as_ptr().add(32 * b).cast());
-            let dx = *a.d16.get_unchecked(2 * b);
             let zero = _mm256_setzero_si256();
             let start = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, _mm512_castsi512_si256(zb), x));
             let blks: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(BB * b));
-            let (s, m) = (f16x4(blks, 0, dx), if MIN { f16x4(blks, 2, 1.0) } else { [0.0; R] });
+            let mut p = [zero; R];
             for r in 0..R {
                 let blk = blks[r];
                 let c = if Q8 {
@@ -440,22 +470,19 @@ fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: 
                 } else {
                     nibbles(blk.add(OFF_QS))
                 };
-                let p = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, c, x));
-                acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(s[r]), acc[r]);
-                if MIN {
-                    let out = mw.as_mut_ptr().add(r * nsub + 2 * b);
-                    (*out, *out.add(1)) = (m[r], m[r]);
-                }
+                p[r] = _mm256_dpbusd_epi32(start, c, x);
             }
+            let min = if MIN { Some((f16v(blks, 2), _mm_set1_ps(super::b32_bsum(a.b16, b) as f32))) } else { None };
+            acc = b32_step(acc, hsum4_epi32(p), f16v(blks, 0), _mm_set1_ps(*a.d16.get_unchecked(2 * b)), min);
         }
     }
     acc
 }
 
-/// The code dots of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl, or int4 with `spec` over rows of
-/// `cols`) over the first `units` blocks of four rows, prefetching `ahead` bytes past each (see
-/// [`prefetch`]); the mins (q4_1, q5_1) go to `mw` (row `r` at `r · nsub`). The caller checks
-/// that the CPU has AVX2/FMA/F16C.
+/// The dots of four rows of `base` (q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl: the b32 dots; int4
+/// with `spec` over rows of `cols`: the code dots of [`super::dot_q8_x4`]) over the first
+/// `units` blocks of 32, prefetching `ahead` bytes past each (see [`prefetch`]). The caller
+/// checks that the CPU has AVX2/FMA/F16C (and AVX-512 VNNI when `vnni` is set).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn rows(
@@ -464,8 +491,6 @@ pub(super) fn rows(
     a: ActRow<'_>,
     units: usize,
     ahead: usize,
-    mw: &mut [f32],
-    nsub: usize,
     spec: Option<AffineSpec>,
     cols: usize,
     vnni: bool,
@@ -473,36 +498,29 @@ pub(super) fn rows(
     use crate::qtype::QType;
     let acc = match base {
         // SAFETY: the caller checked AVX-512 VNNI when `vnni` is set.
-        QType::Q4_0 if vnni => unsafe { legacy_vnni::<18, 2, false, 8, false, false>(w, a, units, ahead, mw, nsub) },
+        QType::Q4_0 if vnni => unsafe { legacy_vnni::<18, 2, false, 8, false, false>(w, a, units, ahead) },
         // SAFETY: as above.
-        QType::Q4_1 if vnni => unsafe { legacy_vnni::<20, 4, true, 0, false, false>(w, a, units, ahead, mw, nsub) },
+        QType::Q4_1 if vnni => unsafe { legacy_vnni::<20, 4, true, 0, false, false>(w, a, units, ahead) },
         // SAFETY: as above.
-        QType::Q8_0 if vnni => unsafe { legacy_vnni::<34, 2, false, 0x80, true, false>(w, a, units, ahead, mw, nsub) },
+        QType::Q8_0 if vnni => unsafe { legacy_vnni::<34, 2, false, 0x80, true, false>(w, a, units, ahead) },
         // SAFETY: as above.
-        QType::IQ4NL if vnni => unsafe { legacy_vnni::<18, 2, false, 0x80, false, true>(w, a, units, ahead, mw, nsub) },
-        QType::Int4 => int4(spec.expect("group-affine spec"), w, a, cols, ahead),
-        QType::Q4_0 => legacy::<18, 2, 0, false, 8>(w, a, units, ahead, mw, nsub),
-        QType::Q4_1 => legacy::<20, 4, 0, true, 0>(w, a, units, ahead, mw, nsub),
-        QType::Q5_0 => legacy::<22, 6, 2, false, 16>(w, a, units, ahead, mw, nsub),
-        QType::Q5_1 => legacy::<24, 8, 4, true, 0>(w, a, units, ahead, mw, nsub),
+        QType::IQ4NL if vnni => unsafe { legacy_vnni::<18, 2, false, 0x80, false, true>(w, a, units, ahead) },
+        QType::Int4 => return hsum256x4(int4(spec.expect("group-affine spec"), w, a, cols, ahead)),
+        QType::Q4_0 => legacy::<18, 2, 0, false, 8>(w, a, units, ahead),
+        QType::Q4_1 => legacy::<20, 4, 0, true, 0>(w, a, units, ahead),
+        QType::Q5_0 => legacy::<22, 6, 2, false, 16>(w, a, units, ahead),
+        QType::Q5_1 => legacy::<24, 8, 4, true, 0>(w, a, units, ahead),
         QType::Q8_0 => signed::<34, false>(w, a, units, ahead),
         QType::IQ4NL => signed::<18, true>(w, a, units, ahead),
         other => unreachable!("no fused kernel for {}", other.name()),
     };
-    hsum256x4(acc)
+    let mut out = [0f32; R];
+    // SAFETY: `out` holds four f32.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
+    out
 }
 
 // ---- k-quants: integer sums per super-block (activation blocks of 256 values) ----
-
-/// The four i32 sums of the 8 lanes of each of `v` (exact: every sum fits in i32).
-#[inline(always)]
-unsafe fn hsum4(v: [__m256i; R]) -> __m128i {
-    // SAFETY: AVX2 is enabled by the caller.
-    unsafe {
-        let c = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-        _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
-    }
-}
 
 /// One super-block's (or tail's) share of four rows' dots, in the reference's f32 order
 /// ([`super::dot_k_ref`]): `acc + (d · dx) · isum`, then `− (dmin · dx) · imin`, lane `r` row
@@ -616,8 +634,8 @@ fn k23<const THREE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize
                 }
                 isum[r] = acc_i;
             }
-            let imin = if THREE { None } else { Some(hsum4(imin)) };
-            acc = k_finish(acc, hsum4(isum), imin, d, dmin, *a.d16.get_unchecked(16 * sb));
+            let imin = if THREE { None } else { Some(hsum4_epi32(imin)) };
+            acc = k_finish(acc, hsum4_epi32(isum), imin, d, dmin, *a.d16.get_unchecked(16 * sb));
         }
     }
     acc
@@ -664,7 +682,7 @@ fn k45<const FIVE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize,
                 }
                 isum[r] = acc_i;
             }
-            acc = k_finish(acc, hsum4(isum), Some(hsum4(imin)), d, dmin, *a.d16.get_unchecked(16 * sb));
+            acc = k_finish(acc, hsum4_epi32(isum), Some(hsum4_epi32(imin)), d, dmin, *a.d16.get_unchecked(16 * sb));
         }
     }
     acc
@@ -708,7 +726,7 @@ fn k6(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m128) -
                 let off = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s), bs);
                 isum[r] = _mm256_sub_epi32(acc_i, _mm256_slli_epi32::<5>(off));
             }
-            acc = k_finish(acc, hsum4(isum), None, d, [0.0; R], *a.d16.get_unchecked(16 * sb));
+            acc = k_finish(acc, hsum4_epi32(isum), None, d, [0.0; R], *a.d16.get_unchecked(16 * sb));
         }
     }
     acc
@@ -824,7 +842,7 @@ fn k45_vnni<const FIVE: bool>(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: u
                 }
                 isum[r] = fold(acc_i);
             }
-            acc = k_finish(acc, hsum4(isum), Some(hsum4(imin)), d, dmin, *a.d16.get_unchecked(16 * sb));
+            acc = k_finish(acc, hsum4_epi32(isum), Some(hsum4_epi32(imin)), d, dmin, *a.d16.get_unchecked(16 * sb));
         }
     }
     acc
@@ -877,7 +895,7 @@ fn k6_vnni(w: [&[u8]; R], a: ActRow<'_>, nsb: usize, ahead: usize, mut acc: __m1
                 let off = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s), bs);
                 isum[r] = _mm256_sub_epi32(fold(acc_i), _mm256_slli_epi32::<5>(off));
             }
-            acc = k_finish(acc, hsum4(isum), None, d, [0.0; R], *a.d16.get_unchecked(16 * sb));
+            acc = k_finish(acc, hsum4_epi32(isum), None, d, [0.0; R], *a.d16.get_unchecked(16 * sb));
         }
     }
     acc
@@ -975,8 +993,8 @@ unsafe fn k_tail(base: QType, w: [&[u8]; R], a: ActRow<'_>, nsb: usize, u: usize
             }
             isum[r] = acc_i;
         }
-        let imin = super::has_mins(base, None).then(|| hsum4(imin));
-        k_finish(acc, hsum4(isum), imin, d, dmin, *a.d16.get_unchecked(s0))
+        let imin = super::has_mins(base, None).then(|| hsum4_epi32(imin));
+        k_finish(acc, hsum4_epi32(isum), imin, d, dmin, *a.d16.get_unchecked(s0))
     }
 }
 
@@ -1154,11 +1172,11 @@ unsafe fn k_decoded_body<const VNNI: bool, const MINS: bool, const N: usize>(
                     for r in 0..R {
                         m[r] = _mm256_madd_epi16(load256(w[r].mn.as_ptr().add(16 * b).cast()), bs);
                     }
-                    Some(hsum4(m))
+                    Some(hsum4_epi32(m))
                 } else {
                     None
                 };
-                acc[i] = k_finish(acc[i], hsum4(isum[i]), imin, d, dmin, *a[i].d16.get_unchecked(16 * b));
+                acc[i] = k_finish(acc[i], hsum4_epi32(isum[i]), imin, d, dmin, *a[i].d16.get_unchecked(16 * b));
             }
         }
         b += 1;
@@ -1321,6 +1339,56 @@ pub(super) fn q8_outer(wq: [&[i8]; 2], sw: [&[f32]; 2], t: super::Q8Tile<'_>) ->
             let v = _mm512_add_ps(_mm512_add_ps(t0, t2), _mm512_add_ps(t1, t3));
             _mm512_storeu_ps(out[r].as_mut_ptr(), v);
         }
+    }
+    out
+}
+
+/// [`super::dot_b32_outer`]: per block of 32 and row, the eight groups of 4 values'
+/// `vpdpbusd`s into two i32 accumulators (even and odd groups: two dependency chains per row)
+/// that start from the tile's `−128 · Σ q` and `0`, so that their sum is the block's exact
+/// `Σ c · q`; then the block's f32 steps of [`super::b32_block_ref`] in the sixteen lanes (the
+/// mins' `Σ q` is `c32 / −128`, exact).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) fn b32_outer(
+    wq: [&[i8]; 4],
+    sw: [&[f32]; 4],
+    mw: Option<[&[f32]; 4]>,
+    t: super::B32Tile<'_>,
+) -> [[f32; super::LANES]; 4] {
+    let cp = t.xt.len() / super::LANES;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for b in 0..cp / 32 {
+        // SAFETY: block `b`'s 32 values lie inside the four rows and the tile, its scales, mins
+        // and the tile's sums and steps inside theirs (checked by the caller); AVX-512 VNNI is
+        // enabled.
+        unsafe {
+            let c32 = _mm512_loadu_si512(t.c32.as_ptr().add(super::LANES * b).cast());
+            let dx = _mm512_loadu_ps(t.dx.as_ptr().add(super::LANES * b));
+            let mut s = [[c32, _mm512_setzero_si512()]; 4];
+            for j in 0..8 {
+                let g = 8 * b + j;
+                let x = _mm512_loadu_si512(t.xt.as_ptr().add(super::LANES * 4 * g).cast());
+                for r in 0..4 {
+                    let u = _mm512_set1_epi32(wq[r].as_ptr().add(4 * g).cast::<i32>().read_unaligned());
+                    s[r][j % 2] = _mm512_dpbusd_epi32(s[r][j % 2], u, x);
+                }
+            }
+            let bsum = _mm512_mul_ps(_mm512_cvtepi32_ps(c32), _mm512_set1_ps(-1.0 / 128.0));
+            for r in 0..4 {
+                let isum = _mm512_cvtepi32_ps(_mm512_add_epi32(s[r][0], s[r][1]));
+                let d = _mm512_mul_ps(_mm512_set1_ps(*sw[r].get_unchecked(2 * b)), dx);
+                acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(d, isum));
+                if let Some(m) = mw {
+                    let dm = _mm512_mul_ps(_mm512_set1_ps(*m[r].get_unchecked(2 * b)), dx);
+                    acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(dm, bsum));
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; super::LANES]; 4];
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` holds sixteen f32; AVX-512 is enabled here.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
     }
     out
 }

@@ -1142,6 +1142,149 @@ pub fn dot_q8_outer(isa: Isa, wq: [&[i8]; 2], sw: [&[f32]; 2], t: Q8Tile<'_>) ->
     }
 }
 
+/// Whether the dots of `qtype` are summed per block of 32 values ([`dot_b32_ref`]): the legacy
+/// types (q4_0, q4_1, q5_0, q5_1, q8_0) and iq4_nl, whose blocks of 32 carry one scale (and
+/// min) and meet one activation step.
+pub fn is_b32(qtype: QType) -> bool {
+    matches!(qtype.info().family, Family::Legacy | Family::NonLinear)
+}
+
+/// One 32-value block's share of a [`dot_b32_ref`] dot, the f32 operations of every b32 kernel
+/// in this order: `acc + (d · dx) · isum`, then (types with mins) `+ (m · dx) · bsum`, each
+/// product and sum rounded to f32 (`isum` and `bsum` exact, below 2^24 in magnitude).
+#[inline(always)]
+pub(crate) fn b32_block_ref(acc: f32, d: f32, m: Option<f32>, dx: f32, isum: i32, bsum: i32) -> f32 {
+    let acc = acc + (d * dx) * isum as f32;
+    match m {
+        Some(m) => acc + (m * dx) * bsum as f32,
+        None => acc,
+    }
+}
+
+/// `Σ q` of the activation's block `b` of 32 values (exact), from its per-16 sums `b16`.
+#[inline(always)]
+pub(crate) fn b32_bsum(b16: &[i16], b: usize) -> i32 {
+    i32::from(b16[2 * b]) + i32::from(b16[2 * b + 1])
+}
+
+/// The scalar reference of the 32-value block dot ([`dot_b32_x4`], and of every kernel of the
+/// legacy types and iq4_nl, [`is_b32`]): a row decoded by [`decode_row`] (`wq`, its scales `sw`
+/// and, for q4_1 and q5_1, its mins `mw`, both per 16 values and equal in each half block)
+/// with an activation row quantized in blocks of 32. Per block `b`, in order, the exact sums
+/// `isum = Σ wq · q` and `bsum = Σ q` (`act.b16`'s two halves), then [`b32_block_ref`] with
+/// `d = sw[2b]`, `m = mw[2b]` and the block's step `dx = act.d16[2b]`. Every ISA gives these
+/// bits (the integer sums are exact, and only the block's total goes to f32), so a token's
+/// outputs do not depend on the ISA or on its batch. `act.scale` is not applied.
+pub fn dot_b32_ref(wq: &[i8], sw: &[f32], mw: Option<&[f32]>, act: ActRow<'_>) -> f32 {
+    let mut acc = 0f32;
+    for (b, (wb, xb)) in wq.chunks_exact(QA).zip(act.q.chunks_exact(QA)).enumerate() {
+        let isum: i32 = wb.iter().zip(xb).map(|(&a, &x)| i32::from(a) * i32::from(x)).sum();
+        acc = b32_block_ref(acc, sw[2 * b], mw.map(|m| m[2 * b]), act.d16[2 * b], isum, b32_bsum(act.b16, b));
+    }
+    acc
+}
+
+/// Check the lengths of four decoded rows and an activation row for the b32 dots.
+fn check_b32(wq: &[&[i8]; 4], sw: &[&[f32]; 4], mw: Option<[&[f32]; 4]>, act: &ActRow<'_>) {
+    let cp = act.q.len();
+    assert!(cp.is_multiple_of(QA) && act.d16.len() == cp / QS && act.b16.len() == cp / QS);
+    for r in 0..4 {
+        assert!(wq[r].len() == cp && sw[r].len() == cp / QS && mw.is_none_or(|m| m[r].len() == cp / QS));
+    }
+}
+
+/// [`dot_b32_ref`] of four decoded rows with one activation row (the decoded tile's kernel,
+/// the activation loaded once for the four): its bits at every ISA (an AVX2 kernel at the AVX2
+/// and AVX-512 levels, NEON with `sdot` or `smull`, the reference elsewhere).
+pub fn dot_b32_x4(isa: Isa, wq: [&[i8]; 4], sw: [&[f32]; 4], mw: Option<[&[f32]; 4]>, act: ActRow<'_>) -> [f32; 4] {
+    check_b32(&wq, &sw, mw, &act);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => x86::dot_b32_x4_avx2(wq, sw, mw, act),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => arm::dot_b32_x4_neon(wq, sw, mw, act),
+        _ => std::array::from_fn(|r| dot_b32_ref(wq[r], sw[r], mw.map(|m| m[r]), act)),
+    }
+}
+
+/// [`LANES`] activation rows quantized in blocks of 32, repacked for [`dot_b32_outer`]
+/// ([`pack_b32_tile`]); `cp` is their padded length.
+#[derive(Debug, Clone, Copy)]
+pub struct B32Tile<'a> {
+    /// `16 · cp` codes, as [`ActTile::xt`].
+    pub xt: &'a [i8],
+    /// `cp / 2` i32: for each block of 32 values, the 16 rows' `−128 · Σ q` (exact).
+    pub c32: &'a [i32],
+    /// `cp / 2` steps: for each block of 32 values, the 16 rows' step.
+    pub dx: &'a [f32],
+}
+
+/// Repack `acts` (all of one padded length `cp`, quantized in blocks of 32) into a tile for
+/// [`dot_b32_outer`]: `xt`, `c32` and `dx` as [`B32Tile`] describes them.
+pub fn pack_b32_tile(acts: [ActRow<'_>; LANES], xt: &mut [i8], c32: &mut [i32], dx: &mut [f32]) {
+    pack_codes(&acts, xt);
+    let cp = acts[0].q.len();
+    assert!(c32.len() == cp / 2 && dx.len() == cp / 2);
+    for (l, a) in acts.iter().enumerate() {
+        for b in 0..cp / QA {
+            c32[LANES * b + l] = -128 * b32_bsum(a.b16, b);
+            dx[LANES * b + l] = a.d16[2 * b];
+        }
+    }
+}
+
+/// [`dot_b32_x4`] of four decoded rows with a tile of [`LANES`] activation rows
+/// ([`pack_b32_tile`]; `out[r][l]`: row `r`, activation `l`) as outer products (per 4 values
+/// and row one broadcast of the row's codes and one `vpdpbusd` into the block's exact i32
+/// sums, sixteen activation rows in the lanes): the bits of [`dot_b32_ref`]. `wq` are the rows'
+/// codes with their sign bit flipped (`c ^ 0x80`, the byte of `c + 128`). Only where
+/// [`has_outer`].
+pub fn dot_b32_outer(
+    isa: Isa,
+    wq: [&[i8]; 4],
+    sw: [&[f32]; 4],
+    mw: Option<[&[f32]; 4]>,
+    t: B32Tile<'_>,
+) -> [[f32; LANES]; 4] {
+    assert!(has_outer(isa), "the outer-product b32 kernel needs AVX-512 VNNI");
+    let cp = t.xt.len() / LANES;
+    assert!(t.xt.len() == LANES * cp && cp.is_multiple_of(QA) && t.c32.len() == cp / 2 && t.dx.len() == cp / 2);
+    for r in 0..4 {
+        assert!(wq[r].len() == cp && sw[r].len() == cp / QS && mw.is_none_or(|m| m[r].len() == cp / QS));
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: AVX-512 VNNI is available (asserted above) and every length was checked.
+        unsafe { fused::b32_outer(wq, sw, mw, t) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (wq, sw, mw);
+        unreachable!()
+    }
+}
+
+/// The signature of the b32 kernels ([`dot_b32_x4`]).
+pub type DotB32 = fn([&[i8]; 4], [&[f32]; 4], Option<[&[f32]; 4]>, ActRow<'_>) -> [f32; 4];
+
+/// Every b32 kernel this CPU can run, named, including those no ISA level selects here (NEON
+/// without `sdot` on a CPU with it), for the tests.
+pub fn dot_b32_variants() -> Vec<(&'static str, DotB32)> {
+    let mut v: Vec<(&'static str, DotB32)> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx2.is_available() {
+        v.push(("avx2", x86::dot_b32_x4_avx2));
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        v.push(("neon", arm::dot_b32_x4_neon_smull));
+        if has_dotprod() {
+            v.push(("neon-dotprod", arm::dot_b32_x4_neon_sdot));
+        }
+    }
+    v
+}
+
 /// The scalar reference of [`dot_q8`]: per sub-block the exact integer sum, then
 /// `acc += (sw[k] · d16[k]) · isum` in order, in f32.
 pub fn dot_q8_ref(wq: &[i8], sw: &[f32], xq: &[i8], d16: &[f32]) -> f32 {
@@ -1196,12 +1339,12 @@ pub fn has_fused(isa: Isa, qtype: QType, spec: Option<AffineSpec>, cols: usize) 
     cfg!(target_arch = "x86_64") && matches!(isa, Isa::Avx2 | Isa::Avx512) && kind
 }
 
-/// The code dots of four stored weight rows of `qtype` (with `spec`; `cols` values each,
+/// The dots of four stored weight rows of `qtype` (with `spec`; `cols` values each,
 /// consecutive rows of a matrix, a weight with [`has_fused`]) with one quantized activation
-/// row, decoded in registers: the same bits as [`decode_row`] of each row followed by [`dot_q8_x4`] at the same
-/// ISA (see `fused.rs`), without the decoded rows in memory. For types with mins the rows' mins
-/// are written to `mw` (row `r` at `r · padded(cols) / 16`, as [`decode_row`] writes them), for
-/// the caller's `dot_f32` with the activation's `s16`.
+/// row, decoded in registers, without the decoded rows in memory (see `fused.rs`): for the
+/// legacy types and iq4_nl the bits of [`dot_b32_ref`] (mins included); for group-affine int4
+/// the bits of [`decode_row`] of each row followed by [`dot_q8_x4`] at the same ISA.
+/// `act.scale` is not applied.
 pub fn dot_fused(
     isa: Isa,
     qtype: QType,
@@ -1209,21 +1352,18 @@ pub fn dot_fused(
     cols: usize,
     w: [&[u8]; 4],
     act: ActRow<'_>,
-    mw: &mut [f32],
 ) -> [f32; 4] {
     let name = crate::qtype::canonical_name(qtype, spec);
     assert!(has_fused(isa, qtype, spec, cols) && isa.is_available(), "no fused kernel for {name} at {isa:?}");
     let (cp, nsub) = (padded(cols), padded(cols) / QS);
-    assert!(act.q.len() == cp && act.d16.len() == nsub && act.s16.len() == nsub);
-    let mins = has_mins(qtype, None);
-    assert!(!mins || mw.len() >= 4 * nsub, "mw holds {} values, 4 rows need {}", mw.len(), 4 * nsub);
+    assert!(act.q.len() == cp && act.d16.len() == nsub && act.b16.len() == nsub);
     let units = cols / QA;
     #[cfg(target_arch = "x86_64")]
     {
         let vnni = isa == Isa::Avx512 && has_avx512_vnni();
         // SAFETY: the AVX2 level (AVX2, FMA, F16C) is available (asserted above); the kernels
-        // check the lengths of the rows, the activation and `mw`.
-        unsafe { fused::rows(qtype, w, act, units, fused::AHEAD_ROWS * w[0].len(), mw, nsub, spec, cols, vnni) }
+        // check the lengths of the rows and the activation.
+        unsafe { fused::rows(qtype, w, act, units, fused::AHEAD_ROWS * w[0].len(), spec, cols, vnni) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("no fused kernels on this architecture ({units} units, {} rows)", w.len())
@@ -1231,9 +1371,9 @@ pub fn dot_fused(
 
 /// The reference of the matmul's dot of one stored row with one activation row (quantized in
 /// blocks of [`act_block`]) for any quantized type: [`dot_k_ref`] for the k-quants; else the row
-/// decoded by the scalar decoder, [`dot_q8_ref`], plus [`dot_f32_ref`] of the mins with
-/// `act.s16` (the reference of [`dot_fused`] and of the decode-then-dot path); `act.scale` not
-/// applied.
+/// decoded by the scalar decoder, then [`dot_b32_ref`] for the legacy types and iq4_nl, or
+/// [`dot_q8_ref`] plus [`dot_f32_ref`] of the mins with `act.s16` (the reference of the
+/// decode-then-dot path of the other types); `act.scale` not applied.
 pub fn dot_row_ref(qtype: QType, spec: Option<AffineSpec>, cols: usize, src: &[u8], act: ActRow<'_>) -> f32 {
     if is_kquant(qtype) {
         return dot_k_ref(qtype, cols, src, act);
@@ -1241,6 +1381,9 @@ pub fn dot_row_ref(qtype: QType, spec: Option<AffineSpec>, cols: usize, src: &[u
     let cp = padded(cols);
     let (mut c, mut sw, mut mw) = (vec![0i8; cp], vec![0f32; cp / QS], vec![0f32; cp / QS]);
     decode_impl(qtype, spec, cols, src, &mut c, &mut sw, &mut mw);
+    if is_b32(qtype) {
+        return dot_b32_ref(&c, &sw, has_mins(qtype, spec).then_some(&mw[..]), act);
+    }
     let v = dot_q8_ref(&c, &sw, act.q, act.d16);
     if has_mins(qtype, spec) {
         v + dot_f32_ref(&mw, act.s16)

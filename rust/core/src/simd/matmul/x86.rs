@@ -114,6 +114,66 @@ pub fn dot_q8_x4_avx2(wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f32]) -
     unsafe { dot_q8_x4_avx2_tf(wq, sw, xq, d16) }
 }
 
+/// The four i32 sums of the 8 lanes of each of `v` (exact: every sum fits in i32).
+#[inline(always)]
+pub(super) unsafe fn hsum4_epi32(v: [__m256i; 4]) -> __m128i {
+    // SAFETY: AVX2 is enabled by the caller.
+    unsafe {
+        let c = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256::<1>(c))
+    }
+}
+
+/// One 32-value block's f32 step of four rows' b32 dots ([`super::b32_block_ref`]), row `r`
+/// in lane `r`: `acc + (d · dx) · isum`, then with `min = (m, bsum)` `+ (m · dx) · bsum`, every
+/// product and sum rounded on its own (no FMA), as the reference rounds them.
+#[inline(always)]
+pub(super) unsafe fn b32_step(
+    acc: __m128,
+    isum: __m128i,
+    d: __m128,
+    dx: __m128,
+    min: Option<(__m128, __m128)>,
+) -> __m128 {
+    // SAFETY: SSE2 is part of x86-64.
+    unsafe {
+        let acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(d, dx), _mm_cvtepi32_ps(isum)));
+        match min {
+            Some((m, bsum)) => _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(m, dx), bsum)),
+            None => acc,
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_b32_x4_avx2_tf(wq: [&[i8]; 4], sw: [&[f32]; 4], mw: Option<[&[f32]; 4]>, act: super::ActRow<'_>) -> [f32; 4] {
+    let mut acc = _mm_setzero_ps();
+    for b in 0..act.q.len() / 32 {
+        let x = load256(&act.q[32 * b..]);
+        let mut p = [_mm256_setzero_si256(); 4];
+        for r in 0..4 {
+            p[r] = isum32(load256(&wq[r][32 * b..]), x);
+        }
+        let k = 2 * b;
+        let d = _mm_setr_ps(sw[0][k], sw[1][k], sw[2][k], sw[3][k]);
+        let bsum = _mm_set1_ps(super::b32_bsum(act.b16, b) as f32);
+        let min = mw.map(|m| (_mm_setr_ps(m[0][k], m[1][k], m[2][k], m[3][k]), bsum));
+        // SAFETY: AVX2 is enabled here.
+        acc = unsafe { b32_step(acc, hsum4_epi32(p), d, _mm_set1_ps(act.d16[k]), min) };
+    }
+    let mut out = [0f32; 4];
+    // SAFETY: `out` holds four f32.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}
+
+/// [`super::dot_b32_x4`] with AVX2 (at the AVX2 and AVX-512 levels). Panics without AVX2/FMA.
+pub fn dot_b32_x4_avx2(wq: [&[i8]; 4], sw: [&[f32]; 4], mw: Option<[&[f32]; 4]>, act: super::ActRow<'_>) -> [f32; 4] {
+    assert!(Isa::Avx2.is_available(), "AVX2 kernel on a CPU without AVX2");
+    // SAFETY: AVX2 and FMA are available (checked above).
+    unsafe { dot_b32_x4_avx2_tf(wq, sw, mw, act) }
+}
+
 /// The AVX-512 int8 dot; `$isum` turns |w| (u8) and sign-adjusted x (i8) into 16 i32 lanes of
 /// 4-product sums.
 macro_rules! dot_q8_512 {
