@@ -20,7 +20,11 @@
 //!   scales, mins and offsets ([`crate::simd::matmul::decode_k_row`]) and multiply four rows
 //!   by four activation rows per call ([`crate::simd::matmul::dot_k_decoded`]). Both give the
 //!   scalar reference's bits at every ISA, so a token's outputs do not depend on its batch.
-//!   The bullets below describe the other types; the last one the GEMM at AVX-512 VNNI.
+//! * **The legacy types and iq4_nl** likewise sum each block of 32 in i32 and take only its
+//!   total to f32 ([`crate::simd::matmul::dot_b32_ref`], mins included): the fused kernels
+//!   below, the decoded rows' four-row dot ([`crate::simd::matmul::dot_b32_x4`]) and the
+//!   outer products give its bits at every ISA.
+//!   The bullets below describe the paths of all these types; the last one the GEMM at AVX-512 VNNI.
 //! * **Weights** are processed in tiles of consecutive rows (about [`TILE_BYTES`] once
 //!   decoded), one rayon task per tile: each row of the tile is decoded into a thread-local
 //!   buffer as i8 codes + per-16 f32 scales (+ mins) ([`crate::simd::matmul::decode_row`]; one
@@ -63,10 +67,11 @@
 //!   values, the 16 rows' 4 codes), and the decoded rows multiply them as outer products, the
 //!   sixteen activation rows in the lanes of a 512-bit vector: per 4 values and weight row one
 //!   broadcast of the row's codes and one `vpdpbusd` (k-quants:
-//!   [`crate::simd::matmul::dot_k_outer`], eight rows per call; the types decoded to int8
-//!   codes: [`crate::simd::matmul::dot_q8_outer`], two rows per call). No horizontal sums are
-//!   left per block, and each lane does the f32 steps of the kernel it replaces, so the bits
-//!   are the same as for any other batch size. Tiles of `OUTER_TILE_ROWS` weight rows, so
+//!   [`crate::simd::matmul::dot_k_outer`], eight rows per call; the legacy types and iq4_nl:
+//!   [`crate::simd::matmul::dot_b32_outer`], four rows per call, one f32 step per block of
+//!   32; the other types decoded to int8 codes: [`crate::simd::matmul::dot_q8_outer`], two
+//!   rows per call). No horizontal sums are left per block, and each lane does the f32 steps
+//!   of the kernel it replaces, so the bits are the same as for any other batch size. Tiles of `OUTER_TILE_ROWS` weight rows, so
 //!   that each activation tile serves several calls while it is in cache.
 //! * No allocation happens per row or tile after warm-up: the tile buffers are thread-local and
 //!   only borrowed inside a leaf task (which never waits on rayon), so calls are re-entrant and
@@ -463,26 +468,26 @@ pub fn matmul_reference(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32]) -> 
 
 /// The f32 products one output of [`matmul`] adds per 16 values of a row, by type: one per
 /// value for float weights (FMA dot); one per i32 lane of 4 int8 products for quantized
-/// weights, plus one per 16 values for the types whose decoded rows carry mins (q4_1, q5_1,
-/// asymmetric int8). ISAs differ only in the order of these additions, so their outputs agree
-/// within [`isa_tolerance`]. The k-quants (and their ragged types, which count as their base
-/// type) have 0: their sums are exact integers per super-block and the few f32 operations
-/// after them are done in one order everywhere, so every ISA gives the same bits.
+/// weights, plus one per 16 values for the types whose decoded rows carry mins (asymmetric
+/// int8). ISAs differ only in the order of these additions, so their outputs agree within
+/// [`isa_tolerance`]. The k-quants (and their ragged types, which count as their base type),
+/// the legacy types and iq4_nl have 0: their sums are exact integers per block and the few f32
+/// operations after them are done in one order everywhere, so every ISA gives the same bits.
 pub const ISA_TERMS_PER_16: [(QType, usize); 21] = [
     (QType::F32, 16),
     (QType::F16, 16),
     (QType::BF16, 16),
-    (QType::Q8_0, 4),
-    (QType::Q4_0, 4),
-    (QType::Q4_1, 5),
-    (QType::Q5_0, 4),
-    (QType::Q5_1, 5),
+    (QType::Q8_0, 0),
+    (QType::Q4_0, 0),
+    (QType::Q4_1, 0),
+    (QType::Q5_0, 0),
+    (QType::Q5_1, 0),
     (QType::Q2K, 0),
     (QType::Q3K, 0),
     (QType::Q4K, 0),
     (QType::Q5K, 0),
     (QType::Q6K, 0),
-    (QType::IQ4NL, 4),
+    (QType::IQ4NL, 0),
     (QType::Int2, 4),
     (QType::Int3, 4),
     (QType::Int4, 4),

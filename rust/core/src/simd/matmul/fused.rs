@@ -1,15 +1,18 @@
 //! Fused AVX2 (and AVX-512 VNNI) kernels: weight bytes decoded in registers and multiplied with
 //! the quantized activation row at once, with no decoded row in memory, four weight rows per
-//! call sharing every activation load. Two families:
+//! call sharing every activation load. Three families:
 //!
-//! * **Legacy types and int4** ([`rows`], through [`super::dot_fused`]), for few activation
-//!   rows; the decode-then-dot path ([`super::decode_row`], [`super::dot_q8_x4`]) serves larger
-//!   batches and is their specification. **Same bits**: the kernels do that path's arithmetic
-//!   in its order (per 32 values each row gives 8 exact i32 lane sums of 4 products; the scale
-//!   is `(weight scale) · (activation step)` rounded as the decoder and the dot round it; the
-//!   lane sums are added in order by FMA into one accumulator per row; the mins of q4_1 and
-//!   q5_1 are written as the decoder writes them, for the caller's f32 dot), so a token's
-//!   outputs do not depend on the batch it is in.
+//! * **Legacy types and iq4_nl** ([`rows`], through [`super::dot_fused`]), for few activation
+//!   rows: per block of 32 each row's lane sums are reduced to one exact i32 (the four rows
+//!   together: `vphaddd` at AVX2, [`hsum4x2`] for two blocks at VNNI), then the block's f32
+//!   steps run with the four rows in the lanes of one 128-bit vector ([`super::x86::b32_step`]),
+//!   mins included: the bits of [`super::dot_b32_ref`] at every ISA and batch size.
+//! * **int4** ([`rows`] too): the decode-then-dot path ([`super::decode_row`],
+//!   [`super::dot_q8_x4`]) serves larger batches and is its specification. **Same bits**: the
+//!   kernel does that path's arithmetic in its order (per 32 values each row gives 8 exact i32
+//!   lane sums of 4 products; the scale is `(weight scale) · (activation step)` rounded as the
+//!   decoder and the dot round it; the lane sums are added in order by FMA into one
+//!   accumulator per row), so a token's outputs do not depend on the batch it is in.
 //! * **k-quants and their ragged types** ([`k_rows`], through [`super::dot_k`]), at every batch
 //!   size, with activations quantized in blocks of 256 (one step per super-block, ggml's
 //!   `q8_K` idea): each sub-block's products are summed in i32 and multiplied by its integer
@@ -31,8 +34,9 @@
 //!   integer sums are the AVX2 kernels' exactly, and so are their bits. (The same for q2_k and
 //!   q3_k measured −5 % and +2 % against their AVX2 kernels on an AMD EPYC: not kept.)
 //! * **The GEMM's kernels** ([`k_decoded`], [`k_decoded_vnni`]: decoded k-quant rows with four
-//!   activation rows; at AVX-512 VNNI the outer-product kernels [`k_outer`] and [`q8_outer`],
-//!   sixteen activation rows in the lanes) live here too, for their shared helpers.
+//!   activation rows; at AVX-512 VNNI the outer-product kernels [`k_outer`], [`b32_outer`]
+//!   and [`q8_outer`], sixteen activation rows in the lanes) live here too, for their shared
+//!   helpers.
 //! * **One function per kernel** (`#[inline(never)]`, called once per four rows): inlined into
 //!   one dispatcher they shared its register allocation, and q4_0 ran 15–20 % slower.
 //!

@@ -27,8 +27,18 @@
 //!    variant (AVX2) the driver uses to share activation loads. The min terms are an f32 dot
 //!    ([`dot_f32`], FMA) of `mw` with `s16`, as is the whole product for float weights.
 //!
-//! For few activation rows, [`dot_fused`] does steps 2 and 3 at once for the legacy types and
-//! int4 (AVX2 kernels in `fused.rs`), with the same bits as [`decode_row`] + [`dot_q8_x4`].
+//! That is the path of the group-affine and double-quant types. For few activation rows,
+//! [`dot_fused`] does steps 2 and 3 at once for int4 (AVX2 kernels in `fused.rs`), with the
+//! same bits as [`decode_row`] + [`dot_q8_x4`].
+//!
+//! **The legacy types and iq4_nl** ([`is_b32`]: one scale, and for q4_1/q5_1 one min, per
+//! block of 32, which is also the activation's block) sum each block in i32 and send only its
+//! total to f32: per block `acc + (d · dx) · Σ c·q` (and `+ (m · dx) · Σ q`), [`dot_b32_ref`]
+//! the specification. Every kernel gives its bits at every ISA: [`dot_fused`] on the stored
+//! rows (AVX2 and AVX-512 VNNI, four rows' lane sums reduced together), [`dot_b32_x4`] on
+//! decoded rows (AVX2, NEON), [`dot_b32_outer`] for the VNNI GEMM. Against the per-16 form
+//! above this removes a conversion and an FMA per 4 values in the GEMM's outer products, and
+//! the separate f32 dot of the mins.
 //!
 //! **The k-quants** (q2_k … q6_k and their ragged types) take their own path, with
 //! activations in blocks of 256 (ggml's `q8_K` idea): a super-block's products are summed in
@@ -44,12 +54,13 @@
 //!
 //! **The GEMM at AVX-512 VNNI** multiplies decoded rows with tiles of [`LANES`] activation rows
 //! as outer products, the activation rows in the vector lanes: [`dot_k_outer`] (k-quants, tiles
-//! from [`pack_act_tile`]) and [`dot_q8_outer`] (codes from [`decode_row`], tiles from
-//! [`pack_q8_tile`]), with the bits of [`dot_k_decoded`] and [`dot_q8_x4`] respectively.
+//! from [`pack_act_tile`]), [`dot_b32_outer`] (the b32 types, tiles from [`pack_b32_tile`])
+//! and [`dot_q8_outer`] (the other codes from [`decode_row`], tiles from [`pack_q8_tile`]),
+//! with the bits of [`dot_k_decoded`], [`dot_b32_ref`] and [`dot_q8_x4`] respectively.
 //!
-//! Integer outputs (quantized activations, codes) are bit-identical across ISAs. Float
-//! outputs of the other types differ only by the order of f32 additions; [`dot_tolerance`]
-//! bounds the difference.
+//! Integer outputs (quantized activations, codes) and the dots of the k-quants and the b32
+//! types are bit-identical across ISAs. Float outputs of the other types differ only by the
+//! order of f32 additions; [`dot_tolerance`] bounds the difference.
 
 use crate::blocks::dq;
 use crate::blocks::iq4nl::KVALUES;
