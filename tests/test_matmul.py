@@ -193,3 +193,51 @@ def test_unavailable_isa_is_refused() -> None:
         pytest.skip("every ISA is available here")
     with pytest.raises(IsaError):
         lowbit.matmul(np.ones(64, np.float32), weight("q4_0", 2, 64), isa=missing[0])
+
+
+@pytest.mark.parametrize("qtype", ["q4_0", "iq4_nl"])
+@pytest.mark.parametrize(("rows", "cols"), [(1, 32), (9, 160), (67, 512)])
+def test_packed_weights_give_the_same_bits(qtype: str, rows: int, cols: int) -> None:
+    # `pack` (four rows interleaved, the packed GEMV at AVX-512 VNNI, rows unpacked elsewhere)
+    # changes no bit of the result, at every ISA, for single rows and batches, 1-D and 2-D x,
+    # with the weight's outliers; matmul_reference reads it the same way.
+    qt = weight(qtype, rows, cols, seed=rows)
+    rng = np.random.default_rng(cols)
+    row_ptr = np.arange(rows + 1, dtype=np.uint64)
+    ocols = rng.integers(0, cols, rows).astype(np.uint32)
+    vals = rng.standard_normal(rows).astype(np.float16)
+    for w in (qt, qt.with_outliers((row_ptr, ocols, vals))):
+        pw = lowbit.pack(w)
+        assert isinstance(pw, lowbit.PackedWeight) and pw.shape == (rows, cols) and pw.qtype == qtype
+        assert pw.data.nbytes == -(-rows // 4) * 4 * qt.data.nbytes // rows
+        for n in (1, 5, 20):
+            x = rng.standard_normal((n, cols)).astype(np.float32)
+            for isa in lowbit.available_isas():
+                want = lowbit.matmul(x, w, isa=isa)
+                got = lowbit.matmul(x, pw, isa=isa)
+                np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"{isa} n={n}")
+            np.testing.assert_array_equal(lowbit.matmul_reference(x, pw), lowbit.matmul_reference(x, w))
+        np.testing.assert_array_equal(lowbit.matmul(x[0], pw), lowbit.matmul(x[0], w))
+
+
+def test_pack_refuses_bad_input() -> None:
+    with pytest.raises(ParameterError, match="q4_0 and iq4_nl"):
+        lowbit.pack(weight("q8_0", 4, 64))
+    with pytest.raises(TypeError, match="QTensor"):
+        lowbit.pack(np.zeros((4, 64), np.float32))  # type: ignore[arg-type]
+    g = weight("int4-g32", 4, 64)
+    perm = np.arange(64, dtype=np.uint32)[::-1]
+    permuted = lowbit.QTensor(g.qtype, g.shape, g.data.reshape(-1), group_size=g.group_size, perm=perm)
+    with pytest.raises(ParameterError, match="permutation"):
+        lowbit.pack(permuted)
+    pw = lowbit.pack(weight("q4_0", 4, 64))
+    with pytest.raises(ParameterError, match="PackedWeight"):
+        lowbit.matmul(np.zeros(64, np.float32), pw, perm=np.arange(64, dtype=np.uint32))
+    with pytest.raises(ShapeError, match=r"\(64,\)"):
+        lowbit.matmul(np.zeros(63, np.float32), pw)
+    with pytest.raises(InvalidValueError):
+        lowbit.matmul(np.full(64, np.nan, np.float32), pw)
+    # Bytes of the wrong length reach the core's typed check.
+    bad = lowbit.PackedWeight("q4_0", (4, 64), pw.data[:-1])
+    with pytest.raises(ShapeError, match="packed"):
+        lowbit.matmul(np.zeros(64, np.float32), bad)

@@ -1,9 +1,11 @@
 //! A GEMV loop for profiling (`perf record`): `cargo run --release -p lowbit-bench --example
 //! gemv_profile -- TYPE [SECONDS] [THREADS] [COLS] [N]`; prints weight GB/s and GMAC/s
-//! (weight bytes per second, whatever the number `N` of activation rows).
+//! (weight bytes per second, whatever the number `N` of activation rows). `GEMV_PACK=1` packs
+//! q4_0 / iq4_nl weights as the engine does at load.
 
 use lowbit_core::matmul::{matmul, QMatrix};
 use lowbit_core::quant::{self, QuantOptions, Source};
+use lowbit_core::simd::matmul::packed;
 use std::time::Instant;
 
 fn main() {
@@ -28,9 +30,20 @@ fn main() {
     let (layout, bytes) = quant::quantize(t, Source::F32(&w), rows, cols, &QuantOptions::default()).unwrap();
     let mb: usize = std::env::var("GEMV_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
     let copies = (mb << 20).div_ceil(bytes.len()).max(1);
-    let all: Vec<u8> = bytes.iter().copied().cycle().take(copies * bytes.len()).collect();
-    let mats: Vec<QMatrix<'_>> =
-        all.chunks_exact(bytes.len()).map(|d| QMatrix::new(layout, d, None, None).unwrap()).collect();
+    // GEMV_PACK=1: the weights packed as the engine packs them at load (q4_0, iq4_nl).
+    let pack = std::env::var("GEMV_PACK").is_ok_and(|v| v == "1") && packed::can_pack(layout.qtype);
+    let stored = if pack {
+        let mut p = vec![0u8; packed::packed_len(rows, layout.row_bytes)];
+        packed::pack(layout.qtype, rows, cols, &bytes, &mut p);
+        p
+    } else {
+        bytes.clone()
+    };
+    let all: Vec<u8> = stored.iter().copied().cycle().take(copies * stored.len()).collect();
+    let mats: Vec<QMatrix<'_>> = all
+        .chunks_exact(stored.len())
+        .map(|d| if pack { QMatrix::new_packed(layout, d, None) } else { QMatrix::new(layout, d, None, None) }.unwrap())
+        .collect();
     let mut y = vec![0f32; n * rows];
     let start = Instant::now();
     let mut calls = 0usize;

@@ -41,7 +41,7 @@ from .errors import (
 )
 from .eval import EvalReport, evaluate
 from .lbf import LBFFile, LBFWriter, PartInfo, TensorInfo, load, save
-from .matmul import matmul, matmul_reference
+from .matmul import PackedWeight, matmul, matmul_reference, pack
 from .model import Generation, Model
 from .qtensor import ActQuant, Outliers, QTensor, SourceDType, dequantize, quantize
 
@@ -65,6 +65,7 @@ __all__ = [
     "Model",
     "NotFoundError",
     "Outliers",
+    "PackedWeight",
     "ParameterError",
     "PartInfo",
     "QTensor",
@@ -88,6 +89,7 @@ __all__ = [
     "load",
     "matmul",
     "matmul_reference",
+    "pack",
     "qtypes",
     "quantize",
     "save",

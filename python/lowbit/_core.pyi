@@ -48,7 +48,9 @@ def matmul(
     isa: str | None = None,
     reference: bool = False,
     act: tuple[str, float] | None = None,
+    packed: bool = False,
 ) -> npt.NDArray[np.float32]: ...
+def pack_rows(data: npt.NDArray[np.uint8], qtype: str, rows: int, cols: int) -> npt.NDArray[np.uint8]: ...
 
 class MapOwner:
     """Base object of the numpy views of a mapped LBF file; keeps the map alive."""

@@ -48,6 +48,11 @@
 //!   outer products' (q4_0, q8_0, q4_k, q6_k); the outer products overtake it at 10–16 rows.
 //!   Edge groups of fewer than four rows repeat their last row in both paths, so every output
 //!   comes from the four-row kernel.
+//! * **Packed weights** ([`QMatrix::new_packed`], [`pack_rows`]; q4_0 and iq4_nl, four rows
+//!   interleaved by pairs of blocks, see [`crate::simd::matmul::packed`]): few activation rows
+//!   at AVX-512 VNNI run the packed kernel on whole groups (one 64-byte load for a block of
+//!   four rows, one 16-byte load for their scales); other ISAs and larger batches unpack each
+//!   row into the decoded tile. The bits are the stored weight's.
 //! * **Outliers** are added in the same pass, tile by tile, once the tile's dense outputs are
 //!   done: the tile's CSR entries are decoded once (u32 columns, f16 values to f32 by the ISA's
 //!   converter) into thread-local buffers, then each output gets `Σ_k x[c_k] · v_k` over its
@@ -265,6 +270,8 @@ pub struct QMatrix<'a> {
     perm: Option<&'a [u8]>,
     outliers: Option<Outliers<'a>>,
     act: Option<ActQuant>,
+    /// Whether `data` holds the rows packed by [`crate::simd::matmul::packed::pack`].
+    packed: bool,
 }
 
 impl<'a> QMatrix<'a> {
@@ -315,7 +322,29 @@ impl<'a> QMatrix<'a> {
         let (row_ptr, ocols) = outliers.map_or((&[][..], &[][..]), |o| (o.row_ptr, o.cols));
         check_perm_outliers(rows, cols, perm.unwrap_or(&[]), row_ptr, ocols)
             .map_err(|(_, msg)| Error::InvalidParameter(msg))?;
-        Ok(QMatrix { layout, data, perm, outliers, act: None })
+        Ok(QMatrix { layout, data, perm, outliers, act: None, packed: false })
+    }
+
+    /// A weight whose rows were packed by [`crate::simd::matmul::packed::pack`] (q4_0 or
+    /// iq4_nl; `packed` is [`crate::simd::matmul::packed::packed_len`] bytes), with the checks
+    /// of [`QMatrix::new`] (no permutation: these are not group-affine types). Its GEMV runs on
+    /// the packed groups where the ISA has the kernel; its outputs are the stored weight's bits.
+    pub fn new_packed(layout: Layout, packed: &'a [u8], outliers: Option<Outliers<'a>>) -> Result<QMatrix<'a>> {
+        let len = kern::packed::packed_len(layout.rows, layout.row_bytes);
+        if !kern::packed::can_pack(layout.qtype) || layout.affine.is_some() {
+            return Err(Error::InvalidParameter(format!("{} weights are not packed", layout.qtype.name())));
+        }
+        if packed.len() != len {
+            return Err(Error::Shape(format!(
+                "packed weight data has {} bytes, a packed {} matrix of {} × {} has {len}",
+                packed.len(),
+                layout.qtype.name(),
+                layout.rows,
+                layout.cols
+            )));
+        }
+        let m = QMatrix::new(layout, &packed[..layout.nbytes()], None, outliers)?;
+        Ok(QMatrix { data: packed, packed: true, ..m })
     }
 
     /// The same weight multiplying int8 activations (`Some`: W8A8) or f32 ones (`None`). Refuses
@@ -333,15 +362,41 @@ impl<'a> QMatrix<'a> {
 
     /// A weight whose parts were already checked by [`QMatrix::new`] (the engine checks each
     /// tensor once at load and rebuilds the borrow per call without re-scanning perm and outliers).
+    /// `packed`: `data` is the packed form ([`QMatrix::new_packed`]).
     pub(crate) fn prechecked(
         layout: Layout,
         data: &'a [u8],
         perm: Option<&'a [u8]>,
         outliers: Option<Outliers<'a>>,
         act: Option<ActQuant>,
+        packed: bool,
     ) -> QMatrix<'a> {
-        debug_assert_eq!(data.len(), layout.nbytes());
-        QMatrix { layout, data, perm, outliers, act }
+        let len = if packed { kern::packed::packed_len(layout.rows, layout.row_bytes) } else { layout.nbytes() };
+        debug_assert_eq!(data.len(), len);
+        QMatrix { layout, data, perm, outliers, act, packed }
+    }
+
+    /// Whether the rows are packed ([`QMatrix::new_packed`]).
+    pub fn is_packed(&self) -> bool {
+        self.packed
+    }
+
+    /// Stored row `r` in the stored layout: borrowed, or for a packed weight unpacked into `buf`.
+    pub fn row_in<'b>(&'b self, r: usize, buf: &'b mut Vec<u8>) -> &'b [u8] {
+        if self.packed {
+            let rb = self.layout.row_bytes;
+            buf.resize(rb, 0);
+            kern::packed::unpack_row(self.layout.cols, self.data, r, buf);
+            buf
+        } else {
+            self.row(r)
+        }
+    }
+
+    /// Packed group `g` (rows `4g` to `4g + 3`) of a packed weight.
+    fn group(&self, g: usize) -> &'a [u8] {
+        let gb = kern::packed::PACK_ROWS * self.layout.row_bytes;
+        &self.data[g * gb..(g + 1) * gb]
     }
 
     /// The layout (type, shape, bytes per row).
@@ -358,6 +413,7 @@ impl<'a> QMatrix<'a> {
     /// The bytes of the `n` stored rows from row `r` on (contiguous).
     #[inline]
     pub fn rows(&self, r: usize, n: usize) -> &'a [u8] {
+        assert!(!self.packed, "a packed weight's rows are read with row_in");
         let rb = self.layout.row_bytes;
         &self.data[r * rb..(r + n) * rb]
     }
@@ -392,6 +448,34 @@ impl<'a> QMatrix<'a> {
         let (row, cols) = (self.row(r), self.layout.cols);
         half::f16::from_bits(u16::from_le_bytes([row[cols], row[cols + 1]])).to_f32()
     }
+}
+
+/// The rows of a q4_0 or iq4_nl weight (`layout`, its stored bytes `data`) packed for the
+/// GEMV ([`crate::simd::matmul::packed`]; multiply them through [`QMatrix::new_packed`]).
+///
+/// Errors: another type (or a group-affine spec), `data` not `layout.nbytes()` long.
+pub fn pack_rows(layout: &Layout, data: &[u8]) -> Result<Vec<u8>> {
+    if !kern::packed::can_pack(layout.qtype) || layout.affine.is_some() {
+        return Err(Error::InvalidParameter(format!(
+            "only q4_0 and iq4_nl weights are packed, not {}",
+            layout.qtype.name()
+        )));
+    }
+    if data.len() != layout.nbytes() {
+        return Err(Error::Shape(format!(
+            "weight data has {} bytes, a {} matrix of {} × {} has {}",
+            data.len(),
+            layout.qtype.name(),
+            layout.rows,
+            layout.cols,
+            layout.nbytes()
+        )));
+    }
+    let mut out = vec![0u8; kern::packed::packed_len(layout.rows, layout.row_bytes)];
+    if layout.rows > 0 {
+        kern::packed::pack(layout.qtype, layout.rows, layout.cols, data, &mut out);
+    }
+    Ok(out)
 }
 
 /// Check the shapes of a matmul call: `x` is `n × cols`, `y` is `n × rows`, all finite.
@@ -448,9 +532,9 @@ pub fn matmul_reference(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32]) -> 
         }
         return Ok(());
     }
-    let mut wrow = vec![0f32; cols];
+    let (mut wrow, mut buf) = (vec![0f32; cols], Vec::new());
     for r in 0..rows {
-        crate::blocks::dequantize_row(Isa::Scalar, qtype, affine, w.row(r), &mut wrow);
+        crate::blocks::dequantize_row(Isa::Scalar, qtype, affine, w.row_in(r, &mut buf), &mut wrow);
         if let Some(o) = w.outliers {
             for k in o.ptr(r)..o.ptr(r + 1) {
                 let (c, v) = o.entry(k);
@@ -512,6 +596,8 @@ pub fn isa_tolerance(qtype: QType, cols: usize) -> f64 {
 /// Thread-local buffers of one tile of decoded weight rows (and of its decoded outliers).
 #[derive(Debug, Default)]
 struct Tile {
+    /// One stored row unpacked from a packed weight.
+    plain: Vec<u8>,
     codes: Vec<i8>,
     sw: Vec<f32>,
     mw: Vec<f32>,
@@ -809,7 +895,11 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     let kq = kern::is_kquant(qtype);
     // The legacy types and iq4_nl: integer sums per block of 32, mins included.
     let b32 = kern::is_b32(qtype);
-    let fused = n <= FUSED_MAX_N && (kq || kern::has_fused(isa, qtype, affine, cols));
+    // Packed rows (q4_0, iq4_nl) run the packed kernel where the ISA has it; elsewhere, and for
+    // larger batches, they are unpacked row by row into the decoded tile (the same bits).
+    let packed = w.packed;
+    let fused = n <= FUSED_MAX_N
+        && (kq || if packed { kern::packed::has_packed(isa) } else { kern::has_fused(isa, qtype, affine, cols) });
     // Whether the kernels leave a per-16 min term for an f32 dot with the activation's sums
     // (the k-quants and the b32 types fold theirs into their integer sums).
     let mins = kern::has_mins(qtype, affine) && !kq && !b32;
@@ -862,7 +952,7 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
     // tile serves several groups while it is in cache.
     let tile = match (TILE_BYTES / row_bytes).clamp(1, MAX_TILE_ROWS) {
         _ if outer => OUTER_TILE_ROWS.min(rows.next_multiple_of(kern::OUTER_ROWS)),
-        t if t >= 4 => t / 4 * 4,
+        t if t >= 4 || packed => (t / 4 * 4).max(kern::packed::PACK_ROWS),
         t => t,
     };
     // Output of tile `t`: `nr` rows × n (the transpose of y's block, = y's block when n = 1;
@@ -872,7 +962,7 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
         let nr = out.len() / n;
         TILE.with(|cell| {
             let mut guard = cell.borrow_mut();
-            let Tile { codes, sw, mw, wf, kw, ksv, kzs, kmn, kdd, ocols, ovals } = &mut *guard;
+            let Tile { codes, sw, mw, wf, kw, ksv, kzs, kmn, kdd, ocols, ovals, plain } = &mut *guard;
             if float {
                 // f32 rows are used where they are stored (when aligned): no copy, which halved
                 // the rate of a GEMV streaming from DRAM; the others are converted to f32 per tile.
@@ -917,6 +1007,19 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                         }
                     }
                     i += c;
+                }
+            } else if fused && packed {
+                // Whole packed groups of four rows (a last group repeats its last row); the
+                // groups two further on are prefetched.
+                let ahead = 2 * kern::packed::PACK_ROWS * w.layout.row_bytes;
+                for r in (0..nr).step_by(4) {
+                    let group = w.group((r0 + r) / kern::packed::PACK_ROWS);
+                    for i in 0..n {
+                        let v = kern::packed::dot_packed(isa, qtype, cols, group, act(i), ahead);
+                        for (j, &vj) in v.iter().enumerate().take(nr - r) {
+                            out[(r + j) * n + i] = vj * scale[i];
+                        }
+                    }
                 }
             } else if fused {
                 for r in (0..nr).step_by(4) {
@@ -1000,7 +1103,7 @@ fn run(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], isa: Isa, acts: &mut
                 for (r, ((c, s), m)) in
                     codes.chunks_exact_mut(cp).zip(sw.chunks_exact_mut(nsub)).zip(mw.chunks_exact_mut(nsub)).enumerate()
                 {
-                    kern::decode_row(isa, qtype, affine, cols, w.row(r0 + r), c, s, m);
+                    kern::decode_row(isa, qtype, affine, cols, w.row_in(r0 + r, plain), c, s, m);
                 }
                 let finish = |r: usize, i: usize, v: f32| {
                     let v = if mins {

@@ -685,6 +685,82 @@ fn b32_types_give_the_same_bits_at_every_isa() {
 }
 
 #[test]
+fn packing_round_trips_every_row() {
+    // Rows 1 to 9 (partial last groups), blocks 1 to 5 per row (an odd last block): each
+    // stored row comes back from the packed bytes, and a last group repeats its last row.
+    use k::packed::{pack, packed_len, unpack_row, PACK_ROWS};
+    for name in ["q4_0", "iq4_nl"] {
+        for rows in 1..=9 {
+            for nb in 1..=5 {
+                let cols = 32 * nb;
+                let (l, data) = weight(name, rows, cols, (rows * 10 + nb) as u64);
+                let mut p = vec![0u8; packed_len(rows, l.row_bytes)];
+                pack(l.qtype, rows, cols, &data, &mut p);
+                let mut out = vec![0u8; l.row_bytes];
+                for r in 0..rows.next_multiple_of(PACK_ROWS) {
+                    unpack_row(cols, &p, r, &mut out);
+                    let want = &data[r.min(rows - 1) * l.row_bytes..][..l.row_bytes];
+                    assert_eq!(&out[..], want, "{name} rows={rows} cols={cols} row {r}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_weights_give_the_stored_bits_at_every_isa_and_batch() {
+    // A packed q4_0 / iq4_nl weight (the packed GEMV at AVX-512 VNNI, rows unpacked into the
+    // decoded tile elsewhere and for larger batches) gives the stored weight's bits, with and
+    // without outliers, for single tokens, small batches, and batches that take the outer
+    // products; matmul_reference reads it the same way.
+    use k::packed::{pack, packed_len};
+    for (ti, name) in ["q4_0", "iq4_nl"].into_iter().enumerate() {
+        for (rows, cols) in [(9, 160), (16, 64), (5, 32), (13, 4096 + 32)] {
+            let (l, data) = weight(name, rows, cols, (ti * 100 + rows) as u64);
+            let mut p = vec![0u8; packed_len(rows, l.row_bytes)];
+            pack(l.qtype, rows, cols, &data, &mut p);
+            let (rp, oc, ov) = outlier_parts(rows, cols, 5 + ti as u64);
+            for with_outliers in [false, true] {
+                let o = with_outliers.then_some(Outliers { row_ptr: &rp, cols: &oc, vals: &ov });
+                let plain = QMatrix::new(l, &data, None, o).unwrap();
+                let packed = QMatrix::new_packed(l, &p, o).unwrap();
+                assert!(packed.is_packed() && !plain.is_packed());
+                for n in [1, 3, 12, 21] {
+                    let x = acts("mixed", n, cols, 60 + n as u64);
+                    for isa in available() {
+                        let (mut want, mut got) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                        matmul(&plain, &x, n, &mut want, Some(isa)).unwrap();
+                        matmul(&packed, &x, n, &mut got, Some(isa)).unwrap();
+                        let tag = format!("{name} {rows}×{cols} outliers={with_outliers} n={n} {isa}");
+                        assert_f32_bits_eq(&tag, &want, &got);
+                    }
+                    let (mut want, mut got) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                    matmul_reference(&plain, &x, n, &mut want).unwrap();
+                    matmul_reference(&packed, &x, n, &mut got).unwrap();
+                    assert_f32_bits_eq(&format!("{name} reference n={n}"), &want, &got);
+                }
+            }
+        }
+    }
+    if !available().into_iter().any(k::packed::has_packed) {
+        eprintln!(
+            "packed_weights_give_the_stored_bits_at_every_isa_and_batch: packed kernel skipped (no AVX-512 VNNI)"
+        );
+    }
+}
+
+#[test]
+fn packed_weights_refuse_bad_input() {
+    let (l, data) = weight("q4_0", 5, 64, 1);
+    let len = k::packed::packed_len(5, l.row_bytes);
+    assert_eq!(len, 8 * l.row_bytes);
+    // The stored bytes are not the packed length (5 rows, not 8).
+    assert!(matches!(QMatrix::new_packed(l, &data, None), Err(Error::Shape(_))));
+    let (l8, d8) = weight("q8_0", 4, 64, 2);
+    assert!(matches!(QMatrix::new_packed(l8, &d8, None), Err(Error::InvalidParameter(_))));
+}
+
+#[test]
 fn f32_dots_agree_with_the_reference() {
     let mut r = Rng::new(4);
     for len in (0..70).chain([255, 4096]) {

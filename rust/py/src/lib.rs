@@ -201,6 +201,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(matmul::matmul, m)?)?;
+    m.add_function(wrap_pyfunction!(matmul::pack_rows, m)?)?;
     m.add_class::<format::LbfReader>()?;
     m.add_class::<format::PyLbfWriter>()?;
     m.add_class::<format::MapOwner>()?;

@@ -22,7 +22,7 @@ pub(crate) fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N
 /// (int8 activations). `reference=True` runs the reference instead of the fast path.
 #[pyfunction]
 #[pyo3(signature = (x, data, qtype, rows, cols, group_size=None, symmetric=None, perm=None,
-                    row_ptr=None, ocols=None, ovals=None, isa=None, reference=false, act=None))]
+                    row_ptr=None, ocols=None, ovals=None, isa=None, reference=false, act=None, packed=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul<'py>(
     py: Python<'py>,
@@ -40,6 +40,7 @@ pub fn matmul<'py>(
     isa: Option<&str>,
     reference: bool,
     act: Option<ActArg>,
+    packed: bool,
 ) -> Result<Bound<'py, PyArray1<f32>>, PyLowbitError> {
     let isa = parse_isa(isa)?;
     let act = parse_act(act.as_ref())?;
@@ -66,7 +67,16 @@ pub fn matmul<'py>(
     let mut y = vec![0f32; n * rows];
     py.detach(|| {
         let o = outl.as_ref().map(|(p, c, v)| Outliers { row_ptr: p, cols: c, vals: v });
-        let w = QMatrix::new(layout, bytes, perm.as_deref(), o)?.with_act(act)?;
+        let w = if packed {
+            if perm.is_some() || act.is_some() {
+                return Err(lowbit_core::Error::InvalidParameter(
+                    "a packed weight takes no permutation and no act mode".into(),
+                ));
+            }
+            QMatrix::new_packed(layout, bytes, o)?
+        } else {
+            QMatrix::new(layout, bytes, perm.as_deref(), o)?.with_act(act)?
+        };
         if reference {
             core_mm::matmul_reference(&w, xs, n, &mut y)
         } else {
@@ -74,4 +84,21 @@ pub fn matmul<'py>(
         }
     })?;
     Ok(PyArray1::from_vec(py, y))
+}
+
+/// The rows of a q4_0 or iq4_nl weight `data` (rows × row_bytes uint8) packed for the GEMV
+/// (`lowbit-core`'s `matmul::pack_rows`): uint8, rows rounded up to a multiple of 4.
+#[pyfunction]
+pub fn pack_rows<'py>(
+    py: Python<'py>,
+    data: PyReadonlyArray1<'py, u8>,
+    qtype: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Bound<'py, PyArray1<u8>>, PyLowbitError> {
+    let (q, spec) = quant::resolve(qtype, &QuantOptions::default())?;
+    let layout = Layout::new(q, spec, rows, cols)?;
+    let bytes = slice_of(&data, "data")?;
+    let out = py.detach(|| core_mm::pack_rows(&layout, bytes))?;
+    Ok(PyArray1::from_vec(py, out))
 }

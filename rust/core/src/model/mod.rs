@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::format::{LbfFile, PartKind};
 use crate::matmul::{ActQuant, Outliers, QMatrix};
 use crate::quant::Layout;
+use crate::simd::matmul::packed;
 use crate::simd::Isa;
 
 /// A weight matrix of the file: its layout and where its parts lie in the file's bytes. Its
@@ -41,18 +42,31 @@ struct Weight {
     outliers: Option<[Range<usize>; 3]>,
     /// The activation quantization of a W8A8 weight (an `act_quant` part).
     act: Option<ActQuant>,
+    /// The rows packed for the GEMV at load ([`crate::simd::matmul::packed`]), when the
+    /// model's ISA has the packed kernel and the type packs (q4_0, iq4_nl).
+    packed: Option<Vec<u8>>,
 }
 
 impl Weight {
-    /// The borrowed matrix over `bytes` (the file's bytes).
-    fn matrix<'a>(&self, bytes: &'a [u8]) -> QMatrix<'a> {
+    /// The matrix the model multiplies by: the packed rows if there are any, else the stored
+    /// ones (`bytes`: the file's bytes).
+    fn matrix<'a>(&'a self, bytes: &'a [u8]) -> QMatrix<'a> {
+        let m = self.stored(bytes);
+        match &self.packed {
+            Some(p) => QMatrix::prechecked(self.layout, p, None, m.outliers().copied(), self.act, true),
+            None => m,
+        }
+    }
+
+    /// The matrix of the stored rows in the file's `bytes` (the embedding's row lookup).
+    fn stored<'a>(&self, bytes: &'a [u8]) -> QMatrix<'a> {
         let outliers = self.outliers.as_ref().map(|[r, c, v]| Outliers {
             row_ptr: &bytes[r.clone()],
             cols: &bytes[c.clone()],
             vals: &bytes[v.clone()],
         });
         let perm = self.perm.clone().map(|p| &bytes[p]);
-        QMatrix::prechecked(self.layout, &bytes[self.data.clone()], perm, outliers, self.act)
+        QMatrix::prechecked(self.layout, &bytes[self.data.clone()], perm, outliers, self.act, false)
     }
 }
 
@@ -139,7 +153,7 @@ impl Model {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}.");
-                let w = |n: &str, r, c| weight(fl, &format!("{p}{n}"), r, c);
+                let w = |n: &str, r, c| weight(fl, &format!("{p}{n}"), r, c, Some(isa));
                 let vec = |n: &str, len| vector(fl, isa, &format!("{p}{n}"), len);
                 Ok(Layer {
                     attn_norm: vec("input_layernorm.weight", h)?,
@@ -167,11 +181,12 @@ impl Model {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Model {
-            embed: weight(fl, "model.embed_tokens.weight", v, h)?,
+            // Packed only when it is also the output projection (tied).
+            embed: weight(fl, "model.embed_tokens.weight", v, h, cfg.tie_word_embeddings.then_some(isa))?,
             norm: vector(fl, isa, "model.norm.weight", h)?,
             lm_head: match cfg.tie_word_embeddings {
                 true => None,
-                false => Some(weight(fl, "lm_head.weight", v, h)?),
+                false => Some(weight(fl, "lm_head.weight", v, h, Some(isa))?),
             },
             layers,
             inv_freq: cfg.inv_freq(),
@@ -211,7 +226,7 @@ impl Model {
     /// outliers added, and its columns put back in input order if there is a permutation
     /// (`tmp`: hidden values of scratch).
     fn embed(&self, token: u32, out: &mut [f32], tmp: &mut [f32]) {
-        let m = self.embed.matrix(self.file.bytes());
+        let m = self.embed.stored(self.file.bytes());
         let l = m.layout();
         let r = token as usize;
         let dst = if m.has_perm() { &mut *tmp } else { &mut *out };
@@ -243,8 +258,9 @@ fn find_checked<'f>(file: &'f LbfFile, name: &str, dims: &[usize]) -> Result<(us
     Ok((i, t))
 }
 
-/// A weight matrix (`rows × cols`), checked once (with its act mode, if it is a W8A8 weight).
-fn weight(file: &LbfFile, name: &str, rows: usize, cols: usize) -> Result<Weight> {
+/// A weight matrix (`rows × cols`), checked once (with its act mode, if it is a W8A8 weight),
+/// its rows packed for the GEMV when `pack` is an ISA with the packed kernel and the type packs.
+fn weight(file: &LbfFile, name: &str, rows: usize, cols: usize, pack: Option<Isa>) -> Result<Weight> {
     let (i, t) = find_checked(file, name, &[rows, cols])?;
     let parts = file.tensor_parts(i)?;
     let qtype = t.qtype.expect("tensor_parts refuses unknown qtypes");
@@ -261,6 +277,10 @@ fn weight(file: &LbfFile, name: &str, rows: usize, cols: usize) -> Result<Weight
     let act =
         checked.map_err(|e| Error::Format { offset: t.parts[0].offset, msg: format!("tensor {name:?}: {e}") })?.act();
     let range = |k: PartKind| t.part(k).map(|p| p.offset as usize..(p.offset + p.len) as usize);
+    let packed = match pack.is_some_and(packed::has_packed) && packed::can_pack(qtype) && t.affine.is_none() {
+        true => Some(crate::matmul::pack_rows(&layout, parts[PartKind::Data as usize])?),
+        false => None,
+    };
     Ok(Weight {
         layout,
         data: range(PartKind::Data).expect("data is always present"),
@@ -270,6 +290,7 @@ fn weight(file: &LbfFile, name: &str, rows: usize, cols: usize) -> Result<Weight
             _ => None,
         },
         act,
+        packed,
     })
 }
 

@@ -416,9 +416,47 @@ fn forward_matches_the_f64_oracle() {
 fn quantized_weights_match_the_oracle_on_their_dequantized_values() {
     // The oracle uses the dequantized weights; the only difference left is the activation
     // side of the quantized matmul.
-    for qtype in ["q8_0", "q4_k", "f16"] {
+    for qtype in ["q8_0", "q4_k", "f16", "q4_0", "iq4_nl"] {
         let c = Config { intermediate_size: 256, ..cfg(Arch::Llama, 256, 4, 2, 64) };
         check_against_oracle(&tiny(c, qtype, 30), 3e-2, qtype);
+    }
+}
+
+#[test]
+fn q4_0_and_iq4_nl_weights_are_packed_where_the_isa_has_the_kernel() {
+    // The layers' matrices (and the output projection) are packed at load where the packed
+    // GEMV runs; the embedding, untied, keeps its stored rows only. Packing changes no bit of
+    // the logits: the same model with its packed rows dropped gives the same bits (batched
+    // prompt and one token at a time).
+    for qtype in ["q4_0", "iq4_nl"] {
+        let c = Config { intermediate_size: 256, tie_word_embeddings: false, ..cfg(Arch::Llama, 256, 4, 2, 64) };
+        let t = tiny(c, qtype, 31);
+        let model = Model::load(Arc::clone(&t.file), t.cfg.clone(), None).unwrap();
+        let packs = crate::simd::matmul::packed::has_packed(model.isa());
+        let l = &model.layers[0];
+        for w in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, model.output()] {
+            assert_eq!(w.packed.is_some(), packs, "{qtype}: packed at {:?}", model.isa());
+        }
+        assert!(model.embed.packed.is_none(), "{qtype}: an untied embedding is not packed");
+        if !packs {
+            eprintln!("{qtype}: packed weights skipped (no AVX-512 VNNI here)");
+            continue;
+        }
+        let mut plain = Model::load(Arc::clone(&t.file), t.cfg.clone(), None).unwrap();
+        for l in &mut plain.layers {
+            for w in [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down] {
+                w.packed = None;
+            }
+        }
+        plain.lm_head.as_mut().expect("untied").packed = None;
+        for chunk in [TOKENS.len(), 1] {
+            let run = |m: &Model| {
+                let mut s = Session::with_batch(m, 16, chunk).unwrap();
+                s.forward(m, &TOKENS, true).unwrap()
+            };
+            let (got, want) = (run(&model), run(&plain));
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{qtype}: batch {chunk}");
+        }
     }
 }
 

@@ -1397,6 +1397,73 @@ pub(super) fn b32_outer(
     out
 }
 
+/// [`super::packed::dot_packed`] for q4_0 (`LUT` false) and iq4_nl (`LUT` true: the nibbles
+/// through [`KVALUES`], `+ 128`): per pair of blocks one 16-byte load of the eight scales and,
+/// per block, one 64-byte load of four rows' codes, whose low and high nibbles meet the
+/// activation's values 0–15 and 16–31 broadcast to every 128-bit lane (two `vpdpbusd`s);
+/// the four lanes of each row are then added (`unpack` and one shuffle), the codes' offset
+/// (`zb · Σ q`, `zb` 8 or 128) taken off, and the two blocks' f32 steps done in block order:
+/// the bits of [`super::dot_b32_ref`]. `ahead` bytes further on are prefetched into L2.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) fn packed_vnni<const LUT: bool>(g: &[u8], a: ActRow<'_>, nb: usize, ahead: usize) -> [f32; R] {
+    assert!(g.len() == R * 18 * nb && a.q.len() == 32 * nb && a.d16.len() == 2 * nb && a.b16.len() == 2 * nb);
+    let zb: i32 = if LUT { 128 } else { 8 };
+    let m4 = _mm512_set1_epi8(0x0F);
+    let flip = _mm512_set1_epi8(i8::MIN);
+    // SAFETY: KVALUES holds 16 bytes; AVX-512 is enabled here.
+    let lut = unsafe { _mm512_broadcast_i32x4(load128(KVALUES.as_ptr().cast())) };
+    // Dword 4r (block 2p) and 4r + 1 (block 2p + 1) of each row's 128-bit lane, rows in order.
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    let mut acc = _mm_setzero_ps();
+    let (pairs, odd) = (nb / 2, nb % 2 == 1);
+    for p in 0..pairs + usize::from(odd) {
+        let whole = p < pairs;
+        // SAFETY: pair `p`'s bytes (144, or 72 for an odd last block) lie inside the group and
+        // its 64 (or 32) values inside the activation (checked above); prefetches never fault.
+        unsafe {
+            let base = g.as_ptr().add(144 * p);
+            prefetch(base, ahead, 144);
+            let xq = a.q.as_ptr().add(64 * p).cast::<u8>();
+            let codes = if whole { 16 } else { 8 };
+            let mut s = [_mm512_setzero_si512(); 2];
+            for (h, sh) in s.iter_mut().enumerate().take(if whole { 2 } else { 1 }) {
+                let v = _mm512_loadu_si512(base.add(codes + 64 * h).cast());
+                let (mut lo, mut hi) = (_mm512_and_si512(v, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4));
+                if LUT {
+                    lo = _mm512_xor_si512(_mm512_shuffle_epi8(lut, lo), flip);
+                    hi = _mm512_xor_si512(_mm512_shuffle_epi8(lut, hi), flip);
+                }
+                let xl = _mm512_broadcast_i32x4(load128(xq.add(32 * h)));
+                let xh = _mm512_broadcast_i32x4(load128(xq.add(32 * h + 16)));
+                *sh = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
+            }
+            let u = _mm512_add_epi32(_mm512_unpacklo_epi32(s[0], s[1]), _mm512_unpackhi_epi32(s[0], s[1]));
+            let t = _mm512_add_epi32(u, _mm512_shuffle_epi32::<0b01_00_11_10>(u));
+            let sums = _mm512_castsi512_si256(_mm512_permutexvar_epi32(idx, t));
+            let (b0, b1) = (2 * p, (2 * p + 1).min(nb - 1));
+            let off = _mm256_set_m128i(
+                _mm_set1_epi32(zb * super::b32_bsum(a.b16, b1)),
+                _mm_set1_epi32(zb * super::b32_bsum(a.b16, b0)),
+            );
+            let isum = _mm256_sub_epi32(sums, off);
+            let dx0 = _mm_set1_ps(*a.d16.get_unchecked(2 * b0));
+            if whole {
+                let dx = _mm256_set_m128(_mm_set1_ps(*a.d16.get_unchecked(2 * b1)), dx0);
+                let d = _mm256_cvtph_ps(load128(base));
+                let t = _mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(isum));
+                acc = _mm_add_ps(_mm_add_ps(acc, _mm256_castps256_ps128(t)), _mm256_extractf128_ps::<1>(t));
+            } else {
+                let d = _mm_cvtph_ps(_mm_loadl_epi64(base.cast()));
+                acc = b32_step(acc, _mm256_castsi256_si128(isum), d, dx0, None);
+            }
+        }
+    }
+    let mut out = [0f32; R];
+    // SAFETY: `out` holds four f32.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use crate::blocks::kquants::scale_min_k4;

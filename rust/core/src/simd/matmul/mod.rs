@@ -77,6 +77,7 @@ mod arm;
 pub mod bytes;
 #[cfg(target_arch = "x86_64")]
 mod fused;
+pub mod packed;
 pub mod w8a8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
