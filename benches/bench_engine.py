@@ -118,12 +118,13 @@ def run_child(python: str, cfg: dict[str, Any]) -> Any:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def prepare(hf: Path, gguf_src: Path, cache: Path) -> dict[str, tuple[Path, Path]]:
-    """The LBF and exported GGUF of each recipe in `cache`, made when missing."""
+def prepare(hf: Path, gguf_src: Path, cache: Path, recipes: list[str]) -> dict[str, tuple[Path, Path]]:
+    """The LBF and exported GGUF of each recipe (and of f32, the prompt's tokenizer) in `cache`,
+    made when missing."""
     import lowbit
 
     cache.mkdir(parents=True, exist_ok=True)
-    files = {r: (cache / f"{r}.lbf", cache / f"{r}.gguf") for r in RECIPES}
+    files = {r: (cache / f"{r}.lbf", cache / f"{r}.gguf") for r in dict.fromkeys(["f32", *recipes])}
     if all(lbf.exists() and gg.exists() for lbf, gg in files.values()):
         return files
     if not (hf / "config.json").exists():
@@ -186,6 +187,8 @@ def main() -> int:
     ap.add_argument("--text", type=Path, default=CACHE / "botchan.txt")
     ap.add_argument("--threads", type=lambda s: [int(t) for t in s.split(",")], default=[1, 2])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--recipes", type=lambda s: s.split(","), default=list(RECIPES),
+                    help="recipes or qtypes to convert to and run (default f32,q8_0,q4_k_m)")  # fmt: skip
     ap.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS)
     ap.add_argument("--gen-tokens", type=int, default=GEN_TOKENS)
     ap.add_argument("--llama-python", help="a Python with llama_cpp (default: this one, if it has it)")
@@ -198,7 +201,7 @@ def main() -> int:
     import lowbit
 
     llama_py = args.llama_python or (sys.executable if importlib.util.find_spec("llama_cpp") else None)
-    files = prepare(args.hf, args.gguf, args.cache)
+    files = prepare(args.hf, args.gguf, args.cache, args.recipes)
     prompt, what = prompt_ids(files["f32"][0], args.text, args.prompt_tokens)
     anchor = f"llama.cpp via {llama_py}" if llama_py else "none"
     print(f"lowbit {lowbit.__version__} (isa {lowbit.isa()}); anchor: {anchor}")
@@ -207,7 +210,8 @@ def main() -> int:
           f"medians of {args.repeats} rounds after a warm-up\n")  # fmt: skip
 
     record: dict[str, Any] = {"load_start": os.getloadavg(), "runs": {}}
-    for r, (lbf, gg) in files.items():
+    for r in args.recipes:
+        lbf, gg = files[r]
         for t in args.threads:
             base = {"prompt": prompt, "gen": args.gen_tokens, "repeats": args.repeats, "threads": t}
             runs = {"lowbit": run_child(sys.executable, {**base, "engine": "lowbit", "model": str(lbf)})}
@@ -228,7 +232,8 @@ def main() -> int:
     print("| file | MiB | threads | prompt t/s lowbit | llama.cpp | ratio | generation t/s lowbit | llama.cpp "
           "| ratio | greedy tokens agreeing | teacher-forced (largest gap) |")  # fmt: skip
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-    for r, (lbf, _) in files.items():
+    for r in args.recipes:
+        lbf = files[r][0]
         for t in args.threads:
             runs = record["runs"][f"{r} {t}"]
             lb, ll = runs["lowbit"], runs.get("llama.cpp")

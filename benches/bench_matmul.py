@@ -13,7 +13,8 @@ GEMM (n = 512) GFLOPS.
   One child process per (shape, type, threads): lowbit runs on rayon's global pool, sized once from
   RAYON_NUM_THREADS; ggml gets the same n_threads.
 * ggml "repacked" = the weights in the CPU backend's CPU_REPACK buffer (what llama.cpp does at load
-  by default), for the types it repacks on AVX2 (q4_0, q4_k, iq4_nl).
+  by default), for the types it repacks on AVX2 (q4_0, q4_k, iq4_nl). lowbit "packed" = the weights
+  through `lowbit.pack` (what lowbit.Model does at load on AVX-512 VNNI CPUs), for q4_0 and iq4_nl.
 * DRAM probe: a 2 GiB float32 matrix times a vector (numpy → OpenBLAS sgemv, one BLAS thread per
   Python thread, each thread on its own half): read GB/s with 1 and 2 threads, measured at the start
   and at the end of the run; the median of all samples is the reference.
@@ -95,6 +96,10 @@ def copies(qt: lowbit.QTensor, k: int) -> list[lowbit.QTensor]:
             for _ in range(k)]  # fmt: skip
 
 
+# The types `lowbit.pack` packs (what lowbit.Model does at load on AVX-512 VNNI CPUs).
+PACKED = ("q4_0", "iq4_nl")
+
+
 def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     """One configuration (run in its own child process): seconds per run for lowbit, ggml and
     ggml repacked (when available), and the correctness errors checked before timing."""
@@ -113,6 +118,10 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     mats = copies(qt, k)
     out["err"]["lowbit"] = rel_rms(lowbit.matmul(x, mats[0]), ref)
     runs: dict[str, Callable[[], object]] = {"lowbit": lambda: [lowbit.matmul(x, m) for m in mats]}
+    if qtype in PACKED:
+        packed = [lowbit.pack(m) for m in mats]
+        out["err"]["lowbit packed"] = rel_rms(lowbit.matmul(x, packed[0]), ref)
+        runs["lowbit packed"] = lambda: [lowbit.matmul(x, p) for p in packed]
     engines = []
     if gm is not None and qtype in gm.TYPES:
         for name, repack in (("ggml", False), ("ggml repacked", True)):
@@ -225,27 +234,30 @@ def main() -> int:
 
     for rows, cols in shapes:
         print(f"\nGEMV n=1, {rows}×{cols}, ≥ {args.gib:g} GiB of distinct weights: weight GB/s (10^9 B/s)\n")
-        print("| type | bpw | threads | lowbit | ggml | lowbit / ggml | ggml repacked | lowbit / repacked "
-              "| lowbit % DRAM | ggml % DRAM |")  # fmt: skip
-        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        print("| type | bpw | threads | lowbit | ggml | lowbit / ggml | lowbit packed | ggml repacked "
+              "| packed / repacked | lowbit % DRAM | packed % DRAM | ggml % DRAM |")  # fmt: skip
+        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         for q in args.types:
             for t in args.threads:
                 res = record["gemv"][f"{rows}x{cols} {q} {t}"]
                 gb = res["matrices"] * res["bytes"] / 1e9
                 lb, gg, rp = speed(res, "lowbit", gb), speed(res, "ggml", gb), speed(res, "ggml repacked", gb)
-                pct = [None if v is None else 100 * v / dram[t] for v in (lb, gg)]
-                print(f"| {q} | {res['bpw']:.2f} | {t} | {fmt(lb)} | {fmt(gg)} | {ratio(lb, gg)} | {fmt(rp)} "
-                      f"| {ratio(lb, rp)} | {fmt(pct[0], '.0f', '%')} | {fmt(pct[1], '.0f', '%')} |")  # fmt: skip
+                pk = speed(res, "lowbit packed", gb)
+                pct = [None if v is None else 100 * v / dram[t] for v in (lb, pk, gg)]
+                print(f"| {q} | {res['bpw']:.2f} | {t} | {fmt(lb)} | {fmt(gg)} | {ratio(lb, gg)} | {fmt(pk)} "
+                      f"| {fmt(rp)} | {ratio(pk, rp)} | {fmt(pct[0], '.0f', '%')} | {fmt(pct[1], '.0f', '%')} "
+                      f"| {fmt(pct[2], '.0f', '%')} |")  # fmt: skip
     rows, cols = GEMM_SHAPE
     print(f"\nGEMM n={args.gemm_n}, {rows}×{cols}: GFLOPS (2·n·rows·cols / s)\n")
-    print("| type | threads | lowbit | ggml | lowbit / ggml | ggml repacked | lowbit / repacked |")
-    print("|---|--:|--:|--:|--:|--:|--:|")
+    print("| type | threads | lowbit | ggml | lowbit / ggml | lowbit packed | ggml repacked | lowbit / repacked |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
     flop = 2 * args.gemm_n * rows * cols / 1e9
     for q in args.types:
         for t in args.threads:
             res = record["gemm"][f"{q} {t}"]
             lb, gg, rp = speed(res, "lowbit", flop), speed(res, "ggml", flop), speed(res, "ggml repacked", flop)
-            print(f"| {q} | {t} | {fmt(lb)} | {fmt(gg)} | {ratio(lb, gg)} | {fmt(rp)} | {ratio(lb, rp)} |")
+            pk = speed(res, "lowbit packed", flop)
+            print(f"| {q} | {t} | {fmt(lb)} | {fmt(gg)} | {ratio(lb, gg)} | {fmt(pk)} | {fmt(rp)} | {ratio(lb, rp)} |")
     la, lb_ = record["load_start"], record["load_end"]
     print(f"\nload average (1 min) {la[0]:.2f} at start, {lb_[0]:.2f} at end")
     if args.json:
