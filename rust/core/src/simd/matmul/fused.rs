@@ -28,7 +28,7 @@
 //! * **Prefetch.** The rows [`AHEAD_ROWS`] further on are prefetched into L2 while these are
 //!   multiplied ([`prefetch`]).
 //! * **AVX-512 VNNI** (`k45_vnni`, `k6_vnni`, `legacy_vnni`, when the CPU has it): q4_k,
-//!   q5_k, q6_k, q4_0, q4_1, q8_0 and iq4_nl take 64 values per instruction (k-quants: `vpmaddubsw`
+//!   q5_k, q6_k, q4_0, q4_1, q5_0, q5_1, q8_0 and iq4_nl take 64 values per instruction (k-quants: `vpmaddubsw`
 //!   on 512 bits, then `vpdpwssd` by the scales, the high bits moved into place by one
 //!   `vprolvd` and merged by one `vpternlogd`; legacy types: two blocks per `vpdpbusd`). Their
 //!   integer sums are the AVX2 kernels' exactly, and so are their bits. (The same for q2_k and
@@ -383,7 +383,8 @@ unsafe fn hsum4x2(v: [__m512i; R]) -> __m256i {
     }
 }
 
-/// [`legacy`] for q4_0 and q4_1 (`Q8` and `LUT` false), [`signed`] for q8_0 (`Q8` true) and
+/// [`legacy`] for q4_0, q4_1, q5_0 and q5_1 (`Q8` and `LUT` false; the fifth bits at `OFF_QH`
+/// when it is not 0, put in place by one masked move), [`signed`] for q8_0 (`Q8` true) and
 /// iq4_nl (`LUT` true: the nibbles through [`KVALUES`]) at AVX-512 VNNI: two blocks per 512-bit
 /// vector, each row's lane sums in one `vpdpbusd` that starts from the codes' offset
 /// (`−zb · Σ x` per lane; signed codes go in as `c + 128`, so `zb` is 128), the four rows' sums
@@ -391,7 +392,15 @@ unsafe fn hsum4x2(v: [__m512i; R]) -> __m256i {
 /// order: the bits of [`super::dot_b32_ref`]. An odd last block runs on 256 bits.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: u8, const Q8: bool, const LUT: bool>(
+fn legacy_vnni<
+    const BB: usize,
+    const OFF_QS: usize,
+    const OFF_QH: usize,
+    const MIN: bool,
+    const ZB: u8,
+    const Q8: bool,
+    const LUT: bool,
+>(
     w: [&[u8]; R],
     a: ActRow<'_>,
     nb: usize,
@@ -437,6 +446,12 @@ fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: 
                     let c = _mm512_and_si512(_mm512_srlv_epi16(q, nib), m4);
                     if LUT {
                         _mm512_xor_si512(_mm512_shuffle_epi8(lut, c), flip)
+                    } else if OFF_QH > 0 {
+                        // The fifth bits of both blocks (bit j of each block's `qh` is value
+                        // j's), as 16 in the bytes they select.
+                        let h0 = u64::from(blk.add(OFF_QH).cast::<u32>().read_unaligned().to_le());
+                        let h1 = u64::from(blk.add(BB + OFF_QH).cast::<u32>().read_unaligned().to_le());
+                        _mm512_or_si512(c, _mm512_maskz_mov_epi8(h0 | h1 << 32, _mm512_set1_epi8(16)))
                     } else {
                         c
                     }
@@ -471,6 +486,9 @@ fn legacy_vnni<const BB: usize, const OFF_QS: usize, const MIN: bool, const ZB: 
                 } else if LUT {
                     let c = _mm256_shuffle_epi8(_mm512_castsi512_si256(lut), nibbles(blk.add(OFF_QS)));
                     _mm256_xor_si256(c, _mm512_castsi512_si256(flip))
+                } else if OFF_QH > 0 {
+                    let h = blk.add(OFF_QH).cast::<u32>().read_unaligned().to_le();
+                    _mm256_or_si256(nibbles(blk.add(OFF_QS)), bit_bytes(h, 16))
                 } else {
                     nibbles(blk.add(OFF_QS))
                 };
@@ -502,13 +520,17 @@ pub(super) fn rows(
     use crate::qtype::QType;
     let acc = match base {
         // SAFETY: the caller checked AVX-512 VNNI when `vnni` is set.
-        QType::Q4_0 if vnni => unsafe { legacy_vnni::<18, 2, false, 8, false, false>(w, a, units, ahead) },
+        QType::Q4_0 if vnni => unsafe { legacy_vnni::<18, 2, 0, false, 8, false, false>(w, a, units, ahead) },
         // SAFETY: as above.
-        QType::Q4_1 if vnni => unsafe { legacy_vnni::<20, 4, true, 0, false, false>(w, a, units, ahead) },
+        QType::Q4_1 if vnni => unsafe { legacy_vnni::<20, 4, 0, true, 0, false, false>(w, a, units, ahead) },
         // SAFETY: as above.
-        QType::Q8_0 if vnni => unsafe { legacy_vnni::<34, 2, false, 0x80, true, false>(w, a, units, ahead) },
+        QType::Q5_0 if vnni => unsafe { legacy_vnni::<22, 6, 2, false, 16, false, false>(w, a, units, ahead) },
         // SAFETY: as above.
-        QType::IQ4NL if vnni => unsafe { legacy_vnni::<18, 2, false, 0x80, false, true>(w, a, units, ahead) },
+        QType::Q5_1 if vnni => unsafe { legacy_vnni::<24, 8, 4, true, 0, false, false>(w, a, units, ahead) },
+        // SAFETY: as above.
+        QType::Q8_0 if vnni => unsafe { legacy_vnni::<34, 2, 0, false, 0x80, true, false>(w, a, units, ahead) },
+        // SAFETY: as above.
+        QType::IQ4NL if vnni => unsafe { legacy_vnni::<18, 2, 0, false, 0x80, false, true>(w, a, units, ahead) },
         QType::Int4 => return hsum256x4(int4(spec.expect("group-affine spec"), w, a, cols, ahead)),
         QType::Q4_0 => legacy::<18, 2, 0, false, 8>(w, a, units, ahead),
         QType::Q4_1 => legacy::<20, 4, 0, true, 0>(w, a, units, ahead),
