@@ -23,8 +23,8 @@
 //! * **The legacy types and iq4_nl** likewise sum each block of 32 in i32 and take only its
 //!   total to f32 ([`crate::simd::matmul::dot_b32_ref`], mins included): the fused kernels
 //!   below, the decoded rows' four-row dot ([`crate::simd::matmul::dot_b32_x4`]) and the
-//!   outer products give its bits at every ISA.
-//!   The bullets below describe the paths of all these types; the last one the GEMM at AVX-512 VNNI.
+//!   outer products give its bits at every ISA. The bullets below describe the paths of all
+//!   these types; the last one the GEMM at AVX-512 VNNI.
 //! * **Weights** are processed in tiles of consecutive rows (about [`TILE_BYTES`] once
 //!   decoded), one rayon task per tile: each row of the tile is decoded into a thread-local
 //!   buffer as i8 codes + per-16 f32 scales (+ mins) ([`crate::simd::matmul::decode_row`]; one
@@ -76,8 +76,9 @@
 //!   [`crate::simd::matmul::dot_b32_outer`], four rows per call, one f32 step per block of
 //!   32; the other types decoded to int8 codes: [`crate::simd::matmul::dot_q8_outer`], two
 //!   rows per call). No horizontal sums are left per block, and each lane does the f32 steps
-//!   of the kernel it replaces, so the bits are the same as for any other batch size. Tiles of `OUTER_TILE_ROWS` weight rows, so
-//!   that each activation tile serves several calls while it is in cache.
+//!   of the kernel it replaces, so the bits are the same as for any other batch size. Tiles
+//!   of `OUTER_TILE_ROWS` weight rows, so that each activation tile serves several calls
+//!   while it is in cache.
 //! * No allocation happens per row or tile after warm-up: the tile buffers are thread-local and
 //!   only borrowed inside a leaf task (which never waits on rayon), so calls are re-entrant and
 //!   may run concurrently from any thread, inside or outside rayon tasks. The per-call
@@ -461,16 +462,8 @@ pub fn pack_rows(layout: &Layout, data: &[u8]) -> Result<Vec<u8>> {
             layout.qtype.name()
         )));
     }
-    if data.len() != layout.nbytes() {
-        return Err(Error::Shape(format!(
-            "weight data has {} bytes, a {} matrix of {} × {} has {}",
-            data.len(),
-            layout.qtype.name(),
-            layout.rows,
-            layout.cols,
-            layout.nbytes()
-        )));
-    }
+    // The length check of a stored weight.
+    QMatrix::new(*layout, data, None, None)?;
     let mut out = vec![0u8; kern::packed::packed_len(layout.rows, layout.row_bytes)];
     if layout.rows > 0 {
         kern::packed::pack(layout.qtype, layout.rows, layout.cols, data, &mut out);

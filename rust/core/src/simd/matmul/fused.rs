@@ -27,12 +27,13 @@
 //!   (`zero · Σ x`), which is exact.
 //! * **Prefetch.** The rows [`AHEAD_ROWS`] further on are prefetched into L2 while these are
 //!   multiplied ([`prefetch`]).
-//! * **AVX-512 VNNI** (`k45_vnni`, `k6_vnni`, `legacy_vnni`, when the CPU has it): q4_k,
-//!   q5_k, q6_k, q4_0, q4_1, q5_0, q5_1, q8_0 and iq4_nl take 64 values per instruction (k-quants: `vpmaddubsw`
-//!   on 512 bits, then `vpdpwssd` by the scales, the high bits moved into place by one
-//!   `vprolvd` and merged by one `vpternlogd`; legacy types: two blocks per `vpdpbusd`). Their
-//!   integer sums are the AVX2 kernels' exactly, and so are their bits. (The same for q2_k and
-//!   q3_k measured −5 % and +2 % against their AVX2 kernels on an AMD EPYC: not kept.)
+//! * **AVX-512 VNNI** (`k45_vnni`, `k6_vnni`, `legacy_vnni`, `packed_vnni`, when the CPU has
+//!   it): q4_k, q5_k, q6_k, q4_0, q4_1, q5_0, q5_1, q8_0 and iq4_nl take 64 values per
+//!   instruction (k-quants: `vpmaddubsw` on 512 bits, then `vpdpwssd` by the scales, the high
+//!   bits moved into place by one `vprolvd` and merged by one `vpternlogd`; legacy types: two
+//!   blocks per `vpdpbusd`, or a block of four packed rows). Their integer sums are the AVX2
+//!   kernels' exactly, and so are their bits. (The same for q2_k and q3_k measured −5 % and
+//!   +2 % against their AVX2 kernels on an AMD EPYC: not kept.)
 //! * **The GEMM's kernels** ([`k_decoded`], [`k_decoded_vnni`]: decoded k-quant rows with four
 //!   activation rows; at AVX-512 VNNI the outer-product kernels [`k_outer`], [`b32_outer`]
 //!   and [`q8_outer`], sixteen activation rows in the lanes) live here too, for their shared
