@@ -274,6 +274,21 @@ impl LbfFile {
         Ok(parts)
     }
 
+    /// A hint that the file's bytes `offset..offset + len` will not be read soon (the engine
+    /// calls it for a tensor it has copied, e.g. packed): on a mapped file their pages leave the
+    /// process's resident set, and a later read maps them again from the file, with the same
+    /// contents. Nothing for owned bytes; a failed hint is ignored.
+    pub fn release(&self, offset: usize, len: usize) {
+        if let Storage::Map(m) = &self.storage {
+            if offset.checked_add(len).is_some_and(|end| end <= m.len()) && len > 0 {
+                // SAFETY: the map is read-only and shared with the file, so MADV_DONTNEED only
+                // drops page-table entries: no data is lost, every later read faults the same
+                // bytes back in from the file, and no reference into the map is invalidated.
+                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+            }
+        }
+    }
+
     /// The `data` part of tensor `i` (checked as [`LbfFile::tensor_parts`]).
     pub fn tensor_data(&self, i: usize) -> Result<&[u8]> {
         Ok(self.tensor_parts(i)?[PartKind::Data as usize])

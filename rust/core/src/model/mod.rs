@@ -278,7 +278,14 @@ fn weight(file: &LbfFile, name: &str, rows: usize, cols: usize, pack: Option<Isa
         checked.map_err(|e| Error::Format { offset: t.parts[0].offset, msg: format!("tensor {name:?}: {e}") })?.act();
     let range = |k: PartKind| t.part(k).map(|p| p.offset as usize..(p.offset + p.len) as usize);
     let packed = match pack.is_some_and(packed::has_packed) && packed::can_pack(qtype) && t.affine.is_none() {
-        true => Some(crate::matmul::pack_rows(&layout, parts[PartKind::Data as usize])?),
+        true => {
+            let p = crate::matmul::pack_rows(&layout, parts[PartKind::Data as usize])?;
+            // The stored rows are read again only by the embedding's row lookup: their pages
+            // (read once by the checksum pass and the packing) need not stay resident.
+            let d = t.part(PartKind::Data).expect("data is always present");
+            file.release(d.offset as usize, d.len as usize);
+            Some(p)
+        }
         false => None,
     };
     Ok(Weight {
