@@ -464,10 +464,9 @@ pub fn pack_rows(layout: &Layout, data: &[u8]) -> Result<Vec<u8>> {
     }
     // The length check of a stored weight.
     QMatrix::new(*layout, data, None, None)?;
+    // (A layout is never empty: `Layout::new` refuses 0 rows or columns.)
     let mut out = vec![0u8; kern::packed::packed_len(layout.rows, layout.row_bytes)];
-    if layout.rows > 0 {
-        kern::packed::pack(layout.qtype, layout.rows, layout.cols, data, &mut out);
-    }
+    kern::packed::pack(layout.qtype, layout.rows, layout.cols, data, &mut out);
     Ok(out)
 }
 

@@ -758,6 +758,9 @@ fn packed_weights_refuse_bad_input() {
     assert!(matches!(QMatrix::new_packed(l, &data, None), Err(Error::Shape(_))));
     let (l8, d8) = weight("q8_0", 4, 64, 2);
     assert!(matches!(QMatrix::new_packed(l8, &d8, None), Err(Error::InvalidParameter(_))));
+    assert!(matches!(lowbit_core::matmul::pack_rows(&l8, &d8), Err(Error::InvalidParameter(_))));
+    assert!(matches!(lowbit_core::matmul::pack_rows(&l, &data[1..]), Err(Error::Shape(_))));
+    // (Empty weights have no layout: Layout::new refuses them.)
 }
 
 #[test]
