@@ -17,7 +17,7 @@ __all__ = ["Outliers", "PackedWeight", "matmul", "matmul_reference", "pack"]
 OutliersArg = Outliers | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PackedWeight:
     """A q4_0 or iq4_nl weight with its rows packed for the GEMV, as the engine packs them at
     load on CPUs with AVX-512 VNNI: four rows interleaved per pair of blocks, so that one load
