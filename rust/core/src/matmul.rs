@@ -331,10 +331,8 @@ impl<'a> QMatrix<'a> {
     /// of [`QMatrix::new`] (no permutation: these are not group-affine types). Its GEMV runs on
     /// the packed groups where the ISA has the kernel; its outputs are the stored weight's bits.
     pub fn new_packed(layout: Layout, packed: &'a [u8], outliers: Option<Outliers<'a>>) -> Result<QMatrix<'a>> {
+        check_packable(&layout)?;
         let len = kern::packed::packed_len(layout.rows, layout.row_bytes);
-        if !kern::packed::can_pack(layout.qtype) || layout.affine.is_some() {
-            return Err(Error::InvalidParameter(format!("{} weights are not packed", layout.qtype.name())));
-        }
         if packed.len() != len {
             return Err(Error::Shape(format!(
                 "packed weight data has {} bytes, a packed {} matrix of {} × {} has {len}",
@@ -451,17 +449,20 @@ impl<'a> QMatrix<'a> {
     }
 }
 
+/// Refuse a layout whose rows are not packed (anything but q4_0 and iq4_nl).
+fn check_packable(layout: &Layout) -> Result<()> {
+    if kern::packed::can_pack(layout.qtype) && layout.affine.is_none() {
+        return Ok(());
+    }
+    Err(Error::InvalidParameter(format!("only q4_0 and iq4_nl weights are packed, not {}", layout.qtype.name())))
+}
+
 /// The rows of a q4_0 or iq4_nl weight (`layout`, its stored bytes `data`) packed for the
 /// GEMV ([`crate::simd::matmul::packed`]; multiply them through [`QMatrix::new_packed`]).
 ///
 /// Errors: another type (or a group-affine spec), `data` not `layout.nbytes()` long.
 pub fn pack_rows(layout: &Layout, data: &[u8]) -> Result<Vec<u8>> {
-    if !kern::packed::can_pack(layout.qtype) || layout.affine.is_some() {
-        return Err(Error::InvalidParameter(format!(
-            "only q4_0 and iq4_nl weights are packed, not {}",
-            layout.qtype.name()
-        )));
-    }
+    check_packable(layout)?;
     // The length check of a stored weight.
     QMatrix::new(*layout, data, None, None)?;
     // (A layout is never empty: `Layout::new` refuses 0 rows or columns.)

@@ -1439,6 +1439,8 @@ pub(super) fn packed_vnni<const LUT: bool>(g: &[u8], a: ActRow<'_>, nb: usize, a
     let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
     let mut acc = _mm_setzero_ps();
     let (pairs, odd) = (nb / 2, nb % 2 == 1);
+    // The offsets below are `packed::slot`'s, written as constants: calling `slot` in this loop
+    // cost 27 % (q4_0 from L3); `packed::tests` checks that the two agree.
     for p in 0..pairs + usize::from(odd) {
         let whole = p < pairs;
         // SAFETY: pair `p`'s bytes (144, or 72 for an odd last block) lie inside the group and

@@ -1196,10 +1196,10 @@ pub fn dot_b32_ref(wq: &[i8], sw: &[f32], mw: Option<&[f32]>, act: ActRow<'_>) -
     acc
 }
 
-/// Check the lengths of four decoded rows and an activation row for the b32 dots.
-fn check_b32(wq: &[&[i8]; 4], sw: &[&[f32]; 4], mw: Option<[&[f32]; 4]>, act: &ActRow<'_>) {
-    let cp = act.q.len();
-    assert!(cp.is_multiple_of(QA) && act.d16.len() == cp / QS && act.b16.len() == cp / QS);
+/// Check that four decoded rows hold `cp` codes (a multiple of 32) and `cp / 16` scales (and
+/// mins), for the b32 dots.
+fn check_b32_rows(wq: &[&[i8]; 4], sw: &[&[f32]; 4], mw: Option<[&[f32]; 4]>, cp: usize) {
+    assert!(cp.is_multiple_of(QA));
     for r in 0..4 {
         assert!(wq[r].len() == cp && sw[r].len() == cp / QS && mw.is_none_or(|m| m[r].len() == cp / QS));
     }
@@ -1209,7 +1209,9 @@ fn check_b32(wq: &[&[i8]; 4], sw: &[&[f32]; 4], mw: Option<[&[f32]; 4]>, act: &A
 /// the activation loaded once for the four): its bits at every ISA (an AVX2 kernel at the AVX2
 /// and AVX-512 levels, NEON with `sdot` or `smull`, the reference elsewhere).
 pub fn dot_b32_x4(isa: Isa, wq: [&[i8]; 4], sw: [&[f32]; 4], mw: Option<[&[f32]; 4]>, act: ActRow<'_>) -> [f32; 4] {
-    check_b32(&wq, &sw, mw, &act);
+    let cp = act.q.len();
+    assert!(act.d16.len() == cp / QS && act.b16.len() == cp / QS);
+    check_b32_rows(&wq, &sw, mw, cp);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => x86::dot_b32_x4_avx2(wq, sw, mw, act),
@@ -1260,10 +1262,8 @@ pub fn dot_b32_outer(
 ) -> [[f32; LANES]; 4] {
     assert!(has_outer(isa), "the outer-product b32 kernel needs AVX-512 VNNI");
     let cp = t.xt.len() / LANES;
-    assert!(t.xt.len() == LANES * cp && cp.is_multiple_of(QA) && t.c32.len() == cp / 2 && t.dx.len() == cp / 2);
-    for r in 0..4 {
-        assert!(wq[r].len() == cp && sw[r].len() == cp / QS && mw.is_none_or(|m| m[r].len() == cp / QS));
-    }
+    assert!(t.xt.len() == LANES * cp && t.c32.len() == cp / 2 && t.dx.len() == cp / 2);
+    check_b32_rows(&wq, &sw, mw, cp);
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: AVX-512 VNNI is available (asserted above) and every length was checked.
@@ -1340,8 +1340,9 @@ pub fn dot_q8_x4(isa: Isa, wq: [&[i8]; 4], sw: [&[f32]; 4], xq: &[i8], d16: &[f3
 
 /// Whether a weight of `qtype` (with `spec` for group-affine types) on rows of `cols` values
 /// has a fused GEMV kernel at `isa` ([`dot_fused`]): the legacy types (q4_0, q4_1, q5_0, q5_1,
-/// q8_0) and group-affine int4 on rows that are a multiple of 32, at the AVX2 and AVX-512
-/// levels (the AVX2 kernels). (The k-quants have their own path at every size, [`dot_k`].)
+/// q8_0), iq4_nl and group-affine int4 on rows that are a multiple of 32, at the AVX2 and
+/// AVX-512 levels (AVX2 kernels, and AVX-512 VNNI ones for the legacy types and iq4_nl where
+/// the CPU has VNNI). (The k-quants have their own path at every size, [`dot_k`].)
 pub fn has_fused(isa: Isa, qtype: QType, spec: Option<AffineSpec>, cols: usize) -> bool {
     let kind = match qtype {
         QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 | QType::IQ4NL => true,

@@ -107,3 +107,28 @@ pub fn dot_packed(isa: Isa, qtype: QType, cols: usize, group: &[u8], act: ActRow
         unreachable!()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{slot, BLOCK, PACK_ROWS};
+
+    #[test]
+    fn the_packed_kernels_offsets_are_the_layouts() {
+        // `fused::packed_vnni` reads pair `p` at 144 p: its scales there (rows in order, the
+        // second block's after the first's), the codes at + 16 (+ 8 for an odd last block),
+        // row r's 16 bytes at + 16 r, the second block's codes 64 bytes on.
+        assert_eq!(2 * PACK_ROWS * BLOCK, 144);
+        for nb in 1usize..=6 {
+            for p in 0..nb.div_ceil(2) {
+                let whole = 2 * p + 1 < nb;
+                for r in 0..PACK_ROWS {
+                    let codes = if whole { 16 } else { 8 };
+                    assert_eq!(slot(nb, 2 * p, r), (144 * p + 2 * r, 144 * p + codes + 16 * r), "nb={nb} p={p} r={r}");
+                    if whole {
+                        assert_eq!(slot(nb, 2 * p + 1, r), (144 * p + 8 + 2 * r, 144 * p + 80 + 16 * r));
+                    }
+                }
+            }
+        }
+    }
+}
