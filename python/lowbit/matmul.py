@@ -86,6 +86,11 @@ def _rows_of(x: Any, cols: int, shape: tuple[int, int]) -> npt.NDArray[np.float3
     return np.ascontiguousarray(x.reshape(-1, cols), dtype=np.float32)
 
 
+def _outlier_arrays(o: Outliers | None) -> tuple[Any, Any, Any]:
+    """The outliers as the core takes them: row pointers, columns, f16 values as uint16 bits."""
+    return (None, None, None) if o is None else (o.row_ptr, o.cols, o.vals.view(np.uint16))
+
+
 def _call_packed(
     x: Any, pw: PackedWeight, perm: npt.ArrayLike | None, outliers: OutliersArg | None, isa: str | None, reference: bool
 ) -> npt.NDArray[np.float32]:
@@ -93,9 +98,7 @@ def _call_packed(
     x2 = _rows_of(x, cols, pw.shape)
     if perm is not None or outliers is not None:
         raise ParameterError("a PackedWeight takes its outliers from pack() and no permutation")
-    o: tuple[Any, Any, Any] = (None, None, None)
-    if pw.outliers is not None:
-        o = (pw.outliers.row_ptr, pw.outliers.cols, pw.outliers.vals.view(np.uint16))
+    o = _outlier_arrays(pw.outliers)
     y = _core.matmul(x2, pw.data, pw.qtype, rows, cols, None, None, None, *o, isa, reference, None, True)
     return y.reshape(rows) if x.ndim == 1 else y.reshape(x2.shape[0], rows)
 
@@ -117,9 +120,7 @@ def _call(
         if w.outliers is not None:
             raise ParameterError("the QTensor carries its own outliers: do not pass outliers as well")
         w = w.with_outliers(outliers)  # checked as the tensor's own
-    o: tuple[Any, Any, Any] = (None, None, None)
-    if w.outliers is not None:
-        o = (w.outliers.row_ptr, w.outliers.cols, w.outliers.vals.view(np.uint16))
+    o = _outlier_arrays(w.outliers)
     act = None if w.act is None else w.act._wire()
     y = _core.matmul(x2, w.data.reshape(-1), w.qtype, rows, cols, w.group_size, w.symmetric, p, *o, isa, reference, act)
     return y.reshape(rows) if x.ndim == 1 else y.reshape(x2.shape[0], rows)
